@@ -1,0 +1,158 @@
+//! Types shared by the kernel side (`tracer-ebpf`) and the user side (`tracer-user`):
+//! the fixed-size event record, the probe cookie that says what a probe site means, and
+//! the layout constants the kernel side needs to read a task header.
+#![no_std]
+
+/// What a probe hit means. Carried in the low byte of the attach cookie.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A task was bound to a runtime's owned-task list (async task spawned).
+    Spawn = 1,
+    /// A task was handed to the blocking pool (`spawn_blocking`).
+    SpawnBlocking = 2,
+    /// A task was bound to a `LocalSet`.
+    SpawnLocal = 3,
+    /// `raw::poll` entered.
+    PollStart = 4,
+    /// `raw::poll` returned (no task pointer: userspace pairs it with the thread's last
+    /// `PollStart`).
+    PollEnd = 5,
+    /// A waker woke the task (`wake_by_val`).
+    WakeByVal = 6,
+    /// A waker woke the task (`wake_by_ref`).
+    WakeByRef = 7,
+    /// `Harness::complete`: the future returned Ready or was cancelled.
+    Complete = 8,
+    /// `raw::shutdown`: the runtime (or a closed owned list) cancels the task.
+    Shutdown = 9,
+    /// `raw::dealloc`: the task cell is freed.
+    Dealloc = 10,
+}
+
+impl EventKind {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Spawn,
+            2 => Self::SpawnBlocking,
+            3 => Self::SpawnLocal,
+            4 => Self::PollStart,
+            5 => Self::PollEnd,
+            6 => Self::WakeByVal,
+            7 => Self::WakeByRef,
+            8 => Self::Complete,
+            9 => Self::Shutdown,
+            10 => Self::Dealloc,
+            _ => return None,
+        })
+    }
+}
+
+/// Where the probe finds the task header pointer. Carried in the second byte of the cookie.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderArg {
+    /// No task pointer at this site (`PollEnd`).
+    None = 0,
+    /// First argument register (`rdi` on x86_64).
+    Arg0 = 1,
+    /// Second argument register (`rsi`).
+    Arg1 = 2,
+    /// Return value register (`rax`), for return probes.
+    Ret = 3,
+}
+
+/// Packs a probe site's meaning into the `bpf_get_attach_cookie` value.
+pub const fn cookie(kind: EventKind, arg: HeaderArg) -> u64 {
+    (kind as u64) | ((arg as u64) << 8)
+}
+
+pub const fn cookie_kind(cookie: u64) -> u8 {
+    (cookie & 0xff) as u8
+}
+
+pub const fn cookie_arg(cookie: u64) -> u8 {
+    ((cookie >> 8) & 0xff) as u8
+}
+
+/// One ring-buffer record. Fixed size; every field is filled by every probe (zero where
+/// it does not apply) so that userspace decodes without branching on layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Task header address in the target, 0 for `PollEnd`.
+    pub header: u64,
+    /// tokio task id, read through the task vtable's id offset; 0 when unreadable.
+    pub task_id: u64,
+    /// The header's state word at the probe (before the probed function runs).
+    pub state: u64,
+    /// The header's `owner_id` (which runtime owns the task; 0 for blocking tasks).
+    pub owner_id: u64,
+    /// Thread id (kernel pid) of the target thread that hit the probe.
+    pub tid: u32,
+    /// An [`EventKind`].
+    pub kind: u8,
+    /// Bit 0: the header could not be read (the pointer was implausible).
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+pub const EVENT_FLAG_UNREADABLE: u8 = 1;
+
+pub const EVENT_SIZE: usize = core::mem::size_of::<TaskEvent>();
+
+/// Names of the globals the kernel program reads; userspace sets them at load time.
+pub const GLOBAL_TARGET_TGID: &str = "TARGET_TGID";
+pub const GLOBAL_LAYOUT: &str = "LAYOUT";
+
+/// Byte offsets the kernel side needs to read a task header. They come from the tokio
+/// version file userspace selected; nothing in the kernel side hard-codes them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeaderLayout {
+    /// Offset of the state word in the header.
+    pub state: u64,
+    /// Offset of the vtable pointer in the header.
+    pub vtable: u64,
+    /// Offset of `owner_id` in the header.
+    pub owner_id: u64,
+    /// Offset, inside the vtable, of the field holding the task id's offset from the header.
+    pub vtable_id_offset: u64,
+}
+
+/// Map names.
+pub const MAP_EVENTS: &str = "EVENTS";
+pub const MAP_LOST: &str = "LOST";
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `repr(C)` integers with no padding holes the kernel could leave unset.
+    unsafe impl aya::Pod for super::HeaderLayout {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_is_48_bytes() {
+        assert_eq!(EVENT_SIZE, 48);
+    }
+
+    #[test]
+    fn cookie_round_trips() {
+        let c = cookie(EventKind::SpawnBlocking, HeaderArg::Arg1);
+        assert_eq!(
+            EventKind::from_u8(cookie_kind(c)),
+            Some(EventKind::SpawnBlocking)
+        );
+        assert_eq!(cookie_arg(c), HeaderArg::Arg1 as u8);
+        for k in 0..=255u8 {
+            if let Some(kind) = EventKind::from_u8(k) {
+                assert_eq!(kind as u8, k);
+            }
+        }
+    }
+}

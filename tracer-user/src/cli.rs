@@ -1,0 +1,142 @@
+//! Command-line interface: verbs and options.
+
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::verdict::Verdict;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tasktrace",
+    version,
+    about = "Find leaked, stuck and never-polled tasks in a live, unmodified tokio process (eBPF)",
+    after_help = "Exit status: 0 ok, 2 bad input, 3 --fail-on matched, 4 insufficient privileges, 5 tracing failed."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Launch a command and trace it from its first instruction.
+    Run {
+        #[command(flatten)]
+        opts: TraceArgs,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, last = true)]
+        cmd: Vec<OsString>,
+    },
+    /// Attach to a running process.
+    Record {
+        /// Process id of the tokio program.
+        #[arg(long)]
+        pid: u32,
+        #[command(flatten)]
+        opts: TraceArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// End the window after this long (e.g. 30s, 2m); `run` then terminates the command.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Write the JSON report here (schema: docs/report-format.md).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// A task idle this long since its last poll is leaked.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub leak_after: Duration,
+    /// A poll this long blocks a worker; a task woken this long ago and not polled is starved.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub stuck_after: Duration,
+    /// A task spawned this long ago and never polled is never_polled.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub never_polled_after: Duration,
+    /// Exit with status 3 when any task gets one of these verdicts (comma-separated:
+    /// leaked, stuck, never_polled).
+    #[arg(long, value_delimiter = ',', value_parser = parse_verdict)]
+    pub fail_on: Vec<Verdict>,
+    /// Ring buffer size in bytes (power of two; K/M suffixes accepted).
+    #[arg(long, value_parser = parse_size, default_value = "8M")]
+    pub ring_size: u32,
+    /// Print only the summary (no progress lines on stderr).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 500ms, 30s, 5m, 1h)"))?;
+    let secs = match unit.trim() {
+        "" | "s" | "sec" | "secs" => n,
+        "ms" => n / 1e3,
+        "us" | "µs" => n / 1e6,
+        "m" | "min" | "mins" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{s}` is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_verdict(s: &str) -> Result<Verdict, String> {
+    Verdict::parse(s.trim())
+        .ok_or_else(|| format!("`{s}` is not a verdict: use leaked, stuck, never_polled"))
+}
+
+fn parse_size(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (try 8M)"))?;
+    let bytes = n * mult;
+    if !bytes.is_power_of_two() || !(4096..=(1 << 30)).contains(&bytes) {
+        return Err(format!(
+            "ring size must be a power of two between 4K and 1G, got {bytes}"
+        ));
+    }
+    Ok(bytes as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8M").unwrap(), 8 << 20);
+        assert!(parse_size("3M").is_err());
+        assert!(parse_size("1K").is_err());
+    }
+}

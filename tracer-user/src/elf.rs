@@ -1,0 +1,188 @@
+//! Reads the target binary: its tokio symbols (every monomorphized instance, by unique
+//! address), GNU build-id, tokio version, and the virtual-address to file-offset mapping
+//! uprobes need.
+
+use std::{collections::BTreeMap, path::Path};
+
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+
+use crate::{
+    error::{Error, Result},
+    tokio_versions::{self, Version},
+};
+
+/// What tasktrace learned from a binary file.
+#[derive(Debug)]
+pub struct BinaryInfo {
+    /// Normalized function name → addresses of its instances (sorted, unique).
+    pub functions: BTreeMap<String, Vec<u64>>,
+    /// Loadable segments: (vaddr, memsize, file offset).
+    segments: Vec<(u64, u64, u64)>,
+    pub build_id: Option<String>,
+    pub tokio_version: Option<Version>,
+    /// The file has a `.symtab` (not stripped).
+    pub has_symtab: bool,
+    /// Count of symbols under `tokio::`.
+    pub tokio_symbols: usize,
+}
+
+impl BinaryInfo {
+    pub fn read(path: &Path) -> Result<Self> {
+        let data = std::fs::read(path).map_err(|e| Error::io_for(path, e))?;
+        Self::parse(path, &data)
+    }
+
+    pub fn parse(path: &Path, data: &[u8]) -> Result<Self> {
+        let file = object::File::parse(data).map_err(|e| Error::NotElf {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })?;
+        if file.architecture() != object::Architecture::X86_64 {
+            return Err(Error::NotElf {
+                path: path.to_owned(),
+                why: format!(
+                    "architecture {:?}; tasktrace supports x86_64",
+                    file.architecture()
+                ),
+            });
+        }
+        let mut functions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut tokio_symbols = 0;
+        let mut has_symtab = false;
+        for sym in file.symbols() {
+            has_symtab = true;
+            if sym.kind() != SymbolKind::Text || sym.address() == 0 {
+                continue;
+            }
+            let Ok(raw) = sym.name() else { continue };
+            let name = normalize(&format!("{:#}", rustc_demangle::demangle(raw)));
+            if name.starts_with("tokio::") {
+                tokio_symbols += 1;
+                functions.entry(name).or_default().push(sym.address());
+            }
+        }
+        for addrs in functions.values_mut() {
+            addrs.sort_unstable();
+            addrs.dedup();
+        }
+        let segments = file
+            .segments()
+            .map(|s| (s.address(), s.size(), s.file_range().0))
+            .collect();
+        let build_id = file
+            .build_id()
+            .ok()
+            .flatten()
+            .map(|b| b.iter().map(|x| format!("{x:02x}")).collect());
+        Ok(Self {
+            functions,
+            segments,
+            build_id,
+            tokio_version: tokio_versions::version_in_bytes(data),
+            has_symtab,
+            tokio_symbols,
+        })
+    }
+
+    /// Addresses of every instance of a function (empty when absent or inlined away).
+    pub fn instances(&self, name: &str) -> &[u64] {
+        self.functions.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// File offset of a virtual address, as uprobes want it.
+    pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|&&(start, size, _)| vaddr >= start && vaddr < start + size)
+            .map(|&(start, _, off)| vaddr - start + off)
+    }
+}
+
+/// Drops generic arguments from a demangled path, so that every instance of a generic
+/// function shares one name: `a::B<T>::f` and `<a::B<X>>::f` both become `a::B::f`.
+pub fn normalize(demangled: &str) -> String {
+    let s = demangled.trim();
+    // v0 mangling prints inherent impls as `<path<..>>::f`: unwrap the outer brackets.
+    let s = match s.strip_prefix('<') {
+        Some(rest) => match matching_close(rest) {
+            Some(end) => {
+                let inner = &rest[..end];
+                let inner = inner.split(" as ").next().unwrap_or(inner);
+                format!("{inner}{}", &rest[end + 1..])
+            }
+            None => s.to_owned(),
+        },
+        None => s.to_owned(),
+    };
+    let mut out = String::with_capacity(s.len());
+    let mut depth = 0usize;
+    for c in s.chars() {
+        match c {
+            '<' => depth += 1,
+            '>' if depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    // v0 prints a function's own generics as `f::<T>`: drop the separator left behind.
+    let trimmed = out.trim_end_matches("::").len();
+    out.truncate(trimmed);
+    out
+}
+
+fn matching_close(s: &str) -> Option<usize> {
+    let mut depth = 1usize;
+    for (i, c) in s.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_legacy_and_v0_names() {
+        assert_eq!(
+            normalize("tokio::runtime::task::harness::Harness<T,S>::complete"),
+            "tokio::runtime::task::harness::Harness::complete"
+        );
+        assert_eq!(
+            normalize(
+                "<tokio::runtime::task::list::OwnedTasks<alloc::sync::Arc<h::Handle>>>::bind_inner"
+            ),
+            "tokio::runtime::task::list::OwnedTasks::bind_inner"
+        );
+        assert_eq!(
+            normalize("tokio::runtime::task::raw::poll::<fut::{closure#0}, alloc::sync::Arc<x>>"),
+            "tokio::runtime::task::raw::poll"
+        );
+        assert_eq!(
+            normalize("tokio::runtime::task::raw::poll"),
+            "tokio::runtime::task::raw::poll"
+        );
+    }
+
+    #[test]
+    fn demangles_llvm_suffixed_legacy_symbols() {
+        let raw = "_ZN5tokio7runtime4task4list19OwnedTasks$LT$S$GT$10bind_inner17h99adb431d5efce2cE.llvm.7358023076652395345";
+        let name = normalize(&format!("{:#}", rustc_demangle::demangle(raw)));
+        assert_eq!(name, "tokio::runtime::task::list::OwnedTasks::bind_inner");
+    }
+
+    #[test]
+    fn rejects_non_elf() {
+        let err = BinaryInfo::parse(Path::new("/x"), b"#!/bin/sh\necho hi\n").unwrap_err();
+        assert!(matches!(err, Error::NotElf { .. }));
+    }
+}

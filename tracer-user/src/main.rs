@@ -1,0 +1,111 @@
+//! `tasktrace`: finds leaked, stuck and never-polled tasks in a live tokio process.
+
+mod cli;
+mod elf;
+mod error;
+mod model;
+mod plan;
+mod probes;
+mod report;
+mod session;
+mod target;
+mod tokio_versions;
+mod verdict;
+
+use std::{fs::File, io::Write, process::ExitCode};
+
+use clap::Parser;
+
+use crate::{
+    cli::{Cli, Command, TraceArgs},
+    error::{Error, exit},
+    session::WindowOpts,
+    verdict::Thresholds,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tasktrace: cannot start: {e}");
+            return ExitCode::from(exit::INTERNAL as u8);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("tasktrace: error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<i32, Error> {
+    match cli.command {
+        Command::Run { opts, cmd } => {
+            let json = open_output(&opts)?;
+            let (target, launched) = target::launch(&cmd)?;
+            let report = session::trace(target, Some(launched), &window(&opts)).await?;
+            finish(&opts, json, report)
+        }
+        Command::Record { pid, opts } => {
+            let json = open_output(&opts)?;
+            let target = target::Target::from_pid(pid)?;
+            let report = session::trace(target, None, &window(&opts)).await?;
+            finish(&opts, json, report)
+        }
+    }
+}
+
+fn window(opts: &TraceArgs) -> WindowOpts {
+    WindowOpts {
+        duration: opts.duration,
+        thresholds: Thresholds::new(opts.leak_after, opts.stuck_after, opts.never_polled_after),
+        ring_bytes: opts.ring_size,
+        quiet: opts.quiet,
+    }
+}
+
+/// Opens the JSON output before tracing, so a bad path fails before anything attaches.
+fn open_output(opts: &TraceArgs) -> Result<Option<File>, Error> {
+    opts.json
+        .as_ref()
+        .map(|p| {
+            File::create(p).map_err(|err| Error::Output {
+                path: p.clone(),
+                err,
+            })
+        })
+        .transpose()
+}
+
+fn finish(opts: &TraceArgs, json: Option<File>, report: report::Report) -> Result<i32, Error> {
+    print!("{}", report::render_text(&report));
+    if let (Some(mut f), Some(path)) = (json, opts.json.as_ref()) {
+        let body = serde_json::to_vec_pretty(&report).expect("report serializes");
+        f.write_all(&body)
+            .and_then(|_| f.write_all(b"\n"))
+            .map_err(|err| Error::Output {
+                path: path.clone(),
+                err,
+            })?;
+        if !opts.quiet {
+            eprintln!("tasktrace: report written to {}", path.display());
+        }
+    }
+    let failed: Vec<&str> = opts
+        .fail_on
+        .iter()
+        .filter(|v| report.count(**v) > 0)
+        .map(|v| v.as_str())
+        .collect();
+    if !failed.is_empty() {
+        eprintln!("tasktrace: --fail-on matched: {}", failed.join(", "));
+        return Ok(exit::FAIL_ON);
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,232 @@
+//! The aggregator: the single owner of all task state. Events go in, in ring order; the
+//! detectors and renderers read the tasks afterwards.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use tracer_common::{EVENT_FLAG_UNREADABLE, EventKind, TaskEvent};
+
+use super::task::{LongPoll, Task, TaskKind};
+use crate::{
+    tokio_versions::StateBits,
+    verdict::{Thresholds, judge},
+};
+
+/// Anything the stream did that a perfect stream would not: reported, never hidden.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Diagnostics {
+    pub events: u64,
+    /// A poll end on a thread with no poll in progress (its start was lost or predates
+    /// the trace).
+    pub unmatched_poll_ends: u64,
+    /// A header address reappeared with another task id before its dealloc was seen.
+    pub address_reuse: u64,
+    /// Events whose task header could not be read.
+    pub unreadable_headers: u64,
+    /// Events with an unknown kind byte.
+    pub unknown_events: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Frame {
+    task: usize,
+    /// tokio really polled the future (the task was neither running nor complete).
+    real: bool,
+}
+
+pub struct Aggregator {
+    pub tasks: Vec<Task>,
+    /// Header address → the task currently living there.
+    live: HashMap<u64, usize>,
+    /// Per target thread, the polls in progress (innermost last).
+    stacks: HashMap<u32, Vec<Frame>>,
+    /// Runtime (owner id) → when it began shutting its tasks down.
+    pub shutdown_began: HashMap<u64, u64>,
+    pub long_polls: Vec<LongPoll>,
+    pub diagnostics: Diagnostics,
+    bits: StateBits,
+    thresholds: Thresholds,
+}
+
+impl Aggregator {
+    pub fn new(bits: StateBits, thresholds: Thresholds) -> Self {
+        Self {
+            tasks: Vec::new(),
+            live: HashMap::new(),
+            stacks: HashMap::new(),
+            shutdown_began: HashMap::new(),
+            long_polls: Vec::new(),
+            diagnostics: Diagnostics::default(),
+            bits,
+            thresholds,
+        }
+    }
+
+    pub fn thresholds(&self) -> &Thresholds {
+        &self.thresholds
+    }
+
+    pub fn ingest(&mut self, ev: &TaskEvent) {
+        self.diagnostics.events += 1;
+        if ev.flags & EVENT_FLAG_UNREADABLE != 0 {
+            self.diagnostics.unreadable_headers += 1;
+            return;
+        }
+        let Some(kind) = EventKind::from_u8(ev.kind) else {
+            self.diagnostics.unknown_events += 1;
+            return;
+        };
+        let ts = ev.ts_ns;
+        match kind {
+            EventKind::Spawn | EventKind::SpawnBlocking | EventKind::SpawnLocal => {
+                let task_kind = match kind {
+                    EventKind::SpawnBlocking => TaskKind::Blocking,
+                    EventKind::SpawnLocal => TaskKind::Local,
+                    _ => TaskKind::Async,
+                };
+                if let Some(&old) = self.live.get(&ev.header) {
+                    self.retire(old, ts);
+                }
+                let mut task = Task::new(ev.task_id, ev.header, task_kind, Some(ts), ts);
+                task.owner_id = ev.owner_id;
+                self.insert(task);
+            }
+            EventKind::PollStart => {
+                let i = self.task_for(ev);
+                let stack = self.stacks.entry(ev.tid).or_default();
+                if let Some(parent) = stack.last() {
+                    self.tasks[parent.task].hosted_polls += 1;
+                }
+                let real = ev.state & (self.bits.running | self.bits.complete) == 0;
+                stack.push(Frame { task: i, real });
+                let t = &mut self.tasks[i];
+                t.owner_id = ev.owner_id;
+                if !real {
+                    return;
+                }
+                if ev.state & self.bits.cancelled != 0 {
+                    // Aborted while idle: this "poll" only runs the cancellation.
+                    t.cancelled = true;
+                } else {
+                    t.polls += 1;
+                }
+                t.running_since = Some(ts);
+                t.running_tid = ev.tid;
+                t.scheduled_since = None;
+                t.woken_during_poll = None;
+            }
+            EventKind::PollEnd => {
+                let Some(frame) = self.stacks.get_mut(&ev.tid).and_then(Vec::pop) else {
+                    self.diagnostics.unmatched_poll_ends += 1;
+                    return;
+                };
+                if !frame.real {
+                    return;
+                }
+                let stuck_after = self.thresholds.stuck_after_ns;
+                let t = &mut self.tasks[frame.task];
+                let Some(start) = t.running_since.take() else {
+                    return;
+                };
+                let dur = ts.saturating_sub(start);
+                t.busy_ns += dur;
+                t.longest_poll_ns = t.longest_poll_ns.max(dur);
+                t.last_poll_end_ns = Some(ts);
+                if !t.is_finished() {
+                    t.scheduled_since = t.woken_during_poll.take();
+                }
+                if dur >= stuck_after && t.kind != TaskKind::Blocking {
+                    self.long_polls.push(LongPoll {
+                        task_id: t.id,
+                        start_ns: start,
+                        duration_ns: dur,
+                        tid: ev.tid,
+                    });
+                }
+            }
+            EventKind::WakeByVal | EventKind::WakeByRef => {
+                let i = self.task_for(ev);
+                let t = &mut self.tasks[i];
+                if t.is_finished() {
+                    return;
+                }
+                t.wakes += 1;
+                if t.running_since.is_some() {
+                    t.woken_during_poll.get_or_insert(ts);
+                } else {
+                    t.scheduled_since.get_or_insert(ts);
+                }
+            }
+            EventKind::Complete => {
+                let i = self.task_for(ev);
+                let cancelled = ev.state & self.bits.cancelled != 0;
+                let t = &mut self.tasks[i];
+                t.completed_ns.get_or_insert(ts);
+                t.cancelled |= cancelled;
+                t.scheduled_since = None;
+                t.woken_during_poll = None;
+            }
+            EventKind::Shutdown => {
+                let began = *self.shutdown_began.entry(ev.owner_id).or_insert(ts);
+                let i = self.task_for(ev);
+                let thresholds = self.thresholds;
+                let t = &mut self.tasks[i];
+                if t.shutdown_ns.is_none() && !t.is_finished() {
+                    t.shutdown_ns = Some(ts);
+                    t.frozen = Some(judge(t, began, &thresholds));
+                }
+            }
+            EventKind::Dealloc => {
+                if let Some(i) = self.live.remove(&ev.header) {
+                    let t = &mut self.tasks[i];
+                    if ev.task_id == 0 || t.id == 0 || t.id == ev.task_id {
+                        t.freed_ns = Some(ts);
+                    } else {
+                        // Not the task we knew at this address: ours was freed unseen.
+                        self.diagnostics.address_reuse += 1;
+                        t.freed_ns = Some(ts);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The task an event is about, created on first sight (tasks that predate tracing).
+    fn task_for(&mut self, ev: &TaskEvent) -> usize {
+        if let Some(&i) = self.live.get(&ev.header) {
+            let t = &mut self.tasks[i];
+            if t.id == 0 {
+                t.id = ev.task_id;
+            }
+            if ev.task_id == 0 || t.id == ev.task_id {
+                return i;
+            }
+            self.diagnostics.address_reuse += 1;
+            self.retire(i, ev.ts_ns);
+        }
+        let kind = if ev.owner_id == 0 {
+            TaskKind::Blocking
+        } else {
+            TaskKind::Async
+        };
+        let mut task = Task::new(ev.task_id, ev.header, kind, None, ev.ts_ns);
+        task.owner_id = ev.owner_id;
+        self.insert(task)
+    }
+
+    fn insert(&mut self, task: Task) -> usize {
+        let i = self.tasks.len();
+        self.live.insert(task.header, i);
+        self.tasks.push(task);
+        i
+    }
+
+    /// The task at this address is gone although its dealloc was never seen.
+    fn retire(&mut self, i: usize, ts: u64) {
+        let t = &mut self.tasks[i];
+        if t.freed_ns.is_none() {
+            t.freed_ns = Some(ts);
+        }
+        self.live.remove(&t.header);
+    }
+}

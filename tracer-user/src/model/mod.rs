@@ -1,0 +1,8 @@
+//! Task reconstruction: one aggregator owns every task's state and rebuilds it from the
+//! event stream; detectors and renderers only read it.
+
+mod aggregator;
+mod task;
+
+pub use aggregator::{Aggregator, Diagnostics};
+pub use task::{LongPoll, Task, TaskKind, TaskState};

@@ -1,0 +1,161 @@
+//! The attach plan: which functions of the target get a probe, at which file offset, and
+//! what each hit means (the cookie the kernel side decodes).
+
+use std::path::Path;
+
+use serde::Serialize;
+use tracer_common::{EventKind, HeaderArg, cookie};
+
+use crate::{
+    elf::BinaryInfo,
+    error::{Error, Result},
+    tokio_versions::Knowledge,
+};
+
+/// One probe site.
+#[derive(Clone, Debug, Serialize)]
+pub struct Site {
+    /// Function name (normalized).
+    pub function: &'static str,
+    pub vaddr: u64,
+    pub file_offset: u64,
+    #[serde(skip)]
+    pub cookie: u64,
+}
+
+/// Sites for the entry program and for the return program.
+#[derive(Debug, Default, Serialize)]
+pub struct Plan {
+    pub entry: Vec<Site>,
+    #[serde(rename = "return")]
+    pub ret: Vec<Site>,
+    /// Functions the plan would use but the binary lacks (not fatal for optional ones).
+    pub absent: Vec<&'static str>,
+}
+
+impl Plan {
+    pub fn site_count(&self) -> usize {
+        self.entry.len() + self.ret.len()
+    }
+
+    /// Builds the plan for a binary with symbols. Refuses binaries whose symbols cannot
+    /// support the verdicts (stripped, not tokio, required functions missing).
+    pub fn for_binary(path: &Path, bin: &BinaryInfo, k: &Knowledge) -> Result<Self> {
+        if !bin.has_symtab {
+            return Err(Error::Stripped {
+                path: path.to_owned(),
+                tokio_version: bin.tokio_version.map(|v| v.to_string()),
+            });
+        }
+        if bin.tokio_symbols == 0 {
+            return Err(Error::NotTokio {
+                path: path.to_owned(),
+            });
+        }
+        let s = &k.symbols;
+        let mut plan = Plan::default();
+        let mut missing = Vec::new();
+        // (function, kind, where the header is, required, return probe)
+        let table: [(&'static str, EventKind, HeaderArg, bool, bool); 10] = [
+            (
+                s.raw_poll,
+                EventKind::PollStart,
+                HeaderArg::Arg0,
+                true,
+                false,
+            ),
+            (s.raw_poll, EventKind::PollEnd, HeaderArg::None, true, true),
+            (
+                s.harness_complete,
+                EventKind::Complete,
+                HeaderArg::Arg0,
+                true,
+                false,
+            ),
+            (
+                s.raw_dealloc,
+                EventKind::Dealloc,
+                HeaderArg::Arg0,
+                true,
+                false,
+            ),
+            (
+                s.raw_shutdown,
+                EventKind::Shutdown,
+                HeaderArg::Arg0,
+                false,
+                false,
+            ),
+            (
+                s.owned_bind_inner,
+                EventKind::Spawn,
+                HeaderArg::Arg1,
+                true,
+                false,
+            ),
+            (
+                s.blocking_spawn_task,
+                EventKind::SpawnBlocking,
+                HeaderArg::Arg1,
+                false,
+                false,
+            ),
+            (
+                s.local_owned_bind,
+                EventKind::SpawnLocal,
+                HeaderArg::Ret,
+                false,
+                true,
+            ),
+            (
+                s.wake_by_val,
+                EventKind::WakeByVal,
+                HeaderArg::Arg0,
+                true,
+                false,
+            ),
+            (
+                s.wake_by_ref,
+                EventKind::WakeByRef,
+                HeaderArg::Arg0,
+                true,
+                false,
+            ),
+        ];
+        for (function, kind, arg, required, is_return) in table {
+            let addrs = bin.instances(function);
+            if addrs.is_empty() {
+                if required {
+                    missing.push(function);
+                } else if !plan.absent.contains(&function) {
+                    plan.absent.push(function);
+                }
+                continue;
+            }
+            for &vaddr in addrs {
+                let Some(file_offset) = bin.file_offset(vaddr) else {
+                    continue;
+                };
+                let site = Site {
+                    function,
+                    vaddr,
+                    file_offset,
+                    cookie: cookie(kind, arg),
+                };
+                if is_return {
+                    plan.ret.push(site)
+                } else {
+                    plan.entry.push(site)
+                }
+            }
+        }
+        if !missing.is_empty() {
+            missing.dedup();
+            return Err(Error::MissingProbeSites {
+                path: path.to_owned(),
+                missing,
+            });
+        }
+        Ok(plan)
+    }
+}

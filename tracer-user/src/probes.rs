@@ -1,0 +1,156 @@
+//! Loads the kernel program, attaches it to the plan's sites through one `uprobe_multi`
+//! link per program, and drains the ring buffer. Dropping [`Probes`] detaches everything;
+//! because links are file descriptors, the kernel also detaches them if tasktrace dies.
+
+use std::{
+    num::NonZeroU32,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use tracer_common::{
+    EVENT_SIZE, GLOBAL_LAYOUT, GLOBAL_TARGET_TGID, HeaderLayout, MAP_EVENTS, MAP_LOST, TaskEvent,
+};
+
+use crate::{
+    error::{Error, Result},
+    plan::{Plan, Site},
+    tokio_versions::Layout,
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+pub struct Probes {
+    ebpf: Option<Ebpf>,
+    ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+    pub attach_time: Duration,
+    pub sites: usize,
+}
+
+impl Probes {
+    /// Loads and attaches. `binary` is the path the kernel resolves to the target's inode
+    /// (`/proc/PID/exe` works for running processes, including in containers).
+    pub fn attach(
+        binary: &Path,
+        plan: &Plan,
+        tgid: u32,
+        layout: &Layout,
+        ring_bytes: u32,
+    ) -> Result<Self> {
+        let started = Instant::now();
+        let header = HeaderLayout {
+            state: layout.header_state,
+            vtable: layout.header_vtable,
+            owner_id: layout.header_owner_id,
+            vtable_id_offset: layout.vtable_id_offset,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_TARGET_TGID, &tgid, true)
+            .override_global(GLOBAL_LAYOUT, &header, true)
+            .map_max_entries(MAP_EVENTS, ring_bytes)
+            .load(OBJECT)
+            .map_err(|e| bpf_error("loading the eBPF object", &e))?;
+        let pid = NonZeroU32::new(tgid).ok_or_else(|| Error::Bpf("pid 0".into()))?;
+        attach_program(&mut ebpf, "task_entry", &plan.entry, binary, pid)?;
+        attach_program(&mut ebpf, "task_return", &plan.ret, binary, pid)?;
+        let ring = ebpf
+            .take_map(MAP_EVENTS)
+            .ok_or_else(|| Error::Bpf("EVENTS map missing from the object".into()))?;
+        let ring = RingBuf::try_from(ring).map_err(|e| Error::Bpf(e.to_string()))?;
+        let lost = ebpf
+            .take_map(MAP_LOST)
+            .ok_or_else(|| Error::Bpf("LOST map missing from the object".into()))?;
+        let lost = PerCpuArray::try_from(lost).map_err(|e| Error::Bpf(e.to_string()))?;
+        Ok(Self {
+            ebpf: Some(ebpf),
+            ring,
+            lost,
+            attach_time: started.elapsed(),
+            sites: plan.site_count(),
+        })
+    }
+
+    /// Hands every queued event to `sink`; returns how many.
+    pub fn drain(&mut self, mut sink: impl FnMut(&TaskEvent)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            if item.len() >= EVENT_SIZE {
+                // SAFETY: the kernel wrote a whole TaskEvent; read_unaligned copes with
+                // the ring's 8-byte alignment either way.
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<TaskEvent>()) };
+                sink(&ev);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Events the kernel could not queue because the ring was full (all CPUs).
+    pub fn lost_events(&self) -> u64 {
+        self.lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// Detaches every probe and unloads the programs; the ring stays readable so events
+    /// queued before the detach can still be drained. Returns how long it took.
+    pub fn detach(&mut self) -> Duration {
+        let started = Instant::now();
+        drop(self.ebpf.take());
+        started.elapsed()
+    }
+}
+
+fn attach_program(
+    ebpf: &mut Ebpf,
+    name: &str,
+    sites: &[Site],
+    binary: &Path,
+    pid: NonZeroU32,
+) -> Result<()> {
+    if sites.is_empty() {
+        return Ok(());
+    }
+    let program: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::Bpf(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| Error::Bpf(e.to_string()))?;
+    program
+        .load()
+        .map_err(|e| bpf_error(&format!("loading {name}"), &e))?;
+    let points = sites.iter().map(|s| UProbeAttachPoint {
+        location: UProbeAttachLocation::AbsoluteOffset(s.file_offset),
+        cookie: Some(s.cookie),
+    });
+    program
+        .attach(points, binary, UProbeScope::OneProcess(pid))
+        .map_err(|e| bpf_error(&format!("attaching {name} to {} sites", sites.len()), &e))?;
+    Ok(())
+}
+
+fn bpf_error(what: &str, e: &dyn std::error::Error) -> Error {
+    let mut chain = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        src = s.source();
+    }
+    let denied = chain.contains("Operation not permitted") || chain.contains("Permission denied");
+    // SAFETY: geteuid has no preconditions.
+    if denied && unsafe { libc::geteuid() } != 0 {
+        Error::Privileges {
+            what: format!("{what}: {chain}"),
+        }
+    } else {
+        Error::Bpf(format!("{what}: {chain}"))
+    }
+}

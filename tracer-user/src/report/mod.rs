@@ -1,0 +1,208 @@
+//! The report: built once from the aggregator's final state, then rendered as JSON
+//! (`docs/report-format.md`) or as the text summary. Renderers only read it.
+
+mod text;
+
+use serde::Serialize;
+
+pub use text::render_text;
+
+use crate::{
+    model::{Aggregator, Diagnostics, LongPoll, TaskKind, TaskState},
+    verdict::{Judgement, Reason, Thresholds, Verdict, final_judgement},
+};
+
+pub const SCHEMA: &str = "tasktrace.report/1";
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub target: TargetInfo,
+    pub window: Window,
+    pub thresholds: ThresholdsMs,
+    pub probes: ProbeInfo,
+    pub summary: Summary,
+    pub tasks: Vec<TaskReport>,
+    pub long_polls: Vec<LongPollReport>,
+    pub diagnostics: Diagnostics,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetInfo {
+    pub pid: u32,
+    pub binary: String,
+    pub build_id: Option<String>,
+    pub tokio_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    /// CLOCK_MONOTONIC at the start of the window; every `*_ns` field below is relative to it.
+    pub start_monotonic_ns: u64,
+    pub duration_ns: u64,
+    /// `duration`, `target_exit` or `interrupted`.
+    pub ended_by: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThresholdsMs {
+    pub leak_after_ms: u64,
+    pub stuck_after_ms: u64,
+    pub never_polled_after_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeInfo {
+    pub sites: usize,
+    pub attach_ms: f64,
+    pub detach_ms: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub tasks_seen: u64,
+    pub alive: u64,
+    pub completed: u64,
+    pub leaked: u64,
+    pub stuck: u64,
+    pub never_polled: u64,
+    pub ok: u64,
+    pub long_polls: u64,
+    pub lost_events: u64,
+    pub runtime_plumbing: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskReport {
+    pub id: u64,
+    pub header: String,
+    pub kind: TaskKind,
+    pub verdict: Verdict,
+    pub reason: Reason,
+    /// How long the condition behind the verdict had lasted when judged.
+    pub for_ns: u64,
+    pub judged_at_ns: u64,
+    pub state: TaskState,
+    pub polls: u64,
+    pub wakes: u64,
+    pub busy_ns: u64,
+    pub longest_poll_ns: u64,
+    /// `null` when the task existed before tracing began.
+    pub spawned_at_ns: Option<u64>,
+    pub first_seen_ns: u64,
+    pub last_poll_end_ns: Option<u64>,
+    pub completed_at_ns: Option<u64>,
+    pub cancelled: bool,
+    pub cancelled_by_shutdown: bool,
+    pub runtime_plumbing: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LongPollReport {
+    pub task_id: u64,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    pub thread: u32,
+}
+
+pub struct Meta {
+    pub target: TargetInfo,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub ended_by: &'static str,
+    pub probes: ProbeInfo,
+    pub lost_events: u64,
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    pub fn build(agg: &Aggregator, meta: Meta) -> Self {
+        let th: &Thresholds = agg.thresholds();
+        let rel = |ns: u64| ns.saturating_sub(meta.start_ns);
+        let mut summary = Summary {
+            lost_events: meta.lost_events,
+            ..Default::default()
+        };
+        let mut tasks = Vec::with_capacity(agg.tasks.len());
+        for t in &agg.tasks {
+            let j: Judgement = final_judgement(t, meta.end_ns, th);
+            summary.tasks_seen += 1;
+            if t.is_finished() {
+                summary.completed += 1;
+            } else {
+                summary.alive += 1;
+            }
+            if t.is_plumbing() {
+                summary.runtime_plumbing += 1;
+            }
+            match j.verdict {
+                Verdict::Leaked => summary.leaked += 1,
+                Verdict::Stuck => summary.stuck += 1,
+                Verdict::NeverPolled => summary.never_polled += 1,
+                Verdict::Ok => summary.ok += 1,
+            }
+            tasks.push(TaskReport {
+                id: t.id,
+                header: format!("{:#x}", t.header),
+                kind: t.kind,
+                verdict: j.verdict,
+                reason: j.reason,
+                for_ns: j.for_ns,
+                judged_at_ns: rel(j.at_ns),
+                state: t.state(),
+                polls: t.polls,
+                wakes: t.wakes,
+                busy_ns: t.busy_ns,
+                longest_poll_ns: t.longest_poll_ns,
+                spawned_at_ns: t.spawned_ns.map(rel),
+                first_seen_ns: rel(t.first_seen_ns),
+                last_poll_end_ns: t.last_poll_end_ns.map(rel),
+                completed_at_ns: t.completed_ns.map(rel),
+                cancelled: t.cancelled,
+                cancelled_by_shutdown: t.shutdown_ns.is_some(),
+                runtime_plumbing: t.is_plumbing(),
+            });
+        }
+        let long_polls: Vec<_> = agg
+            .long_polls
+            .iter()
+            .map(|p: &LongPoll| LongPollReport {
+                task_id: p.task_id,
+                start_ns: rel(p.start_ns),
+                duration_ns: p.duration_ns,
+                thread: p.tid,
+            })
+            .collect();
+        summary.long_polls = long_polls.len() as u64;
+        Report {
+            schema: SCHEMA,
+            target: meta.target,
+            window: Window {
+                start_monotonic_ns: meta.start_ns,
+                duration_ns: meta.end_ns.saturating_sub(meta.start_ns),
+                ended_by: meta.ended_by,
+            },
+            thresholds: ThresholdsMs {
+                leak_after_ms: th.leak_after_ns / 1_000_000,
+                stuck_after_ms: th.stuck_after_ns / 1_000_000,
+                never_polled_after_ms: th.never_polled_after_ns / 1_000_000,
+            },
+            probes: meta.probes,
+            summary,
+            tasks,
+            long_polls,
+            diagnostics: agg.diagnostics.clone(),
+            warnings: meta.warnings,
+        }
+    }
+
+    pub fn count(&self, v: Verdict) -> u64 {
+        match v {
+            Verdict::Leaked => self.summary.leaked,
+            Verdict::Stuck => self.summary.stuck,
+            Verdict::NeverPolled => self.summary.never_polled,
+            Verdict::Ok => self.summary.ok,
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The human summary printed at the end of a window, grouped by verdict.
+
+use std::fmt::Write as _;
+
+use super::Report;
+use crate::verdict::{Reason, Verdict};
+
+pub fn render_text(r: &Report) -> String {
+    let mut out = String::new();
+    let s = &r.summary;
+    let _ = writeln!(
+        out,
+        "tasktrace: pid {} ({}), tokio {}, window {}, ended by {}",
+        r.target.pid,
+        r.target.binary,
+        r.target.tokio_version.as_deref().unwrap_or("unknown"),
+        secs(r.window.duration_ns),
+        r.window.ended_by.replace('_', " "),
+    );
+    let _ = writeln!(
+        out,
+        "  {} tasks seen, {} alive, {} finished | leaked {}, stuck {}, never polled {}, ok {} | long polls {} | lost events {}",
+        s.tasks_seen,
+        s.alive,
+        s.completed,
+        s.leaked,
+        s.stuck,
+        s.never_polled,
+        s.ok,
+        s.long_polls,
+        s.lost_events
+    );
+    for w in &r.warnings {
+        let _ = writeln!(out, "  warning: {w}");
+    }
+    for verdict in [Verdict::Leaked, Verdict::Stuck, Verdict::NeverPolled] {
+        let mut tasks: Vec<_> = r.tasks.iter().filter(|t| t.verdict == verdict).collect();
+        if tasks.is_empty() {
+            continue;
+        }
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.for_ns));
+        let _ = writeln!(
+            out,
+            "\n{} ({}):",
+            verdict.as_str().to_uppercase().replace('_', " "),
+            tasks.len()
+        );
+        for t in tasks {
+            let what = match t.reason {
+                Reason::IdleSinceLastPoll => format!("idle {} since its last poll", secs(t.for_ns)),
+                Reason::BlockingPoll => format!(
+                    "inside one poll for {} (blocks a worker thread)",
+                    secs(t.for_ns)
+                ),
+                Reason::Starved => format!("woken {} ago and not polled since", secs(t.for_ns)),
+                Reason::NeverPolled => format!("spawned {} ago, never polled", secs(t.for_ns)),
+                _ => String::new(),
+            };
+            let shutdown = if t.cancelled_by_shutdown {
+                ", judged when its runtime shut down"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  task {:>6} {:<8} {} ({} polls, {} wakes){shutdown}",
+                t.id,
+                format!("{:?}", t.kind).to_lowercase(),
+                what,
+                t.polls,
+                t.wakes
+            );
+        }
+    }
+    if !r.long_polls.is_empty() {
+        let _ = writeln!(out, "\nLONG POLLS that ended ({}):", r.long_polls.len());
+        for p in &r.long_polls {
+            let _ = writeln!(
+                out,
+                "  task {:>6} polled for {} on thread {}",
+                p.task_id,
+                secs(p.duration_ns),
+                p.thread
+            );
+        }
+    }
+    if s.leaked + s.stuck + s.never_polled == 0 {
+        let _ = writeln!(out, "\nno leaked, stuck or never-polled tasks.");
+    }
+    if s.lost_events > 0 {
+        let _ = writeln!(
+            out,
+            "\nwarning: {} events were lost (ring buffer full): verdicts may be incomplete; raise --ring-size",
+            s.lost_events
+        );
+    }
+    out
+}
+
+fn secs(ns: u64) -> String {
+    format!("{:.1}s", ns as f64 / 1e9)
+}

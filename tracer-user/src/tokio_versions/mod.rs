@@ -1,0 +1,203 @@
+//! Everything tasktrace knows about tokio's internals, by version: symbol names of the
+//! probe sites, task header and vtable offsets, state-word bits. One file per supported
+//! version range (as py-spy keeps one bindings file per CPython version); nothing outside
+//! this module hard-codes a tokio offset or name.
+
+mod v1_38;
+
+use std::fmt;
+
+/// A tokio release, `major.minor.patch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl Version {
+    pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
+        Self {
+            major,
+            minor,
+            patch,
+        }
+    }
+
+    /// Parses `1.54.1` (anything after the patch number is ignored).
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.splitn(3, '.');
+        let major = it.next()?.parse().ok()?;
+        let minor = it.next()?.parse().ok()?;
+        let patch_str = it.next()?;
+        let digits: String = patch_str
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        Some(Self::new(major, minor, digits.parse().ok()?))
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// Byte offsets inside a task `Header` and its vtable (x86_64, no `tokio_unstable`).
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub header_state: u64,
+    pub header_vtable: u64,
+    pub header_owner_id: u64,
+    /// Offset, inside the task vtable, of the `id_offset` field.
+    pub vtable_id_offset: u64,
+}
+
+/// Bits of the task state word.
+#[derive(Clone, Copy, Debug)]
+pub struct StateBits {
+    pub running: u64,
+    pub complete: u64,
+    pub cancelled: u64,
+}
+
+/// Demangled, generic-stripped names of the functions the attach plan probes.
+#[derive(Clone, Copy, Debug)]
+pub struct SymbolNames {
+    pub raw_poll: &'static str,
+    pub raw_dealloc: &'static str,
+    pub raw_shutdown: &'static str,
+    pub harness_complete: &'static str,
+    pub owned_bind_inner: &'static str,
+    pub local_owned_bind: &'static str,
+    pub blocking_spawn_task: &'static str,
+    pub wake_by_val: &'static str,
+    pub wake_by_ref: &'static str,
+}
+
+/// What one tokio version range looks like from outside.
+#[derive(Debug)]
+pub struct Knowledge {
+    /// First version this file was written for.
+    pub first: Version,
+    /// Newest version it was tested against; newer ones are used with a warning.
+    pub newest_tested: Version,
+    pub layout: Layout,
+    pub state: StateBits,
+    pub symbols: SymbolNames,
+}
+
+/// Supported ranges, oldest first.
+const ALL: &[&Knowledge] = &[&v1_38::KNOWLEDGE];
+
+/// What choosing a knowledge file for a binary produced.
+#[derive(Debug)]
+pub struct Selection {
+    pub knowledge: &'static Knowledge,
+    /// Set when the binary's version is unknown or newer than any tested one.
+    pub warning: Option<String>,
+}
+
+/// Picks the knowledge file for a tokio version (`None`: the binary did not say).
+pub fn select(version: Option<Version>) -> Result<Selection, String> {
+    let newest = ALL.last().expect("at least one tokio version file");
+    let Some(v) = version else {
+        return Ok(Selection {
+            knowledge: newest,
+            warning: Some(format!(
+                "could not read the tokio version from the binary; assuming the layout of tokio {}",
+                newest.newest_tested
+            )),
+        });
+    };
+    if v < ALL[0].first {
+        return Err(format!(
+            "tokio {v} is older than the oldest supported version ({}); supported: {}",
+            ALL[0].first,
+            supported_range()
+        ));
+    }
+    let knowledge = ALL
+        .iter()
+        .rev()
+        .find(|k| v >= k.first)
+        .expect("checked above");
+    let warning = (v > knowledge.newest_tested && std::ptr::eq(*knowledge, *newest)).then(|| {
+        format!(
+            "tokio {v} is newer than the newest tested version ({}); using its layout",
+            knowledge.newest_tested
+        )
+    });
+    Ok(Selection { knowledge, warning })
+}
+
+pub fn supported_range() -> String {
+    format!(
+        "tokio {} to {}",
+        ALL[0].first,
+        ALL.last().unwrap().newest_tested
+    )
+}
+
+/// Finds the tokio version in a binary's bytes: panic and track_caller locations keep
+/// cargo registry paths such as `.../tokio-1.54.1/src/runtime/...`, even when stripped.
+pub fn version_in_bytes(data: &[u8]) -> Option<Version> {
+    const NEEDLE: &[u8] = b"tokio-1.";
+    let mut counts: std::collections::BTreeMap<Version, usize> = Default::default();
+    let mut i = 0;
+    while let Some(pos) = find(&data[i..], NEEDLE) {
+        let start = i + pos + "tokio-".len();
+        let end = data[start..]
+            .iter()
+            .position(|&b| !(b.is_ascii_digit() || b == b'.'))
+            .map_or(data.len(), |p| start + p);
+        // A registry path continues with a path separator.
+        if matches!(data.get(end), Some(b'/') | Some(b'\\'))
+            && let Some(v) = std::str::from_utf8(&data[start..end])
+                .ok()
+                .and_then(Version::parse)
+        {
+            *counts.entry(v).or_default() += 1;
+        }
+        i = start;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(v, n)| (n, v))
+        .map(|(v, _)| v)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(Version::parse("1.54.1"), Some(Version::new(1, 54, 1)));
+        assert_eq!(Version::parse("1.38.2-alpha"), Some(Version::new(1, 38, 2)));
+        assert_eq!(Version::parse("1.x"), None);
+    }
+
+    #[test]
+    fn finds_version_in_paths() {
+        let data = b"junk/home/u/.cargo/registry/src/index/tokio-1.47.3/src/runtime/task/mod.rs\0\
+                     tokio-1.47.3/src/x.rs tokio-1.2 tokio-macros-2.5.0/src";
+        assert_eq!(version_in_bytes(data), Some(Version::new(1, 47, 3)));
+        assert_eq!(version_in_bytes(b"no version here"), None);
+    }
+
+    #[test]
+    fn selects_by_range() {
+        assert!(select(Some(Version::new(1, 20, 0))).is_err());
+        let s = select(Some(Version::new(1, 54, 1))).unwrap();
+        assert!(s.warning.is_none());
+        let s = select(Some(Version::new(1, 99, 0))).unwrap();
+        assert!(s.warning.unwrap().contains("newer than the newest tested"));
+        assert!(select(None).unwrap().warning.is_some());
+    }
+}

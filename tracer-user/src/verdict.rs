@@ -1,0 +1,135 @@
+//! The detectors: judge one task at one instant against the thresholds. Pure functions
+//! of a task's rebuilt state, so they are tested on synthetic tasks.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::model::{Task, TaskKind};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Leaked,
+    Stuck,
+    NeverPolled,
+    Ok,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Leaked => "leaked",
+            Verdict::Stuck => "stuck",
+            Verdict::NeverPolled => "never_polled",
+            Verdict::Ok => "ok",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "leaked" => Verdict::Leaked,
+            "stuck" => Verdict::Stuck,
+            "never_polled" | "never-polled" => Verdict::NeverPolled,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a verdict was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Idle since its last poll for at least `leak_after`.
+    IdleSinceLastPoll,
+    /// Inside one poll for at least `stuck_after`: it blocks a worker thread.
+    BlockingPoll,
+    /// Woken, and not polled again for at least `stuck_after`.
+    Starved,
+    /// Spawned at least `never_polled_after` ago and never polled.
+    NeverPolled,
+    /// Finished (completed, cancelled or freed).
+    Finished,
+    /// A blocking task hosting a runtime worker thread.
+    RuntimePlumbing,
+    /// Alive and recently active.
+    Active,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    /// The instant the task was judged at (window end, or its runtime's shutdown start).
+    pub at_ns: u64,
+    /// How long the condition behind the verdict had lasted at that instant.
+    pub for_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Thresholds {
+    pub leak_after_ns: u64,
+    pub stuck_after_ns: u64,
+    pub never_polled_after_ns: u64,
+}
+
+impl Thresholds {
+    pub fn new(leak: Duration, stuck: Duration, never_polled: Duration) -> Self {
+        Self {
+            leak_after_ns: leak.as_nanos() as u64,
+            stuck_after_ns: stuck.as_nanos() as u64,
+            never_polled_after_ns: never_polled.as_nanos() as u64,
+        }
+    }
+}
+
+/// Judges `t` as of instant `at`.
+pub fn judge(t: &Task, at: u64, th: &Thresholds) -> Judgement {
+    let j = |verdict, reason, since: u64| Judgement {
+        verdict,
+        reason,
+        at_ns: at,
+        for_ns: at.saturating_sub(since),
+    };
+    if t.is_plumbing() {
+        return j(Verdict::Ok, Reason::RuntimePlumbing, at);
+    }
+    let finished_by = t.completed_ns.into_iter().chain(t.freed_ns).min();
+    if finished_by.is_some_and(|f| f <= at) {
+        return j(Verdict::Ok, Reason::Finished, at);
+    }
+    if let Some(start) = t.running_since.filter(|&s| s <= at) {
+        // spawn_blocking exists to block: its long runs are not a worker being blocked.
+        if t.kind != TaskKind::Blocking && at - start >= th.stuck_after_ns {
+            return j(Verdict::Stuck, Reason::BlockingPoll, start);
+        }
+        return j(Verdict::Ok, Reason::Active, start);
+    }
+    if t.polls == 0 {
+        if let Some(spawned) = t.spawned_ns.filter(|&s| s <= at)
+            && at - spawned >= th.never_polled_after_ns
+        {
+            return j(Verdict::NeverPolled, Reason::NeverPolled, spawned);
+        }
+        return j(Verdict::Ok, Reason::Active, at);
+    }
+    if let Some(woken) = t.scheduled_since.filter(|&s| s <= at) {
+        if at - woken >= th.stuck_after_ns {
+            return j(Verdict::Stuck, Reason::Starved, woken);
+        }
+        return j(Verdict::Ok, Reason::Active, woken);
+    }
+    if let Some(end) = t.last_poll_end_ns.filter(|&e| e <= at) {
+        if t.kind != TaskKind::Blocking && at - end >= th.leak_after_ns {
+            return j(Verdict::Leaked, Reason::IdleSinceLastPoll, end);
+        }
+        return j(Verdict::Ok, Reason::Active, end);
+    }
+    j(Verdict::Ok, Reason::Active, at)
+}
+
+/// The verdict of a task at the end of the window: frozen at its runtime's shutdown if it
+/// was cancelled by one, judged at `window_end` otherwise.
+pub fn final_judgement(t: &Task, window_end: u64, th: &Thresholds) -> Judgement {
+    t.frozen.unwrap_or_else(|| judge(t, window_end, th))
+}
