@@ -41,6 +41,11 @@ impl Plan {
     /// Builds the plan for a binary with symbols. Refuses binaries whose symbols cannot
     /// support the verdicts (stripped, not tokio, required functions missing).
     pub fn for_binary(path: &Path, bin: &BinaryInfo, k: &Knowledge) -> Result<Self> {
+        if !bin.has_symtab && bin.tokio_version.is_none() {
+            return Err(Error::NotTokio {
+                path: path.to_owned(),
+            });
+        }
         if !bin.has_symtab {
             return Err(Error::Stripped {
                 path: path.to_owned(),

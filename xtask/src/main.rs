@@ -2,6 +2,8 @@
 //!
 //! - `fixtures`: build every fixture target (own lockfile each) in release mode.
 //! - `fixture-path NAME`: print the path of a built fixture binary.
+//! - `demo`: build tasktrace and the demo, trace the demo, print the verdicts, write
+//!   `tasktrace-demo.json`, and check the verdicts against the demo's own ground truth.
 
 use std::{
     path::{Path, PathBuf},
@@ -12,6 +14,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("fixtures") => build_fixtures(),
+        Some("demo") => demo(),
         Some("fixture-path") => match args.get(1) {
             Some(name) => {
                 println!("{}", fixture_binary(name).display());
@@ -19,7 +22,7 @@ fn main() -> ExitCode {
             }
             None => Err("usage: cargo xtask fixture-path NAME".into()),
         },
-        _ => Err("usage: cargo xtask <fixtures | fixture-path NAME>".into()),
+        _ => Err("usage: cargo xtask <fixtures | fixture-path NAME | demo>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,17 +63,123 @@ fn fixture_binary(name: &str) -> PathBuf {
         .join(format!("fixture-{name}"))
 }
 
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
 fn build_fixtures() -> Result<(), String> {
     for dir in fixtures() {
-        eprintln!("xtask: building {}", dir.display());
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--locked", "--manifest-path"])
-            .arg(dir.join("Cargo.toml"))
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !status.success() {
-            return Err(format!("building {} failed", dir.display()));
-        }
+        build_fixture(&dir)?;
     }
     Ok(())
+}
+
+fn build_fixture(dir: &Path) -> Result<(), String> {
+    eprintln!("xtask: building {}", dir.display());
+    let status = cargo()
+        .args(["build", "--release", "--locked", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building {} failed", dir.display()));
+    }
+    Ok(())
+}
+
+/// The README's first command: trace the bundled demo and check its verdicts.
+fn demo() -> Result<(), String> {
+    let root = root();
+    let status = cargo()
+        .args(["build", "--release", "--locked", "-p", "tracer-user"])
+        .current_dir(&root)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("building tasktrace failed".into());
+    }
+    build_fixture(&root.join("fixtures/demo"))?;
+    let report_path = root.join("tasktrace-demo.json");
+    let cmd = [
+        "run",
+        "--duration",
+        "8s",
+        "--leak-after",
+        "3s",
+        "--stuck-after",
+        "1s",
+        "--never-polled-after",
+        "3s",
+        "--json",
+    ];
+    eprintln!(
+        "xtask: target/release/tasktrace {} {} -- {}",
+        cmd.join(" "),
+        report_path.display(),
+        fixture_binary("demo").display()
+    );
+    let out = Command::new(root.join("target/release/tasktrace"))
+        .args(cmd)
+        .arg(&report_path)
+        .arg("--")
+        .arg(fixture_binary("demo"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run tasktrace: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    if !out.status.success() {
+        return Err(format!("tasktrace failed: {}", out.status));
+    }
+    check_demo(&stdout, &report_path)
+}
+
+/// Compares the report's verdicts with the ground truth line the demo printed.
+fn check_demo(stdout: &str, report_path: &Path) -> Result<(), String> {
+    use serde_json::Value;
+    let truth: Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TASKTRACE_GROUND_TRUTH "))
+        .ok_or("the demo printed no ground truth")
+        .and_then(|l| serde_json::from_str(l).map_err(|_| "bad ground truth line"))?;
+    let report: Value = std::fs::read(report_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))?;
+    let tasks = report["tasks"].as_array().ok_or("report without tasks")?;
+    let mut mismatches = Vec::new();
+    for verdict in ["leaked", "stuck", "never_polled"] {
+        let mut want: Vec<u64> = truth[verdict]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect();
+        let mut got: Vec<u64> = tasks
+            .iter()
+            .filter(|t| t["verdict"] == verdict)
+            .filter_map(|t| t["id"].as_u64())
+            .collect();
+        want.sort_unstable();
+        got.sort_unstable();
+        if want != got {
+            mismatches.push(format!(
+                "{verdict}: expected tasks {want:?}, tasktrace said {got:?}"
+            ));
+        }
+    }
+    if mismatches.is_empty() {
+        println!(
+            "\nxtask: verdicts match the demo's ground truth (leaked {}, stuck {}, never polled {}); report: {}",
+            report["summary"]["leaked"],
+            report["summary"]["stuck"],
+            report["summary"]["never_polled"],
+            report_path.display()
+        );
+        Ok(())
+    } else {
+        Err(format!(
+            "verdicts differ from the demo's ground truth:\n  {}",
+            mismatches.join("\n  ")
+        ))
+    }
 }

@@ -6,3 +6,6 @@ mod task;
 
 pub use aggregator::{Aggregator, Diagnostics};
 pub use task::{LongPoll, Task, TaskKind, TaskState};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One-command setup for a fresh machine (Debian 12, rustup, root). Idempotent: re-running
+# it is safe and takes about a second when everything is already there.
+# Installs: the pinned userspace toolchain, the dated nightly (+ rust-src) that compiles the
+# eBPF crate, and bpf-linker built against that nightly's own LLVM.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=toolchain.env
+source "$here/toolchain.env"
+
+export PATH="$HOME/.cargo/bin:$PATH"
+say() { printf 'setup: %s\n' "$*"; }
+
+if ! command -v rustup >/dev/null 2>&1; then
+  say "rustup is missing: install it first (https://rustup.rs), then re-run this script" >&2
+  exit 1
+fi
+
+have_toolchain() { rustup toolchain list | grep -q "^$1"; }
+
+if ! have_toolchain "$STABLE_TOOLCHAIN"; then
+  say "installing Rust $STABLE_TOOLCHAIN"
+  rustup toolchain install "$STABLE_TOOLCHAIN" --profile minimal -c clippy,rustfmt
+fi
+if ! have_toolchain "$EBPF_TOOLCHAIN" || ! rustup component list --toolchain "$EBPF_TOOLCHAIN" --installed | grep -q rust-src; then
+  say "installing $EBPF_TOOLCHAIN with rust-src (compiles the eBPF crate)"
+  rustup toolchain install "$EBPF_TOOLCHAIN" --profile minimal -c rust-src
+fi
+
+# bpf-linker must link the same LLVM as the nightly: build it against the nightly's libLLVM.
+stamp_dir="$HOME/.cache/tasktrace"
+stamp="$stamp_dir/bpf-linker.stamp"
+want="$BPF_LINKER_VERSION $EBPF_TOOLCHAIN $BPF_LINKER_LLVM"
+if ! command -v bpf-linker >/dev/null 2>&1 || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "building bpf-linker $BPF_LINKER_VERSION against $EBPF_TOOLCHAIN's LLVM (about a minute)"
+  sysroot=$(rustc +"$EBPF_TOOLCHAIN" --print sysroot)
+  llvm=$(ls "$sysroot"/lib/libLLVM.so.* | head -n 1)
+  prefix="$stamp_dir/llvm-$EBPF_TOOLCHAIN"
+  mkdir -p "$prefix/lib"
+  ln -sf "$llvm" "$prefix/lib/libLLVM.so"
+  ln -sf "$llvm" "$prefix/lib/"
+  LLVM_PREFIX="$prefix" cargo +"$STABLE_TOOLCHAIN" install "bpf-linker@$BPF_LINKER_VERSION" \
+    --locked --no-default-features --features "$BPF_LINKER_LLVM" --force
+  echo "$want" > "$stamp"
+fi
+
+# bpftool: the e2e tests use it to check that no tasktrace program outlives tasktrace.
+if ! command -v bpftool >/dev/null 2>&1; then
+  say "installing bpftool (Debian package)"
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftool >/dev/null
+  else
+    say "warning: not root, cannot apt-get install bpftool; the e2e tests need it" >&2
+  fi
+fi
+
+# Kernel support: uprobe_multi links need Linux >= 6.6 (6.10 for a correct pid filter).
+kernel=$(uname -r)
+major=${kernel%%.*}; rest=${kernel#*.}; minor=${rest%%.*}
+if [ "$major" -lt 6 ] || { [ "$major" -eq 6 ] && [ "$minor" -lt 10 ]; }; then
+  say "warning: kernel $kernel is older than 6.10; tasktrace needs uprobe_multi with pid filtering" >&2
+fi
+say "ready (Rust $STABLE_TOOLCHAIN, $EBPF_TOOLCHAIN, bpf-linker $BPF_LINKER_VERSION)"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test entry point (README, .ci/run): sets up what a fresh machine lacks, builds the
+# release fixtures, then runs formatting, lints, unit tests and the end-to-end tests,
+# which attach real eBPF probes and therefore need root.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+started=$(date +%s)
+echo "== fixtures (release builds, one lockfile each)"
+cargo xtask fixtures
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test (unit + end-to-end)"
+cargo test --workspace -- --test-threads=2
+echo "== all tests passed in $(( $(date +%s) - started ))s"

@@ -1,0 +1,266 @@
+//! Reconstruction and verdicts on synthetic event streams: the edge cases a live trace
+//! rarely shows on demand (lost events, address reuse, shutdown, nesting).
+
+use tracer_common::{EVENT_FLAG_UNREADABLE, EventKind, TaskEvent};
+
+use super::{Aggregator, TaskKind, TaskState};
+use crate::{
+    tokio_versions::select,
+    verdict::{Reason, Thresholds, Verdict, final_judgement},
+};
+
+const MS: u64 = 1_000_000;
+const S: u64 = 1_000 * MS;
+const RUNNING: u64 = 0x1;
+const CANCELLED: u64 = 0x20;
+
+fn agg() -> Aggregator {
+    let k = select(None).unwrap().knowledge;
+    Aggregator::new(
+        k.state,
+        Thresholds::new(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(2),
+        ),
+    )
+}
+
+fn ev(kind: EventKind, ts: u64, header: u64, id: u64, tid: u32) -> TaskEvent {
+    TaskEvent {
+        ts_ns: ts,
+        header,
+        task_id: id,
+        state: 0xcc,
+        owner_id: 1,
+        tid,
+        kind: kind as u8,
+        ..Default::default()
+    }
+}
+
+fn spawn(a: &mut Aggregator, ts: u64, h: u64, id: u64) {
+    a.ingest(&ev(EventKind::Spawn, ts, h, id, 1));
+}
+
+fn poll(a: &mut Aggregator, start: u64, end: u64, h: u64, id: u64, tid: u32) {
+    a.ingest(&ev(EventKind::PollStart, start, h, id, tid));
+    a.ingest(&ev(EventKind::PollEnd, end, 0, 0, tid));
+}
+
+fn verdict_at(a: &Aggregator, id: u64, at: u64) -> (Verdict, Reason) {
+    let t = a.tasks.iter().rev().find(|t| t.id == id).expect("task");
+    let j = final_judgement(t, at, a.thresholds());
+    (j.verdict, j.reason)
+}
+
+#[test]
+fn idle_task_is_leaked_only_after_threshold() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0x1000, 7);
+    poll(&mut a, 1 * MS, 2 * MS, 0x1000, 7, 10);
+    assert_eq!(verdict_at(&a, 7, 9 * S), (Verdict::Ok, Reason::Active));
+    assert_eq!(
+        verdict_at(&a, 7, 11 * S),
+        (Verdict::Leaked, Reason::IdleSinceLastPoll)
+    );
+}
+
+#[test]
+fn periodic_task_is_never_leaked() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0x1000, 1);
+    for i in 0..100 {
+        let t = i * S;
+        a.ingest(&ev(EventKind::WakeByRef, t, 0x1000, 1, 3));
+        poll(&mut a, t + MS, t + 2 * MS, 0x1000, 1, 10);
+    }
+    assert_eq!(verdict_at(&a, 1, 100 * S).0, Verdict::Ok);
+    assert_eq!(a.tasks[0].polls, 100);
+    assert_eq!(a.tasks[0].wakes, 100);
+}
+
+#[test]
+fn never_polled_needs_threshold_and_wins_over_starved() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0x2000, 2);
+    a.ingest(&ev(EventKind::WakeByVal, 100 * MS, 0x2000, 2, 3));
+    assert_eq!(verdict_at(&a, 2, 1 * S).0, Verdict::Ok);
+    assert_eq!(
+        verdict_at(&a, 2, 3 * S),
+        (Verdict::NeverPolled, Reason::NeverPolled)
+    );
+}
+
+#[test]
+fn long_poll_in_progress_is_stuck_and_ended_one_is_listed() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0x3000, 3);
+    a.ingest(&ev(EventKind::PollStart, 1 * MS, 0x3000, 3, 10));
+    assert_eq!(
+        verdict_at(&a, 3, 2 * S),
+        (Verdict::Stuck, Reason::BlockingPoll)
+    );
+    a.ingest(&ev(EventKind::PollEnd, 1500 * MS, 0, 0, 10));
+    assert_eq!(a.long_polls.len(), 1);
+    assert_eq!(a.long_polls[0].task_id, 3);
+    assert_eq!(verdict_at(&a, 3, 2 * S).0, Verdict::Ok);
+}
+
+#[test]
+fn blocking_tasks_may_block() {
+    let mut a = agg();
+    a.ingest(&ev(EventKind::SpawnBlocking, 0, 0x4000, 4, 1));
+    a.ingest(&ev(EventKind::PollStart, 1 * MS, 0x4000, 4, 11));
+    assert_eq!(a.tasks[0].kind, TaskKind::Blocking);
+    assert_eq!(verdict_at(&a, 4, 60 * S).0, Verdict::Ok);
+    a.ingest(&ev(EventKind::PollEnd, 30 * S, 0, 0, 11));
+    assert!(a.long_polls.is_empty());
+}
+
+#[test]
+fn woken_but_not_polled_is_starved() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0x5000, 5);
+    poll(&mut a, 1 * MS, 2 * MS, 0x5000, 5, 10);
+    a.ingest(&ev(EventKind::WakeByVal, 3 * S, 0x5000, 5, 12));
+    assert_eq!(a.tasks[0].state(), TaskState::Scheduled);
+    assert_eq!(verdict_at(&a, 5, 3 * S + 500 * MS).0, Verdict::Ok);
+    assert_eq!(verdict_at(&a, 5, 5 * S), (Verdict::Stuck, Reason::Starved));
+}
+
+#[test]
+fn wake_during_poll_leaves_task_scheduled() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0x5000, 5);
+    a.ingest(&ev(EventKind::PollStart, 1 * MS, 0x5000, 5, 10));
+    a.ingest(&ev(EventKind::WakeByRef, 2 * MS, 0x5000, 5, 10));
+    a.ingest(&ev(EventKind::PollEnd, 3 * MS, 0, 0, 10));
+    assert_eq!(a.tasks[0].state(), TaskState::Scheduled);
+    assert_eq!(a.tasks[0].scheduled_since, Some(2 * MS));
+}
+
+#[test]
+fn completed_and_freed_tasks_are_ok() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0x6000, 6);
+    a.ingest(&ev(EventKind::PollStart, 1 * MS, 0x6000, 6, 10));
+    a.ingest(&ev(EventKind::Complete, 2 * MS, 0x6000, 6, 10));
+    a.ingest(&ev(EventKind::PollEnd, 3 * MS, 0, 0, 10));
+    a.ingest(&ev(EventKind::Dealloc, 4 * MS, 0x6000, 6, 10));
+    assert_eq!(a.tasks[0].state(), TaskState::Freed);
+    assert_eq!(verdict_at(&a, 6, 100 * S), (Verdict::Ok, Reason::Finished));
+}
+
+#[test]
+fn address_reuse_never_merges_two_tasks() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0x7000, 70);
+    poll(&mut a, 1 * MS, 2 * MS, 0x7000, 70, 10);
+    // The dealloc of task 70 was lost; a new task lives at the same address.
+    spawn(&mut a, 3 * MS, 0x7000, 71);
+    poll(&mut a, 4 * MS, 5 * MS, 0x7000, 71, 10);
+    // A stale-id event at the reused address also starts a new task rather than merging.
+    a.ingest(&ev(EventKind::WakeByRef, 6 * MS, 0x7000, 72, 10));
+    assert_eq!(a.tasks.len(), 3);
+    assert_eq!(a.tasks[0].state(), TaskState::Freed);
+    assert_eq!(a.tasks[1].polls, 1);
+    assert_eq!(a.tasks[1].state(), TaskState::Freed);
+    assert!(a.diagnostics.address_reuse >= 1);
+    // Only the live occupant is judged as alive.
+    assert_eq!(verdict_at(&a, 70, 60 * S).0, Verdict::Ok);
+}
+
+#[test]
+fn lost_poll_start_is_counted_not_misattributed() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0x8000, 8);
+    a.ingest(&ev(EventKind::PollEnd, 1 * MS, 0, 0, 10));
+    assert_eq!(a.diagnostics.unmatched_poll_ends, 1);
+    assert_eq!(a.tasks[0].polls, 0);
+}
+
+#[test]
+fn unreadable_header_is_counted() {
+    let mut a = agg();
+    let mut e = ev(EventKind::PollStart, 1, 0x9000, 0, 10);
+    e.flags = EVENT_FLAG_UNREADABLE;
+    a.ingest(&e);
+    assert_eq!(a.diagnostics.unreadable_headers, 1);
+    assert!(a.tasks.is_empty());
+}
+
+#[test]
+fn task_from_before_the_trace_has_no_spawn_time() {
+    let mut a = agg();
+    poll(&mut a, 5 * S, 5 * S + MS, 0xa000, 99, 10);
+    let t = &a.tasks[0];
+    assert_eq!(t.spawned_ns, None);
+    assert_eq!(t.kind, TaskKind::Async);
+    assert_eq!(verdict_at(&a, 99, 30 * S).0, Verdict::Leaked);
+}
+
+#[test]
+fn shutdown_freezes_verdicts_at_its_start() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0xb000, 1);
+    poll(&mut a, 1 * MS, 2 * MS, 0xb000, 1, 10); // idle since 2 ms: leaked at 11 s
+    spawn(&mut a, 8 * S, 0xb100, 2);
+    poll(&mut a, 8 * S, 8 * S + MS, 0xb100, 2, 10); // idle 4 s at shutdown: ok
+    a.ingest(&ev(EventKind::Shutdown, 12 * S, 0xb000, 1, 10));
+    a.ingest(&ev(EventKind::Complete, 12 * S + 1, 0xb000, 1, 10));
+    // The second task is shut down a little later, but judged at the runtime's start of shutdown.
+    a.ingest(&ev(EventKind::Shutdown, 12 * S + 300 * MS, 0xb100, 2, 10));
+    let window_end = 100 * S;
+    assert_eq!(verdict_at(&a, 1, window_end).0, Verdict::Leaked);
+    assert_eq!(verdict_at(&a, 2, window_end).0, Verdict::Ok);
+    let j = final_judgement(&a.tasks[0], window_end, a.thresholds());
+    assert_eq!(j.at_ns, 12 * S);
+}
+
+#[test]
+fn aborted_idle_task_is_cancelled_not_polled() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0xc000, 12);
+    poll(&mut a, 1 * MS, 2 * MS, 0xc000, 12, 10);
+    let mut start = ev(EventKind::PollStart, 3 * MS, 0xc000, 12, 10);
+    start.state = CANCELLED | 0x4;
+    a.ingest(&start);
+    let mut done = ev(EventKind::Complete, 4 * MS, 0xc000, 12, 10);
+    done.state = CANCELLED | RUNNING;
+    a.ingest(&done);
+    a.ingest(&ev(EventKind::PollEnd, 5 * MS, 0, 0, 10));
+    let t = &a.tasks[0];
+    assert_eq!(t.polls, 1);
+    assert_eq!(t.state(), TaskState::Cancelled);
+}
+
+#[test]
+fn raw_poll_of_a_running_task_is_not_a_poll() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0xd000, 13);
+    let mut start = ev(EventKind::PollStart, 1 * MS, 0xd000, 13, 10);
+    start.state = RUNNING | 0x4;
+    a.ingest(&start);
+    a.ingest(&ev(EventKind::PollEnd, 2 * S, 0, 0, 10));
+    assert_eq!(a.tasks[0].polls, 0);
+    assert!(a.long_polls.is_empty());
+}
+
+#[test]
+fn worker_hosting_blocking_task_is_plumbing() {
+    let mut a = agg();
+    a.ingest(&ev(EventKind::SpawnBlocking, 0, 0xe000, 20, 1));
+    a.ingest(&ev(EventKind::PollStart, 1 * MS, 0xe000, 20, 10));
+    spawn(&mut a, 2 * MS, 0xe100, 21);
+    poll(&mut a, 3 * MS, 4 * MS, 0xe100, 21, 10);
+    let host = &a.tasks[0];
+    assert!(host.is_plumbing());
+    assert_eq!(
+        verdict_at(&a, 20, 100 * S),
+        (Verdict::Ok, Reason::RuntimePlumbing)
+    );
+    // The nested poll ended and was attributed to the inner task, not the host.
+    assert_eq!(a.tasks[1].polls, 1);
+    assert_eq!(a.tasks[0].state(), TaskState::Running);
+}

@@ -1,0 +1,188 @@
+//! Bad input gets a clear message, a defined exit status, and never a panic or a probe
+//! left behind.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    thread::sleep,
+    time::Duration,
+};
+
+use common::*;
+
+fn assert_refused(out: &std::process::Output, code: i32, needles: &[&str]) {
+    let (stdout, stderr) = text(out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}:\n{stderr}");
+    }
+    assert!(
+        stderr.contains("hint:"),
+        "every refusal says what to do:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn missing_pid() {
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = tasktrace()
+        .args(["record", "--pid", &(pid_max + 1).to_string()])
+        .output()
+        .unwrap();
+    assert_refused(&out, 2, &["no process with pid"]);
+}
+
+#[test]
+fn missing_command() {
+    let out = tasktrace()
+        .args(["run", "--", "/nonexistent/tasktrace-no-such-program"])
+        .output()
+        .unwrap();
+    assert_refused(&out, 2, &["command not found"]);
+    let out = tasktrace()
+        .args(["run", "--", "tasktrace-no-such-program-on-path"])
+        .output()
+        .unwrap();
+    assert_refused(&out, 2, &["command not found"]);
+}
+
+#[test]
+fn process_that_is_not_tokio() {
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let out = tasktrace()
+        .args(["record", "--pid", &sleeper.id().to_string()])
+        .output()
+        .unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_refused(&out, 2, &["does not contain the tokio runtime"]);
+}
+
+#[test]
+fn binary_with_symbols_but_no_tokio() {
+    let src = tmp("plain.c");
+    let bin = tmp("plain");
+    std::fs::write(&src, "int main(void) { return 0; }\n").unwrap();
+    let status = Command::new("cc")
+        .arg(&src)
+        .arg("-o")
+        .arg(&bin)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tasktrace().args(["run", "--"]).arg(&bin).output().unwrap();
+    assert_refused(&out, 2, &["does not contain the tokio runtime"]);
+}
+
+#[test]
+fn stripped_tokio_binary() {
+    let stripped = tmp("fixture-demo-stripped");
+    let status = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(fixture("demo"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tasktrace()
+        .args(["run", "--"])
+        .arg(&stripped)
+        .output()
+        .unwrap();
+    assert_refused(&out, 2, &["is stripped", "tokio 1.54.1"]);
+}
+
+#[test]
+fn not_an_executable_format() {
+    let script = tmp("script.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = tasktrace()
+        .args(["run", "--"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_refused(&out, 2, &["is not a program tasktrace can trace"]);
+}
+
+#[test]
+fn bad_options_are_usage_errors() {
+    let out = tasktrace()
+        .args(["record", "--pid", "1", "--leak-after", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("not a duration"));
+    let out = tasktrace()
+        .args(["record", "--pid", "1", "--fail-on", "slow"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("not a verdict"));
+}
+
+#[test]
+fn unwritable_report_path_fails_before_attaching() {
+    let out = tasktrace()
+        .args([
+            "run",
+            "--json",
+            "/nonexistent-dir/report.json",
+            "--",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    assert_refused(&out, 2, &["cannot write /nonexistent-dir/report.json"]);
+}
+
+/// Runs tasktrace as `nobody`: loading eBPF and reading another user's process are refused.
+#[test]
+fn lacking_privileges() {
+    if !require_bpf() {
+        return;
+    }
+    let demo = fixture("demo");
+    let as_nobody = || {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_tasktrace"));
+        c
+    };
+    // Tracing a root process: its executable cannot even be read.
+    let mut target = Command::new(&demo).stdout(Stdio::null()).spawn().unwrap();
+    sleep(Duration::from_millis(200));
+    let out = as_nobody()
+        .args(["record", "--pid", &target.id().to_string()])
+        .output()
+        .unwrap();
+    let _ = target.kill();
+    let _ = target.wait();
+    assert_refused(&out, 4, &["insufficient privileges"]);
+    // Launching a readable program: the eBPF load is refused.
+    let copy = tmp("fixture-demo-for-nobody");
+    std::fs::copy(&demo, &copy).unwrap();
+    let dir = copy.parent().unwrap();
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = as_nobody()
+        .args(["run", "--duration", "1s", "--"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert_refused(&out, 4, &["insufficient privileges"]);
+}

@@ -1,0 +1,212 @@
+//! Shared by the end-to-end tests: privileges check, fixture builds, running tasktrace,
+//! and comparing its report with the ground truth the fixture prints.
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::{Mutex, MutexGuard, OnceLock},
+};
+
+use serde_json::Value;
+
+/// e2e tests attach real probes: they need root and fail loudly without it, unless the
+/// caller opts out explicitly with TASKTRACE_SKIP_BPF_TESTS=1 (CI never does).
+pub fn require_bpf() -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("TASKTRACE_SKIP_BPF_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: not root and TASKTRACE_SKIP_BPF_TESTS=1");
+        return false;
+    }
+    panic!(
+        "e2e tests attach eBPF uprobes and need root; run them as root (sudo), or set TASKTRACE_SKIP_BPF_TESTS=1 to skip them explicitly"
+    );
+}
+
+/// One traced scenario at a time: the timings of the fixtures assume a quiet machine.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+pub fn tasktrace() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tasktrace"))
+}
+
+/// The release-built fixture binary, built on first use (the test command builds all of
+/// them up front through `cargo xtask fixtures`).
+pub fn fixture(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<BTreeSet<String>>> = OnceLock::new();
+    let dir = root().join("fixtures").join(name);
+    let bin = dir.join("target/release").join(format!("fixture-{name}"));
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
+    if !built.contains(name) {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--quiet",
+                "--manifest-path",
+            ])
+            .arg(dir.join("Cargo.toml"))
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "building fixture {name} failed");
+        built.insert(name.to_owned());
+    }
+    bin
+}
+
+pub fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tasktrace-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Ids the fixture says must get each verdict.
+#[derive(Debug, Default)]
+pub struct Truth {
+    pub leaked: BTreeSet<u64>,
+    pub stuck: BTreeSet<u64>,
+    pub never_polled: BTreeSet<u64>,
+    pub long_poll: BTreeSet<u64>,
+}
+
+pub fn ground_truth(stdout: &str) -> Truth {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TASKTRACE_GROUND_TRUTH "))
+        .unwrap_or_else(|| panic!("fixture printed no ground truth; stdout:\n{stdout}"));
+    let v: Value = serde_json::from_str(line).expect("ground truth is JSON");
+    let ids = |k: &str| {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    Truth {
+        leaked: ids("leaked"),
+        stuck: ids("stuck"),
+        never_polled: ids("never_polled"),
+        long_poll: ids("long_poll"),
+    }
+}
+
+pub fn read_report(path: &Path) -> Value {
+    let body = std::fs::read(path).unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
+    serde_json::from_slice(&body).expect("report is JSON")
+}
+
+fn ids_with(report: &Value, verdict: &str) -> BTreeSet<u64> {
+    report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["verdict"] == verdict)
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect()
+}
+
+/// Every flagged task is exactly the ground truth's, every other task is ok, and the
+/// summary agrees with the task list.
+pub fn assert_matches_truth(report: &Value, truth: &Truth) {
+    assert_eq!(ids_with(report, "leaked"), truth.leaked, "leaked tasks");
+    assert_eq!(ids_with(report, "stuck"), truth.stuck, "stuck tasks");
+    assert_eq!(
+        ids_with(report, "never_polled"),
+        truth.never_polled,
+        "never-polled tasks"
+    );
+    let long: BTreeSet<u64> = report["long_polls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["task_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(long, truth.long_poll, "long polls");
+    let s = &report["summary"];
+    for (k, n) in [
+        ("leaked", truth.leaked.len()),
+        ("stuck", truth.stuck.len()),
+        ("never_polled", truth.never_polled.len()),
+        ("long_polls", truth.long_poll.len()),
+    ] {
+        assert_eq!(s[k].as_u64(), Some(n as u64), "summary.{k}");
+    }
+    for k in ["tasks_seen", "alive", "lost_events"] {
+        assert!(s[k].is_u64(), "summary.{k} is an integer");
+    }
+    assert_eq!(s["lost_events"], 0, "no events lost");
+    let tasks = report["tasks"].as_array().unwrap();
+    assert_eq!(s["tasks_seen"].as_u64(), Some(tasks.len() as u64));
+    // Healthy traffic was traced (so "ok" is a verdict, not an absence of data).
+    let healthy_polled = tasks
+        .iter()
+        .filter(|t| t["verdict"] == "ok" && t["polls"].as_u64() > Some(5))
+        .count();
+    assert!(
+        healthy_polled >= 2,
+        "the ticker and the consumer were traced as ok"
+    );
+    for t in tasks {
+        for k in ["id", "kind", "verdict", "polls"] {
+            assert!(!t[k].is_null(), "tasks[].{k}");
+        }
+        assert!(t.get("spawned_at_ns").is_some(), "tasks[].spawned_at_ns");
+    }
+}
+
+/// Names of the loaded BPF programs (bpftool), to prove tasktrace leaves none behind.
+pub fn loaded_programs() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .expect("bpftool (scripts/setup.sh installs it)");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn our_programs() -> usize {
+    loaded_programs()
+        .iter()
+        .filter(|n| *n == "task_entry" || *n == "task_return")
+        .count()
+}
+
+/// tasktrace's programs once the kernel has finished releasing them: the last reference
+/// goes away asynchronously (RCU), so give it up to two seconds.
+pub fn our_programs_after_exit() -> usize {
+    for _ in 0..20 {
+        if our_programs() == 0 {
+            return 0;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    our_programs()
+}

@@ -1,0 +1,227 @@
+//! End to end on the demo target: real uprobes on a release-built tokio binary, verdicts
+//! compared with the ground truth the demo prints (by tokio task id).
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    thread::sleep,
+    time::Duration,
+};
+
+use common::*;
+
+const THRESHOLDS: [&str; 6] = [
+    "--leak-after",
+    "2s",
+    "--stuck-after",
+    "1s",
+    "--never-polled-after",
+    "2s",
+];
+
+#[test]
+fn run_traces_demo_from_first_instruction_until_duration() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let demo = fixture("demo");
+    let json = tmp("run-duration.json");
+    let out = tasktrace()
+        .args(["run", "--duration", "6s", "--json"])
+        .arg(&json)
+        .args(THRESHOLDS)
+        .arg("--")
+        .arg(&demo)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report = read_report(&json);
+    assert_matches_truth(&report, &ground_truth(&stdout));
+    assert_eq!(report["window"]["ended_by"], "duration");
+    assert!(
+        stdout.contains("LEAKED (9)"),
+        "text summary groups by verdict:\n{stdout}"
+    );
+    eprintln!(
+        "detach took {} ms for {} sites",
+        report["probes"]["detach_ms"], report["probes"]["sites"]
+    );
+}
+
+#[test]
+fn verdicts_are_judged_when_the_runtime_shuts_down() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let demo = fixture("demo");
+    let json = tmp("run-exit.json");
+    let out = tasktrace()
+        .args(["run", "--json"])
+        .arg(&json)
+        .args(THRESHOLDS)
+        .arg("--")
+        .arg(&demo)
+        .args(["--exit-after", "5"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report = read_report(&json);
+    let truth = ground_truth(&stdout);
+    assert_matches_truth(&report, &truth);
+    assert_eq!(report["window"]["ended_by"], "target_exit");
+    for t in report["tasks"].as_array().unwrap() {
+        if truth.leaked.contains(&t["id"].as_u64().unwrap()) {
+            assert_eq!(
+                t["cancelled_by_shutdown"], true,
+                "leaked task {} was shut down",
+                t["id"]
+            );
+        }
+    }
+}
+
+#[test]
+fn record_attaches_to_a_running_process_and_survives_its_exit() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let demo = fixture("demo");
+    let json = tmp("record.json");
+    let out_path = tmp("record-demo.out");
+    let mut target = Command::new(&demo)
+        .args(["--start-after", "1.5", "--exit-after", "7"])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(500));
+    let out = tasktrace()
+        .args([
+            "record",
+            "--pid",
+            &target.id().to_string(),
+            "--duration",
+            "60s",
+            "--json",
+        ])
+        .arg(&json)
+        .args(THRESHOLDS)
+        .output()
+        .unwrap();
+    let _ = target.wait();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report = read_report(&json);
+    assert_eq!(report["window"]["ended_by"], "target_exit");
+    assert!(
+        report["window"]["duration_ns"].as_u64().unwrap() < 20_000_000_000,
+        "stopped at target exit"
+    );
+    assert_matches_truth(
+        &report,
+        &ground_truth(&std::fs::read_to_string(&out_path).unwrap()),
+    );
+}
+
+#[test]
+fn ctrl_c_ends_the_window_reports_and_detaches() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let demo = fixture("demo");
+    let json = tmp("ctrl-c.json");
+    let mut target = Command::new(&demo).stdout(Stdio::null()).spawn().unwrap();
+    sleep(Duration::from_millis(300));
+    let tracer = tasktrace()
+        .args(["record", "--pid", &target.id().to_string(), "--json"])
+        .arg(&json)
+        .args(THRESHOLDS)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_secs(3));
+    assert_eq!(our_programs(), 2, "probes are loaded while tracing");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+    let out = tracer.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report = read_report(&json);
+    assert_eq!(report["window"]["ended_by"], "interrupted");
+    assert_eq!(
+        our_programs_after_exit(),
+        0,
+        "no tasktrace program outlives tasktrace"
+    );
+    assert!(
+        target.try_wait().unwrap().is_none(),
+        "the traced process keeps running"
+    );
+    let _ = target.kill();
+    let _ = target.wait();
+    // The ticker of the demo was seen and judged ok.
+    assert!(
+        report["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["verdict"] == "ok" && t["polls"].as_u64() > Some(10))
+    );
+}
+
+#[test]
+fn fail_on_sets_exit_status_3() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let demo = fixture("demo");
+    let out = tasktrace()
+        .args([
+            "run",
+            "-q",
+            "--duration",
+            "4s",
+            "--fail-on",
+            "leaked,never_polled",
+        ])
+        .args(THRESHOLDS)
+        .arg("--")
+        .arg(&demo)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("--fail-on matched: leaked, never_polled"),
+        "{stderr}"
+    );
+    assert_eq!(our_programs_after_exit(), 0);
+}
