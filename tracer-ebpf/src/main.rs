@@ -128,10 +128,10 @@ fn read_header(ev: &mut TaskEvent, header: u64, layout: &HeaderLayout) {
                 if let Ok(id_off) = bpf_probe_read_user((v + layout.vtable_id_offset) as *const u64)
                 {
                     // An id offset beyond a task cell's plausible size means a bad layout.
-                    if id_off < 4096 {
-                        if let Ok(id) = bpf_probe_read_user((header + id_off) as *const u64) {
-                            ev.task_id = id;
-                        }
+                    if id_off < 4096
+                        && let Ok(id) = bpf_probe_read_user((header + id_off) as *const u64)
+                    {
+                        ev.task_id = id;
                     }
                 }
             }
