@@ -58,7 +58,7 @@ fn verdict_at(a: &Aggregator, id: u64, at: u64) -> (Verdict, Reason) {
 fn idle_task_is_leaked_only_after_threshold() {
     let mut a = agg();
     spawn(&mut a, 0, 0x1000, 7);
-    poll(&mut a, 1 * MS, 2 * MS, 0x1000, 7, 10);
+    poll(&mut a, MS, 2 * MS, 0x1000, 7, 10);
     assert_eq!(verdict_at(&a, 7, 9 * S), (Verdict::Ok, Reason::Active));
     assert_eq!(
         verdict_at(&a, 7, 11 * S),
@@ -85,7 +85,7 @@ fn never_polled_needs_threshold_and_wins_over_starved() {
     let mut a = agg();
     spawn(&mut a, 0, 0x2000, 2);
     a.ingest(&ev(EventKind::WakeByVal, 100 * MS, 0x2000, 2, 3));
-    assert_eq!(verdict_at(&a, 2, 1 * S).0, Verdict::Ok);
+    assert_eq!(verdict_at(&a, 2, S).0, Verdict::Ok);
     assert_eq!(
         verdict_at(&a, 2, 3 * S),
         (Verdict::NeverPolled, Reason::NeverPolled)
@@ -96,7 +96,7 @@ fn never_polled_needs_threshold_and_wins_over_starved() {
 fn long_poll_in_progress_is_stuck_and_ended_one_is_listed() {
     let mut a = agg();
     spawn(&mut a, 0, 0x3000, 3);
-    a.ingest(&ev(EventKind::PollStart, 1 * MS, 0x3000, 3, 10));
+    a.ingest(&ev(EventKind::PollStart, MS, 0x3000, 3, 10));
     assert_eq!(
         verdict_at(&a, 3, 2 * S),
         (Verdict::Stuck, Reason::BlockingPoll)
@@ -111,7 +111,7 @@ fn long_poll_in_progress_is_stuck_and_ended_one_is_listed() {
 fn blocking_tasks_may_block() {
     let mut a = agg();
     a.ingest(&ev(EventKind::SpawnBlocking, 0, 0x4000, 4, 1));
-    a.ingest(&ev(EventKind::PollStart, 1 * MS, 0x4000, 4, 11));
+    a.ingest(&ev(EventKind::PollStart, MS, 0x4000, 4, 11));
     assert_eq!(a.tasks[0].kind, TaskKind::Blocking);
     assert_eq!(verdict_at(&a, 4, 60 * S).0, Verdict::Ok);
     a.ingest(&ev(EventKind::PollEnd, 30 * S, 0, 0, 11));
@@ -122,7 +122,7 @@ fn blocking_tasks_may_block() {
 fn woken_but_not_polled_is_starved() {
     let mut a = agg();
     spawn(&mut a, 0, 0x5000, 5);
-    poll(&mut a, 1 * MS, 2 * MS, 0x5000, 5, 10);
+    poll(&mut a, MS, 2 * MS, 0x5000, 5, 10);
     a.ingest(&ev(EventKind::WakeByVal, 3 * S, 0x5000, 5, 12));
     assert_eq!(a.tasks[0].state(), TaskState::Scheduled);
     assert_eq!(verdict_at(&a, 5, 3 * S + 500 * MS).0, Verdict::Ok);
@@ -133,7 +133,7 @@ fn woken_but_not_polled_is_starved() {
 fn wake_during_poll_leaves_task_scheduled() {
     let mut a = agg();
     spawn(&mut a, 0, 0x5000, 5);
-    a.ingest(&ev(EventKind::PollStart, 1 * MS, 0x5000, 5, 10));
+    a.ingest(&ev(EventKind::PollStart, MS, 0x5000, 5, 10));
     a.ingest(&ev(EventKind::WakeByRef, 2 * MS, 0x5000, 5, 10));
     a.ingest(&ev(EventKind::PollEnd, 3 * MS, 0, 0, 10));
     assert_eq!(a.tasks[0].state(), TaskState::Scheduled);
@@ -144,7 +144,7 @@ fn wake_during_poll_leaves_task_scheduled() {
 fn completed_and_freed_tasks_are_ok() {
     let mut a = agg();
     spawn(&mut a, 0, 0x6000, 6);
-    a.ingest(&ev(EventKind::PollStart, 1 * MS, 0x6000, 6, 10));
+    a.ingest(&ev(EventKind::PollStart, MS, 0x6000, 6, 10));
     a.ingest(&ev(EventKind::Complete, 2 * MS, 0x6000, 6, 10));
     a.ingest(&ev(EventKind::PollEnd, 3 * MS, 0, 0, 10));
     a.ingest(&ev(EventKind::Dealloc, 4 * MS, 0x6000, 6, 10));
@@ -156,7 +156,7 @@ fn completed_and_freed_tasks_are_ok() {
 fn address_reuse_never_merges_two_tasks() {
     let mut a = agg();
     spawn(&mut a, 0, 0x7000, 70);
-    poll(&mut a, 1 * MS, 2 * MS, 0x7000, 70, 10);
+    poll(&mut a, MS, 2 * MS, 0x7000, 70, 10);
     // The dealloc of task 70 was lost; a new task lives at the same address.
     spawn(&mut a, 3 * MS, 0x7000, 71);
     poll(&mut a, 4 * MS, 5 * MS, 0x7000, 71, 10);
@@ -175,7 +175,7 @@ fn address_reuse_never_merges_two_tasks() {
 fn lost_poll_start_is_counted_not_misattributed() {
     let mut a = agg();
     spawn(&mut a, 0, 0x8000, 8);
-    a.ingest(&ev(EventKind::PollEnd, 1 * MS, 0, 0, 10));
+    a.ingest(&ev(EventKind::PollEnd, MS, 0, 0, 10));
     assert_eq!(a.diagnostics.unmatched_poll_ends, 1);
     assert_eq!(a.tasks[0].polls, 0);
 }
@@ -204,7 +204,7 @@ fn task_from_before_the_trace_has_no_spawn_time() {
 fn shutdown_freezes_verdicts_at_its_start() {
     let mut a = agg();
     spawn(&mut a, 0, 0xb000, 1);
-    poll(&mut a, 1 * MS, 2 * MS, 0xb000, 1, 10); // idle since 2 ms: leaked at 11 s
+    poll(&mut a, MS, 2 * MS, 0xb000, 1, 10); // idle since 2 ms: leaked at 11 s
     spawn(&mut a, 8 * S, 0xb100, 2);
     poll(&mut a, 8 * S, 8 * S + MS, 0xb100, 2, 10); // idle 4 s at shutdown: ok
     a.ingest(&ev(EventKind::Shutdown, 12 * S, 0xb000, 1, 10));
@@ -222,7 +222,7 @@ fn shutdown_freezes_verdicts_at_its_start() {
 fn aborted_idle_task_is_cancelled_not_polled() {
     let mut a = agg();
     spawn(&mut a, 0, 0xc000, 12);
-    poll(&mut a, 1 * MS, 2 * MS, 0xc000, 12, 10);
+    poll(&mut a, MS, 2 * MS, 0xc000, 12, 10);
     let mut start = ev(EventKind::PollStart, 3 * MS, 0xc000, 12, 10);
     start.state = CANCELLED | 0x4;
     a.ingest(&start);
@@ -239,7 +239,7 @@ fn aborted_idle_task_is_cancelled_not_polled() {
 fn raw_poll_of_a_running_task_is_not_a_poll() {
     let mut a = agg();
     spawn(&mut a, 0, 0xd000, 13);
-    let mut start = ev(EventKind::PollStart, 1 * MS, 0xd000, 13, 10);
+    let mut start = ev(EventKind::PollStart, MS, 0xd000, 13, 10);
     start.state = RUNNING | 0x4;
     a.ingest(&start);
     a.ingest(&ev(EventKind::PollEnd, 2 * S, 0, 0, 10));
@@ -251,7 +251,7 @@ fn raw_poll_of_a_running_task_is_not_a_poll() {
 fn worker_hosting_blocking_task_is_plumbing() {
     let mut a = agg();
     a.ingest(&ev(EventKind::SpawnBlocking, 0, 0xe000, 20, 1));
-    a.ingest(&ev(EventKind::PollStart, 1 * MS, 0xe000, 20, 10));
+    a.ingest(&ev(EventKind::PollStart, MS, 0xe000, 20, 10));
     spawn(&mut a, 2 * MS, 0xe100, 21);
     poll(&mut a, 3 * MS, 4 * MS, 0xe100, 21, 10);
     let host = &a.tasks[0];
