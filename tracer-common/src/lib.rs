@@ -28,9 +28,28 @@ pub enum EventKind {
     Shutdown = 9,
     /// `raw::dealloc`: the task cell is freed.
     Dealloc = 10,
+    /// Entry of a `#[track_caller]` spawn function: a [`CallEvent`] with the argument
+    /// registers (one holds the caller's `&'static Location`) and the return address.
+    SpawnCall = 11,
 }
 
 impl EventKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Spawn => "spawn",
+            Self::SpawnBlocking => "spawn_blocking",
+            Self::SpawnLocal => "spawn_local",
+            Self::PollStart => "poll_start",
+            Self::PollEnd => "poll_end",
+            Self::WakeByVal => "wake_by_val",
+            Self::WakeByRef => "wake_by_ref",
+            Self::Complete => "complete",
+            Self::Shutdown => "shutdown",
+            Self::Dealloc => "dealloc",
+            Self::SpawnCall => "spawn_call",
+        }
+    }
+
     pub const fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => Self::Spawn,
@@ -43,6 +62,7 @@ impl EventKind {
             8 => Self::Complete,
             9 => Self::Shutdown,
             10 => Self::Dealloc,
+            11 => Self::SpawnCall,
             _ => return None,
         })
     }
@@ -103,6 +123,24 @@ pub const EVENT_FLAG_UNREADABLE: u8 = 1;
 
 pub const EVENT_SIZE: usize = core::mem::size_of::<TaskEvent>();
 
+/// The record of a [`EventKind::SpawnCall`] probe. It shares the ring with [`TaskEvent`];
+/// userspace tells the two apart by record length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallEvent {
+    pub ts_ns: u64,
+    /// rdi, rsi, rdx, rcx, r8, r9 at entry.
+    pub args: [u64; 6],
+    /// The return address at `[rsp]`: inside the function that called spawn.
+    pub return_address: u64,
+    pub tid: u32,
+    pub kind: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+pub const CALL_EVENT_SIZE: usize = core::mem::size_of::<CallEvent>();
+
 /// Names of the globals the kernel program reads; userspace sets them at load time.
 pub const GLOBAL_TARGET_TGID: &str = "TARGET_TGID";
 pub const GLOBAL_LAYOUT: &str = "LAYOUT";
@@ -137,8 +175,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_is_48_bytes() {
+    fn records_have_distinct_sizes() {
         assert_eq!(EVENT_SIZE, 48);
+        assert_eq!(CALL_EVENT_SIZE, 72);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    EVENT_FLAG_UNREADABLE, HeaderArg, HeaderLayout, TaskEvent, cookie_arg, cookie_kind,
+    CallEvent, EVENT_FLAG_UNREADABLE, EventKind, HeaderArg, HeaderLayout, TaskEvent, cookie_arg,
+    cookie_kind,
 };
 
 /// Process (tgid) to trace; set by userspace at load time.
@@ -45,6 +46,10 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 
 #[uprobe(multi)]
 pub fn task_entry(ctx: ProbeContext) -> u32 {
+    if cookie_kind(cookie(&ctx)) == EventKind::SpawnCall as u8 {
+        emit_call(&ctx);
+        return 0;
+    }
     // Read both registers unconditionally: the verifier rejects a context access whose
     // offset depends on a branch, which is what selecting the register first compiles to.
     let arg0 = ctx.arg::<u64>(0).unwrap_or(0);
@@ -103,12 +108,46 @@ fn emit<C: EbpfContext>(ctx: &C, header: u64) {
             slot.write(ev);
             slot.submit(BPF_RB_NO_WAKEUP);
         }
-        None => {
-            if let Some(lost) = LOST.get_ptr_mut(0) {
-                // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-                unsafe { *lost += 1 };
-            }
+        None => count_lost(),
+    }
+}
+
+/// Packs the argument registers and the return address of a spawn call: userspace finds
+/// the caller's `Location` among them (its register depends on the future's size).
+#[inline(always)]
+fn emit_call(ctx: &ProbeContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: see `emit`.
+    let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };
+    if (pid_tgid >> 32) as u32 != target {
+        return;
+    }
+    // SAFETY: the context of a uprobe is the target thread's saved registers.
+    let regs = unsafe { &*ctx.regs };
+    let ev = CallEvent {
+        // SAFETY: helper without side effects.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        args: [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9],
+        // SAFETY: bpf_probe_read_user reports faults instead of taking them.
+        return_address: unsafe { bpf_probe_read_user(regs.rsp as *const u64) }.unwrap_or(0),
+        tid: pid_tgid as u32,
+        kind: EventKind::SpawnCall as u8,
+        ..CallEvent::default()
+    };
+    match EVENTS.reserve::<CallEvent>(0) {
+        Some(mut slot) => {
+            slot.write(ev);
+            slot.submit(BPF_RB_NO_WAKEUP);
         }
+        None => count_lost(),
+    }
+}
+
+#[inline(always)]
+fn count_lost() {
+    if let Some(lost) = LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *lost += 1 };
     }
 }
 

@@ -3,6 +3,7 @@
 mod cli;
 mod elf;
 mod error;
+mod locations;
 mod model;
 mod plan;
 mod probes;

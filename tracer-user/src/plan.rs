@@ -154,6 +154,26 @@ impl Plan {
                 }
             }
         }
+        // Spawn-site capture: optional, every instance that survived inlining.
+        for &function in s.spawn_calls {
+            for &vaddr in bin.instances(function) {
+                let Some(file_offset) = bin.file_offset(vaddr) else {
+                    continue;
+                };
+                let cookie = cookie(EventKind::SpawnCall, HeaderArg::None);
+                plan.entry.push(Site {
+                    function,
+                    vaddr,
+                    file_offset,
+                    cookie,
+                });
+            }
+        }
+        // Identical functions may share one address: one probe per (address, meaning).
+        for sites in [&mut plan.entry, &mut plan.ret] {
+            sites.sort_by_key(|s| (s.vaddr, s.cookie));
+            sites.dedup_by_key(|s| (s.vaddr, s.cookie));
+        }
         if !missing.is_empty() {
             missing.dedup();
             return Err(Error::MissingProbeSites {

@@ -6,9 +6,10 @@ use std::time::Duration;
 use crate::{
     elf::BinaryInfo,
     error::Result,
+    locations::{LocationTable, Locator},
     model::Aggregator,
     plan::Plan,
-    probes::Probes,
+    probes::{Probes, Record},
     report::{Meta, ProbeInfo, Report, TargetInfo},
     target::{Launched, Target},
     tokio_versions,
@@ -72,6 +73,26 @@ pub async fn trace(
     }
 
     let mut agg = Aggregator::new(knowledge.state, opts.thresholds);
+    let table = LocationTable::read(&target.exe)
+        .map_err(|e| crate::error::Error::io_for(&target.exe, e))?;
+    let mut locator = Locator::new(std::sync::Arc::new(table), target.pid, target.exe.clone());
+    // Set when the window closes: events after it (while the probes are being detached)
+    // are outside the window and would only add half-seen polls.
+    let cutoff = std::cell::Cell::new(u64::MAX);
+    let mut sink = |r: Record| match r {
+        Record::Task(ev) if ev.ts_ns > cutoff.get() => agg.diagnostics.after_window += 1,
+        Record::Call(call) if call.ts_ns > cutoff.get() => agg.diagnostics.after_window += 1,
+        Record::Task(ev) => agg.ingest(&ev),
+        Record::Call(call) => {
+            let location = locator.location(&call.args);
+            let caller = if location.is_none() {
+                locator.caller(call.return_address)
+            } else {
+                None
+            };
+            agg.spawn_call(call.tid, location, caller);
+        }
+    };
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -82,7 +103,7 @@ pub async fn trace(
     let ended_by = loop {
         tokio::select! {
             _ = tick.tick() => {
-                probes.drain(|ev| agg.ingest(ev));
+                probes.drain(&mut sink);
                 ticks += 1;
                 let exited = match launched.as_mut() {
                     Some(l) => l.poll_exit().is_some(),
@@ -100,8 +121,10 @@ pub async fn trace(
         }
     };
     let end_ns = monotonic_ns();
+    cutoff.set(end_ns);
     let detach_time = probes.detach();
-    probes.drain(|ev| agg.ingest(ev));
+    probes.drain(&mut sink);
+    drop(sink);
     let lost = probes.lost_events();
     if let Some(l) = launched.as_mut() {
         l.terminate().await;

@@ -1,7 +1,7 @@
 //! The aggregator: the single owner of all task state. Events go in, in ring order; the
 //! detectors and renderers read the tasks afterwards.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
 use tracer_common::{EVENT_FLAG_UNREADABLE, EventKind, TaskEvent};
@@ -25,6 +25,17 @@ pub struct Diagnostics {
     pub unreadable_headers: u64,
     /// Events with an unknown kind byte.
     pub unknown_events: u64,
+    /// Events stamped after the window closed (while detaching): not ingested.
+    pub after_window: u64,
+    /// Events received, by kind.
+    pub by_kind: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// What the spawn calls on one thread said since its last task was bound.
+#[derive(Debug, Default)]
+struct PendingSpawn {
+    location: Option<Arc<str>>,
+    caller: Option<Arc<str>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +51,8 @@ pub struct Aggregator {
     live: HashMap<u64, usize>,
     /// Per target thread, the polls in progress (innermost last).
     stacks: HashMap<u32, Vec<Frame>>,
+    /// Per target thread, the spawn site of the spawn call in progress.
+    pending_spawns: HashMap<u32, PendingSpawn>,
     /// Runtime (owner id) → when it began shutting its tasks down.
     pub shutdown_began: HashMap<u64, u64>,
     pub long_polls: Vec<LongPoll>,
@@ -54,6 +67,7 @@ impl Aggregator {
             tasks: Vec::new(),
             live: HashMap::new(),
             stacks: HashMap::new(),
+            pending_spawns: HashMap::new(),
             shutdown_began: HashMap::new(),
             long_polls: Vec::new(),
             diagnostics: Diagnostics::default(),
@@ -66,6 +80,20 @@ impl Aggregator {
         &self.thresholds
     }
 
+    /// A `#[track_caller]` spawn function was entered on `tid`. Spawn paths nest (e.g.
+    /// `JoinSet::spawn` → `bind_new_task`): the outermost answer is kept until the task
+    /// is bound on the same thread.
+    pub fn spawn_call(&mut self, tid: u32, location: Option<Arc<str>>, caller: Option<Arc<str>>) {
+        self.diagnostics.events += 1;
+        let p = self.pending_spawns.entry(tid).or_default();
+        if p.location.is_none() {
+            p.location = location;
+        }
+        if p.caller.is_none() {
+            p.caller = caller;
+        }
+    }
+
     pub fn ingest(&mut self, ev: &TaskEvent) {
         self.diagnostics.events += 1;
         if ev.flags & EVENT_FLAG_UNREADABLE != 0 {
@@ -76,6 +104,7 @@ impl Aggregator {
             self.diagnostics.unknown_events += 1;
             return;
         };
+        *self.diagnostics.by_kind.entry(kind.name()).or_default() += 1;
         let ts = ev.ts_ns;
         match kind {
             EventKind::Spawn | EventKind::SpawnBlocking | EventKind::SpawnLocal => {
@@ -89,6 +118,10 @@ impl Aggregator {
                 }
                 let mut task = Task::new(ev.task_id, ev.header, task_kind, Some(ts), ts);
                 task.owner_id = ev.owner_id;
+                task.spawned_at = self
+                    .pending_spawns
+                    .remove(&ev.tid)
+                    .and_then(|p| p.location.or(p.caller));
                 self.insert(task);
             }
             EventKind::PollStart => {
@@ -176,6 +209,7 @@ impl Aggregator {
                     t.frozen = Some(judge(t, began, &thresholds));
                 }
             }
+            EventKind::SpawnCall => self.diagnostics.unknown_events += 1,
             EventKind::Dealloc => {
                 if let Some(i) = self.live.remove(&ev.header) {
                     let t = &mut self.tasks[i];

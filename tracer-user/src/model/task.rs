@@ -1,5 +1,7 @@
 //! One task's life as rebuilt from events.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::verdict::Judgement;
@@ -66,6 +68,8 @@ pub struct Task {
     pub owner_id: u64,
     /// Verdict frozen when the runtime began shutting down the task.
     pub frozen: Option<Judgement>,
+    /// Where it was spawned: `file:line:col`, or `function+0xoff` of the caller.
+    pub spawned_at: Option<Arc<str>>,
 }
 
 impl Task {
@@ -93,6 +97,7 @@ impl Task {
             hosted_polls: 0,
             owner_id: 0,
             frozen: None,
+            spawned_at: None,
         }
     }
 

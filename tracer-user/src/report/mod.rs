@@ -1,10 +1,12 @@
 //! The report: built once from the aggregator's final state, then rendered as JSON
 //! (`docs/report-format.md`) or as the text summary. Renderers only read it.
 
+mod sites;
 mod text;
 
 use serde::Serialize;
 
+pub use sites::SpawnSite;
 pub use text::render_text;
 
 use crate::{
@@ -23,6 +25,7 @@ pub struct Report {
     pub probes: ProbeInfo,
     pub summary: Summary,
     pub tasks: Vec<TaskReport>,
+    pub spawn_sites: Vec<SpawnSite>,
     pub long_polls: Vec<LongPollReport>,
     pub diagnostics: Diagnostics,
     pub warnings: Vec<String>,
@@ -90,12 +93,26 @@ pub struct TaskReport {
     pub longest_poll_ns: u64,
     /// `null` when the task existed before tracing began.
     pub spawned_at_ns: Option<u64>,
+    /// Where it was spawned: `file:line:col`, `function+0xoff`, or `null` when unknown.
+    pub spawned_at: Option<String>,
     pub first_seen_ns: u64,
     pub last_poll_end_ns: Option<u64>,
     pub completed_at_ns: Option<u64>,
+    pub freed: bool,
+    pub freed_at_ns: Option<u64>,
     pub cancelled: bool,
     pub cancelled_by_shutdown: bool,
     pub runtime_plumbing: bool,
+}
+
+impl TaskReport {
+    /// When the task stopped being alive (completed or freed), relative to the window.
+    pub fn ended_at_ns(&self) -> Option<u64> {
+        self.completed_at_ns
+            .into_iter()
+            .chain(self.freed_at_ns)
+            .min()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -156,9 +173,12 @@ impl Report {
                 busy_ns: t.busy_ns,
                 longest_poll_ns: t.longest_poll_ns,
                 spawned_at_ns: t.spawned_ns.map(rel),
+                spawned_at: t.spawned_at.as_deref().map(str::to_owned),
                 first_seen_ns: rel(t.first_seen_ns),
                 last_poll_end_ns: t.last_poll_end_ns.map(rel),
                 completed_at_ns: t.completed_ns.map(rel),
+                freed: t.freed_ns.is_some(),
+                freed_at_ns: t.freed_ns.map(rel),
                 cancelled: t.cancelled,
                 cancelled_by_shutdown: t.shutdown_ns.is_some(),
                 runtime_plumbing: t.is_plumbing(),
@@ -175,6 +195,8 @@ impl Report {
             })
             .collect();
         summary.long_polls = long_polls.len() as u64;
+        let window_ns = meta.end_ns.saturating_sub(meta.start_ns);
+        let spawn_sites = sites::spawn_sites(&tasks, window_ns);
         Report {
             schema: SCHEMA,
             target: meta.target,
@@ -191,6 +213,7 @@ impl Report {
             probes: meta.probes,
             summary,
             tasks,
+            spawn_sites,
             long_polls,
             diagnostics: agg.diagnostics.clone(),
             warnings: meta.warnings,

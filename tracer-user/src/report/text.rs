@@ -34,41 +34,83 @@ pub fn render_text(r: &Report) -> String {
         let _ = writeln!(out, "  warning: {w}");
     }
     for verdict in [Verdict::Leaked, Verdict::Stuck, Verdict::NeverPolled] {
-        let mut tasks: Vec<_> = r.tasks.iter().filter(|t| t.verdict == verdict).collect();
-        if tasks.is_empty() {
+        let flagged: Vec<_> = r.tasks.iter().filter(|t| t.verdict == verdict).collect();
+        if flagged.is_empty() {
             continue;
         }
-        tasks.sort_by_key(|t| std::cmp::Reverse(t.for_ns));
         let _ = writeln!(
             out,
             "\n{} ({}):",
             verdict.as_str().to_uppercase().replace('_', " "),
-            tasks.len()
+            flagged.len()
         );
-        for t in tasks {
-            let what = match t.reason {
-                Reason::IdleSinceLastPoll => format!("idle {} since its last poll", secs(t.for_ns)),
-                Reason::BlockingPoll => format!(
-                    "inside one poll for {} (blocks a worker thread)",
-                    secs(t.for_ns)
-                ),
-                Reason::Starved => format!("woken {} ago and not polled since", secs(t.for_ns)),
-                Reason::NeverPolled => format!("spawned {} ago, never polled", secs(t.for_ns)),
-                _ => String::new(),
-            };
-            let shutdown = if t.cancelled_by_shutdown {
-                ", judged when its runtime shut down"
-            } else {
-                ""
-            };
+        // Grouped by spawn site, largest group first: the site is the incident.
+        let mut by_site: Vec<(Option<&str>, Vec<_>)> = Vec::new();
+        for t in flagged {
+            match by_site
+                .iter_mut()
+                .find(|(s, _)| *s == t.spawned_at.as_deref())
+            {
+                Some((_, v)) => v.push(t),
+                None => by_site.push((t.spawned_at.as_deref(), vec![t])),
+            }
+        }
+        by_site.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        for (site, mut tasks) in by_site {
+            let growing = r
+                .spawn_sites
+                .iter()
+                .find(|s| s.site.as_deref() == site)
+                .filter(|s| s.growing)
+                .map(|s| format!(", live count growing {:.1}/s", s.growth_per_s))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  task {:>6} {:<8} {} ({} polls, {} wakes){shutdown}",
-                t.id,
-                format!("{:?}", t.kind).to_lowercase(),
-                what,
-                t.polls,
-                t.wakes
+                "  {} task(s) spawned at {}{growing}",
+                tasks.len(),
+                site.unwrap_or("(unknown site)")
+            );
+            tasks.sort_by_key(|t| std::cmp::Reverse(t.for_ns));
+            for t in tasks {
+                let what = match t.reason {
+                    Reason::IdleSinceLastPoll => {
+                        format!("idle {} since its last poll", secs(t.for_ns))
+                    }
+                    Reason::BlockingPoll => format!(
+                        "inside one poll for {} (blocks a worker thread)",
+                        secs(t.for_ns)
+                    ),
+                    Reason::Starved => format!("woken {} ago and not polled since", secs(t.for_ns)),
+                    Reason::NeverPolled => format!("spawned {} ago, never polled", secs(t.for_ns)),
+                    _ => String::new(),
+                };
+                let shutdown = if t.cancelled_by_shutdown {
+                    ", judged when its runtime shut down"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    out,
+                    "    task {:>6} {:<8} {} ({} polls, {} wakes){shutdown}",
+                    t.id,
+                    format!("{:?}", t.kind).to_lowercase(),
+                    what,
+                    t.polls,
+                    t.wakes
+                );
+            }
+        }
+    }
+    let growing: Vec<_> = r.spawn_sites.iter().filter(|s| s.growing).collect();
+    if !growing.is_empty() {
+        let _ = writeln!(out, "\nGROWING spawn sites (live tasks rise steadily):");
+        for s in growing {
+            let _ = writeln!(
+                out,
+                "  {} : {} alive, +{:.1}/s",
+                s.site.as_deref().unwrap_or("(unknown site)"),
+                s.alive,
+                s.growth_per_s
             );
         }
     }

@@ -74,6 +74,9 @@ pub struct SymbolNames {
     pub blocking_spawn_task: &'static str,
     pub wake_by_val: &'static str,
     pub wake_by_ref: &'static str,
+    /// `#[track_caller]` spawn paths: each receives the caller's `&'static Location`
+    /// (passed down unchanged from the outermost one), whichever survive inlining.
+    pub spawn_calls: &'static [&'static str],
 }
 
 /// What one tokio version range looks like from outside.

@@ -89,6 +89,8 @@ pub struct Truth {
     pub stuck: BTreeSet<u64>,
     pub never_polled: BTreeSet<u64>,
     pub long_poll: BTreeSet<u64>,
+    /// Task id → the `file:line:col` tokio received for its spawn.
+    pub sites: std::collections::BTreeMap<u64, String>,
 }
 
 pub fn ground_truth(stdout: &str) -> Truth {
@@ -104,11 +106,20 @@ pub fn ground_truth(stdout: &str) -> Truth {
             .map(|x| x.as_u64().unwrap())
             .collect()
     };
+    let sites = v["sites"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.parse().unwrap(), v.as_str().unwrap().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
     Truth {
         leaked: ids("leaked"),
         stuck: ids("stuck"),
         never_polled: ids("never_polled"),
         long_poll: ids("long_poll"),
+        sites,
     }
 }
 
@@ -209,4 +220,56 @@ pub fn our_programs_after_exit() -> usize {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     our_programs()
+}
+
+/// Spawn sites: every site the fixture recorded is reported exactly, and every other
+/// resolved `file:line:col` points at a spawn call in the fixture's own source (never at
+/// tokio or std). Returns (resolved, user tasks) for the caller's coverage checks.
+pub fn assert_spawn_sites(report: &Value, truth: &Truth, fixture: &str) -> (usize, usize) {
+    let tasks = report["tasks"].as_array().unwrap();
+    for (id, site) in &truth.sites {
+        let t = tasks
+            .iter()
+            .find(|t| t["id"].as_u64() == Some(*id))
+            .unwrap_or_else(|| panic!("task {id} missing"));
+        assert_eq!(
+            t["spawned_at"].as_str(),
+            Some(site.as_str()),
+            "spawn site of task {id}"
+        );
+    }
+    let source =
+        std::fs::read_to_string(root().join("fixtures").join(fixture).join("src/main.rs")).unwrap();
+    let lines: Vec<&str> = source.lines().collect();
+    // Tasks the program spawned: not runtime plumbing, and not the blocking tasks tokio
+    // spawns for itself (worker threads that never hosted a poll have no site).
+    let user: Vec<&Value> = tasks
+        .iter()
+        .filter(|t| t["runtime_plumbing"] == false)
+        .filter(|t| !(t["kind"] == "blocking" && t["spawned_at"].is_null()))
+        .collect();
+    let mut resolved = 0;
+    for t in &user {
+        let Some(site) = t["spawned_at"].as_str() else {
+            continue;
+        };
+        resolved += 1;
+        assert!(
+            !site.contains("tokio-1.") && !site.starts_with("/rustc/"),
+            "runtime-internal site {site}"
+        );
+        let Some(rest) = site.strip_prefix("src/main.rs:") else {
+            continue;
+        };
+        let mut parts = rest.split(':');
+        let line: usize = parts.next().unwrap().parse().unwrap();
+        let col: usize = parts.next().unwrap().parse().unwrap();
+        let text = &lines[line - 1][col - 1..];
+        let call = text.split('(').next().unwrap();
+        assert!(
+            call.contains("spawn"),
+            "{site} does not point at a spawn call: {text}"
+        );
+    }
+    (resolved, user.len())
 }

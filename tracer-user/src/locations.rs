@@ -1,0 +1,289 @@
+//! Spawn sites: decodes the caller's `&'static Location` that tokio's `#[track_caller]`
+//! spawn functions receive, straight from the target's ELF file (it lives in read-only
+//! data), and names the calling function from a return address when no location is found.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, RelocationFlags, SymbolKind};
+
+const R_X86_64_RELATIVE: u32 = 8;
+
+/// What the file says, independent of where the process mapped it.
+pub struct LocationTable {
+    data: Vec<u8>,
+    /// PT_LOAD segments: (vaddr, filesz, file offset).
+    segments: Vec<(u64, u64, u64)>,
+    /// Read-only data ranges where `Location` constants live.
+    rodata: Vec<(u64, u64)>,
+    /// `R_X86_64_RELATIVE` relocations: target vaddr → addend (the pointer's value).
+    relative: HashMap<u64, u64>,
+    /// Function symbols sorted by address: (start, size, demangled name).
+    functions: Vec<(u64, u64, Arc<str>)>,
+    /// The file is position-independent (its addresses move by a load bias).
+    pie: bool,
+}
+
+impl LocationTable {
+    pub fn read(path: &Path) -> std::io::Result<Self> {
+        let data = std::fs::read(path)?;
+        Ok(Self::parse(data))
+    }
+
+    pub fn parse(data: Vec<u8>) -> Self {
+        let mut table = Self {
+            data: Vec::new(),
+            segments: Vec::new(),
+            rodata: Vec::new(),
+            relative: HashMap::new(),
+            functions: Vec::new(),
+            pie: false,
+        };
+        if let Ok(file) = object::File::parse(&*data) {
+            table.pie = file.kind() == object::ObjectKind::Dynamic;
+            table.segments = file
+                .segments()
+                .map(|s| (s.address(), s.file_range().1, s.file_range().0))
+                .collect();
+            for sec in file.sections() {
+                if let Ok(name) = sec.name()
+                    && (name == ".data.rel.ro" || name == ".rodata")
+                {
+                    table
+                        .rodata
+                        .push((sec.address(), sec.address() + sec.size()));
+                }
+            }
+            if let Some(relocs) = file.dynamic_relocations() {
+                for (offset, r) in relocs {
+                    if let RelocationFlags::Elf { r_type } = r.flags()
+                        && r_type == R_X86_64_RELATIVE
+                    {
+                        table.relative.insert(offset, r.addend() as u64);
+                    }
+                }
+            }
+            for sym in file.symbols() {
+                if sym.kind() == SymbolKind::Text
+                    && sym.address() != 0
+                    && let Ok(raw) = sym.name()
+                {
+                    let name = format!("{:#}", rustc_demangle::demangle(raw));
+                    table
+                        .functions
+                        .push((sym.address(), sym.size(), name.into()));
+                }
+            }
+            table.functions.sort_by_key(|f| f.0);
+        }
+        table.data = data;
+        table
+    }
+
+    fn bytes(&self, vaddr: u64, len: u64) -> Option<&[u8]> {
+        let &(start, _, off) = self
+            .segments
+            .iter()
+            .find(|&&(s, sz, _)| vaddr >= s && vaddr + len <= s + sz)?;
+        let at = (vaddr - start + off) as usize;
+        self.data.get(at..at + len as usize)
+    }
+
+    fn u64_at(&self, vaddr: u64) -> Option<u64> {
+        Some(u64::from_le_bytes(self.bytes(vaddr, 8)?.try_into().ok()?))
+    }
+
+    fn u32_at(&self, vaddr: u64) -> Option<u32> {
+        Some(u32::from_le_bytes(self.bytes(vaddr, 4)?.try_into().ok()?))
+    }
+
+    /// A pointer stored in the file at `vaddr`, as the loader would have written it
+    /// (relative to the file's own addresses).
+    fn pointer_at(&self, vaddr: u64) -> Option<u64> {
+        match self.relative.get(&vaddr) {
+            Some(&addend) => Some(addend),
+            None => self.u64_at(vaddr).filter(|&p| p != 0),
+        }
+    }
+
+    /// Decodes a `core::panic::Location` (`{file: &str, line: u32, col: u32}`) at a file
+    /// address, validating every field: garbage is `None`, never a made-up location.
+    pub fn location_at(&self, vaddr: u64) -> Option<String> {
+        if !vaddr.is_multiple_of(8)
+            || !self
+                .rodata
+                .iter()
+                .any(|&(s, e)| vaddr >= s && vaddr + 24 <= e)
+        {
+            return None;
+        }
+        let file_ptr = self.pointer_at(vaddr)?;
+        let len = self.u64_at(vaddr + 8)?;
+        let line = self.u32_at(vaddr + 16)?;
+        let col = self.u32_at(vaddr + 20)?;
+        if !(1..=4096).contains(&len) || line == 0 || line > 10_000_000 || col > 100_000 {
+            return None;
+        }
+        let name = std::str::from_utf8(self.bytes(file_ptr, len)?).ok()?;
+        let name = name.trim_end_matches('\0');
+        if !name.ends_with(".rs") || name.chars().any(char::is_control) {
+            return None;
+        }
+        Some(format!("{name}:{line}:{col}"))
+    }
+
+    /// `function+0xoff` for a file address inside a known function.
+    pub fn function_at(&self, vaddr: u64) -> Option<(Arc<str>, u64)> {
+        let i = self
+            .functions
+            .partition_point(|f| f.0 <= vaddr)
+            .checked_sub(1)?;
+        let (start, size, name) = &self.functions[i];
+        (size == &0 || vaddr < start + size).then(|| (name.clone(), vaddr - start))
+    }
+}
+
+/// Whether a source path or function belongs to tokio or the standard library, which a
+/// user never wants to see as "where this task was spawned".
+pub fn is_runtime_internal(s: &str) -> bool {
+    s.contains("/tokio-1.")
+        || s.starts_with("/rustc/")
+        || s.contains("/library/std/")
+        || s.contains("/library/core/")
+        || s.contains("/library/alloc/")
+        || s.starts_with("tokio::")
+        || s.starts_with("<tokio::")
+        || s.starts_with("std::")
+        || s.starts_with("core::")
+        || s.starts_with("<core::")
+        || s.starts_with("<std::")
+        || s.starts_with("alloc::")
+}
+
+/// Resolves spawn calls of one process: needs the process's load bias, read once from
+/// `/proc/PID/maps` when the first spawn call arrives (the program may not be exec'd yet
+/// when tracing starts).
+pub struct Locator {
+    table: Arc<LocationTable>,
+    pid: u32,
+    exe: PathBuf,
+    bias: Option<u64>,
+    cache: HashMap<u64, Option<Arc<str>>>,
+}
+
+impl Locator {
+    pub fn new(table: Arc<LocationTable>, pid: u32, exe: PathBuf) -> Self {
+        Self {
+            table,
+            pid,
+            exe,
+            bias: None,
+            cache: HashMap::new(),
+        }
+    }
+
+    fn bias(&mut self) -> Option<u64> {
+        if self.bias.is_none() {
+            self.bias = if self.table.pie {
+                load_bias(self.pid, &self.exe, &self.table)
+            } else {
+                Some(0)
+            };
+        }
+        self.bias
+    }
+
+    /// The user's spawn site among a spawn call's argument registers, if one holds a
+    /// `Location` outside tokio and std.
+    pub fn location(&mut self, args: &[u64]) -> Option<Arc<str>> {
+        let bias = self.bias()?;
+        for &a in args {
+            let Some(vaddr) = a.checked_sub(bias) else {
+                continue;
+            };
+            if !self
+                .table
+                .rodata
+                .iter()
+                .any(|&(s, e)| vaddr >= s && vaddr < e)
+            {
+                continue;
+            }
+            let table = &self.table;
+            let found = self
+                .cache
+                .entry(vaddr)
+                .or_insert_with(|| table.location_at(vaddr).map(Arc::from));
+            if let Some(loc) = found
+                && !is_runtime_internal(loc)
+            {
+                return Some(loc.clone());
+            }
+        }
+        None
+    }
+
+    /// `function+0xoff` of a return address, unless it is inside tokio or std.
+    pub fn caller(&mut self, return_address: u64) -> Option<Arc<str>> {
+        let bias = self.bias()?;
+        let (name, off) = self.table.function_at(return_address.checked_sub(bias)?)?;
+        (!is_runtime_internal(&name)).then(|| format!("{name}+{off:#x}").into())
+    }
+}
+
+/// Load bias of `exe` in process `pid`: where its lowest mapping starts, minus the file
+/// address that mapping covers.
+fn load_bias(pid: u32, exe: &Path, table: &LocationTable) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(exe).ok()?.ino();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let mut best: Option<(u64, u64)> = None;
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[4].parse::<u64>().ok() != Some(inode) {
+            continue;
+        }
+        let start = u64::from_str_radix(f[0].split('-').next()?, 16).ok()?;
+        let offset = u64::from_str_radix(f[2], 16).ok()?;
+        if best.is_none_or(|(_, o)| offset < o) {
+            best = Some((start, offset));
+        }
+    }
+    let (start, offset) = best?;
+    let &(vaddr, _, file_off) = table
+        .segments
+        .iter()
+        .filter(|&&(_, sz, off)| offset >= off && offset < off + sz.max(1))
+        .min_by_key(|s| s.2)?;
+    start.checked_sub(vaddr - file_off + offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_paths_are_recognised() {
+        assert!(is_runtime_internal(
+            "/root/.cargo/registry/src/index/tokio-1.54.1/src/runtime/handle.rs"
+        ));
+        assert!(is_runtime_internal(
+            "/rustc/abc/library/std/src/thread/mod.rs"
+        ));
+        assert!(is_runtime_internal("tokio::runtime::handle::Handle::spawn"));
+        assert!(!is_runtime_internal("src/handlers/analytics.rs"));
+        assert!(!is_runtime_internal(
+            "myapp::handlers::analytics::{closure#0}"
+        ));
+    }
+
+    #[test]
+    fn garbage_is_not_a_location() {
+        let t = LocationTable::parse(b"not an elf".to_vec());
+        assert_eq!(t.location_at(0x1000), None);
+        assert_eq!(t.function_at(0x1000), None);
+    }
+}

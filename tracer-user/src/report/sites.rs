@@ -1,0 +1,117 @@
+//! The spawn-site view: tasks grouped by where they were spawned, with counts per
+//! verdict and the live count over the window (the NumGoroutine-by-site signal).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::TaskReport;
+use crate::verdict::Verdict;
+
+/// Samples in each site's live-count series.
+const SERIES_POINTS: u64 = 60;
+/// A growing site gains at least this many live tasks over the window…
+const GROWTH_MIN_TASKS: f64 = 3.0;
+/// …along a line: the series correlates with time at least this well.
+const GROWTH_MIN_CORRELATION: f64 = 0.9;
+
+#[derive(Debug, Serialize)]
+pub struct SpawnSite {
+    /// `file:line:col`, `function+0xoff`, or `null` when unknown.
+    pub site: Option<String>,
+    pub spawned: u64,
+    pub completed: u64,
+    pub alive: u64,
+    pub leaked: u64,
+    pub stuck: u64,
+    pub never_polled: u64,
+    pub ok: u64,
+    /// Live tasks over the window: `[t_ns, count]` pairs, `t_ns` relative to the window start.
+    pub live_series: Vec<[u64; 2]>,
+    /// Least-squares slope of the live count, tasks per second.
+    pub growth_per_s: f64,
+    /// The live count grows steadily over the window.
+    pub growing: bool,
+}
+
+pub fn spawn_sites(tasks: &[TaskReport], window_ns: u64) -> Vec<SpawnSite> {
+    let mut groups: BTreeMap<Option<&str>, Vec<&TaskReport>> = BTreeMap::new();
+    for t in tasks.iter().filter(|t| !t.runtime_plumbing) {
+        groups.entry(t.spawned_at.as_deref()).or_default().push(t);
+    }
+    let mut sites: Vec<SpawnSite> = groups
+        .into_iter()
+        .map(|(site, ts)| {
+            let count = |v: Verdict| ts.iter().filter(|t| t.verdict == v).count() as u64;
+            let series = live_series(&ts, window_ns);
+            let (slope, r) = trend(&series);
+            let gained = slope * window_ns as f64 / 1e9;
+            SpawnSite {
+                site: site.map(str::to_owned),
+                spawned: ts.iter().filter(|t| t.spawned_at_ns.is_some()).count() as u64,
+                completed: ts.iter().filter(|t| t.completed_at_ns.is_some()).count() as u64,
+                alive: ts
+                    .iter()
+                    .filter(|t| t.completed_at_ns.is_none() && !t.freed)
+                    .count() as u64,
+                leaked: count(Verdict::Leaked),
+                stuck: count(Verdict::Stuck),
+                never_polled: count(Verdict::NeverPolled),
+                ok: count(Verdict::Ok),
+                live_series: series,
+                growth_per_s: slope,
+                growing: gained >= GROWTH_MIN_TASKS && r >= GROWTH_MIN_CORRELATION,
+            }
+        })
+        .collect();
+    sites.sort_by_key(|s| {
+        std::cmp::Reverse((s.leaked + s.stuck + s.never_polled, s.alive, s.spawned))
+    });
+    sites
+}
+
+fn live_series(tasks: &[&TaskReport], window_ns: u64) -> Vec<[u64; 2]> {
+    (0..=SERIES_POINTS)
+        .map(|i| {
+            let t = window_ns * i / SERIES_POINTS;
+            let live = tasks
+                .iter()
+                .filter(|task| task.spawned_at_ns.unwrap_or(0) <= t)
+                .filter(|task| task.ended_at_ns().is_none_or(|end| end > t))
+                .count() as u64;
+            [t, live]
+        })
+        .collect()
+}
+
+/// Least-squares slope (per second) and correlation coefficient of a series.
+fn trend(series: &[[u64; 2]]) -> (f64, f64) {
+    let n = series.len() as f64;
+    let xs: Vec<f64> = series.iter().map(|p| p[0] as f64 / 1e9).collect();
+    let ys: Vec<f64> = series.iter().map(|p| p[1] as f64).collect();
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (x, y) in xs.iter().zip(&ys) {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
+        syy += (y - my) * (y - my);
+    }
+    if sxx == 0.0 || syy == 0.0 {
+        return (0.0, 0.0);
+    }
+    (sxy / sxx, sxy / (sxx * syy).sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steady_and_growing_series() {
+        let flat: Vec<[u64; 2]> = (0..=60).map(|i| [i * 1_000_000_000, 5]).collect();
+        assert_eq!(trend(&flat), (0.0, 0.0));
+        let growing: Vec<[u64; 2]> = (0..=60).map(|i| [i * 1_000_000_000, i / 2]).collect();
+        let (slope, r) = trend(&growing);
+        assert!((slope - 0.5).abs() < 0.05 && r > 0.99, "{slope} {r}");
+    }
+}
