@@ -110,6 +110,8 @@ pub struct TaskEvent {
     pub state: u64,
     /// The header's `owner_id` (which runtime owns the task; 0 for blocking tasks).
     pub owner_id: u64,
+    /// The task's vtable address: one per (future type, scheduler), so it names the future.
+    pub vtable: u64,
     /// Thread id (kernel pid) of the target thread that hit the probe.
     pub tid: u32,
     /// An [`EventKind`].
@@ -176,7 +178,7 @@ mod tests {
 
     #[test]
     fn records_have_distinct_sizes() {
-        assert_eq!(EVENT_SIZE, 48);
+        assert_eq!(EVENT_SIZE, 56);
         assert_eq!(CALL_EVENT_SIZE, 72);
     }
 

@@ -164,6 +164,7 @@ fn read_header(ev: &mut TaskEvent, header: u64, layout: &HeaderLayout) {
             (Ok(s), Ok(o), Ok(v)) => {
                 ev.state = s;
                 ev.owner_id = o;
+                ev.vtable = v;
                 if let Ok(id_off) = bpf_probe_read_user((v + layout.vtable_id_offset) as *const u64)
                 {
                     // An id offset beyond a task cell's plausible size means a bad layout.

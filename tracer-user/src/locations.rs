@@ -234,6 +234,33 @@ impl Locator {
     }
 }
 
+impl Locator {
+    /// The future type a task vtable belongs to: its first slot is the monomorphized
+    /// `raw::poll::<Future, Scheduler>`, whose v0-mangled name carries the type. `None` for
+    /// legacy-mangled binaries, whose names drop generic arguments.
+    pub fn future_name(&mut self, vtable: u64) -> Option<Arc<str>> {
+        let bias = self.bias()?;
+        let poll_fn = self.table.pointer_at(vtable.checked_sub(bias)?)?;
+        let (name, _) = self.table.function_at(poll_fn)?;
+        first_generic_arg(&name).map(Arc::from)
+    }
+}
+
+/// `a::f::<X<Y, Z>, W>` → `X<Y, Z>`.
+fn first_generic_arg(name: &str) -> Option<&str> {
+    let start = name.find("::<")? + 3;
+    let mut depth = 0usize;
+    for (i, c) in name[start..].char_indices() {
+        match c {
+            '<' | '(' | '[' => depth += 1,
+            '>' | ')' | ']' if depth > 0 => depth -= 1,
+            ',' | '>' if depth == 0 => return Some(name[start..start + i].trim()),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Load bias of `exe` in process `pid`: where its lowest mapping starts, minus the file
 /// address that mapping covers.
 fn load_bias(pid: u32, exe: &Path, table: &LocationTable) -> Option<u64> {
@@ -278,6 +305,23 @@ mod tests {
         assert!(!is_runtime_internal(
             "myapp::handlers::analytics::{closure#0}"
         ));
+    }
+
+    #[test]
+    fn future_type_from_poll_instance() {
+        assert_eq!(
+            first_generic_arg(
+                "tokio::runtime::task::raw::poll::<app::serve::{closure#0}, alloc::sync::Arc<h::Handle>>"
+            ),
+            Some("app::serve::{closure#0}")
+        );
+        assert_eq!(
+            first_generic_arg(
+                "tokio::runtime::task::raw::poll::<tokio::runtime::blocking::task::BlockingTask<<x as y>::f::{closure#0}>, S>"
+            ),
+            Some("tokio::runtime::blocking::task::BlockingTask<<x as y>::f::{closure#0}>")
+        );
+        assert_eq!(first_generic_arg("tokio::runtime::task::raw::poll"), None);
     }
 
     #[test]

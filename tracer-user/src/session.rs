@@ -125,6 +125,14 @@ pub async fn trace(
     let detach_time = probes.detach();
     probes.drain(&mut sink);
     drop(sink);
+    // Name each task's future once, per vtable, before the report reads the tasks.
+    let mut names = std::collections::HashMap::new();
+    for t in agg.tasks.iter_mut().filter(|t| t.vtable != 0) {
+        t.future = names
+            .entry(t.vtable)
+            .or_insert_with(|| locator.future_name(t.vtable))
+            .clone();
+    }
     let lost = probes.lost_events();
     if let Some(l) = launched.as_mut() {
         l.terminate().await;

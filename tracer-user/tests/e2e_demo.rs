@@ -67,6 +67,14 @@ fn run_traces_demo_from_first_instruction_until_duration() {
         "{resolved} of {user} user spawns resolved"
     );
     assert!(!report["spawn_sites"].as_array().unwrap().is_empty());
+    for t in tasks.iter().filter(|t| t["verdict"] != "ok") {
+        let future = t["future"].as_str().unwrap_or_default();
+        assert!(
+            future.starts_with("fixture_demo::"),
+            "task {} names its future: {future:?}",
+            t["id"]
+        );
+    }
     let aborted = tasks.iter().filter(|t| t["state"] == "cancelled").count();
     assert!(aborted >= 1, "the aborted task is seen as cancelled");
     eprintln!(

@@ -118,6 +118,7 @@ impl Aggregator {
                 }
                 let mut task = Task::new(ev.task_id, ev.header, task_kind, Some(ts), ts);
                 task.owner_id = ev.owner_id;
+                task.vtable = ev.vtable;
                 task.spawned_at = self
                     .pending_spawns
                     .remove(&ev.tid)
@@ -245,6 +246,7 @@ impl Aggregator {
         };
         let mut task = Task::new(ev.task_id, ev.header, kind, None, ev.ts_ns);
         task.owner_id = ev.owner_id;
+        task.vtable = ev.vtable;
         self.insert(task)
     }
 

@@ -70,6 +70,10 @@ pub struct Task {
     pub frozen: Option<Judgement>,
     /// Where it was spawned: `file:line:col`, or `function+0xoff` of the caller.
     pub spawned_at: Option<Arc<str>>,
+    /// Task vtable address in the target (names the future's type).
+    pub vtable: u64,
+    /// The future's type, from the vtable's poll function (filled in before reporting).
+    pub future: Option<Arc<str>>,
 }
 
 impl Task {
@@ -98,6 +102,8 @@ impl Task {
             owner_id: 0,
             frozen: None,
             spawned_at: None,
+            vtable: 0,
+            future: None,
         }
     }
 

@@ -95,6 +95,9 @@ pub struct TaskReport {
     pub spawned_at_ns: Option<u64>,
     /// Where it was spawned: `file:line:col`, `function+0xoff`, or `null` when unknown.
     pub spawned_at: Option<String>,
+    /// The future's type (`myapp::handlers::analytics::{closure#0}`), when the binary's
+    /// symbols carry it.
+    pub future: Option<String>,
     pub first_seen_ns: u64,
     pub last_poll_end_ns: Option<u64>,
     pub completed_at_ns: Option<u64>,
@@ -174,6 +177,7 @@ impl Report {
                 longest_poll_ns: t.longest_poll_ns,
                 spawned_at_ns: t.spawned_ns.map(rel),
                 spawned_at: t.spawned_at.as_deref().map(str::to_owned),
+                future: t.future.as_deref().map(str::to_owned),
                 first_seen_ns: rel(t.first_seen_ns),
                 last_poll_end_ns: t.last_poll_end_ns.map(rel),
                 completed_at_ns: t.completed_ns.map(rel),

@@ -64,9 +64,15 @@ pub fn render_text(r: &Report) -> String {
                 .filter(|s| s.growing)
                 .map(|s| format!(", live count growing {:.1}/s", s.growth_per_s))
                 .unwrap_or_default();
+            let future = tasks
+                .first()
+                .and_then(|t| t.future.as_deref())
+                .filter(|f| tasks.iter().all(|t| t.future.as_deref() == Some(*f)))
+                .map(|f| format!(", future {f}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {} task(s) spawned at {}{growing}",
+                "  {} task(s) spawned at {}{future}{growing}",
                 tasks.len(),
                 site.unwrap_or("(unknown site)")
             );
