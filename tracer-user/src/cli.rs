@@ -36,6 +36,13 @@ pub enum Command {
         #[command(flatten)]
         opts: TraceArgs,
     },
+    /// Report on a trace file written by `run -o` or `record -o`, without the target.
+    Report {
+        /// The trace file.
+        file: PathBuf,
+        #[command(flatten)]
+        opts: VerdictArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -43,6 +50,20 @@ pub struct TraceArgs {
     /// End the window after this long (e.g. 30s, 2m); `run` then terminates the command.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Also record the window to this trace file (docs/trace-format.md), for
+    /// `tasktrace report` later, anywhere.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Ring buffer size in bytes (power of two; K/M suffixes accepted).
+    #[arg(long, value_parser = parse_size, default_value = "8M")]
+    pub ring_size: u32,
+    #[command(flatten)]
+    pub verdicts: VerdictArgs,
+}
+
+/// How verdicts are judged and reported: shared by live tracing and `report`.
+#[derive(Args, Debug)]
+pub struct VerdictArgs {
     /// Write the JSON report here (schema: docs/report-format.md).
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
@@ -59,9 +80,6 @@ pub struct TraceArgs {
     /// leaked, stuck, never_polled).
     #[arg(long, value_delimiter = ',', value_parser = parse_verdict)]
     pub fail_on: Vec<Verdict>,
-    /// Ring buffer size in bytes (power of two; K/M suffixes accepted).
-    #[arg(long, value_parser = parse_size, default_value = "8M")]
-    pub ring_size: u32,
     /// Print only the summary (no progress lines on stderr).
     #[arg(long, short)]
     pub quiet: bool,

@@ -45,6 +45,11 @@ pub enum Error {
         path: PathBuf,
         err: std::io::Error,
     },
+    TraceFile {
+        path: PathBuf,
+        offset: u64,
+        why: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -72,7 +77,8 @@ impl Error {
             | Error::NotTokio { .. }
             | Error::MissingProbeSites { .. }
             | Error::UnsupportedTokio(_)
-            | Error::Output { .. } => exit::BAD_INPUT,
+            | Error::Output { .. }
+            | Error::TraceFile { .. } => exit::BAD_INPUT,
             Error::Privileges { .. } => exit::PRIVILEGES,
             Error::Io { .. } | Error::Bpf(_) | Error::Launch(_) => exit::TRACE_FAILED,
         }
@@ -129,6 +135,11 @@ impl fmt::Display for Error {
                 "could not load or attach the eBPF probes: {why}.\n  hint: tasktrace needs Linux >= 6.6 with uprobe_multi and BTF, run as root"
             ),
             Error::Launch(why) => write!(f, "could not start the command: {why}"),
+            Error::TraceFile { path, offset, why } => write!(
+                f,
+                "{}: corrupt trace file at byte offset {offset}: {why}.\n  hint: is this a file written by `tasktrace run -o` or `record -o`? A file cut short by a killed tracer still reports; one damaged in the middle does not",
+                path.display()
+            ),
             Error::Output { path, err } => write!(
                 f,
                 "cannot write {}: {err}.\n  hint: check the directory exists and is writable",

@@ -7,10 +7,12 @@ mod locations;
 mod model;
 mod plan;
 mod probes;
+mod replay;
 mod report;
 mod session;
 mod target;
 mod tokio_versions;
+mod tracefile;
 mod verdict;
 
 use std::{fs::File, io::Write, process::ExitCode};
@@ -18,7 +20,7 @@ use std::{fs::File, io::Write, process::ExitCode};
 use clap::Parser;
 
 use crate::{
-    cli::{Cli, Command, TraceArgs},
+    cli::{Cli, Command, TraceArgs, VerdictArgs},
     error::{Error, exit},
     session::WindowOpts,
     verdict::Thresholds,
@@ -48,31 +50,50 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
         Command::Run { opts, cmd } => {
-            let json = open_output(&opts)?;
+            let json = open_output(&opts.verdicts)?;
+            let trace = opts
+                .output
+                .as_deref()
+                .map(tracefile::Writer::create)
+                .transpose()?;
             let (target, launched) = target::launch(&cmd)?;
-            let report = session::trace(target, Some(launched), &window(&opts)).await?;
-            finish(&opts, json, report)
+            let report = session::trace(target, Some(launched), &window(&opts), trace).await?;
+            finish(&opts.verdicts, json, report)
         }
         Command::Record { pid, opts } => {
-            let json = open_output(&opts)?;
+            let json = open_output(&opts.verdicts)?;
+            let trace = opts
+                .output
+                .as_deref()
+                .map(tracefile::Writer::create)
+                .transpose()?;
             let target = target::Target::from_pid(pid)?;
-            let report = session::trace(target, None, &window(&opts)).await?;
+            let report = session::trace(target, None, &window(&opts), trace).await?;
+            finish(&opts.verdicts, json, report)
+        }
+        Command::Report { file, opts } => {
+            let json = open_output(&opts)?;
+            let report = replay::report_from_file(&file, thresholds(&opts))?;
             finish(&opts, json, report)
         }
     }
+}
+
+fn thresholds(v: &VerdictArgs) -> Thresholds {
+    Thresholds::new(v.leak_after, v.stuck_after, v.never_polled_after)
 }
 
 fn window(opts: &TraceArgs) -> WindowOpts {
     WindowOpts {
         duration: opts.duration,
-        thresholds: Thresholds::new(opts.leak_after, opts.stuck_after, opts.never_polled_after),
+        thresholds: thresholds(&opts.verdicts),
         ring_bytes: opts.ring_size,
-        quiet: opts.quiet,
+        quiet: opts.verdicts.quiet,
     }
 }
 
 /// Opens the JSON output before tracing, so a bad path fails before anything attaches.
-fn open_output(opts: &TraceArgs) -> Result<Option<File>, Error> {
+fn open_output(opts: &VerdictArgs) -> Result<Option<File>, Error> {
     opts.json
         .as_ref()
         .map(|p| {
@@ -84,7 +105,7 @@ fn open_output(opts: &TraceArgs) -> Result<Option<File>, Error> {
         .transpose()
 }
 
-fn finish(opts: &TraceArgs, json: Option<File>, report: report::Report) -> Result<i32, Error> {
+fn finish(opts: &VerdictArgs, json: Option<File>, report: report::Report) -> Result<i32, Error> {
     print!("{}", report::render_text(&report));
     if let (Some(mut f), Some(path)) = (json, opts.json.as_ref()) {
         let body = serde_json::to_vec_pretty(&report).expect("report serializes");

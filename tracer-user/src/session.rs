@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use std::{collections::HashMap, sync::Arc};
+
 use crate::{
     elf::BinaryInfo,
-    error::Result,
+    error::{Error, Result},
     locations::{LocationTable, Locator},
     model::Aggregator,
     plan::Plan,
@@ -13,6 +15,7 @@ use crate::{
     report::{Meta, ProbeInfo, Report, TargetInfo},
     target::{Launched, Target},
     tokio_versions,
+    tracefile::{EndRecord, MetaRecord, Writer},
     verdict::Thresholds,
 };
 
@@ -40,13 +43,21 @@ pub async fn trace(
     target: Target,
     mut launched: Option<Launched>,
     opts: &WindowOpts,
+    mut recording: Option<Writer>,
 ) -> Result<Report> {
     let bin = BinaryInfo::read(&target.exe)?;
-    let selection =
-        tokio_versions::select(bin.tokio_version).map_err(crate::error::Error::UnsupportedTokio)?;
+    let selection = tokio_versions::select(bin.tokio_version).map_err(Error::UnsupportedTokio)?;
     let knowledge = selection.knowledge;
     let plan = Plan::for_binary(std::path::Path::new(&target.display), &bin, knowledge)?;
     let mut warnings: Vec<String> = selection.warning.into_iter().collect();
+    let table = LocationTable::read(&target.exe).map_err(|e| Error::io_for(&target.exe, e))?;
+    let mut locator = Locator::new(Arc::new(table), target.pid, target.exe.clone());
+    let target_info = TargetInfo {
+        pid: target.pid,
+        binary: target.display.clone(),
+        build_id: bin.build_id.clone(),
+        tokio_version: bin.tokio_version.map(|v| v.to_string()),
+    };
 
     let mut probes = Probes::attach(
         &target.exe,
@@ -56,33 +67,59 @@ pub async fn trace(
         opts.ring_bytes,
     )?;
     let start_ns = monotonic_ns();
+    let attach_ms = probes.attach_time.as_secs_f64() * 1e3;
     if !opts.quiet {
         eprintln!(
-            "tasktrace: attached {} probe sites to pid {} in {:.1} ms; {}",
+            "tasktrace: attached {} probe sites to pid {} in {attach_ms:.1} ms; {}",
             probes.sites,
             target.pid,
-            probes.attach_time.as_secs_f64() * 1e3,
             match opts.duration {
                 Some(d) => format!("tracing for {:.1}s (Ctrl-C ends early)", d.as_secs_f64()),
                 None => "tracing until the target exits or Ctrl-C".into(),
             }
         );
     }
+    if let Some(w) = recording.as_mut() {
+        w.meta(&MetaRecord {
+            format: "tasktrace.trace/1".into(),
+            target: target_info.clone(),
+            start_ns,
+            start_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            state_bits: knowledge.state,
+            probe_sites: probes.sites,
+            attach_ms,
+            warnings: warnings.clone(),
+        });
+    }
     if let Some(l) = launched.as_mut() {
         l.release();
     }
 
     let mut agg = Aggregator::new(knowledge.state, opts.thresholds);
-    let table = LocationTable::read(&target.exe)
-        .map_err(|e| crate::error::Error::io_for(&target.exe, e))?;
-    let mut locator = Locator::new(std::sync::Arc::new(table), target.pid, target.exe.clone());
+    // Shared by the sink (records) and the loop (flushes), never at the same time.
+    let recording = std::cell::RefCell::new(recording);
+    let mut futures: HashMap<u64, Option<Arc<str>>> = HashMap::new();
     // Set when the window closes: events after it (while the probes are being detached)
     // are outside the window and would only add half-seen polls.
     let cutoff = std::cell::Cell::new(u64::MAX);
     let mut sink = |r: Record| match r {
         Record::Task(ev) if ev.ts_ns > cutoff.get() => agg.diagnostics.after_window += 1,
         Record::Call(call) if call.ts_ns > cutoff.get() => agg.diagnostics.after_window += 1,
-        Record::Task(ev) => agg.ingest(&ev),
+        Record::Task(ev) => {
+            if ev.vtable != 0 && !futures.contains_key(&ev.vtable) {
+                let name = locator.future_name(ev.vtable);
+                if let (Some(w), Some(n)) = (recording.borrow_mut().as_mut(), name.as_deref()) {
+                    w.future(ev.vtable, n);
+                }
+                futures.insert(ev.vtable, name);
+            }
+            if let Some(w) = recording.borrow_mut().as_mut() {
+                w.task(&ev);
+            }
+            agg.ingest(&ev);
+        }
         Record::Call(call) => {
             let location = locator.location(&call.args);
             let caller = if location.is_none() {
@@ -90,13 +127,17 @@ pub async fn trace(
             } else {
                 None
             };
+            if let Some(w) = recording.borrow_mut().as_mut() {
+                w.site(call.tid, location.as_deref(), caller.as_deref());
+            }
             agg.spawn_call(call.tid, location, caller);
         }
     };
+
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| crate::error::Error::Launch(e.to_string()))?;
+        .map_err(|e| Error::Launch(e.to_string()))?;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut ticks = 0u64;
@@ -104,6 +145,9 @@ pub async fn trace(
         tokio::select! {
             _ = tick.tick() => {
                 probes.drain(&mut sink);
+                if let Some(w) = recording.borrow_mut().as_mut() {
+                    w.flush();
+                }
                 ticks += 1;
                 let exited = match launched.as_mut() {
                     Some(l) => l.poll_exit().is_some(),
@@ -125,13 +169,9 @@ pub async fn trace(
     let detach_time = probes.detach();
     probes.drain(&mut sink);
     drop(sink);
-    // Name each task's future once, per vtable, before the report reads the tasks.
-    let mut names = std::collections::HashMap::new();
-    for t in agg.tasks.iter_mut().filter(|t| t.vtable != 0) {
-        t.future = names
-            .entry(t.vtable)
-            .or_insert_with(|| locator.future_name(t.vtable))
-            .clone();
+    // Name each task's future (resolved once per vtable) before the report reads them.
+    for t in agg.tasks.iter_mut() {
+        t.future = futures.get(&t.vtable).cloned().flatten();
     }
     let lost = probes.lost_events();
     if let Some(l) = launched.as_mut() {
@@ -143,39 +183,33 @@ pub async fn trace(
             warnings.push(format!("the command exited with status {status}"));
         }
     }
+    let detach_ms = detach_time.as_secs_f64() * 1e3;
     if !opts.quiet {
         eprintln!(
-            "tasktrace: detached {} probe sites in {:.1} ms",
-            probes.sites,
-            detach_time.as_secs_f64() * 1e3
+            "tasktrace: detached {} probe sites in {detach_ms:.1} ms",
+            probes.sites
         );
     }
-    if lost > 0 {
-        warnings.push(format!(
-            "{lost} events lost: the ring buffer was full; raise --ring-size"
-        ));
-    }
-    let d = &agg.diagnostics;
-    if d.unmatched_poll_ends + d.address_reuse + d.unreadable_headers > 0 {
-        warnings.push(format!(
-            "stream anomalies: {} unmatched poll ends, {} address reuses, {} unreadable headers",
-            d.unmatched_poll_ends, d.address_reuse, d.unreadable_headers
-        ));
+    if let Some(w) = recording.borrow_mut().as_mut() {
+        w.end(&EndRecord {
+            end_ns,
+            ended_by: ended_by.into(),
+            lost_events: lost,
+            detach_ms,
+            after_window: agg.diagnostics.after_window,
+            warnings: warnings.clone(),
+        });
+        warnings.extend(w.error());
     }
     let meta = Meta {
-        target: TargetInfo {
-            pid: target.pid,
-            binary: target.display.clone(),
-            build_id: bin.build_id.clone(),
-            tokio_version: bin.tokio_version.map(|v| v.to_string()),
-        },
+        target: target_info,
         start_ns,
         end_ns,
         ended_by,
         probes: ProbeInfo {
             sites: probes.sites,
-            attach_ms: probes.attach_time.as_secs_f64() * 1e3,
-            detach_ms: detach_time.as_secs_f64() * 1e3,
+            attach_ms,
+            detach_ms,
         },
         lost_events: lost,
         warnings,

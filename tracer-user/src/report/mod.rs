@@ -31,7 +31,7 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TargetInfo {
     pub pid: u32,
     pub binary: String,
@@ -200,6 +200,20 @@ impl Report {
             .collect();
         summary.long_polls = long_polls.len() as u64;
         let window_ns = meta.end_ns.saturating_sub(meta.start_ns);
+        let mut warnings = meta.warnings;
+        if meta.lost_events > 0 {
+            warnings.push(format!(
+                "{} events lost: the ring buffer was full; raise --ring-size",
+                meta.lost_events
+            ));
+        }
+        let d = &agg.diagnostics;
+        if d.unmatched_poll_ends + d.address_reuse + d.unreadable_headers > 0 {
+            warnings.push(format!(
+                "stream anomalies: {} unmatched poll ends, {} address reuses, {} unreadable headers",
+                d.unmatched_poll_ends, d.address_reuse, d.unreadable_headers
+            ));
+        }
         let spawn_sites = sites::spawn_sites(&tasks, window_ns);
         Report {
             schema: SCHEMA,
@@ -220,7 +234,7 @@ impl Report {
             spawn_sites,
             long_polls,
             diagnostics: agg.diagnostics.clone(),
-            warnings: meta.warnings,
+            warnings,
         }
     }
 

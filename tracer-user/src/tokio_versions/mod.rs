@@ -55,7 +55,7 @@ pub struct Layout {
 }
 
 /// Bits of the task state word.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct StateBits {
     pub running: u64,
     pub complete: u64,

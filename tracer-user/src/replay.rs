@@ -1,0 +1,207 @@
+//! `tasktrace report FILE`: replays a trace file through the same aggregator and
+//! detectors as a live window, so a recording reports exactly what the live run did.
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use crate::{
+    error::Result,
+    model::Aggregator,
+    report::{Meta, ProbeInfo, Report},
+    tracefile::{self, Rec},
+    verdict::Thresholds,
+};
+
+pub fn report_from_file(path: &Path, thresholds: Thresholds) -> Result<Report> {
+    let trace = tracefile::read(path)?;
+    let mut agg = Aggregator::new(trace.meta.state_bits, thresholds);
+    let mut names: HashMap<u64, Arc<str>> = HashMap::new();
+    let mut last_ts = trace.meta.start_ns;
+    for rec in &trace.records {
+        match rec {
+            Rec::Task(ev) => {
+                last_ts = last_ts.max(ev.ts_ns);
+                agg.ingest(ev);
+            }
+            Rec::Site {
+                tid,
+                location,
+                caller,
+            } => agg.spawn_call(
+                *tid,
+                location.as_deref().map(Arc::from),
+                caller.as_deref().map(Arc::from),
+            ),
+            Rec::Future { vtable, name } => {
+                names.insert(*vtable, Arc::from(name.as_str()));
+            }
+        }
+    }
+    for t in agg.tasks.iter_mut() {
+        t.future = names.get(&t.vtable).cloned();
+    }
+    let mut warnings = trace.meta.warnings.clone();
+    let (end_ns, ended_by, lost, detach_ms) = match &trace.end {
+        Some(end) => {
+            warnings.extend(end.warnings.iter().cloned());
+            agg.diagnostics.after_window = end.after_window;
+            (
+                end.end_ns,
+                end_ended_by(&end.ended_by),
+                end.lost_events,
+                end.detach_ms,
+            )
+        }
+        None => {
+            warnings.push(format!(
+                "the recording has no end record (the tracer was stopped abruptly){}; verdicts are judged at its last event",
+                trace.truncated_at.map(|o| format!(", and its last record is cut at byte {o}")).unwrap_or_default()
+            ));
+            (last_ts, "truncated", 0, 0.0)
+        }
+    };
+    let meta = Meta {
+        target: trace.meta.target.clone(),
+        start_ns: trace.meta.start_ns,
+        end_ns,
+        ended_by,
+        probes: ProbeInfo {
+            sites: trace.meta.probe_sites,
+            attach_ms: trace.meta.attach_ms,
+            detach_ms,
+        },
+        lost_events: lost,
+        warnings,
+    };
+    Ok(Report::build(&agg, meta))
+}
+
+fn end_ended_by(s: &str) -> &'static str {
+    match s {
+        "duration" => "duration",
+        "target_exit" => "target_exit",
+        "interrupted" => "interrupted",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::{EventKind, TaskEvent};
+
+    use super::*;
+    use crate::{
+        report::TargetInfo,
+        tokio_versions,
+        tracefile::{EndRecord, MetaRecord, Writer},
+    };
+
+    fn meta() -> MetaRecord {
+        MetaRecord {
+            format: "tasktrace.trace/1".into(),
+            target: TargetInfo {
+                pid: 1,
+                binary: "/x".into(),
+                build_id: None,
+                tokio_version: Some("1.54.1".into()),
+            },
+            start_ns: 1_000,
+            start_unix_s: 0.0,
+            state_bits: tokio_versions::select(None).unwrap().knowledge.state,
+            probe_sites: 3,
+            attach_ms: 1.0,
+            warnings: vec![],
+        }
+    }
+
+    fn ev(kind: EventKind, ts: u64, header: u64, id: u64) -> TaskEvent {
+        TaskEvent {
+            ts_ns: ts,
+            header,
+            task_id: id,
+            owner_id: 1,
+            tid: 7,
+            kind: kind as u8,
+            ..Default::default()
+        }
+    }
+
+    fn write_sample(path: &Path, with_end: bool) {
+        let mut w = Writer::create(path).unwrap();
+        w.meta(&meta());
+        w.site(7, Some("src/app.rs:3:5"), None);
+        w.task(&ev(EventKind::Spawn, 2_000, 0x10, 1));
+        w.task(&ev(EventKind::PollStart, 3_000, 0x10, 1));
+        w.task(&ev(EventKind::PollEnd, 4_000, 0, 0));
+        w.future(0, "app::f");
+        w.task(&ev(EventKind::WakeByVal, 60_000_000_000, 0x99, 2));
+        if with_end {
+            w.end(&EndRecord {
+                end_ns: 61_000_000_000,
+                ended_by: "duration".into(),
+                lost_events: 0,
+                detach_ms: 1.0,
+                after_window: 0,
+                warnings: vec![],
+            });
+        } else {
+            w.flush();
+        }
+    }
+
+    fn th() -> Thresholds {
+        Thresholds::new(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(5),
+        )
+    }
+
+    #[test]
+    fn round_trip_reports_the_same_verdicts() {
+        let path = std::env::temp_dir().join(format!("tt-rt-{}.trace", std::process::id()));
+        write_sample(&path, true);
+        let r = report_from_file(&path, th()).unwrap();
+        assert_eq!(r.summary.leaked, 1);
+        assert_eq!(r.tasks[0].spawned_at.as_deref(), Some("src/app.rs:3:5"));
+        assert_eq!(r.window.ended_by, "duration");
+        std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn every_truncation_and_corruption_is_an_error_or_a_partial_report_never_a_panic() {
+        let path = std::env::temp_dir().join(format!("tt-cut-{}.trace", std::process::id()));
+        write_sample(&path, true);
+        let full = std::fs::read(&path).unwrap();
+        for cut in 0..full.len() {
+            let _ = tracefile::parse(&path, &full[..cut]);
+        }
+        // Deterministic byte flips over the whole file.
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        for _ in 0..5_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut bad = full.clone();
+            let i = (seed as usize) % bad.len();
+            bad[i] ^= (seed >> 32) as u8 | 1;
+            let _ = tracefile::parse(&path, &bad);
+        }
+        let err = tracefile::parse(&path, b"TTRACE01\x09\x00\x00\x00\x00").unwrap_err();
+        assert!(err.to_string().contains("offset 8"), "{err}");
+        std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn a_file_cut_mid_record_still_reports_its_complete_part() {
+        let path = std::env::temp_dir().join(format!("tt-kill-{}.trace", std::process::id()));
+        write_sample(&path, false);
+        let mut data = std::fs::read(&path).unwrap();
+        data.extend_from_slice(&[2, 200, 0, 0, 0, 1, 2, 3]);
+        std::fs::write(&path, &data).unwrap();
+        let r = report_from_file(&path, th()).unwrap();
+        assert_eq!(r.window.ended_by, "truncated");
+        assert_eq!(r.summary.tasks_seen, 2);
+        assert!(r.warnings.iter().any(|w| w.contains("cut at byte")));
+        std::fs::remove_file(&path).ok();
+    }
+}

@@ -1,0 +1,294 @@
+//! The trace file (`docs/trace-format.md`): everything a window produced, written as it
+//! happens so that a tracer killed mid-window leaves a file whose complete part still
+//! reports, and read back by `tasktrace report` without the target.
+//!
+//! Layout: the magic `TTRACE01`, then framed records `[kind: u8][len: u32 LE][payload]`.
+//! The first record is the metadata; the last, when the window closed cleanly, the end.
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use tracer_common::{EVENT_SIZE, TaskEvent};
+
+use crate::{
+    error::{Error, Result},
+    report::TargetInfo,
+    tokio_versions::StateBits,
+};
+
+pub const MAGIC: &[u8; 8] = b"TTRACE01";
+const KIND_META: u8 = 1;
+const KIND_EVENTS: u8 = 2;
+const KIND_SITE: u8 = 3;
+const KIND_FUTURE: u8 = 4;
+const KIND_END: u8 = 5;
+/// No record is this large; a longer length means corruption, not a big window.
+const MAX_RECORD: u32 = 64 << 20;
+
+/// Written first: what is needed to interpret the events later, elsewhere.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MetaRecord {
+    pub format: String,
+    pub target: TargetInfo,
+    /// CLOCK_MONOTONIC of the window start (the clock of every event timestamp).
+    pub start_ns: u64,
+    /// Wall-clock time of the window start, seconds since the Unix epoch.
+    pub start_unix_s: f64,
+    pub state_bits: StateBits,
+    pub probe_sites: usize,
+    pub attach_ms: f64,
+    pub warnings: Vec<String>,
+}
+
+/// Written last, when the window closed cleanly.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EndRecord {
+    pub end_ns: u64,
+    pub ended_by: String,
+    pub lost_events: u64,
+    pub detach_ms: f64,
+    pub after_window: u64,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SiteRecord {
+    tid: u32,
+    location: Option<String>,
+    caller: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct FutureRecord {
+    vtable: u64,
+    name: String,
+}
+
+/// One record of the stream, in the order the aggregator saw it.
+#[derive(Clone, Debug)]
+pub enum Rec {
+    Task(TaskEvent),
+    Site {
+        tid: u32,
+        location: Option<String>,
+        caller: Option<String>,
+    },
+    Future {
+        vtable: u64,
+        name: String,
+    },
+}
+
+pub struct Writer {
+    out: BufWriter<File>,
+    path: PathBuf,
+    batch: Vec<u8>,
+    failed: Option<std::io::Error>,
+}
+
+impl Writer {
+    /// Creates the file now, so that a bad path fails before anything attaches.
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = File::create(path).map_err(|err| Error::Output {
+            path: path.to_owned(),
+            err,
+        })?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(MAGIC).map_err(|err| Error::Output {
+            path: path.to_owned(),
+            err,
+        })?;
+        Ok(Self {
+            out,
+            path: path.to_owned(),
+            batch: Vec::new(),
+            failed: None,
+        })
+    }
+
+    pub fn meta(&mut self, meta: &MetaRecord) {
+        self.json(KIND_META, meta);
+        self.flush();
+    }
+
+    pub fn task(&mut self, ev: &TaskEvent) {
+        // SAFETY: TaskEvent is plain repr(C) data without padding holes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((ev as *const TaskEvent).cast::<u8>(), EVENT_SIZE)
+        };
+        self.batch.extend_from_slice(bytes);
+    }
+
+    pub fn site(&mut self, tid: u32, location: Option<&str>, caller: Option<&str>) {
+        self.json(
+            KIND_SITE,
+            &SiteRecord {
+                tid,
+                location: location.map(str::to_owned),
+                caller: caller.map(str::to_owned),
+            },
+        );
+    }
+
+    pub fn future(&mut self, vtable: u64, name: &str) {
+        self.json(
+            KIND_FUTURE,
+            &FutureRecord {
+                vtable,
+                name: name.to_owned(),
+            },
+        );
+    }
+
+    pub fn end(&mut self, end: &EndRecord) {
+        self.json(KIND_END, end);
+        self.flush();
+    }
+
+    /// Makes everything so far durable in the file (called every drain).
+    pub fn flush(&mut self) {
+        self.flush_batch();
+        if self.failed.is_none()
+            && let Err(e) = self.out.flush()
+        {
+            self.failed = Some(e);
+        }
+    }
+
+    /// The first write error, if recording stopped because of one.
+    pub fn error(&self) -> Option<String> {
+        self.failed
+            .as_ref()
+            .map(|e| format!("writing {} stopped: {e}", self.path.display()))
+    }
+
+    fn flush_batch(&mut self) {
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.frame(KIND_EVENTS, &batch);
+        }
+    }
+
+    fn json<T: Serialize>(&mut self, kind: u8, value: &T) {
+        // Records keep the stream's order: pending events go first.
+        self.flush_batch();
+        let body = serde_json::to_vec(value).expect("records serialize");
+        self.frame(kind, &body);
+    }
+
+    fn frame(&mut self, kind: u8, body: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        let r = self
+            .out
+            .write_all(&[kind])
+            .and_then(|_| self.out.write_all(&(body.len() as u32).to_le_bytes()))
+            .and_then(|_| self.out.write_all(body));
+        if let Err(e) = r {
+            self.failed = Some(e);
+        }
+    }
+}
+
+/// A trace file read back.
+#[derive(Debug)]
+pub struct Trace {
+    pub meta: MetaRecord,
+    pub records: Vec<Rec>,
+    /// `None`: the tracer stopped without closing the window (killed, crashed).
+    pub end: Option<EndRecord>,
+    /// Byte offset where an incomplete last record starts, if any.
+    pub truncated_at: Option<u64>,
+}
+
+pub fn read(path: &Path) -> Result<Trace> {
+    let data = std::fs::read(path).map_err(|e| Error::io_for(path, e))?;
+    parse(path, &data)
+}
+
+pub fn parse(path: &Path, data: &[u8]) -> Result<Trace> {
+    let corrupt = |offset: usize, why: &str| Error::TraceFile {
+        path: path.to_owned(),
+        offset: offset as u64,
+        why: why.to_owned(),
+    };
+    if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+        return Err(corrupt(0, "not a tasktrace trace file (bad magic)"));
+    }
+    let mut at = MAGIC.len();
+    let mut meta: Option<MetaRecord> = None;
+    let mut records = Vec::new();
+    let mut end = None;
+    let mut truncated_at = None;
+    while at < data.len() {
+        if data.len() - at < 5 {
+            truncated_at = Some(at as u64);
+            break;
+        }
+        let kind = data[at];
+        let len = u32::from_le_bytes(data[at + 1..at + 5].try_into().unwrap());
+        if !(KIND_META..=KIND_END).contains(&kind) {
+            return Err(corrupt(at, &format!("unknown record kind {kind}")));
+        }
+        if len > MAX_RECORD {
+            return Err(corrupt(at, &format!("record length {len} is implausible")));
+        }
+        let body_start = at + 5;
+        let Some(body) = data.get(body_start..body_start + len as usize) else {
+            truncated_at = Some(at as u64);
+            break;
+        };
+        if meta.is_none() && kind != KIND_META {
+            return Err(corrupt(at, "the first record is not the metadata"));
+        }
+        if end.is_some() {
+            return Err(corrupt(at, "records after the end record"));
+        }
+        let json_err = |e: serde_json::Error| corrupt(at, &format!("bad record: {e}"));
+        match kind {
+            KIND_META if meta.is_some() => return Err(corrupt(at, "a second metadata record")),
+            KIND_META => meta = Some(serde_json::from_slice(body).map_err(json_err)?),
+            KIND_EVENTS => {
+                if body.len() % EVENT_SIZE != 0 {
+                    return Err(corrupt(at, "event batch is not a whole number of events"));
+                }
+                for chunk in body.as_chunks::<EVENT_SIZE>().0 {
+                    // SAFETY: exactly EVENT_SIZE bytes of a plain repr(C) integer struct.
+                    let ev =
+                        unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<TaskEvent>()) };
+                    records.push(Rec::Task(ev));
+                }
+            }
+            KIND_SITE => {
+                let s: SiteRecord = serde_json::from_slice(body).map_err(json_err)?;
+                records.push(Rec::Site {
+                    tid: s.tid,
+                    location: s.location,
+                    caller: s.caller,
+                });
+            }
+            KIND_FUTURE => {
+                let f: FutureRecord = serde_json::from_slice(body).map_err(json_err)?;
+                records.push(Rec::Future {
+                    vtable: f.vtable,
+                    name: f.name,
+                });
+            }
+            _ => end = Some(serde_json::from_slice(body).map_err(json_err)?),
+        }
+        at = body_start + len as usize;
+    }
+    let meta =
+        meta.ok_or_else(|| corrupt(at, "no metadata record (the file was cut before it)"))?;
+    Ok(Trace {
+        meta,
+        records,
+        end,
+        truncated_at,
+    })
+}
