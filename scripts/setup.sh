@@ -44,13 +44,18 @@ if ! command -v bpf-linker >/dev/null 2>&1 || [ "$(cat "$stamp" 2>/dev/null)" !=
   echo "$want" > "$stamp"
 fi
 
-# bpftool: the e2e tests use it to check that no tasktrace program outlives tasktrace.
-if ! command -v bpftool >/dev/null 2>&1; then
-  say "installing bpftool (Debian package)"
+# Debian packages the tests use: bpftool (no tasktrace program may outlive tasktrace) and
+# chromium (the HTML report must render in a real browser).
+missing=()
+command -v bpftool >/dev/null 2>&1 || missing+=(bpftool)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]} (Debian packages)"
   if [ "$(id -u)" -eq 0 ]; then
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftool >/dev/null
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    say "warning: not root, cannot apt-get install bpftool; the e2e tests need it" >&2
+    say "warning: not root, cannot apt-get install ${missing[*]}; the tests need them" >&2
   fi
 fi
 

@@ -67,6 +67,12 @@ pub struct VerdictArgs {
     /// Write the JSON report here (schema: docs/report-format.md).
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report with charts here.
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
+    /// Write a timeline for ui.perfetto.dev here (one track per task).
+    #[arg(long, value_name = "PATH")]
+    pub perfetto: Option<PathBuf>,
     /// A task idle this long since its last poll is leaked.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub leak_after: Duration,

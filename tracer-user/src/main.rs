@@ -15,7 +15,7 @@ mod tokio_versions;
 mod tracefile;
 mod verdict;
 
-use std::{fs::File, io::Write, process::ExitCode};
+use std::{fs::File, io::Write, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 
@@ -73,7 +73,8 @@ async fn run(cli: Cli) -> Result<i32, Error> {
         }
         Command::Report { file, opts } => {
             let json = open_output(&opts)?;
-            let report = replay::report_from_file(&file, thresholds(&opts))?;
+            let report =
+                replay::report_from_file(&file, thresholds(&opts), opts.perfetto.is_some())?;
             finish(&opts, json, report)
         }
     }
@@ -89,36 +90,78 @@ fn window(opts: &TraceArgs) -> WindowOpts {
         thresholds: thresholds(&opts.verdicts),
         ring_bytes: opts.ring_size,
         quiet: opts.verdicts.quiet,
+        timeline: opts.verdicts.perfetto.is_some(),
     }
 }
 
-/// Opens the JSON output before tracing, so a bad path fails before anything attaches.
-fn open_output(opts: &VerdictArgs) -> Result<Option<File>, Error> {
-    opts.json
-        .as_ref()
-        .map(|p| {
-            File::create(p).map_err(|err| Error::Output {
-                path: p.clone(),
-                err,
-            })
-        })
-        .transpose()
+/// The report files, opened before tracing so a bad path fails before anything attaches.
+struct Outputs {
+    json: Option<File>,
+    html: Option<File>,
+    perfetto: Option<File>,
 }
 
-fn finish(opts: &VerdictArgs, json: Option<File>, report: report::Report) -> Result<i32, Error> {
-    print!("{}", report::render_text(&report));
-    if let (Some(mut f), Some(path)) = (json, opts.json.as_ref()) {
-        let body = serde_json::to_vec_pretty(&report).expect("report serializes");
-        f.write_all(&body)
-            .and_then(|_| f.write_all(b"\n"))
-            .map_err(|err| Error::Output {
-                path: path.clone(),
-                err,
-            })?;
-        if !opts.quiet {
-            eprintln!("tasktrace: report written to {}", path.display());
+fn open_output(opts: &VerdictArgs) -> Result<Outputs, Error> {
+    let open = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map(|p| {
+                File::create(p).map_err(|err| Error::Output {
+                    path: p.clone(),
+                    err,
+                })
+            })
+            .transpose()
+    };
+    Ok(Outputs {
+        json: open(&opts.json)?,
+        html: open(&opts.html)?,
+        perfetto: open(&opts.perfetto)?,
+    })
+}
+
+fn write_out(
+    file: Option<File>,
+    path: Option<&PathBuf>,
+    body: impl FnOnce() -> Vec<u8>,
+    quiet: bool,
+) -> Result<(), Error> {
+    if let (Some(mut f), Some(path)) = (file, path) {
+        f.write_all(&body()).map_err(|err| Error::Output {
+            path: path.clone(),
+            err,
+        })?;
+        if !quiet {
+            eprintln!("tasktrace: wrote {}", path.display());
         }
     }
+    Ok(())
+}
+
+fn finish(opts: &VerdictArgs, out: Outputs, report: report::Report) -> Result<i32, Error> {
+    print!("{}", report::render_text(&report));
+    let quiet = opts.quiet;
+    write_out(
+        out.json,
+        opts.json.as_ref(),
+        || {
+            let mut body = serde_json::to_vec_pretty(&report).expect("report serializes");
+            body.push(b'\n');
+            body
+        },
+        quiet,
+    )?;
+    write_out(
+        out.html,
+        opts.html.as_ref(),
+        || report::render_html(&report).into_bytes(),
+        quiet,
+    )?;
+    write_out(
+        out.perfetto,
+        opts.perfetto.as_ref(),
+        || serde_json::to_vec(&report::render_perfetto(&report)).expect("trace serializes"),
+        quiet,
+    )?;
     let failed: Vec<&str> = opts
         .fail_on
         .iter()

@@ -11,12 +11,29 @@ use crate::{
     verdict::Thresholds,
 };
 
-pub fn report_from_file(path: &Path, thresholds: Thresholds) -> Result<Report> {
+pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> Result<Report> {
     let trace = tracefile::read(path)?;
     let mut agg = Aggregator::new(trace.meta.state_bits, thresholds);
+    if timeline {
+        agg.timeline = Some(Default::default());
+    }
     let mut names: HashMap<u64, Arc<str>> = HashMap::new();
     let mut last_ts = trace.meta.start_ns;
-    for rec in &trace.records {
+    const STEP: usize = 1 << 16;
+    let bar = (trace.records.len() > 4 * STEP && crate::session::on_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(trace.records.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "replaying {bar:40} {pos}/{len} records ({eta} left)",
+            )
+            .expect("template"),
+        );
+        bar
+    });
+    for (n, rec) in trace.records.iter().enumerate() {
+        if let Some(bar) = bar.as_ref().filter(|_| n % STEP == 0) {
+            bar.set_position(n as u64);
+        }
         match rec {
             Rec::Task(ev) => {
                 last_ts = last_ts.max(ev.ts_ns);
@@ -35,6 +52,9 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds) -> Result<Report> {
                 names.insert(*vtable, Arc::from(name.as_str()));
             }
         }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     for t in agg.tasks.iter_mut() {
         t.future = names.get(&t.vtable).cloned();
@@ -160,7 +180,7 @@ mod tests {
     fn round_trip_reports_the_same_verdicts() {
         let path = std::env::temp_dir().join(format!("tt-rt-{}.trace", std::process::id()));
         write_sample(&path, true);
-        let r = report_from_file(&path, th()).unwrap();
+        let r = report_from_file(&path, th(), false).unwrap();
         assert_eq!(r.summary.leaked, 1);
         assert_eq!(r.tasks[0].spawned_at.as_deref(), Some("src/app.rs:3:5"));
         assert_eq!(r.window.ended_by, "duration");
@@ -198,7 +218,7 @@ mod tests {
         let mut data = std::fs::read(&path).unwrap();
         data.extend_from_slice(&[2, 200, 0, 0, 0, 1, 2, 3]);
         std::fs::write(&path, &data).unwrap();
-        let r = report_from_file(&path, th()).unwrap();
+        let r = report_from_file(&path, th(), false).unwrap();
         assert_eq!(r.window.ended_by, "truncated");
         assert_eq!(r.summary.tasks_seen, 2);
         assert!(r.warnings.iter().any(|w| w.contains("cut at byte")));

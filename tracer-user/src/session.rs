@@ -24,10 +24,18 @@ pub struct WindowOpts {
     pub thresholds: Thresholds,
     pub ring_bytes: u32,
     pub quiet: bool,
+    /// Keep every poll and instant (for `--perfetto`).
+    pub timeline: bool,
 }
 
 /// How often the ring is drained (the kernel side never wakes the reader per event).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
+/// Progress output only for a person watching: stdout and stderr both on a terminal.
+pub fn on_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
+}
 
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -98,9 +106,14 @@ pub async fn trace(
     }
 
     let mut agg = Aggregator::new(knowledge.state, opts.thresholds);
+    if opts.timeline {
+        agg.timeline = Some(Default::default());
+    }
     // Shared by the sink (records) and the loop (flushes), never at the same time.
     let recording = std::cell::RefCell::new(recording);
     let mut futures: HashMap<u64, Option<Arc<str>>> = HashMap::new();
+    // Live-task count for the status line, published by the sink.
+    let alive = std::cell::Cell::new(0usize);
     // Set when the window closes: events after it (while the probes are being detached)
     // are outside the window and would only add half-seen polls.
     let cutoff = std::cell::Cell::new(u64::MAX);
@@ -108,6 +121,7 @@ pub async fn trace(
         Record::Task(ev) if ev.ts_ns > cutoff.get() => agg.diagnostics.after_window += 1,
         Record::Call(call) if call.ts_ns > cutoff.get() => agg.diagnostics.after_window += 1,
         Record::Task(ev) => {
+            alive.set(agg.tasks_alive());
             if ev.vtable != 0 && !futures.contains_key(&ev.vtable) {
                 let name = locator.future_name(ev.vtable);
                 if let (Some(w), Some(n)) = (recording.borrow_mut().as_mut(), name.as_deref()) {
@@ -141,10 +155,32 @@ pub async fn trace(
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut ticks = 0u64;
+    let mut events_seen = 0u64;
+    let mut events_at_last_update = 0u64;
+    // A status line while recording, only on a terminal (quiet in pipes, logs and CI).
+    let progress =
+        (!opts.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                    .expect("template"),
+            );
+            bar
+        });
     let ended_by = loop {
         tokio::select! {
             _ = tick.tick() => {
-                probes.drain(&mut sink);
+                events_seen += probes.drain(&mut sink) as u64;
+                if let Some(bar) = progress.as_ref().filter(|_| ticks.is_multiple_of(50)) {
+                    let rate = (events_seen - events_at_last_update) * 2;
+                    events_at_last_update = events_seen;
+                    bar.set_message(format!(
+                        "{rate} events/s · {} live tasks · {} lost events · Ctrl-C ends the window",
+                        alive.get(),
+                        probes.lost_events()
+                    ));
+                    bar.tick();
+                }
                 if let Some(w) = recording.borrow_mut().as_mut() {
                     w.flush();
                 }
@@ -164,6 +200,9 @@ pub async fn trace(
             _ = sigterm.recv() => break "interrupted",
         }
     };
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
     let end_ns = monotonic_ns();
     cutoff.set(end_ns);
     let detach_time = probes.detach();

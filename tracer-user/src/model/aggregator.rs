@@ -45,6 +45,20 @@ struct Frame {
     real: bool,
 }
 
+/// Log2 buckets of poll durations in microseconds: bucket i holds polls of
+/// `[2^(i-1), 2^i)` µs (bucket 0: under 1 µs).
+pub const POLL_BUCKETS: usize = 32;
+
+/// What a timeline renderer needs beyond the per-task state: every poll and instant.
+/// Kept only on request (`--perfetto`): it grows with the event count.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    /// (task index, start, end, thread).
+    pub polls: Vec<(usize, u64, u64, u32)>,
+    /// (task index, time, what).
+    pub instants: Vec<(usize, u64, &'static str)>,
+}
+
 pub struct Aggregator {
     pub tasks: Vec<Task>,
     /// Header address → the task currently living there.
@@ -57,6 +71,10 @@ pub struct Aggregator {
     pub shutdown_began: HashMap<u64, u64>,
     pub long_polls: Vec<LongPoll>,
     pub diagnostics: Diagnostics,
+    /// Ended polls of async and local tasks by duration (see [`POLL_BUCKETS`]).
+    pub poll_histogram: [u64; POLL_BUCKETS],
+    pub timeline: Option<Timeline>,
+    alive: usize,
     bits: StateBits,
     thresholds: Thresholds,
 }
@@ -71,9 +89,17 @@ impl Aggregator {
             shutdown_began: HashMap::new(),
             long_polls: Vec::new(),
             diagnostics: Diagnostics::default(),
+            poll_histogram: [0; POLL_BUCKETS],
+            timeline: None,
+            alive: 0,
             bits,
             thresholds,
         }
+    }
+
+    /// Tasks neither completed nor freed (O(1): tracked as events arrive).
+    pub fn tasks_alive(&self) -> usize {
+        self.alive
     }
 
     pub fn thresholds(&self) -> &Thresholds {
@@ -123,7 +149,8 @@ impl Aggregator {
                     .pending_spawns
                     .remove(&ev.tid)
                     .and_then(|p| p.location.or(p.caller));
-                self.insert(task);
+                let i = self.insert(task);
+                self.instant(i, ts, "spawn");
             }
             EventKind::PollStart => {
                 let i = self.task_for(ev);
@@ -169,6 +196,14 @@ impl Aggregator {
                 if !t.is_finished() {
                     t.scheduled_since = t.woken_during_poll.take();
                 }
+                if t.kind != TaskKind::Blocking {
+                    let us = dur / 1_000;
+                    let bucket = (u64::BITS - us.leading_zeros()) as usize;
+                    self.poll_histogram[bucket.min(POLL_BUCKETS - 1)] += 1;
+                }
+                if let Some(tl) = self.timeline.as_mut() {
+                    tl.polls.push((frame.task, start, ts, ev.tid));
+                }
                 if dur >= stuck_after && t.kind != TaskKind::Blocking {
                     self.long_polls.push(LongPoll {
                         task_id: t.id,
@@ -190,15 +225,18 @@ impl Aggregator {
                 } else {
                     t.scheduled_since.get_or_insert(ts);
                 }
+                self.instant(i, ts, "wake");
             }
             EventKind::Complete => {
                 let i = self.task_for(ev);
                 let cancelled = ev.state & self.bits.cancelled != 0;
+                self.alive -= usize::from(!self.tasks[i].is_finished());
                 let t = &mut self.tasks[i];
                 t.completed_ns.get_or_insert(ts);
                 t.cancelled |= cancelled;
                 t.scheduled_since = None;
                 t.woken_during_poll = None;
+                self.instant(i, ts, if cancelled { "cancel" } else { "complete" });
             }
             EventKind::Shutdown => {
                 let began = *self.shutdown_began.entry(ev.owner_id).or_insert(ts);
@@ -213,6 +251,7 @@ impl Aggregator {
             EventKind::SpawnCall => self.diagnostics.unknown_events += 1,
             EventKind::Dealloc => {
                 if let Some(i) = self.live.remove(&ev.header) {
+                    self.alive -= usize::from(!self.tasks[i].is_finished());
                     let t = &mut self.tasks[i];
                     if ev.task_id == 0 || t.id == 0 || t.id == ev.task_id {
                         t.freed_ns = Some(ts);
@@ -250,8 +289,15 @@ impl Aggregator {
         self.insert(task)
     }
 
+    fn instant(&mut self, task: usize, ts: u64, what: &'static str) {
+        if let Some(tl) = self.timeline.as_mut() {
+            tl.instants.push((task, ts, what));
+        }
+    }
+
     fn insert(&mut self, task: Task) -> usize {
         let i = self.tasks.len();
+        self.alive += 1;
         self.live.insert(task.header, i);
         self.tasks.push(task);
         i
@@ -259,6 +305,7 @@ impl Aggregator {
 
     /// The task at this address is gone although its dealloc was never seen.
     fn retire(&mut self, i: usize, ts: u64) {
+        self.alive -= usize::from(!self.tasks[i].is_finished());
         let t = &mut self.tasks[i];
         if t.freed_ns.is_none() {
             t.freed_ns = Some(ts);

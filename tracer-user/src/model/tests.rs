@@ -150,6 +150,7 @@ fn completed_and_freed_tasks_are_ok() {
     a.ingest(&ev(EventKind::Dealloc, 4 * MS, 0x6000, 6, 10));
     assert_eq!(a.tasks[0].state(), TaskState::Freed);
     assert_eq!(verdict_at(&a, 6, 100 * S), (Verdict::Ok, Reason::Finished));
+    assert_eq!(a.tasks_alive(), 0);
 }
 
 #[test]
@@ -163,6 +164,11 @@ fn address_reuse_never_merges_two_tasks() {
     // A stale-id event at the reused address also starts a new task rather than merging.
     a.ingest(&ev(EventKind::WakeByRef, 6 * MS, 0x7000, 72, 10));
     assert_eq!(a.tasks.len(), 3);
+    assert_eq!(
+        a.tasks_alive(),
+        1,
+        "only the last occupant of the address is alive"
+    );
     assert_eq!(a.tasks[0].state(), TaskState::Freed);
     assert_eq!(a.tasks[1].polls, 1);
     assert_eq!(a.tasks[1].state(), TaskState::Freed);

@@ -1,11 +1,15 @@
 //! The report: built once from the aggregator's final state, then rendered as JSON
 //! (`docs/report-format.md`) or as the text summary. Renderers only read it.
 
+mod html;
+mod perfetto;
 mod sites;
 mod text;
 
 use serde::Serialize;
 
+pub use html::render_html;
+pub use perfetto::render_perfetto;
 pub use sites::SpawnSite;
 pub use text::render_text;
 
@@ -27,8 +31,42 @@ pub struct Report {
     pub tasks: Vec<TaskReport>,
     pub spawn_sites: Vec<SpawnSite>,
     pub long_polls: Vec<LongPollReport>,
+    /// Every poll that blocked its thread for at least `stuck_after`: ended ones and the
+    /// ones still in progress when judged, by thread.
+    pub stuck_polls: Vec<StuckPoll>,
+    /// Ended polls of async and local tasks by duration.
+    pub poll_histogram: Vec<HistogramBucket>,
     pub diagnostics: Diagnostics,
     pub warnings: Vec<String>,
+    /// Every poll and instant, when a timeline was requested (`--perfetto`).
+    #[serde(skip)]
+    pub timeline: Option<TimelineView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StuckPoll {
+    pub task_id: u64,
+    pub thread: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// The poll was still running when the task was judged.
+    pub in_progress: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistogramBucket {
+    /// Polls shorter than this many microseconds (and at least half of it).
+    pub below_us: u64,
+    pub polls: u64,
+}
+
+/// The aggregator's timeline with task ids and window-relative times.
+#[derive(Debug, Default)]
+pub struct TimelineView {
+    /// (task id, start, end, thread).
+    pub polls: Vec<(u64, u64, u64, u32)>,
+    /// (task id, time, what).
+    pub instants: Vec<(u64, u64, &'static str)>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -215,6 +253,54 @@ impl Report {
             ));
         }
         let spawn_sites = sites::spawn_sites(&tasks, window_ns);
+        let mut stuck_polls: Vec<StuckPoll> = long_polls
+            .iter()
+            .map(|p| StuckPoll {
+                task_id: p.task_id,
+                thread: p.thread,
+                start_ns: p.start_ns,
+                end_ns: p.start_ns + p.duration_ns,
+                in_progress: false,
+            })
+            .collect();
+        for (t, r) in agg.tasks.iter().zip(&tasks) {
+            if r.reason == Reason::BlockingPoll
+                && let Some(start) = t.running_since
+            {
+                stuck_polls.push(StuckPoll {
+                    task_id: t.id,
+                    thread: t.running_tid,
+                    start_ns: rel(start),
+                    end_ns: r.judged_at_ns,
+                    in_progress: true,
+                });
+            }
+        }
+        let last = agg
+            .poll_histogram
+            .iter()
+            .rposition(|&n| n > 0)
+            .map_or(0, |i| i + 1);
+        let poll_histogram = agg.poll_histogram[..last]
+            .iter()
+            .enumerate()
+            .map(|(i, &polls)| HistogramBucket {
+                below_us: 1u64 << i,
+                polls,
+            })
+            .collect();
+        let timeline = agg.timeline.as_ref().map(|tl| TimelineView {
+            polls: tl
+                .polls
+                .iter()
+                .map(|&(i, s, e, tid)| (agg.tasks[i].id, rel(s), rel(e), tid))
+                .collect(),
+            instants: tl
+                .instants
+                .iter()
+                .map(|&(i, ts, w)| (agg.tasks[i].id, rel(ts), w))
+                .collect(),
+        });
         Report {
             schema: SCHEMA,
             target: meta.target,
@@ -233,8 +319,11 @@ impl Report {
             tasks,
             spawn_sites,
             long_polls,
+            stuck_polls,
+            poll_histogram,
             diagnostics: agg.diagnostics.clone(),
             warnings,
+            timeline,
         }
     }
 
