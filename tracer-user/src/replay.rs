@@ -12,53 +12,65 @@ use crate::{
 };
 
 pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> Result<Report> {
-    let trace = tracefile::read(path)?;
-    let mut agg = Aggregator::new(trace.meta.state_bits, thresholds);
-    if timeline {
-        agg.timeline = Some(Default::default());
-    }
-    let mut names: HashMap<u64, Arc<str>> = HashMap::new();
-    let mut last_ts = trace.meta.start_ns;
-    const STEP: usize = 1 << 16;
-    let bar = (trace.records.len() > 4 * STEP && crate::session::on_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new(trace.records.len() as u64);
+    let file = std::fs::File::open(path).map_err(|e| crate::error::Error::io_for(path, e))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // A bar for long replays, on a terminal only (by bytes: records are not counted ahead).
+    let bar = (size > 64 << 20 && crate::session::on_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(size);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "replaying {bar:40} {pos}/{len} records ({eta} left)",
+                "replaying {bar:40} {bytes}/{total_bytes} ({eta} left)",
             )
             .expect("template"),
         );
         bar
     });
-    for (n, rec) in trace.records.iter().enumerate() {
-        if let Some(bar) = bar.as_ref().filter(|_| n % STEP == 0) {
-            bar.set_position(n as u64);
+    let reader = match &bar {
+        Some(bar) => Box::new(bar.wrap_read(file)) as Box<dyn std::io::Read>,
+        None => Box::new(file),
+    };
+    let mut agg: Option<Aggregator> = None;
+    let mut names: HashMap<u64, Arc<str>> = HashMap::new();
+    let mut last_ts = 0;
+    let info = tracefile::stream(path, reader, |rec| {
+        if let Rec::Meta(meta) = &rec {
+            let mut a = Aggregator::new(meta.state_bits, thresholds);
+            if timeline {
+                a.timeline = Some(Default::default());
+            }
+            agg = Some(a);
+            last_ts = meta.start_ns;
+            return;
         }
+        let agg = agg.as_mut().expect("metadata comes first");
         match rec {
+            Rec::Meta(_) => {}
             Rec::Task(ev) => {
                 last_ts = last_ts.max(ev.ts_ns);
-                agg.ingest(ev);
+                agg.ingest(&ev);
             }
             Rec::Site {
                 tid,
                 location,
                 caller,
             } => agg.spawn_call(
-                *tid,
+                tid,
                 location.as_deref().map(Arc::from),
                 caller.as_deref().map(Arc::from),
             ),
             Rec::Future { vtable, name } => {
-                names.insert(*vtable, Arc::from(name.as_str()));
+                names.insert(vtable, Arc::from(name.as_str()));
             }
         }
-    }
+    })?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let mut agg = agg.expect("stream checked the metadata");
     for t in agg.tasks.iter_mut() {
         t.future = names.get(&t.vtable).cloned();
     }
+    let trace = info;
     let mut warnings = trace.meta.warnings.clone();
     let (end_ns, ended_by, lost, detach_ms) = match &trace.end {
         Some(end) => {

@@ -71,6 +71,8 @@ struct FutureRecord {
 /// One record of the stream, in the order the aggregator saw it.
 #[derive(Clone, Debug)]
 pub enum Rec {
+    /// Always first.
+    Meta(Box<MetaRecord>),
     Task(TaskEvent),
     Site {
         tid: u32,
@@ -195,54 +197,63 @@ impl Writer {
     }
 }
 
-/// A trace file read back.
+/// A trace file read back, apart from its records (which [`stream`] hands over one by
+/// one, so that a recording of any size replays in bounded memory).
 #[derive(Debug)]
-pub struct Trace {
+pub struct TraceInfo {
     pub meta: MetaRecord,
-    pub records: Vec<Rec>,
     /// `None`: the tracer stopped without closing the window (killed, crashed).
     pub end: Option<EndRecord>,
     /// Byte offset where an incomplete last record starts, if any.
     pub truncated_at: Option<u64>,
 }
 
-pub fn read(path: &Path) -> Result<Trace> {
-    let data = std::fs::read(path).map_err(|e| Error::io_for(path, e))?;
-    parse(path, &data)
-}
-
-pub fn parse(path: &Path, data: &[u8]) -> Result<Trace> {
-    let corrupt = |offset: usize, why: &str| Error::TraceFile {
+/// Reads a trace file record by record; the metadata comes first.
+pub fn stream(
+    path: &Path,
+    reader: impl std::io::Read,
+    mut on_record: impl FnMut(Rec),
+) -> Result<TraceInfo> {
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
+    let corrupt = |offset: u64, why: &str| Error::TraceFile {
         path: path.to_owned(),
-        offset: offset as u64,
+        offset,
         why: why.to_owned(),
     };
-    if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+    let io = |e: std::io::Error| Error::io_for(path, e);
+    let mut magic = [0u8; 8];
+    let got = read_full(&mut reader, &mut magic).map_err(io)?;
+    if got < MAGIC.len() || &magic != MAGIC {
         return Err(corrupt(0, "not a tasktrace trace file (bad magic)"));
     }
-    let mut at = MAGIC.len();
+    let mut at = MAGIC.len() as u64;
     let mut meta: Option<MetaRecord> = None;
-    let mut records = Vec::new();
     let mut end = None;
     let mut truncated_at = None;
-    while at < data.len() {
-        if data.len() - at < 5 {
-            truncated_at = Some(at as u64);
+    let mut body = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        let n = read_full(&mut reader, &mut head).map_err(io)?;
+        if n == 0 {
             break;
         }
-        let kind = data[at];
-        let len = u32::from_le_bytes(data[at + 1..at + 5].try_into().unwrap());
+        if n < head.len() {
+            truncated_at = Some(at);
+            break;
+        }
+        let kind = head[0];
+        let len = u32::from_le_bytes(head[1..5].try_into().unwrap());
         if !(KIND_META..=KIND_END).contains(&kind) {
             return Err(corrupt(at, &format!("unknown record kind {kind}")));
         }
         if len > MAX_RECORD {
             return Err(corrupt(at, &format!("record length {len} is implausible")));
         }
-        let body_start = at + 5;
-        let Some(body) = data.get(body_start..body_start + len as usize) else {
-            truncated_at = Some(at as u64);
+        body.resize(len as usize, 0);
+        if read_full(&mut reader, &mut body).map_err(io)? < body.len() {
+            truncated_at = Some(at);
             break;
-        };
+        }
         if meta.is_none() && kind != KIND_META {
             return Err(corrupt(at, "the first record is not the metadata"));
         }
@@ -252,7 +263,11 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Trace> {
         let json_err = |e: serde_json::Error| corrupt(at, &format!("bad record: {e}"));
         match kind {
             KIND_META if meta.is_some() => return Err(corrupt(at, "a second metadata record")),
-            KIND_META => meta = Some(serde_json::from_slice(body).map_err(json_err)?),
+            KIND_META => {
+                let m: MetaRecord = serde_json::from_slice(&body).map_err(json_err)?;
+                on_record(Rec::Meta(Box::new(m.clone())));
+                meta = Some(m);
+            }
             KIND_EVENTS => {
                 if body.len() % EVENT_SIZE != 0 {
                     return Err(corrupt(at, "event batch is not a whole number of events"));
@@ -261,34 +276,55 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Trace> {
                     // SAFETY: exactly EVENT_SIZE bytes of a plain repr(C) integer struct.
                     let ev =
                         unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<TaskEvent>()) };
-                    records.push(Rec::Task(ev));
+                    on_record(Rec::Task(ev));
                 }
             }
             KIND_SITE => {
-                let s: SiteRecord = serde_json::from_slice(body).map_err(json_err)?;
-                records.push(Rec::Site {
+                let s: SiteRecord = serde_json::from_slice(&body).map_err(json_err)?;
+                on_record(Rec::Site {
                     tid: s.tid,
                     location: s.location,
                     caller: s.caller,
                 });
             }
             KIND_FUTURE => {
-                let f: FutureRecord = serde_json::from_slice(body).map_err(json_err)?;
-                records.push(Rec::Future {
+                let f: FutureRecord = serde_json::from_slice(&body).map_err(json_err)?;
+                on_record(Rec::Future {
                     vtable: f.vtable,
                     name: f.name,
                 });
             }
-            _ => end = Some(serde_json::from_slice(body).map_err(json_err)?),
+            _ => end = Some(serde_json::from_slice(&body).map_err(json_err)?),
         }
-        at = body_start + len as usize;
+        at += 5 + len as u64;
     }
     let meta =
         meta.ok_or_else(|| corrupt(at, "no metadata record (the file was cut before it)"))?;
-    Ok(Trace {
+    Ok(TraceInfo {
         meta,
-        records,
         end,
         truncated_at,
     })
+}
+
+/// Like `read_exact`, but reports how much it got instead of failing at end of file.
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Parses a whole trace held in memory (tests and small files).
+#[cfg(test)]
+pub fn parse(path: &Path, data: &[u8]) -> Result<(TraceInfo, Vec<Rec>)> {
+    let mut recs = Vec::new();
+    let info = stream(path, data, |r| recs.push(r))?;
+    Ok((info, recs))
 }

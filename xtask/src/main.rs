@@ -2,6 +2,8 @@
 //!
 //! - `fixtures`: build every fixture target (own lockfile each) in release mode.
 //! - `fixture-path NAME`: print the path of a built fixture binary.
+//! - `bench report [--events N]`: time `tasktrace report` on an N-event recording
+//!   (default 10 million) and print its throughput and peak memory.
 //! - `demo`: build tasktrace and the demo, trace the demo, print the verdicts, write
 //!   `tasktrace-demo.json`, and check the verdicts against the demo's own ground truth.
 
@@ -15,6 +17,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("fixtures") => build_fixtures(),
         Some("demo") => demo(),
+        Some("bench") => bench(&args[1..]),
         Some("fixture-path") => match args.get(1) {
             Some(name) => {
                 println!("{}", fixture_binary(name).display());
@@ -22,7 +25,10 @@ fn main() -> ExitCode {
             }
             None => Err("usage: cargo xtask fixture-path NAME".into()),
         },
-        _ => Err("usage: cargo xtask <fixtures | fixture-path NAME | demo>".into()),
+        _ => Err(
+            "usage: cargo xtask <fixtures | fixture-path NAME | demo | bench report [--events N]>"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,6 +69,38 @@ fn fixture_binary(name: &str) -> PathBuf {
         .join(format!("fixture-{name}"))
 }
 
+mod bench;
+
+fn bench(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("report") => {
+            let events = match args.iter().position(|a| a == "--events") {
+                Some(i) => args
+                    .get(i + 1)
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("--events takes a number")?,
+                None => 10_000_000,
+            };
+            build_tasktrace_release()?;
+            bench::report(&root(), events)
+        }
+        _ => Err("usage: cargo xtask bench report [--events N]".into()),
+    }
+}
+
+fn build_tasktrace_release() -> Result<(), String> {
+    let status = cargo()
+        .args(["build", "--release", "--locked", "-p", "tracer-user"])
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("building tasktrace failed".into())
+    }
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
@@ -90,14 +128,7 @@ fn build_fixture(dir: &Path) -> Result<(), String> {
 /// The README's first command: trace the bundled demo and check its verdicts.
 fn demo() -> Result<(), String> {
     let root = root();
-    let status = cargo()
-        .args(["build", "--release", "--locked", "-p", "tracer-user"])
-        .current_dir(&root)
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err("building tasktrace failed".into());
-    }
+    build_tasktrace_release()?;
     build_fixture(&root.join("fixtures/demo"))?;
     let report_path = root.join("tasktrace-demo.json");
     let cmd = [
