@@ -36,6 +36,18 @@ pub enum Command {
         #[command(flatten)]
         opts: TraceArgs,
     },
+    /// Show what a binary contains and what tasktrace can see in it (attaches nothing).
+    Inspect {
+        /// Path of the binary (or use --pid).
+        #[arg(required_unless_present = "pid")]
+        path: Option<PathBuf>,
+        /// Inspect the executable of a running process.
+        #[arg(long, conflicts_with = "path")]
+        pid: Option<u32>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Report on a trace file written by `run -o` or `record -o`, without the target.
     Report {
         /// The trace file.

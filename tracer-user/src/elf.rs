@@ -24,6 +24,22 @@ pub struct BinaryInfo {
     pub has_symtab: bool,
     /// Count of symbols under `tokio::`.
     pub tokio_symbols: usize,
+    /// Build traits, for `inspect`.
+    pub traits: BuildTraits,
+}
+
+/// What the build looks like from outside.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BuildTraits {
+    pub symbols: bool,
+    pub dwarf: bool,
+    pub pie: bool,
+    /// `v0` or `legacy` Rust symbol mangling (`null` without symbols).
+    pub mangling: Option<&'static str>,
+    /// `unwind` or `abort`, from the unwinding runtime's symbols.
+    pub panic: Option<&'static str>,
+    /// Whether the small tokio `State` methods survived: they are inlined away under LTO.
+    pub lto_likely: Option<bool>,
 }
 
 impl BinaryInfo {
@@ -49,8 +65,15 @@ impl BinaryInfo {
         let mut functions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         let mut tokio_symbols = 0;
         let mut has_symtab = false;
+        let (mut v0, mut legacy, mut unwind, mut state_methods) = (0usize, 0usize, false, false);
         for sym in file.symbols() {
             has_symtab = true;
+            if let Ok(raw) = sym.name() {
+                v0 += usize::from(raw.starts_with("_R"));
+                legacy += usize::from(raw.starts_with("_ZN"));
+                unwind |= raw.contains("panic_unwind") || raw == "_Unwind_Resume";
+                state_methods |= raw.contains("transition_to_running");
+            }
             if sym.kind() != SymbolKind::Text || sym.address() == 0 {
                 continue;
             }
@@ -74,7 +97,16 @@ impl BinaryInfo {
             .ok()
             .flatten()
             .map(|b| b.iter().map(|x| format!("{x:02x}")).collect());
+        let traits = BuildTraits {
+            symbols: has_symtab,
+            dwarf: file.section_by_name(".debug_info").is_some(),
+            pie: file.kind() == object::ObjectKind::Dynamic,
+            mangling: has_symtab.then_some(if v0 >= legacy { "v0" } else { "legacy" }),
+            panic: has_symtab.then_some(if unwind { "unwind" } else { "abort" }),
+            lto_likely: (tokio_symbols > 0).then_some(!state_methods),
+        };
         Ok(Self {
+            traits,
             functions,
             segments,
             build_id,

@@ -3,6 +3,7 @@
 mod cli;
 mod elf;
 mod error;
+mod inspect;
 mod locations;
 mod model;
 mod plan;
@@ -70,6 +71,28 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             let target = target::Target::from_pid(pid)?;
             let report = session::trace(target, None, &window(&opts), trace).await?;
             finish(&opts.verdicts, json, report)
+        }
+        Command::Inspect { path, pid, json } => {
+            let (display, exe) = match (path, pid) {
+                (_, Some(pid)) => {
+                    let t = target::Target::from_pid(pid)?;
+                    (t.display, t.exe)
+                }
+                (Some(p), None) => {
+                    if !p.exists() {
+                        return Err(Error::CommandNotFound(p.display().to_string()));
+                    }
+                    (p.display().to_string(), p)
+                }
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let i = inspect::inspect(&display, &exe)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&i).expect("serializes"));
+            } else {
+                print!("{}", inspect::render_text(&i));
+            }
+            Ok(exit::OK)
         }
         Command::Report { file, opts } => {
             let json = open_output(&opts)?;

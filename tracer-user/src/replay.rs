@@ -140,6 +140,7 @@ mod tests {
             start_unix_s: 0.0,
             state_bits: tokio_versions::select(None).unwrap().knowledge.state,
             probe_sites: 3,
+            plan: serde_json::Value::Null,
             attach_ms: 1.0,
             warnings: vec![],
         }

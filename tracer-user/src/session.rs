@@ -97,6 +97,7 @@ pub async fn trace(
                 .map_or(0.0, |d| d.as_secs_f64()),
             state_bits: knowledge.state,
             probe_sites: probes.sites,
+            plan: serde_json::to_value(&plan).unwrap_or_default(),
             attach_ms,
             warnings: warnings.clone(),
         });

@@ -40,6 +40,9 @@ pub struct MetaRecord {
     pub start_unix_s: f64,
     pub state_bits: StateBits,
     pub probe_sites: usize,
+    /// The attach plan: every probe site (function, address, file offset).
+    #[serde(default)]
+    pub plan: serde_json::Value,
     pub attach_ms: f64,
     pub warnings: Vec<String>,
 }

@@ -1,0 +1,104 @@
+//! `tasktrace inspect` on real binaries: what it finds, what it says is unavailable.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn inspect_json(args: &[&std::ffi::OsStr]) -> Value {
+    let out = tasktrace()
+        .arg("inspect")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[test]
+fn inspect_the_demo() {
+    let demo = fixture("demo");
+    let v = inspect_json(&[demo.as_os_str()]);
+    assert_eq!(v["tokio_version"], "1.54.1");
+    assert_eq!(v["traits"]["symbols"], true);
+    assert_eq!(v["traits"]["pie"], true);
+    assert_eq!(v["traits"]["lto_likely"], false);
+    for event in [
+        "spawn",
+        "poll_start",
+        "poll_end",
+        "wake_by_val",
+        "complete",
+        "spawn_call",
+    ] {
+        let sites = v["plan"][event]
+            .as_object()
+            .unwrap_or_else(|| panic!("{event} planned"));
+        assert!(sites.values().all(|n| n.as_u64() > Some(0)));
+    }
+    assert_eq!(
+        v["plan"]["poll_start"], v["plan"]["poll_end"],
+        "every poll instance has both probes"
+    );
+    assert!(v["unavailable"].as_array().unwrap().is_empty());
+    let text = tasktrace().arg("inspect").arg(&demo).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("verdicts:      all available"));
+}
+
+#[test]
+fn inspect_says_what_a_stripped_build_hides() {
+    let stripped = tmp("inspect-stripped");
+    assert!(
+        std::process::Command::new("strip")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(fixture("demo"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let v = inspect_json(&[stripped.as_os_str()]);
+    assert_eq!(
+        v["tokio_version"], "1.54.1",
+        "the version survives stripping"
+    );
+    assert_eq!(v["traits"]["symbols"], false);
+    let unavailable: Vec<&str> = v["unavailable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["what"].as_str().unwrap())
+        .collect();
+    for what in ["leaked", "stuck", "never_polled", "spawn sites"] {
+        assert!(unavailable.contains(&what), "{what} reported unavailable");
+    }
+}
+
+#[test]
+fn inspect_a_running_process_and_bad_targets() {
+    let mut child = std::process::Command::new(fixture("demo"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let v = inspect_json(&["--pid".as_ref(), pid.as_ref()]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(v["binary"].as_str().unwrap().ends_with("fixture-demo"));
+    let out = tasktrace()
+        .args(["inspect", "--pid", "4194305"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = tasktrace()
+        .args(["inspect", "/nonexistent/binary"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
