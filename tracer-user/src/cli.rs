@@ -47,6 +47,9 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Symbols for a stripped binary: an unstripped copy of the same build.
+        #[arg(long, value_name = "FILE")]
+        symbols: Option<PathBuf>,
     },
     /// Report on a trace file written by `run -o` or `record -o`, without the target.
     Report {
@@ -66,6 +69,10 @@ pub struct TraceArgs {
     /// `tasktrace report` later, anywhere.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Symbols for a stripped target: an unstripped copy of the same build (matched by
+    /// GNU build-id).
+    #[arg(long, value_name = "FILE")]
+    pub symbols: Option<PathBuf>,
     /// Ring buffer size in bytes (power of two; K/M suffixes accepted).
     #[arg(long, value_parser = parse_size, default_value = "8M")]
     pub ring_size: u32,

@@ -116,6 +116,36 @@ impl BinaryInfo {
         })
     }
 
+    /// Takes the symbols of `other`, an unstripped copy of the same build (same GNU
+    /// build-id), keeping this file's own layout for computing probe offsets.
+    pub fn with_symbols_from(
+        mut self,
+        other: BinaryInfo,
+        other_path: &Path,
+        path: &Path,
+    ) -> Result<Self> {
+        match (&self.build_id, &other.build_id) {
+            (Some(a), Some(b)) if a == b => {}
+            (a, b) => {
+                return Err(Error::SymbolsMismatch {
+                    target: path.to_owned(),
+                    symbols: other_path.to_owned(),
+                    target_id: a.clone(),
+                    symbols_id: b.clone(),
+                });
+            }
+        }
+        self.functions = other.functions;
+        self.has_symtab = other.has_symtab;
+        self.tokio_symbols = other.tokio_symbols;
+        self.traits = BuildTraits {
+            symbols: false,
+            ..other.traits
+        };
+        self.tokio_version = self.tokio_version.or(other.tokio_version);
+        Ok(self)
+    }
+
     /// Addresses of every instance of a function (empty when absent or inlined away).
     pub fn instances(&self, name: &str) -> &[u64] {
         self.functions.get(name).map_or(&[], Vec::as_slice)

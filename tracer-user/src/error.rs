@@ -50,6 +50,12 @@ pub enum Error {
         offset: u64,
         why: String,
     },
+    SymbolsMismatch {
+        target: PathBuf,
+        symbols: PathBuf,
+        target_id: Option<String>,
+        symbols_id: Option<String>,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -78,7 +84,8 @@ impl Error {
             | Error::MissingProbeSites { .. }
             | Error::UnsupportedTokio(_)
             | Error::Output { .. }
-            | Error::TraceFile { .. } => exit::BAD_INPUT,
+            | Error::TraceFile { .. }
+            | Error::SymbolsMismatch { .. } => exit::BAD_INPUT,
             Error::Privileges { .. } => exit::PRIVILEGES,
             Error::Io { .. } | Error::Bpf(_) | Error::Launch(_) => exit::TRACE_FAILED,
         }
@@ -139,6 +146,19 @@ impl fmt::Display for Error {
                 f,
                 "{}: corrupt trace file at byte offset {offset}: {why}.\n  hint: is this a file written by `tasktrace run -o` or `record -o`? A file cut short by a killed tracer still reports; one damaged in the middle does not",
                 path.display()
+            ),
+            Error::SymbolsMismatch {
+                target,
+                symbols,
+                target_id,
+                symbols_id,
+            } => write!(
+                f,
+                "{} is not the same build as {}: GNU build-id {} vs {}.\n  hint: --symbols needs the unstripped binary of exactly this build (same build-id); keep it from the build that produced the deployed binary",
+                symbols.display(),
+                target.display(),
+                symbols_id.as_deref().unwrap_or("(none)"),
+                target_id.as_deref().unwrap_or("(none)")
             ),
             Error::Output { path, err } => write!(
                 f,

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tracer_common::{EventKind, cookie_kind};
 
 use crate::{
-    elf::{BinaryInfo, BuildTraits},
+    elf::BuildTraits,
     error::{Error, Result},
     plan::Plan,
     tokio_versions,
@@ -35,8 +35,8 @@ pub struct Unavailable {
     pub why: String,
 }
 
-pub fn inspect(display: &str, exe: &Path) -> Result<Inspection> {
-    let bin = BinaryInfo::read(exe)?;
+pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Inspection> {
+    let (bin, _) = crate::session::read_binary(exe, display, symbols)?;
     let mut out = Inspection {
         binary: display.to_owned(),
         build_id: bin.build_id.clone(),

@@ -72,7 +72,12 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             let report = session::trace(target, None, &window(&opts), trace).await?;
             finish(&opts.verdicts, json, report)
         }
-        Command::Inspect { path, pid, json } => {
+        Command::Inspect {
+            path,
+            pid,
+            json,
+            symbols,
+        } => {
             let (display, exe) = match (path, pid) {
                 (_, Some(pid)) => {
                     let t = target::Target::from_pid(pid)?;
@@ -86,7 +91,7 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                 }
                 (None, None) => unreachable!("clap requires one"),
             };
-            let i = inspect::inspect(&display, &exe)?;
+            let i = inspect::inspect(&display, &exe, symbols.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&i).expect("serializes"));
             } else {
@@ -114,6 +119,7 @@ fn window(opts: &TraceArgs) -> WindowOpts {
         ring_bytes: opts.ring_size,
         quiet: opts.verdicts.quiet,
         timeline: opts.verdicts.perfetto.is_some(),
+        symbols: opts.symbols.clone(),
     }
 }
 

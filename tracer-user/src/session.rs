@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use crate::{
     elf::BinaryInfo,
@@ -26,6 +26,26 @@ pub struct WindowOpts {
     pub quiet: bool,
     /// Keep every poll and instant (for `--perfetto`).
     pub timeline: bool,
+    /// An unstripped copy of the target's build, for its symbols.
+    pub symbols: Option<std::path::PathBuf>,
+}
+
+/// The target's binary, with symbols from `--symbols` when given.
+pub fn read_binary(
+    exe: &Path,
+    display: &str,
+    symbols: Option<&Path>,
+) -> Result<(BinaryInfo, LocationTable)> {
+    let bin = BinaryInfo::read(exe)?;
+    let (bin, table_from) = match symbols {
+        Some(sym) => (
+            bin.with_symbols_from(BinaryInfo::read(sym)?, sym, Path::new(display))?,
+            sym,
+        ),
+        None => (bin, exe),
+    };
+    let table = LocationTable::read(table_from).map_err(|e| Error::io_for(table_from, e))?;
+    Ok((bin, table))
 }
 
 /// How often the ring is drained (the kernel side never wakes the reader per event).
@@ -53,12 +73,11 @@ pub async fn trace(
     opts: &WindowOpts,
     mut recording: Option<Writer>,
 ) -> Result<Report> {
-    let bin = BinaryInfo::read(&target.exe)?;
+    let (bin, table) = read_binary(&target.exe, &target.display, opts.symbols.as_deref())?;
     let selection = tokio_versions::select(bin.tokio_version).map_err(Error::UnsupportedTokio)?;
     let knowledge = selection.knowledge;
     let plan = Plan::for_binary(std::path::Path::new(&target.display), &bin, knowledge)?;
     let mut warnings: Vec<String> = selection.warning.into_iter().collect();
-    let table = LocationTable::read(&target.exe).map_err(|e| Error::io_for(&target.exe, e))?;
     let mut locator = Locator::new(Arc::new(table), target.pid, target.exe.clone());
     let target_info = TargetInfo {
         pid: target.pid,

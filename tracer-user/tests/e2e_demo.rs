@@ -256,3 +256,53 @@ fn fail_on_sets_exit_status_3() {
     );
     assert_eq!(our_programs_after_exit(), 0);
 }
+
+#[test]
+fn stripped_binary_traced_with_symbols_from_its_unstripped_twin() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let demo = fixture("demo");
+    let stripped = tmp("fixture-demo-stripped-traced");
+    assert!(
+        Command::new("strip")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(&demo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let json = tmp("stripped.json");
+    let out = tasktrace()
+        .args(["run", "-q", "--duration", "5s", "--symbols"])
+        .arg(&demo)
+        .arg("--json")
+        .arg(&json)
+        .args(THRESHOLDS)
+        .arg("--")
+        .arg(&stripped)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report = read_report(&json);
+    let truth = ground_truth(&stdout);
+    assert_matches_truth(&report, &truth);
+    assert_spawn_sites(&report, &truth, "demo");
+    // Symbols of another build are refused before anything attaches.
+    let out = tasktrace()
+        .args(["run", "--symbols"])
+        .arg(fixture("growth"))
+        .arg("--")
+        .arg(&stripped)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("is not the same build"));
+}
