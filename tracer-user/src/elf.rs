@@ -71,7 +71,8 @@ impl BinaryInfo {
             if let Ok(raw) = sym.name() {
                 v0 += usize::from(raw.starts_with("_R"));
                 legacy += usize::from(raw.starts_with("_ZN"));
-                unwind |= raw.contains("panic_unwind") || raw == "_Unwind_Resume";
+                // The unwinding panic runtime leaves its own symbols; panic=abort links panic_abort.
+                unwind |= raw.contains("panic_unwind");
                 state_methods |= raw.contains("transition_to_running");
             }
             if sym.kind() != SymbolKind::Text || sym.address() == 0 {

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: builds that cargo alone cannot express.
 //!
-//! - `fixtures`: build every fixture target (own lockfile each) in release mode.
+//! - `fixtures`: build every fixture target (own lockfile each) in release mode, and the
+//!   matrix fixture for each tokio version in every build profile.
 //! - `fixture-path NAME`: print the path of a built fixture binary.
 //! - `bench report [--events N]`: time `tasktrace report` on an N-event recording
 //!   (default 10 million) and print its throughput and peak memory.
@@ -105,17 +106,49 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// Build profiles of the matrix fixture (defined in each of its Cargo.toml files).
+pub const MATRIX_PROFILES: [&str; 5] = ["release", "thin", "fat", "abort", "stripped"];
+
+/// The matrix fixture's per-tokio-version crates: fixtures/matrix/tokio-*/.
+fn matrix_versions() -> Vec<PathBuf> {
+    let dir = root().join("fixtures/matrix");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.join("Cargo.toml").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 fn build_fixtures() -> Result<(), String> {
     for dir in fixtures() {
-        build_fixture(&dir)?;
+        build_fixture(&dir, "release")?;
+    }
+    // Each version keeps one target dir: the profiles share its dependency builds where
+    // they can, and cargo skips cells that are already built.
+    for dir in matrix_versions() {
+        for profile in MATRIX_PROFILES {
+            build_fixture(&dir, profile)?;
+        }
     }
     Ok(())
 }
 
-fn build_fixture(dir: &Path) -> Result<(), String> {
-    eprintln!("xtask: building {}", dir.display());
+fn build_fixture(dir: &Path, profile: &str) -> Result<(), String> {
+    eprintln!("xtask: building {} ({profile})", dir.display());
     let status = cargo()
-        .args(["build", "--release", "--locked", "--manifest-path"])
+        .args([
+            "build",
+            "--quiet",
+            "--profile",
+            profile,
+            "--locked",
+            "--manifest-path",
+        ])
         .arg(dir.join("Cargo.toml"))
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
@@ -129,7 +162,7 @@ fn build_fixture(dir: &Path) -> Result<(), String> {
 fn demo() -> Result<(), String> {
     let root = root();
     build_tasktrace_release()?;
-    build_fixture(&root.join("fixtures/demo"))?;
+    build_fixture(&root.join("fixtures/demo"), "release")?;
     let report_path = root.join("tasktrace-demo.json");
     let cmd = [
         "run",

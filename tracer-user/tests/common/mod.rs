@@ -273,3 +273,31 @@ pub fn assert_spawn_sites(report: &Value, truth: &Truth, fixture: &str) -> (usiz
     }
     (resolved, user.len())
 }
+
+/// A matrix cell's binary: fixtures/matrix/tokio-VERSION built with PROFILE (built on
+/// first use; the test command builds them all up front through `cargo xtask fixtures`).
+pub fn matrix_fixture(version: &str, profile: &str) -> PathBuf {
+    let dir = root()
+        .join("fixtures/matrix")
+        .join(format!("tokio-{version}"));
+    let bin = dir.join("target").join(profile).join("fixture-matrix");
+    if !bin.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--quiet",
+                "--locked",
+                "--profile",
+                profile,
+                "--manifest-path",
+            ])
+            .arg(dir.join("Cargo.toml"))
+            .status()
+            .expect("run cargo");
+        assert!(
+            status.success(),
+            "building matrix cell {version}/{profile} failed"
+        );
+    }
+    bin
+}

@@ -1,0 +1,174 @@
+//! The build matrix ops meet: tokio 1.38, 1.43, 1.47 and 1.54 (latest), each in the
+//! default release profile, thin LTO, fat LTO with one codegen unit, panic=abort and
+//! strip=symbols. Every cell is traced for real and its verdict counts compared with the
+//! ground truth the fixture prints; `inspect` is checked against what the cell is.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+const THRESHOLDS: [&str; 6] = [
+    "--leak-after",
+    "1500ms",
+    "--stuck-after",
+    "1s",
+    "--never-polled-after",
+    "1500ms",
+];
+
+fn inspect(bin: &Path, extra: &[&str]) -> Value {
+    let out = tasktrace()
+        .arg("inspect")
+        .arg(bin)
+        .args(extra)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn trace_counts(cell: &str, bin: &Path, extra: &[&str]) {
+    let json = tmp(&format!("matrix-{}.json", cell.replace('/', "-")));
+    let out = tasktrace()
+        .args(["run", "-q", "--duration", "4s", "--json"])
+        .arg(&json)
+        .args(THRESHOLDS)
+        .args(extra)
+        .arg("--")
+        .arg(bin)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{cell}: stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TASKTRACE_GROUND_TRUTH "))
+        .unwrap_or_else(|| panic!("{cell}: no ground truth:\n{stdout}"));
+    let truth: Value = serde_json::from_str(line).unwrap();
+    let report = read_report(&json);
+    let s = &report["summary"];
+    for k in ["leaked", "stuck", "never_polled"] {
+        assert_eq!(s[k], truth[k], "{cell}: {k}\n{stdout}");
+    }
+    assert_eq!(s["lost_events"], 0, "{cell}");
+    let polled_ok = report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["verdict"] == "ok" && t["polls"].as_u64() > Some(5))
+        .count();
+    assert!(
+        polled_ok >= 2,
+        "{cell}: the ticker and the consumer were traced"
+    );
+}
+
+fn cells(version: &str) {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    for profile in ["release", "thin", "fat", "abort"] {
+        let cell = format!("{version}/{profile}");
+        let bin = matrix_fixture(version, profile);
+        let i = inspect(&bin, &[]);
+        assert!(
+            i["tokio_version"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{version}.")),
+            "{cell}: {i}"
+        );
+        assert_eq!(i["traits"]["symbols"], true, "{cell}");
+        assert_eq!(
+            i["traits"]["panic"],
+            if profile == "abort" {
+                "abort"
+            } else {
+                "unwind"
+            },
+            "{cell}"
+        );
+        if profile == "fat" {
+            assert_eq!(i["traits"]["lto_likely"], true, "{cell}");
+        }
+        if profile == "release" || profile == "abort" {
+            assert_eq!(i["traits"]["lto_likely"], false, "{cell}");
+        }
+        assert!(
+            i["unavailable"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|u| u["what"] == "spawn sites"),
+            "{cell}: {i}"
+        );
+        trace_counts(&cell, &bin, &[]);
+    }
+    // strip=symbols: without symbols every verdict is unavailable, and said so.
+    let cell = format!("{version}/stripped");
+    let stripped = matrix_fixture(version, "stripped");
+    let i = inspect(&stripped, &[]);
+    assert_eq!(i["traits"]["symbols"], false, "{cell}");
+    let unavailable: Vec<&str> = i["unavailable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["what"].as_str().unwrap())
+        .collect();
+    for what in ["leaked", "stuck", "never_polled"] {
+        assert!(unavailable.contains(&what), "{cell}: {what} unavailable");
+    }
+    let out = tasktrace()
+        .args(["run", "--duration", "1s", "--"])
+        .arg(&stripped)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{cell}");
+    assert!(text(&out).1.contains("is stripped"), "{cell}");
+    // …and with the unstripped twin of the same build, every verdict is back.
+    let release = matrix_fixture(version, "release");
+    let twin_stripped = tmp(&format!("matrix-{version}-stripped-twin"));
+    assert!(
+        std::process::Command::new("strip")
+            .arg("-o")
+            .arg(&twin_stripped)
+            .arg(&release)
+            .status()
+            .unwrap()
+            .success()
+    );
+    trace_counts(
+        &format!("{cell}+symbols"),
+        &twin_stripped,
+        &["--symbols", release.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn tokio_1_38() {
+    cells("1.38");
+}
+
+#[test]
+fn tokio_1_43() {
+    cells("1.43");
+}
+
+#[test]
+fn tokio_1_47() {
+    cells("1.47");
+}
+
+#[test]
+fn tokio_1_54() {
+    cells("1.54");
+}
