@@ -31,6 +31,9 @@ pub enum EventKind {
     /// Entry of a `#[track_caller]` spawn function: a [`CallEvent`] with the argument
     /// registers (one holds the caller's `&'static Location`) and the return address.
     SpawnCall = 11,
+    /// At a spawn site, when no spawn function survived inlining: a [`StackEvent`] with
+    /// the registers and a copy of the user stack, unwound in userspace.
+    SpawnStack = 12,
 }
 
 impl EventKind {
@@ -47,6 +50,7 @@ impl EventKind {
             Self::Shutdown => "shutdown",
             Self::Dealloc => "dealloc",
             Self::SpawnCall => "spawn_call",
+            Self::SpawnStack => "spawn_stack",
         }
     }
 
@@ -63,6 +67,7 @@ impl EventKind {
             9 => Self::Shutdown,
             10 => Self::Dealloc,
             11 => Self::SpawnCall,
+            12 => Self::SpawnStack,
             _ => return None,
         })
     }
@@ -143,6 +148,33 @@ pub struct CallEvent {
 
 pub const CALL_EVENT_SIZE: usize = core::mem::size_of::<CallEvent>();
 
+/// Bytes of user stack a [`StackEvent`] can carry.
+pub const STACK_COPY: usize = 4096;
+
+/// Registers and a copy of the top of the user stack at a spawn site, for unwinding in
+/// userspace (release builds keep no frame pointers; `.eh_frame` survives everything).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackEvent {
+    pub ts_ns: u64,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub tid: u32,
+    pub kind: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// Valid bytes in `stack`, copied from `sp` upwards (0 if the read failed).
+    pub len: u32,
+    pub _pad2: u32,
+    pub stack: [u8; STACK_COPY],
+}
+
+pub const STACK_EVENT_SIZE: usize = core::mem::size_of::<StackEvent>();
+
+/// Global: how many stack bytes to copy at spawn sites (0: none).
+pub const GLOBAL_STACK_BYTES: &str = "STACK_BYTES";
+
 /// Names of the globals the kernel program reads; userspace sets them at load time.
 pub const GLOBAL_TARGET_TGID: &str = "TARGET_TGID";
 pub const GLOBAL_LAYOUT: &str = "LAYOUT";
@@ -180,6 +212,7 @@ mod tests {
     fn records_have_distinct_sizes() {
         assert_eq!(EVENT_SIZE, 56);
         assert_eq!(CALL_EVENT_SIZE, 72);
+        assert_eq!(STACK_EVENT_SIZE, 48 + STACK_COPY);
     }
 
     #[test]

@@ -16,8 +16,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    CallEvent, EVENT_FLAG_UNREADABLE, EventKind, HeaderArg, HeaderLayout, TaskEvent, cookie_arg,
-    cookie_kind,
+    CallEvent, EVENT_FLAG_UNREADABLE, EventKind, HeaderArg, HeaderLayout, STACK_COPY, StackEvent,
+    TaskEvent, cookie_arg, cookie_kind,
 };
 
 /// Process (tgid) to trace; set by userspace at load time.
@@ -32,6 +32,10 @@ static LAYOUT: HeaderLayout = HeaderLayout {
     owner_id: 0,
     vtable_id_offset: 0,
 };
+
+/// Stack bytes to copy at spawn sites (0: off); set by userspace at load time.
+#[unsafe(no_mangle)]
+static STACK_BYTES: u32 = 0;
 
 /// Events for userspace. Its size is set by userspace (`--ring-size`).
 #[map]
@@ -49,6 +53,13 @@ pub fn task_entry(ctx: ProbeContext) -> u32 {
     if cookie_kind(cookie(&ctx)) == EventKind::SpawnCall as u8 {
         emit_call(&ctx);
         return 0;
+    }
+    let kind = cookie_kind(cookie(&ctx));
+    // SAFETY: see `emit`.
+    if (kind == EventKind::Spawn as u8 || kind == EventKind::SpawnBlocking as u8)
+        && unsafe { core::ptr::read_volatile(&STACK_BYTES) } != 0
+    {
+        emit_stack(&ctx);
     }
     // Read both registers unconditionally: the verifier rejects a context access whose
     // offset depends on a branch, which is what selecting the register first compiles to.
@@ -141,6 +152,61 @@ fn emit_call(ctx: &ProbeContext) {
         }
         None => count_lost(),
     }
+}
+
+/// Copies the top of the user stack with the registers an unwinder starts from. The copy
+/// stops short of the stack's end by retrying smaller sizes: a read that runs into the
+/// guard page above the stack fails whole.
+#[inline(always)]
+fn emit_stack(ctx: &ProbeContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: see `emit`.
+    if (pid_tgid >> 32) as u32 != unsafe { core::ptr::read_volatile(&TARGET_TGID) } {
+        return;
+    }
+    // SAFETY: the context of a uprobe is the target thread's saved registers.
+    let regs = unsafe { &*ctx.regs };
+    let Some(mut slot) = EVENTS.reserve::<StackEvent>(0) else {
+        count_lost();
+        return;
+    };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `ev` points at the reserved record; every field is written before submit.
+    unsafe {
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).ip = regs.rip;
+        (*ev).sp = regs.rsp;
+        (*ev).bp = regs.rbp;
+        (*ev).tid = pid_tgid as u32;
+        (*ev).kind = EventKind::SpawnStack as u8;
+        (*ev).flags = 0;
+        (*ev)._pad = [0; 2];
+        (*ev)._pad2 = 0;
+        let dst = core::ptr::addr_of_mut!((*ev).stack) as *mut core::ffi::c_void;
+        let src = regs.rsp as *const core::ffi::c_void;
+        let mut len = 0u32;
+        if bpf_probe_read_user_raw(dst, STACK_COPY as u32, src) == 0 {
+            len = STACK_COPY as u32;
+        } else if bpf_probe_read_user_raw(dst, 2048, src) == 0 {
+            len = 2048;
+        } else if bpf_probe_read_user_raw(dst, 1024, src) == 0 {
+            len = 1024;
+        } else if bpf_probe_read_user_raw(dst, 256, src) == 0 {
+            len = 256;
+        }
+        (*ev).len = len;
+    }
+    slot.submit(BPF_RB_NO_WAKEUP);
+}
+
+#[inline(always)]
+unsafe fn bpf_probe_read_user_raw(
+    dst: *mut core::ffi::c_void,
+    size: u32,
+    src: *const core::ffi::c_void,
+) -> i64 {
+    // SAFETY: the helper checks both pointers and reports faults.
+    unsafe { aya_ebpf::helpers::generated::bpf_probe_read_user(dst, size, src) }
 }
 
 #[inline(always)]

@@ -78,10 +78,11 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
             out.probe_sites = plan.site_count();
             out.absent_optional = plan.absent.clone();
             if !out.plan.contains_key("spawn_call") {
-                out.unavailable.push(Unavailable {
-                    what: "spawn sites",
-                    why: "no #[track_caller] spawn function survived inlining".into(),
-                });
+                out.warnings.push(
+                    "no #[track_caller] spawn function survived inlining: spawn sites are named by \
+                     unwinding (caller function+offset), not file:line"
+                        .into(),
+                );
             }
         }
         Err(

@@ -25,6 +25,17 @@ pub struct LocationTable {
     functions: Vec<(u64, u64, Arc<str>)>,
     /// The file is position-independent (its addresses move by a load bias).
     pie: bool,
+    /// Unwind information and code, for stack unwinding: (section vaddr range, bytes).
+    unwind: UnwindSections,
+}
+
+#[derive(Default)]
+struct UnwindSections {
+    text: Option<(std::ops::Range<u64>, Vec<u8>)>,
+    eh_frame: Option<(std::ops::Range<u64>, Vec<u8>)>,
+    eh_frame_hdr: Option<(std::ops::Range<u64>, Vec<u8>)>,
+    /// Lowest and highest loaded address (file addresses).
+    image: std::ops::Range<u64>,
 }
 
 impl LocationTable {
@@ -41,6 +52,7 @@ impl LocationTable {
             relative: HashMap::new(),
             functions: Vec::new(),
             pie: false,
+            unwind: UnwindSections::default(),
         };
         if let Ok(file) = object::File::parse(&*data) {
             table.pie = file.kind() == object::ObjectKind::Dynamic;
@@ -49,14 +61,24 @@ impl LocationTable {
                 .map(|s| (s.address(), s.file_range().1, s.file_range().0))
                 .collect();
             for sec in file.sections() {
-                if let Ok(name) = sec.name()
-                    && (name == ".data.rel.ro" || name == ".rodata")
-                {
-                    table
-                        .rodata
-                        .push((sec.address(), sec.address() + sec.size()));
+                let Ok(name) = sec.name() else { continue };
+                let range = sec.address()..sec.address() + sec.size();
+                let bytes = || sec.data().ok().map(|d| (range.clone(), d.to_vec()));
+                match name {
+                    ".data.rel.ro" | ".rodata" => table.rodata.push((range.start, range.end)),
+                    ".text" => table.unwind.text = bytes(),
+                    ".eh_frame" => table.unwind.eh_frame = bytes(),
+                    ".eh_frame_hdr" => table.unwind.eh_frame_hdr = bytes(),
+                    _ => {}
                 }
             }
+            let lo = table.segments.iter().map(|s| s.0).min().unwrap_or(0);
+            let hi = file
+                .segments()
+                .map(|s| s.address() + s.size())
+                .max()
+                .unwrap_or(0);
+            table.unwind.image = lo..hi;
             if let Some(relocs) = file.dynamic_relocations() {
                 for (offset, r) in relocs {
                     if let RelocationFlags::Elf { r_type } = r.flags()
@@ -172,6 +194,7 @@ pub struct Locator {
     exe: PathBuf,
     bias: Option<u64>,
     cache: HashMap<u64, Option<Arc<str>>>,
+    unwinder: Option<StackUnwinder>,
 }
 
 impl Locator {
@@ -182,6 +205,7 @@ impl Locator {
             exe,
             bias: None,
             cache: HashMap::new(),
+            unwinder: None,
         }
     }
 
@@ -244,6 +268,68 @@ impl Locator {
         let (name, _) = self.table.function_at(poll_fn)?;
         first_generic_arg(&name).map(Arc::from)
     }
+}
+
+impl Locator {
+    /// The first caller outside tokio and std, found by unwinding a copy of the stack
+    /// taken at a spawn probe (`ip`, `sp`, `bp` at the probe; `stack` copied from `sp`).
+    pub fn unwound_caller(&mut self, ip: u64, sp: u64, bp: u64, stack: &[u8]) -> Option<Arc<str>> {
+        use framehop::{Unwinder, x86_64::UnwindRegsX86_64};
+        let bias = self.bias()?;
+        if self.unwinder.is_none() {
+            self.unwinder = Some(build_unwinder(&self.table, bias)?);
+        }
+        let (unwinder, cache) = self.unwinder.as_mut()?;
+        let mut read = |addr: u64| -> Result<u64, ()> {
+            let off = addr.checked_sub(sp).ok_or(())? as usize;
+            let b = stack.get(off..off + 8).ok_or(())?;
+            Ok(u64::from_le_bytes(b.try_into().map_err(|_| ())?))
+        };
+        let mut frames =
+            unwinder.iter_frames(ip, UnwindRegsX86_64::new(ip, sp, bp), cache, &mut read);
+        for _ in 0..64 {
+            let Ok(Some(frame)) = frames.next() else {
+                break;
+            };
+            let vaddr = frame.address_for_lookup().checked_sub(bias)?;
+            if let Some((name, off)) = self.table.function_at(vaddr)
+                && !is_runtime_internal(&name)
+            {
+                return Some(format!("{name}+{off:#x}").into());
+            }
+        }
+        None
+    }
+}
+
+type StackUnwinder = (
+    framehop::x86_64::UnwinderX86_64<Vec<u8>>,
+    framehop::x86_64::CacheX86_64,
+);
+
+fn build_unwinder(table: &LocationTable, bias: u64) -> Option<StackUnwinder> {
+    let u = &table.unwind;
+    let (text_svma, text) = u.text.clone()?;
+    let (eh_svma, eh) = u.eh_frame.clone()?;
+    let info = framehop::ExplicitModuleSectionInfo {
+        base_svma: 0,
+        text_svma: Some(text_svma),
+        text: Some(text),
+        eh_frame_svma: Some(eh_svma),
+        eh_frame: Some(eh),
+        eh_frame_hdr_svma: u.eh_frame_hdr.as_ref().map(|h| h.0.clone()),
+        eh_frame_hdr: u.eh_frame_hdr.as_ref().map(|h| h.1.clone()),
+        ..Default::default()
+    };
+    let module = framehop::Module::new(
+        "target".into(),
+        bias + u.image.start..bias + u.image.end,
+        bias,
+        info,
+    );
+    let mut unwinder = framehop::x86_64::UnwinderX86_64::new();
+    framehop::Unwinder::add_module(&mut unwinder, module);
+    Some((unwinder, framehop::x86_64::CacheX86_64::new()))
 }
 
 /// `a::f::<X<Y, Z>, W>` → `X<Y, Z>`.

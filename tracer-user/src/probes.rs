@@ -17,8 +17,8 @@ use aya::{
     },
 };
 use tracer_common::{
-    CALL_EVENT_SIZE, CallEvent, EVENT_SIZE, GLOBAL_LAYOUT, GLOBAL_TARGET_TGID, HeaderLayout,
-    MAP_EVENTS, MAP_LOST, TaskEvent,
+    CALL_EVENT_SIZE, CallEvent, EVENT_SIZE, GLOBAL_LAYOUT, GLOBAL_STACK_BYTES, GLOBAL_TARGET_TGID,
+    HeaderLayout, MAP_EVENTS, MAP_LOST, STACK_EVENT_SIZE, StackEvent, TaskEvent,
 };
 
 use crate::{
@@ -31,6 +31,7 @@ use crate::{
 pub enum Record {
     Task(TaskEvent),
     Call(CallEvent),
+    Stack(Box<StackEvent>),
 }
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -54,6 +55,10 @@ impl Probes {
         ring_bytes: u32,
     ) -> Result<Self> {
         let started = Instant::now();
+        // Spawn paths with no out-of-line spawn function (all of them under fat LTO,
+        // `Handle::spawn` always) are named by unwinding a copy of the stack taken at the
+        // spawn probe; userspace only unwinds when no Location was found.
+        let stack_bytes = tracer_common::STACK_COPY as u32;
         let header = HeaderLayout {
             state: layout.header_state,
             vtable: layout.header_vtable,
@@ -63,6 +68,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_TARGET_TGID, &tgid, true)
             .override_global(GLOBAL_LAYOUT, &header, true)
+            .override_global(GLOBAL_STACK_BYTES, &stack_bytes, true)
             .map_max_entries(MAP_EVENTS, ring_bytes)
             .load(OBJECT)
             .map_err(|e| bpf_error("loading the eBPF object", &e))?;
@@ -99,6 +105,12 @@ impl Probes {
                 EVENT_SIZE => sink(Record::Task(unsafe {
                     std::ptr::read_unaligned(item.as_ptr().cast::<TaskEvent>())
                 })),
+                STACK_EVENT_SIZE => {
+                    // SAFETY: as above; boxed because the record is 4 KiB.
+                    let ev =
+                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<StackEvent>()) };
+                    sink(Record::Stack(Box::new(ev)))
+                }
                 _ => continue,
             }
             n += 1;

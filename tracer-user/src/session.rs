@@ -140,6 +140,19 @@ pub async fn trace(
     let mut sink = |r: Record| match r {
         Record::Task(ev) if ev.ts_ns > cutoff.get() => agg.diagnostics.after_window += 1,
         Record::Call(call) if call.ts_ns > cutoff.get() => agg.diagnostics.after_window += 1,
+        Record::Stack(st) if st.ts_ns > cutoff.get() => agg.diagnostics.after_window += 1,
+        // A spawn whose Location was already found needs no unwinding.
+        Record::Stack(st) if agg.has_pending_location(st.tid) => {}
+        Record::Stack(st) => {
+            let stack = &st.stack[..(st.len as usize).min(st.stack.len())];
+            let caller = locator.unwound_caller(st.ip, st.sp, st.bp, stack);
+            agg.diagnostics.spawn_stacks += 1;
+            agg.diagnostics.spawn_stacks_resolved += u64::from(caller.is_some());
+            if let Some(w) = recording.borrow_mut().as_mut() {
+                w.site(st.tid, None, caller.as_deref());
+            }
+            agg.spawn_call(st.tid, None, caller);
+        }
         Record::Task(ev) => {
             alive.set(agg.tasks_alive());
             if ev.vtable != 0 && !futures.contains_key(&ev.vtable) {

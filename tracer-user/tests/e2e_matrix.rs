@@ -59,6 +59,28 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str]) {
         assert_eq!(s[k], truth[k], "{cell}: {k}\n{stdout}");
     }
     assert_eq!(s["lost_events"], 0, "{cell}");
+    // Spawn sites: every task the program spawned names a site outside tokio and std
+    // (exact file:line:col where a spawn function survived; the caller's function, found
+    // by unwinding, under fat LTO). Tokio's own worker-thread tasks have none.
+    let user: Vec<&Value> = report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["runtime_plumbing"] == false && t["kind"] != "blocking")
+        .collect();
+    let named = user.iter().filter(|t| t["spawned_at"].is_string()).count();
+    assert!(
+        named * 100 >= user.len() * 95,
+        "{cell}: {named} of {} async spawns name a site",
+        user.len()
+    );
+    for t in &user {
+        let site = t["spawned_at"].as_str().unwrap_or("");
+        assert!(
+            !site.contains("tokio") && !site.starts_with("std::") && !site.starts_with("/rustc/"),
+            "{cell}: {site}"
+        );
+    }
     let polled_ok = report["tasks"]
         .as_array()
         .unwrap()

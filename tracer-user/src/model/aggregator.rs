@@ -27,6 +27,9 @@ pub struct Diagnostics {
     pub unknown_events: u64,
     /// Events stamped after the window closed (while detaching): not ingested.
     pub after_window: u64,
+    /// Stacks copied at spawn sites (fat LTO) and how many of them unwound to a caller.
+    pub spawn_stacks: u64,
+    pub spawn_stacks_resolved: u64,
     /// Events received, by kind.
     pub by_kind: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -118,6 +121,13 @@ impl Aggregator {
         if p.caller.is_none() {
             p.caller = caller;
         }
+    }
+
+    /// A spawn call on `tid` already named the exact location of the spawn in progress.
+    pub fn has_pending_location(&self, tid: u32) -> bool {
+        self.pending_spawns
+            .get(&tid)
+            .is_some_and(|p| p.location.is_some())
     }
 
     pub fn ingest(&mut self, ev: &TaskEvent) {
@@ -248,7 +258,7 @@ impl Aggregator {
                     t.frozen = Some(judge(t, began, &thresholds));
                 }
             }
-            EventKind::SpawnCall => self.diagnostics.unknown_events += 1,
+            EventKind::SpawnCall | EventKind::SpawnStack => self.diagnostics.unknown_events += 1,
             EventKind::Dealloc => {
                 if let Some(i) = self.live.remove(&ev.header) {
                     self.alive -= usize::from(!self.tasks[i].is_finished());
