@@ -73,6 +73,10 @@ pub struct TraceArgs {
     /// GNU build-id).
     #[arg(long, value_name = "FILE")]
     pub symbols: Option<PathBuf>,
+    /// Do not capture where tasks were spawned (saves the spawn-call probes and the
+    /// stack copy at each spawn).
+    #[arg(long)]
+    pub no_spawn_sites: bool,
     /// Ring buffer size in bytes (power of two; K/M suffixes accepted).
     #[arg(long, value_parser = parse_size, default_value = "8M")]
     pub ring_size: u32,

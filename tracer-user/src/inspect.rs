@@ -64,7 +64,7 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
         "tokio {}+ (tested to {})",
         selection.knowledge.first, selection.knowledge.newest_tested
     ));
-    match Plan::for_binary(Path::new(display), &bin, selection.knowledge) {
+    match Plan::for_binary(Path::new(display), &bin, selection.knowledge, true) {
         Ok(plan) => {
             for site in plan.entry.iter().chain(&plan.ret) {
                 let kind =

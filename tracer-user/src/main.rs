@@ -120,6 +120,7 @@ fn window(opts: &TraceArgs) -> WindowOpts {
         quiet: opts.verdicts.quiet,
         timeline: opts.verdicts.perfetto.is_some(),
         symbols: opts.symbols.clone(),
+        spawn_sites: !opts.no_spawn_sites,
     }
 }
 

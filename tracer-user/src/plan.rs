@@ -26,6 +26,9 @@ pub struct Site {
 /// Sites for the entry program and for the return program.
 #[derive(Debug, Default, Serialize)]
 pub struct Plan {
+    /// Copy this many bytes of user stack at spawn probes, to name spawn sites by
+    /// unwinding where no spawn function survived inlining (0: spawn sites are off).
+    pub stack_bytes: u32,
     pub entry: Vec<Site>,
     #[serde(rename = "return")]
     pub ret: Vec<Site>,
@@ -40,7 +43,12 @@ impl Plan {
 
     /// Builds the plan for a binary with symbols. Refuses binaries whose symbols cannot
     /// support the verdicts (stripped, not tokio, required functions missing).
-    pub fn for_binary(path: &Path, bin: &BinaryInfo, k: &Knowledge) -> Result<Self> {
+    pub fn for_binary(
+        path: &Path,
+        bin: &BinaryInfo,
+        k: &Knowledge,
+        spawn_sites: bool,
+    ) -> Result<Self> {
         if !bin.has_symtab && bin.tokio_version.is_none() {
             return Err(Error::NotTokio {
                 path: path.to_owned(),
@@ -155,7 +163,13 @@ impl Plan {
             }
         }
         // Spawn-site capture: optional, every instance that survived inlining.
-        for &function in s.spawn_calls {
+        let spawn_calls = if spawn_sites { s.spawn_calls } else { &[] };
+        plan.stack_bytes = if spawn_sites {
+            tracer_common::STACK_COPY as u32
+        } else {
+            0
+        };
+        for &function in spawn_calls {
             for &vaddr in bin.instances(function) {
                 let Some(file_offset) = bin.file_offset(vaddr) else {
                     continue;
@@ -173,6 +187,29 @@ impl Plan {
         for sites in [&mut plan.entry, &mut plan.ret] {
             sites.sort_by_key(|s| (s.vaddr, s.cookie));
             sites.dedup_by_key(|s| (s.vaddr, s.cookie));
+        }
+        // bind_inner inlined into its only callers: take the spawn at their return. The
+        // task may already have been polled by then; the aggregator merges the two.
+        if missing.contains(&s.owned_bind_inner) {
+            let mut found = false;
+            for &function in s.spawn_returns {
+                for &vaddr in bin.instances(function) {
+                    let Some(file_offset) = bin.file_offset(vaddr) else {
+                        continue;
+                    };
+                    let cookie = cookie(EventKind::Spawn, HeaderArg::Ret);
+                    plan.ret.push(Site {
+                        function,
+                        vaddr,
+                        file_offset,
+                        cookie,
+                    });
+                    found = true;
+                }
+            }
+            if found {
+                missing.retain(|m| *m != s.owned_bind_inner);
+            }
         }
         if !missing.is_empty() {
             missing.dedup();

@@ -58,7 +58,7 @@ impl Probes {
         // Spawn paths with no out-of-line spawn function (all of them under fat LTO,
         // `Handle::spawn` always) are named by unwinding a copy of the stack taken at the
         // spawn probe; userspace only unwinds when no Location was found.
-        let stack_bytes = tracer_common::STACK_COPY as u32;
+        let stack_bytes = plan.stack_bytes;
         let header = HeaderLayout {
             state: layout.header_state,
             vtable: layout.header_vtable,

@@ -26,6 +26,8 @@ pub struct WindowOpts {
     pub quiet: bool,
     /// Keep every poll and instant (for `--perfetto`).
     pub timeline: bool,
+    /// Capture spawn sites (spawn-call probes and stack copies at spawn).
+    pub spawn_sites: bool,
     /// An unstripped copy of the target's build, for its symbols.
     pub symbols: Option<std::path::PathBuf>,
 }
@@ -76,7 +78,12 @@ pub async fn trace(
     let (bin, table) = read_binary(&target.exe, &target.display, opts.symbols.as_deref())?;
     let selection = tokio_versions::select(bin.tokio_version).map_err(Error::UnsupportedTokio)?;
     let knowledge = selection.knowledge;
-    let plan = Plan::for_binary(std::path::Path::new(&target.display), &bin, knowledge)?;
+    let plan = Plan::for_binary(
+        std::path::Path::new(&target.display),
+        &bin,
+        knowledge,
+        opts.spawn_sites,
+    )?;
     let mut warnings: Vec<String> = selection.warning.into_iter().collect();
     let mut locator = Locator::new(Arc::new(table), target.pid, target.exe.clone());
     let target_info = TargetInfo {

@@ -69,3 +69,62 @@ fn growing_spawn_site_is_flagged_and_steady_one_is_not() {
     assert_eq!(steady["leaked"], 0);
     assert!(stdout.contains("GROWING spawn sites"), "{stdout}");
 }
+
+/// A binary whose `bind_inner` was inlined into its only caller: spawns are taken at the
+/// scheduler's spawn function return instead, merged with a first poll that may precede.
+#[test]
+fn spawns_are_seen_when_bind_inner_is_inlined() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let bin = fixture("spawnloop");
+    let i: serde_json::Value = serde_json::from_slice(
+        &tasktrace()
+            .arg("inspect")
+            .arg(&bin)
+            .arg("--json")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        i["plan"]["spawn"]
+            .get("tokio::runtime::task::list::OwnedTasks::bind_inner")
+            .is_none(),
+        "{i}"
+    );
+    let json = tmp("spawnloop.json");
+    let out = tasktrace()
+        .args(["run", "-q", "--json"])
+        .arg(&json)
+        .arg("--")
+        .arg(&bin)
+        .arg("5000")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let r = read_report(&json);
+    let s = &r["summary"];
+    assert!(s["tasks_seen"].as_u64().unwrap() >= 5_500, "{s}");
+    assert_eq!(s["completed"], s["tasks_seen"], "{s}");
+    assert_eq!(s["never_polled"], 0);
+    assert_eq!(s["ok"], s["tasks_seen"]);
+    let spawned = r["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["spawned_at_ns"].is_u64())
+        .count();
+    assert!(spawned >= 5_500, "spawns were seen ({spawned})");
+    assert_eq!(
+        r["diagnostics"]["address_reuse"], 0,
+        "reuse after completion is not an anomaly"
+    );
+}

@@ -145,3 +145,59 @@ pub fn report(root: &Path, events: u64) -> Result<(), String> {
     );
     Ok(())
 }
+
+/// Runs the spawn-loop fixture and returns its ns per spawn.
+fn ns_per_spawn(cmd: &mut Command) -> Result<f64, String> {
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("NS_PER_SPAWN "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "no measurement from {cmd:?}: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+pub fn spawn(root: &Path) -> Result<(), String> {
+    const N: &str = "200000";
+    const ROUNDS: usize = 5;
+    let fixture = root.join("fixtures/spawnloop/target/release/fixture-spawnloop");
+    let tasktrace = root.join("target/release/tasktrace");
+    let traced = |extra: &[&str]| {
+        let mut c = Command::new(&tasktrace);
+        c.args(["run", "-q", "--ring-size", "64M"])
+            .args(extra)
+            .arg("--")
+            .arg(&fixture)
+            .arg(N);
+        c
+    };
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    // Interleaved (A B C A B C …) so that machine noise hits every mode alike.
+    for _ in 0..ROUNDS {
+        a.push(ns_per_spawn(Command::new(&fixture).arg(N))?);
+        b.push(ns_per_spawn(&mut traced(&["--no-spawn-sites"]))?);
+        c.push(ns_per_spawn(&mut traced(&[]))?);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, b, c) = (median(&mut a), median(&mut b), median(&mut c));
+    println!("bench spawn ({N} spawns of a trivial task, median of {ROUNDS} interleaved runs):");
+    println!("  untraced:                      {a:>8.0} ns/spawn");
+    println!(
+        "  traced, --no-spawn-sites:      {b:>8.0} ns/spawn  (+{:.0})",
+        b - a
+    );
+    println!(
+        "  traced, spawn sites (default): {c:>8.0} ns/spawn  (+{:.0})",
+        c - a
+    );
+    println!("  spawn-site capture costs {:.0} ns per spawn", c - b);
+    Ok(())
+}

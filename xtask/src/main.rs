@@ -5,6 +5,8 @@
 //! - `fixture-path NAME`: print the path of a built fixture binary.
 //! - `bench report [--events N]`: time `tasktrace report` on an N-event recording
 //!   (default 10 million) and print its throughput and peak memory.
+//! - `bench spawn`: per-spawn cost untraced, traced, and traced without spawn sites
+//!   (so the cost of naming spawn sites), interleaved runs, medians.
 //! - `demo`: build tasktrace and the demo, trace the demo, print the verdicts, write
 //!   `tasktrace-demo.json`, and check the verdicts against the demo's own ground truth.
 
@@ -85,7 +87,12 @@ fn bench(args: &[String]) -> Result<(), String> {
             build_tasktrace_release()?;
             bench::report(&root(), events)
         }
-        _ => Err("usage: cargo xtask bench report [--events N]".into()),
+        Some("spawn") => {
+            build_tasktrace_release()?;
+            build_fixture(&root().join("fixtures/spawnloop"), "release")?;
+            bench::spawn(&root())
+        }
+        _ => Err("usage: cargo xtask bench <report [--events N] | spawn>".into()),
     }
 }
 

@@ -19,7 +19,8 @@ pub struct Diagnostics {
     /// A poll end on a thread with no poll in progress (its start was lost or predates
     /// the trace).
     pub unmatched_poll_ends: u64,
-    /// A header address reappeared with another task id before its dealloc was seen.
+    /// A header address reappeared with another task id while its task had not finished
+    /// (its completion was lost).
     pub address_reuse: u64,
     /// Events whose task header could not be read.
     pub unreadable_headers: u64,
@@ -150,6 +151,18 @@ impl Aggregator {
                     _ => TaskKind::Async,
                 };
                 if let Some(&old) = self.live.get(&ev.header) {
+                    let t = &mut self.tasks[old];
+                    // A spawn seen at the spawn function's return can follow the task's
+                    // first poll on another worker: same task, not a new one.
+                    if t.spawned_ns.is_none() && ev.task_id != 0 && t.id == ev.task_id {
+                        t.spawned_ns = Some(t.first_seen_ns.min(ts));
+                        t.kind = task_kind;
+                        t.spawned_at = self
+                            .pending_spawns
+                            .remove(&ev.tid)
+                            .and_then(|p| p.location.or(p.caller));
+                        return;
+                    }
                     self.retire(old, ts);
                 }
                 let mut task = Task::new(ev.task_id, ev.header, task_kind, Some(ts), ts);
@@ -285,7 +298,9 @@ impl Aggregator {
             if ev.task_id == 0 || t.id == ev.task_id {
                 return i;
             }
-            self.diagnostics.address_reuse += 1;
+            // Reuse after completion is normal (most frees bypass the probed dealloc); reuse
+            // of a task that never finished means its end was lost.
+            self.diagnostics.address_reuse += u64::from(!self.tasks[i].is_finished());
             self.retire(i, ev.ts_ns);
         }
         let kind = if ev.owner_id == 0 {

@@ -270,3 +270,16 @@ fn worker_hosting_blocking_task_is_plumbing() {
     assert_eq!(a.tasks[1].polls, 1);
     assert_eq!(a.tasks[0].state(), TaskState::Running);
 }
+
+#[test]
+fn spawn_seen_after_the_first_poll_is_the_same_task() {
+    let mut a = agg();
+    // bind_inner inlined: the spawn is seen at bind_new_task's return, after a worker
+    // already polled the task.
+    poll(&mut a, MS, 2 * MS, 0xf000, 30, 11);
+    spawn(&mut a, 3 * MS, 0xf000, 30);
+    assert_eq!(a.tasks.len(), 1);
+    assert_eq!(a.tasks[0].spawned_ns, Some(MS));
+    assert_eq!(a.tasks[0].polls, 1);
+    assert_eq!(a.tasks_alive(), 1);
+}

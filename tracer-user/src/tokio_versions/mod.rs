@@ -70,6 +70,9 @@ pub struct SymbolNames {
     pub raw_shutdown: &'static str,
     pub harness_complete: &'static str,
     pub owned_bind_inner: &'static str,
+    /// Where `bind_inner` was inlined: the scheduler spawn functions that contain it,
+    /// probed at return (their JoinHandle is the task header).
+    pub spawn_returns: &'static [&'static str],
     pub local_owned_bind: &'static str,
     pub blocking_spawn_task: &'static str,
     pub wake_by_val: &'static str,

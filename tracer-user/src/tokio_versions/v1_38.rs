@@ -27,6 +27,10 @@ pub static KNOWLEDGE: Knowledge = Knowledge {
         raw_shutdown: "tokio::runtime::task::raw::shutdown",
         harness_complete: "tokio::runtime::task::harness::Harness::complete",
         owned_bind_inner: "tokio::runtime::task::list::OwnedTasks::bind_inner",
+        spawn_returns: &[
+            "tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task",
+            "tokio::runtime::scheduler::current_thread::Handle::spawn",
+        ],
         local_owned_bind: "tokio::runtime::task::list::LocalOwnedTasks::bind",
         blocking_spawn_task: "tokio::runtime::blocking::pool::Spawner::spawn_task",
         wake_by_val: "tokio::runtime::task::waker::wake_by_val",
