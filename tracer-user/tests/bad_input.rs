@@ -58,7 +58,7 @@ fn missing_command() {
 
 #[test]
 fn process_that_is_not_tokio() {
-    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let mut sleeper = Target(Command::new("sleep").arg("30").spawn().unwrap());
     let out = tasktrace()
         .args(["record", "--pid", &sleeper.id().to_string()])
         .output()
@@ -165,7 +165,7 @@ fn lacking_privileges() {
         c
     };
     // Tracing a root process: its executable cannot even be read.
-    let mut target = Command::new(&demo).stdout(Stdio::null()).spawn().unwrap();
+    let mut target = Target(Command::new(&demo).stdout(Stdio::null()).spawn().unwrap());
     sleep(Duration::from_millis(200));
     let out = as_nobody()
         .args(["record", "--pid", &target.id().to_string()])

@@ -133,11 +133,13 @@ fn record_attaches_to_a_running_process_and_survives_its_exit() {
     let demo = fixture("demo");
     let json = tmp("record.json");
     let out_path = tmp("record-demo.out");
-    let mut target = Command::new(&demo)
-        .args(["--start-after", "1.5", "--exit-after", "7"])
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut target = Target(
+        Command::new(&demo)
+            .args(["--start-after", "1.5", "--exit-after", "7"])
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     sleep(Duration::from_millis(500));
     let out = tasktrace()
         .args([
@@ -179,7 +181,7 @@ fn ctrl_c_ends_the_window_reports_and_detaches() {
     let _g = serial();
     let demo = fixture("demo");
     let json = tmp("ctrl-c.json");
-    let mut target = Command::new(&demo).stdout(Stdio::null()).spawn().unwrap();
+    let mut target = Target(Command::new(&demo).stdout(Stdio::null()).spawn().unwrap());
     sleep(Duration::from_millis(300));
     let tracer = tasktrace()
         .args(["record", "--pid", &target.id().to_string(), "--json"])

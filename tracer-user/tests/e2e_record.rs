@@ -98,11 +98,13 @@ fn record_then_signal(signal: i32, name: &str) -> (Value, Value, Option<Value>) 
         tmp(&format!("{name}-replay.json")),
         tmp(&format!("{name}-demo.out")),
     );
-    let mut target = Command::new(fixture("demo"))
-        .args(["--start-after", "1"])
-        .stdout(std::fs::File::create(&demo_out).unwrap())
-        .spawn()
-        .unwrap();
+    let mut target = Target(
+        Command::new(fixture("demo"))
+            .args(["--start-after", "1"])
+            .stdout(std::fs::File::create(&demo_out).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     sleep(Duration::from_millis(300));
     let tracer = tasktrace()
         .args(["record", "-q", "--pid", &target.id().to_string(), "-o"])

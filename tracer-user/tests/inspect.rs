@@ -82,10 +82,12 @@ fn inspect_says_what_a_stripped_build_hides() {
 
 #[test]
 fn inspect_a_running_process_and_bad_targets() {
-    let mut child = std::process::Command::new(fixture("demo"))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Target(
+        std::process::Command::new(fixture("demo"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let pid = child.id().to_string();
     let v = inspect_json(&["--pid".as_ref(), pid.as_ref()]);
     let _ = child.kill();

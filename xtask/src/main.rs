@@ -49,10 +49,9 @@ fn root() -> PathBuf {
         .to_owned()
 }
 
-/// Fixture crates, each outside the workspace with its own lockfile.
-fn fixtures() -> Vec<PathBuf> {
-    let dir = root().join("fixtures");
-    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+/// Cargo packages directly below `dir` (each with its own lockfile), sorted.
+fn crate_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.path())
@@ -62,6 +61,11 @@ fn fixtures() -> Vec<PathBuf> {
         .unwrap_or_default();
     out.sort();
     out
+}
+
+/// Fixture crates, each outside the workspace with its own lockfile.
+fn fixtures() -> Vec<PathBuf> {
+    crate_dirs(&root().join("fixtures"))
 }
 
 fn fixture_binary(name: &str) -> PathBuf {
@@ -118,17 +122,7 @@ pub const MATRIX_PROFILES: [&str; 5] = ["release", "thin", "fat", "abort", "stri
 
 /// The matrix fixture's per-tokio-version crates: fixtures/matrix/tokio-*/.
 fn matrix_versions() -> Vec<PathBuf> {
-    let dir = root().join("fixtures/matrix");
-    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.join("Cargo.toml").is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
+    crate_dirs(&root().join("fixtures/matrix"))
 }
 
 fn build_fixtures() -> Result<(), String> {

@@ -301,3 +301,38 @@ pub fn matrix_fixture(version: &str, profile: &str) -> PathBuf {
     }
     bin
 }
+
+/// A process a test started: killed and reaped when dropped, so a failing assertion never
+/// leaves a target running.
+pub struct Target(pub std::process::Child);
+
+impl std::ops::Deref for Target {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Target {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The run succeeded (exit 0); its stdout and stderr, shown in full when it did not.
+pub fn assert_success(out: &Output, what: &str) -> (String, String) {
+    let (stdout, stderr) = text(out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{what}: stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    (stdout, stderr)
+}
