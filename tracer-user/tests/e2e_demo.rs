@@ -36,12 +36,7 @@ fn run_traces_demo_from_first_instruction_until_duration() {
         .arg(&demo)
         .output()
         .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, _) = assert_success(&out, "tasktrace");
     let report = read_report(&json);
     let truth = ground_truth(&stdout);
     assert_matches_truth(&report, &truth);
@@ -100,12 +95,7 @@ fn verdicts_are_judged_when_the_runtime_shuts_down() {
         .args(["--exit-after", "5"])
         .output()
         .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, _) = assert_success(&out, "tasktrace");
     let report = read_report(&json);
     let truth = ground_truth(&stdout);
     assert_matches_truth(&report, &truth);
@@ -155,12 +145,7 @@ fn record_attaches_to_a_running_process_and_survives_its_exit() {
         .output()
         .unwrap();
     let _ = target.wait();
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    assert_success(&out, "tasktrace");
     let report = read_report(&json);
     assert_eq!(report["window"]["ended_by"], "target_exit");
     assert!(
@@ -196,12 +181,7 @@ fn ctrl_c_ends_the_window_reports_and_detaches() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
     let out = tracer.wait_with_output().unwrap();
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    assert_success(&out, "tasktrace");
     let report = read_report(&json);
     assert_eq!(report["window"]["ended_by"], "interrupted");
     assert_eq!(
@@ -287,12 +267,7 @@ fn stripped_binary_traced_with_symbols_from_its_unstripped_twin() {
         .arg(&stripped)
         .output()
         .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, _) = assert_success(&out, "tasktrace");
     let report = read_report(&json);
     let truth = ground_truth(&stdout);
     assert_matches_truth(&report, &truth);

@@ -28,12 +28,7 @@ fn growing_spawn_site_is_flagged_and_steady_one_is_not() {
         .arg(&bin)
         .output()
         .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, _) = assert_success(&out, "tasktrace");
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix("TASKTRACE_GROUND_TRUTH "))
@@ -104,12 +99,7 @@ fn spawns_are_seen_when_bind_inner_is_inlined() {
         .arg("5000")
         .output()
         .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    assert_success(&out, "tasktrace");
     let r = read_report(&json);
     let s = &r["summary"];
     assert!(s["tasks_seen"].as_u64().unwrap() >= 5_500, "{s}");

@@ -30,12 +30,7 @@ fn report_file(file: &std::path::Path, json: &std::path::Path) -> Value {
         .arg(json)
         .output()
         .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    assert_success(&out, "tasktrace");
     read_report(json)
 }
 
@@ -77,12 +72,7 @@ fn replaying_a_recording_gives_the_live_verdicts() {
         .arg(fixture("demo"))
         .output()
         .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, _) = assert_success(&out, "tasktrace");
     let live = read_report(&live);
     let replayed = report_file(&file, &replay);
     assert_matches_truth(&replayed, &ground_truth(&stdout));

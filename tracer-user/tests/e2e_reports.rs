@@ -54,12 +54,7 @@ fn html_and_perfetto_reports_of_the_demo() {
         .arg(fixture("demo"))
         .output()
         .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, _) = assert_success(&out, "tasktrace");
     let truth = ground_truth(&stdout);
 
     // HTML: self-contained, and the browser's DOM has every key element.

@@ -12,12 +12,7 @@ fn inspect_json(args: &[&std::ffi::OsStr]) -> Value {
         .arg("--json")
         .output()
         .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, _) = assert_success(&out, "tasktrace");
     serde_json::from_str(&stdout).unwrap()
 }
 
