@@ -153,6 +153,20 @@ fn lacking_privileges() {
         return;
     }
     let demo = fixture("demo");
+    // The build tree may sit where `nobody` cannot reach (e.g. under /root): run a copy
+    // from the world-readable test directory.
+    let tasktrace_copy = tmp("tasktrace-for-nobody");
+    std::fs::copy(env!("CARGO_BIN_EXE_tasktrace"), &tasktrace_copy).unwrap();
+    std::fs::set_permissions(
+        &tasktrace_copy,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        tasktrace_copy.parent().unwrap(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let as_nobody = || {
         let mut c = Command::new("setpriv");
         c.args([
@@ -161,7 +175,7 @@ fn lacking_privileges() {
             "--clear-groups",
             "--inh-caps=-all",
         ])
-        .arg(env!("CARGO_BIN_EXE_tasktrace"));
+        .arg(&tasktrace_copy);
         c
     };
     // Tracing a root process: its executable cannot even be read.
