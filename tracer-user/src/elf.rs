@@ -43,11 +43,6 @@ pub struct BuildTraits {
 }
 
 impl BinaryInfo {
-    pub fn read(path: &Path) -> Result<Self> {
-        let data = std::fs::read(path).map_err(|e| Error::io_for(path, e))?;
-        Self::parse(path, &data)
-    }
-
     pub fn parse(path: &Path, data: &[u8]) -> Result<Self> {
         let file = object::File::parse(data).map_err(|e| Error::NotElf {
             path: path.to_owned(),

@@ -39,11 +39,6 @@ struct UnwindSections {
 }
 
 impl LocationTable {
-    pub fn read(path: &Path) -> std::io::Result<Self> {
-        let data = std::fs::read(path)?;
-        Ok(Self::parse(data))
-    }
-
     pub fn parse(data: Vec<u8>) -> Self {
         let mut table = Self {
             data: Vec::new(),

@@ -38,16 +38,19 @@ pub fn read_binary(
     display: &str,
     symbols: Option<&Path>,
 ) -> Result<(BinaryInfo, LocationTable)> {
-    let bin = BinaryInfo::read(exe)?;
-    let (bin, table_from) = match symbols {
-        Some(sym) => (
-            bin.with_symbols_from(BinaryInfo::read(sym)?, sym, Path::new(display))?,
-            sym,
-        ),
-        None => (bin, exe),
-    };
-    let table = LocationTable::read(table_from).map_err(|e| Error::io_for(table_from, e))?;
-    Ok((bin, table))
+    // Each file is read once; its bytes serve both the symbol index and the location table.
+    let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io_for(p, e));
+    let data = read(exe)?;
+    let bin = BinaryInfo::parse(exe, &data)?;
+    match symbols {
+        Some(sym) => {
+            let sym_data = read(sym)?;
+            let bin =
+                bin.with_symbols_from(BinaryInfo::parse(sym, &sym_data)?, sym, Path::new(display))?;
+            Ok((bin, LocationTable::parse(sym_data)))
+        }
+        None => Ok((bin, LocationTable::parse(data))),
+    }
 }
 
 /// How often the ring is drained (the kernel side never wakes the reader per event).
