@@ -52,22 +52,14 @@ async fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
         Command::Run { opts, cmd } => {
             let json = open_output(&opts.verdicts)?;
-            let trace = opts
-                .output
-                .as_deref()
-                .map(tracefile::Writer::create)
-                .transpose()?;
+            let trace = open_recording(&opts)?;
             let (target, launched) = target::launch(&cmd)?;
             let report = session::trace(target, Some(launched), &window(&opts), trace).await?;
             finish(&opts.verdicts, json, report)
         }
         Command::Record { pid, opts } => {
             let json = open_output(&opts.verdicts)?;
-            let trace = opts
-                .output
-                .as_deref()
-                .map(tracefile::Writer::create)
-                .transpose()?;
+            let trace = open_recording(&opts)?;
             let target = target::Target::from_pid(pid)?;
             let report = session::trace(target, None, &window(&opts), trace).await?;
             finish(&opts.verdicts, json, report)
@@ -122,6 +114,14 @@ fn window(opts: &TraceArgs) -> WindowOpts {
         symbols: opts.symbols.clone(),
         spawn_sites: !opts.no_spawn_sites,
     }
+}
+
+/// The trace file of `-o`, created before tracing so a bad path fails before attaching.
+fn open_recording(opts: &TraceArgs) -> Result<Option<tracefile::Writer>, Error> {
+    opts.output
+        .as_deref()
+        .map(tracefile::Writer::create)
+        .transpose()
 }
 
 /// The report files, opened before tracing so a bad path fails before anything attaches.

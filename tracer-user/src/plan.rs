@@ -145,21 +145,11 @@ impl Plan {
                 }
                 continue;
             }
-            for &vaddr in addrs {
-                let Some(file_offset) = bin.file_offset(vaddr) else {
-                    continue;
-                };
-                let site = Site {
-                    function,
-                    vaddr,
-                    file_offset,
-                    cookie: cookie(kind, arg),
-                };
-                if is_return {
-                    plan.ret.push(site)
-                } else {
-                    plan.entry.push(site)
-                }
+            let found = sites(bin, function, kind, arg);
+            if is_return {
+                plan.ret.extend(found)
+            } else {
+                plan.entry.extend(found)
             }
         }
         // Spawn-site capture: optional, every instance that survived inlining.
@@ -170,46 +160,26 @@ impl Plan {
             0
         };
         for &function in spawn_calls {
-            for &vaddr in bin.instances(function) {
-                let Some(file_offset) = bin.file_offset(vaddr) else {
-                    continue;
-                };
-                let cookie = cookie(EventKind::SpawnCall, HeaderArg::None);
-                plan.entry.push(Site {
-                    function,
-                    vaddr,
-                    file_offset,
-                    cookie,
-                });
-            }
-        }
-        // Identical functions may share one address: one probe per (address, meaning).
-        for sites in [&mut plan.entry, &mut plan.ret] {
-            sites.sort_by_key(|s| (s.vaddr, s.cookie));
-            sites.dedup_by_key(|s| (s.vaddr, s.cookie));
+            plan.entry
+                .extend(sites(bin, function, EventKind::SpawnCall, HeaderArg::None));
         }
         // bind_inner inlined into its only callers: take the spawn at their return. The
         // task may already have been polled by then; the aggregator merges the two.
         if missing.contains(&s.owned_bind_inner) {
-            let mut found = false;
+            let before = plan.ret.len();
             for &function in s.spawn_returns {
-                for &vaddr in bin.instances(function) {
-                    let Some(file_offset) = bin.file_offset(vaddr) else {
-                        continue;
-                    };
-                    let cookie = cookie(EventKind::Spawn, HeaderArg::Ret);
-                    plan.ret.push(Site {
-                        function,
-                        vaddr,
-                        file_offset,
-                        cookie,
-                    });
-                    found = true;
-                }
+                plan.ret
+                    .extend(sites(bin, function, EventKind::Spawn, HeaderArg::Ret));
             }
+            let found = plan.ret.len() > before;
             if found {
                 missing.retain(|m| *m != s.owned_bind_inner);
             }
+        }
+        // Identical functions may share one address: one probe per (address, meaning).
+        for list in [&mut plan.entry, &mut plan.ret] {
+            list.sort_by_key(|s| (s.vaddr, s.cookie));
+            list.dedup_by_key(|s| (s.vaddr, s.cookie));
         }
         if !missing.is_empty() {
             missing.dedup();
@@ -220,4 +190,20 @@ impl Plan {
         }
         Ok(plan)
     }
+}
+
+/// A probe site at every instance of `function` that the file maps.
+fn sites(bin: &BinaryInfo, function: &'static str, kind: EventKind, arg: HeaderArg) -> Vec<Site> {
+    bin.instances(function)
+        .iter()
+        .filter_map(|&vaddr| {
+            let file_offset = bin.file_offset(vaddr)?;
+            Some(Site {
+                function,
+                vaddr,
+                file_offset,
+                cookie: cookie(kind, arg),
+            })
+        })
+        .collect()
 }

@@ -11,15 +11,6 @@ use std::{
 
 use common::*;
 
-const THRESHOLDS: [&str; 6] = [
-    "--leak-after",
-    "2s",
-    "--stuck-after",
-    "1s",
-    "--never-polled-after",
-    "2s",
-];
-
 #[test]
 fn run_traces_demo_from_first_instruction_until_duration() {
     if !require_bpf() {

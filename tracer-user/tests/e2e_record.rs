@@ -12,15 +12,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-const THRESHOLDS: [&str; 6] = [
-    "--leak-after",
-    "2s",
-    "--stuck-after",
-    "1s",
-    "--never-polled-after",
-    "2s",
-];
-
 fn report_file(file: &std::path::Path, json: &std::path::Path) -> Value {
     let out = tasktrace()
         .arg("report")

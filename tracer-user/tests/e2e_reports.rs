@@ -8,15 +8,6 @@ use std::{collections::HashMap, process::Command};
 use common::*;
 use serde_json::Value;
 
-const THRESHOLDS: [&str; 6] = [
-    "--leak-after",
-    "2s",
-    "--stuck-after",
-    "1s",
-    "--never-polled-after",
-    "2s",
-];
-
 fn chromium(args: &[&str], url: &str) -> std::process::Output {
     let profile = tmp("chromium-profile");
     Command::new("chromium")

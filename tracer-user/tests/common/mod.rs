@@ -336,3 +336,14 @@ pub fn assert_success(out: &Output, what: &str) -> (String, String) {
     );
     (stdout, stderr)
 }
+
+/// Thresholds for the demo's windows: every pitfall passes them within the first seconds,
+/// no healthy task comes near them.
+pub const THRESHOLDS: [&str; 6] = [
+    "--leak-after",
+    "2s",
+    "--stuck-after",
+    "1s",
+    "--never-polled-after",
+    "2s",
+];
