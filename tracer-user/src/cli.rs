@@ -51,6 +51,19 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         symbols: Option<PathBuf>,
     },
+    /// Snapshot every task of a running process from its memory, no probes: state,
+    /// reference count, future type, grouped by future (like a goroutine dump).
+    Dump {
+        /// Process id of the tokio program.
+        #[arg(long)]
+        pid: u32,
+        /// Also write the snapshot as JSON to this file (`-` for standard output).
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
+        /// Symbols for a stripped binary: an unstripped copy of the same build.
+        #[arg(long, value_name = "FILE")]
+        symbols: Option<PathBuf>,
+    },
     /// Report on a trace file written by `run -o` or `record -o`, without the target.
     Report {
         /// The trace file.

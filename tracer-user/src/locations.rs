@@ -8,6 +8,7 @@ use std::{
     sync::Arc,
 };
 
+use crate::tokio_versions::Layout;
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, RelocationFlags, SymbolKind};
 
 const R_X86_64_RELATIVE: u32 = 8;
@@ -163,6 +164,62 @@ impl LocationTable {
     }
 }
 
+/// A task vtable: one per spawned future type (and scheduler), with the offsets that
+/// locate the task's parts from its header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskVtable {
+    /// Address in the file (add the load bias for the process's address).
+    pub vaddr: u64,
+    pub trailer_offset: u64,
+    pub scheduler_offset: u64,
+    pub id_offset: u64,
+}
+
+impl LocationTable {
+    /// The task vtables: read-only data slots whose first word points at one of `polls`
+    /// (the `raw::poll` instances), and whose offset fields are plausible
+    /// (header ≤ scheduler ≤ id < trailer). Each monomorphized task type has one.
+    pub fn task_vtables(&self, polls: &[u64], layout: &Layout) -> Vec<TaskVtable> {
+        let polls: std::collections::HashSet<u64> = polls.iter().copied().collect();
+        let mut slots: Vec<u64> = self
+            .relative
+            .iter()
+            .filter(|&(_, addend)| polls.contains(addend))
+            .map(|(&vaddr, _)| vaddr)
+            .collect();
+        if !self.pie {
+            for &(start, end) in &self.rodata {
+                let mut v = start.next_multiple_of(8);
+                while v + 8 <= end {
+                    if self.u64_at(v).is_some_and(|p| polls.contains(&p)) {
+                        slots.push(v);
+                    }
+                    v += 8;
+                }
+            }
+        }
+        slots.sort_unstable();
+        slots.dedup();
+        slots
+            .into_iter()
+            .filter(|&v| self.rodata.iter().any(|&(s, e)| v >= s && v < e))
+            .filter_map(|vaddr| {
+                let vt = TaskVtable {
+                    vaddr,
+                    trailer_offset: self.u64_at(vaddr + layout.vtable_trailer_offset)?,
+                    scheduler_offset: self.u64_at(vaddr + layout.vtable_scheduler_offset)?,
+                    id_offset: self.u64_at(vaddr + layout.vtable_id_offset)?,
+                };
+                (layout.header_owner_id < vt.scheduler_offset
+                    && vt.scheduler_offset <= vt.id_offset
+                    && vt.id_offset < vt.trailer_offset
+                    && vt.trailer_offset < 1 << 24)
+                    .then_some(vt)
+            })
+            .collect()
+    }
+}
+
 /// Whether a source path or function belongs to tokio or the standard library, which a
 /// user never wants to see as "where this task was spawned".
 pub fn is_runtime_internal(s: &str) -> bool {
@@ -254,6 +311,21 @@ impl Locator {
 }
 
 impl Locator {
+    /// The process's task vtables, keyed by their address in the process.
+    pub fn task_vtables(&mut self, polls: &[u64], layout: &Layout) -> Option<Vec<TaskVtable>> {
+        let bias = self.bias()?;
+        Some(
+            self.table
+                .task_vtables(polls, layout)
+                .into_iter()
+                .map(|v| TaskVtable {
+                    vaddr: v.vaddr + bias,
+                    ..v
+                })
+                .collect(),
+        )
+    }
+
     /// The future type a task vtable belongs to: its first slot is the monomorphized
     /// `raw::poll::<Future, Scheduler>`, whose v0-mangled name carries the type. `None` for
     /// legacy-mangled binaries, whose names drop generic arguments.

@@ -1,10 +1,12 @@
 //! `tasktrace`: finds leaked, stuck and never-polled tasks in a live tokio process.
 
 mod cli;
+mod dump;
 mod elf;
 mod error;
 mod inspect;
 mod locations;
+mod memory;
 mod model;
 mod plan;
 mod probes;
@@ -12,6 +14,7 @@ mod replay;
 mod report;
 mod session;
 mod target;
+mod tasklist;
 mod tokio_versions;
 mod tracefile;
 mod verdict;
@@ -88,6 +91,37 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                 println!("{}", serde_json::to_string_pretty(&i).expect("serializes"));
             } else {
                 print!("{}", inspect::render_text(&i));
+            }
+            Ok(exit::OK)
+        }
+        Command::Dump { pid, json, symbols } => {
+            // Opened first, so a bad path fails before the target is read.
+            let out = match json.as_deref() {
+                Some(p) if p != std::path::Path::new("-") => {
+                    Some(File::create(p).map_err(|err| Error::Output {
+                        path: p.to_owned(),
+                        err,
+                    })?)
+                }
+                _ => None,
+            };
+            let d = dump::dump(pid, symbols.as_deref())?;
+            let body = || {
+                let mut b = serde_json::to_vec_pretty(&d).expect("dump serializes");
+                b.push(b'\n');
+                b
+            };
+            match (&json, out) {
+                (Some(p), Some(f)) => {
+                    print!("{}", dump::render_text(&d));
+                    write_out(Some(f), Some(p), body, false)?;
+                }
+                (Some(_), None) => {
+                    std::io::stdout()
+                        .write_all(&body())
+                        .map_err(|e| Error::Launch(format!("writing standard output: {e}")))?;
+                }
+                _ => print!("{}", dump::render_text(&d)),
             }
             Ok(exit::OK)
         }

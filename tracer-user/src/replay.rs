@@ -61,6 +61,14 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
             Rec::Future { vtable, name } => {
                 names.insert(vtable, Arc::from(name.as_str()));
             }
+            Rec::TaskList {
+                at_ns,
+                attach,
+                tasks,
+            } => {
+                last_ts = last_ts.max(at_ns);
+                agg.task_list(&tasks, at_ns, attach);
+            }
         }
     })?;
     if let Some(bar) = bar {

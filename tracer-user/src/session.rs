@@ -14,6 +14,7 @@ use crate::{
     probes::{Probes, Record},
     report::{Meta, ProbeInfo, Report, TargetInfo},
     target::{Launched, Target},
+    tasklist::{Reader, Snapshot},
     tokio_versions,
     tracefile::{EndRecord, MetaRecord, Writer},
     verdict::Thresholds,
@@ -131,16 +132,33 @@ pub async fn trace(
             warnings: warnings.clone(),
         });
     }
-    if let Some(l) = launched.as_mut() {
-        l.release();
-    }
-
     let mut agg = Aggregator::new(knowledge.state, opts.thresholds);
     if opts.timeline {
         agg.timeline = Some(Default::default());
     }
-    // Shared by the sink (records) and the loop (flushes), never at the same time.
+    let polls = bin.instances(knowledge.symbols.raw_poll);
+    // Tasks alive before attach: only the runtimes' own lists know them (a launched
+    // command has not started yet: it has none).
+    if launched.is_none() {
+        let read = read_task_lists(target.pid, knowledge, &mut locator, polls);
+        apply_task_list(
+            read,
+            true,
+            &mut agg,
+            &mut recording,
+            &mut warnings,
+            opts.quiet,
+        );
+    }
+    if let Some(l) = launched.as_mut() {
+        l.release();
+    }
+
+    // Shared by the sink (records) and the loop (flushes, list readings), never at the
+    // same time.
     let recording = std::cell::RefCell::new(recording);
+    let agg = std::cell::RefCell::new(agg);
+    let locator = std::cell::RefCell::new(locator);
     let mut futures: HashMap<u64, Option<Arc<str>>> = HashMap::new();
     // Live-task count for the status line, published by the sink.
     let alive = std::cell::Cell::new(0usize);
@@ -148,25 +166,33 @@ pub async fn trace(
     // are outside the window and would only add half-seen polls.
     let cutoff = std::cell::Cell::new(u64::MAX);
     let mut sink = |r: Record| match r {
-        Record::Task(ev) if ev.ts_ns > cutoff.get() => agg.diagnostics.after_window += 1,
-        Record::Call(call) if call.ts_ns > cutoff.get() => agg.diagnostics.after_window += 1,
-        Record::Stack(st) if st.ts_ns > cutoff.get() => agg.diagnostics.after_window += 1,
+        Record::Task(ev) if ev.ts_ns > cutoff.get() => {
+            agg.borrow_mut().diagnostics.after_window += 1
+        }
+        Record::Call(call) if call.ts_ns > cutoff.get() => {
+            agg.borrow_mut().diagnostics.after_window += 1
+        }
+        Record::Stack(st) if st.ts_ns > cutoff.get() => {
+            agg.borrow_mut().diagnostics.after_window += 1
+        }
         // A spawn whose Location was already found needs no unwinding.
-        Record::Stack(st) if agg.has_pending_location(st.tid) => {}
+        Record::Stack(st) if agg.borrow_mut().has_pending_location(st.tid) => {}
         Record::Stack(st) => {
             let stack = &st.stack[..(st.len as usize).min(st.stack.len())];
-            let caller = locator.unwound_caller(st.ip, st.sp, st.bp, stack);
-            agg.diagnostics.spawn_stacks += 1;
-            agg.diagnostics.spawn_stacks_resolved += u64::from(caller.is_some());
+            let caller = locator
+                .borrow_mut()
+                .unwound_caller(st.ip, st.sp, st.bp, stack);
+            agg.borrow_mut().diagnostics.spawn_stacks += 1;
+            agg.borrow_mut().diagnostics.spawn_stacks_resolved += u64::from(caller.is_some());
             if let Some(w) = recording.borrow_mut().as_mut() {
                 w.site(st.tid, None, caller.as_deref());
             }
-            agg.spawn_call(st.tid, None, caller);
+            agg.borrow_mut().spawn_call(st.tid, None, caller);
         }
         Record::Task(ev) => {
-            alive.set(agg.tasks_alive());
+            alive.set(agg.borrow_mut().tasks_alive());
             if ev.vtable != 0 && !futures.contains_key(&ev.vtable) {
-                let name = locator.future_name(ev.vtable);
+                let name = locator.borrow_mut().future_name(ev.vtable);
                 if let (Some(w), Some(n)) = (recording.borrow_mut().as_mut(), name.as_deref()) {
                     w.future(ev.vtable, n);
                 }
@@ -175,19 +201,19 @@ pub async fn trace(
             if let Some(w) = recording.borrow_mut().as_mut() {
                 w.task(&ev);
             }
-            agg.ingest(&ev);
+            agg.borrow_mut().ingest(&ev);
         }
         Record::Call(call) => {
-            let location = locator.location(&call.args);
+            let location = locator.borrow_mut().location(&call.args);
             let caller = if location.is_none() {
-                locator.caller(call.return_address)
+                locator.borrow_mut().caller(call.return_address)
             } else {
                 None
             };
             if let Some(w) = recording.borrow_mut().as_mut() {
                 w.site(call.tid, location.as_deref(), caller.as_deref());
             }
-            agg.spawn_call(call.tid, location, caller);
+            agg.borrow_mut().spawn_call(call.tid, location, caller);
         }
     };
 
@@ -246,11 +272,37 @@ pub async fn trace(
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
+    // What the lists say at the end decides which leaks are certain: read them while the
+    // target still runs, after everything the ring holds so far.
+    if ended_by != "target_exit" && target.is_alive() {
+        probes.drain(&mut sink);
+        let read = read_task_lists(target.pid, knowledge, &mut locator.borrow_mut(), polls);
+        apply_task_list(
+            read,
+            false,
+            &mut agg.borrow_mut(),
+            &mut recording.borrow_mut(),
+            &mut warnings,
+            opts.quiet,
+        );
+    }
     let end_ns = monotonic_ns();
     cutoff.set(end_ns);
     let detach_time = probes.detach();
     probes.drain(&mut sink);
     drop(sink);
+    let mut agg = agg.into_inner();
+    // Tasks known only from the task lists sent no event that named their future.
+    let mut locator = locator.into_inner();
+    for t in &agg.tasks {
+        if t.vtable != 0 && !futures.contains_key(&t.vtable) {
+            let name = locator.future_name(t.vtable);
+            if let (Some(w), Some(n)) = (recording.borrow_mut().as_mut(), name.as_deref()) {
+                w.future(t.vtable, n);
+            }
+            futures.insert(t.vtable, name);
+        }
+    }
     // Name each task's future (resolved once per vtable) before the report reads them.
     for t in agg.tasks.iter_mut() {
         t.future = futures.get(&t.vtable).cloned().flatten();
@@ -297,4 +349,66 @@ pub async fn trace(
         warnings,
     };
     Ok(Report::build(&agg, meta))
+}
+
+/// One reading of the target's task lists (see `tasklist`), or why there is none.
+fn read_task_lists(
+    pid: u32,
+    knowledge: &'static tokio_versions::Knowledge,
+    locator: &mut Locator,
+    polls: &[u64],
+) -> std::result::Result<Snapshot, String> {
+    let vtables = locator
+        .task_vtables(polls, &knowledge.layout)
+        .ok_or("the target's load address is unknown")?;
+    let reader = Reader::new(pid, knowledge, &vtables).map_err(|e| e.to_string())?;
+    reader.snapshot(monotonic_ns()).map_err(|e| e.to_string())
+}
+
+/// Feeds a reading to the aggregator and the recording; a failed one becomes a warning.
+fn apply_task_list(
+    read: std::result::Result<Snapshot, String>,
+    attach: bool,
+    agg: &mut Aggregator,
+    recording: &mut Option<Writer>,
+    warnings: &mut Vec<String>,
+    quiet: bool,
+) {
+    let when = if attach {
+        "at attach"
+    } else {
+        "at the window end"
+    };
+    let snap = match read {
+        Ok(s) => s,
+        Err(why) => {
+            warnings.push(format!(
+                "could not read the runtimes' task lists {when}: {why}; {}",
+                if attach {
+                    "tasks alive before attach are not reported"
+                } else {
+                    "no leak is marked definite"
+                }
+            ));
+            return;
+        }
+    };
+    warnings.extend(
+        snap.warnings
+            .iter()
+            .map(|w| format!("task lists {when}: {w}")),
+    );
+    let tasks = snap.tasks_with_kind();
+    if let Some(w) = recording.as_mut() {
+        w.task_list(snap.taken_ns, attach, &tasks);
+    }
+    agg.task_list(&tasks, snap.taken_ns, attach);
+    if !quiet && attach {
+        eprintln!(
+            "tasktrace: {} tasks alive at attach in {} runtime task list(s), read in {:.1} ms",
+            snap.tasks.len(),
+            snap.lists.len(),
+            snap.read_ms
+        );
+    }
 }

@@ -17,6 +17,7 @@ use tracer_common::{EVENT_SIZE, TaskEvent};
 use crate::{
     error::{Error, Result},
     report::TargetInfo,
+    tasklist::{ListKind, LiveTask},
     tokio_versions::StateBits,
 };
 
@@ -26,6 +27,9 @@ const KIND_EVENTS: u8 = 2;
 const KIND_SITE: u8 = 3;
 const KIND_FUTURE: u8 = 4;
 const KIND_END: u8 = 5;
+const KIND_TASKLIST: u8 = 6;
+/// Tasks per task-list record (keeps each record far below `MAX_RECORD`).
+const TASKLIST_CHUNK: usize = 20_000;
 /// No record is this large; a longer length means corruption, not a big window.
 const MAX_RECORD: u32 = 64 << 20;
 
@@ -65,6 +69,15 @@ struct SiteRecord {
     caller: Option<String>,
 }
 
+/// Part of one reading of the runtimes' task lists (`tasklist`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TaskListRecord {
+    at_ns: u64,
+    /// The reading taken at attach (its unknown tasks are alive before attach).
+    attach: bool,
+    tasks: Vec<(ListKind, LiveTask)>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct FutureRecord {
     vtable: u64,
@@ -85,6 +98,11 @@ pub enum Rec {
     Future {
         vtable: u64,
         name: String,
+    },
+    TaskList {
+        at_ns: u64,
+        attach: bool,
+        tasks: Vec<(ListKind, LiveTask)>,
     },
 }
 
@@ -147,6 +165,20 @@ impl Writer {
                 name: name.to_owned(),
             },
         );
+    }
+
+    pub fn task_list(&mut self, at_ns: u64, attach: bool, tasks: &[(ListKind, LiveTask)]) {
+        for chunk in tasks.chunks(TASKLIST_CHUNK) {
+            self.json(
+                KIND_TASKLIST,
+                &TaskListRecord {
+                    at_ns,
+                    attach,
+                    tasks: chunk.to_vec(),
+                },
+            );
+        }
+        self.flush();
     }
 
     pub fn end(&mut self, end: &EndRecord) {
@@ -246,7 +278,7 @@ pub fn stream(
         }
         let kind = head[0];
         let len = u32::from_le_bytes(head[1..5].try_into().unwrap());
-        if !(KIND_META..=KIND_END).contains(&kind) {
+        if !(KIND_META..=KIND_TASKLIST).contains(&kind) {
             return Err(corrupt(at, &format!("unknown record kind {kind}")));
         }
         if len > MAX_RECORD {
@@ -295,6 +327,14 @@ pub fn stream(
                 on_record(Rec::Future {
                     vtable: f.vtable,
                     name: f.name,
+                });
+            }
+            KIND_TASKLIST => {
+                let t: TaskListRecord = serde_json::from_slice(&body).map_err(json_err)?;
+                on_record(Rec::TaskList {
+                    at_ns: t.at_ns,
+                    attach: t.attach,
+                    tasks: t.tasks,
                 });
             }
             _ => end = Some(serde_json::from_slice(&body).map_err(json_err)?),

@@ -42,6 +42,11 @@ impl Verdict {
 pub enum Reason {
     /// Idle since its last poll for at least `leak_after`.
     IdleSinceLastPoll,
+    /// Alive before attach and idle ever since, for at least `leak_after`.
+    IdleSinceAttach,
+    /// Idle, not notified, no JoinHandle, and its reference count leaves no room for a
+    /// waker or an AbortHandle: nothing can ever run it again.
+    NoWayToRun,
     /// Inside one poll for at least `stuck_after`: it blocks a worker thread.
     BlockingPoll,
     /// Woken, and not polled again for at least `stuck_after`.
@@ -56,10 +61,22 @@ pub enum Reason {
     Active,
 }
 
+/// How sure a `leaked` verdict is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Certainty {
+    /// Proven by the task's state word: it can never run again (no false positives).
+    Definite,
+    /// Idle for longer than the threshold; something may still wake it.
+    Suspected,
+}
+
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Judgement {
     pub verdict: Verdict,
     pub reason: Reason,
+    /// Set for `leaked` only.
+    pub certainty: Option<Certainty>,
     /// The instant the task was judged at (window end, or its runtime's shutdown start).
     pub at_ns: u64,
     /// How long the condition behind the verdict had lasted at that instant.
@@ -88,6 +105,11 @@ pub fn judge(t: &Task, at: u64, th: &Thresholds) -> Judgement {
     let j = |verdict, reason, since: u64| Judgement {
         verdict,
         reason,
+        certainty: (verdict == Verdict::Leaked).then_some(if reason == Reason::NoWayToRun {
+            Certainty::Definite
+        } else {
+            Certainty::Suspected
+        }),
         at_ns: at,
         for_ns: at.saturating_sub(since),
     };
@@ -105,7 +127,9 @@ pub fn judge(t: &Task, at: u64, th: &Thresholds) -> Judgement {
         }
         return j(Verdict::Ok, Reason::Active, start);
     }
-    if t.polls == 0 {
+    // A task alive before attach may have been polled long ago: "never polled" is
+    // unknowable for it; its idle time counts from the attach-time reading.
+    if t.polls == 0 && !t.before_attach {
         if let Some(spawned) = t.spawned_ns.filter(|&s| s <= at)
             && at - spawned >= th.never_polled_after_ns
         {
@@ -119,9 +143,18 @@ pub fn judge(t: &Task, at: u64, th: &Thresholds) -> Judgement {
         }
         return j(Verdict::Ok, Reason::Active, woken);
     }
+    if t.no_way_to_run_at.is_some_and(|r| r <= at) {
+        let since = t.last_poll_end_ns.unwrap_or(t.first_seen_ns).min(at);
+        return j(Verdict::Leaked, Reason::NoWayToRun, since);
+    }
     if let Some(end) = t.last_poll_end_ns.filter(|&e| e <= at) {
         if t.kind != TaskKind::Blocking && at - end >= th.leak_after_ns {
-            return j(Verdict::Leaked, Reason::IdleSinceLastPoll, end);
+            let reason = if t.before_attach && t.polls == 0 {
+                Reason::IdleSinceAttach
+            } else {
+                Reason::IdleSinceLastPoll
+            };
+            return j(Verdict::Leaked, reason, end);
         }
         return j(Verdict::Ok, Reason::Active, end);
     }

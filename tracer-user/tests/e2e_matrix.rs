@@ -59,6 +59,8 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str]) {
         assert_eq!(s[k], truth[k], "{cell}: {k}\n{stdout}");
     }
     assert_eq!(s["lost_events"], 0, "{cell}");
+    // Every leak of this fixture has a waker somewhere: none is certain.
+    assert_eq!(s["leaked_definite"], 0, "{cell}");
     // Spawn sites: every task the program spawned names a site outside tokio and std
     // (exact file:line:col where a spawn function survived; the caller's function, found
     // by unwinding, under fat LTO). Tokio's own worker-thread tasks have none.
@@ -91,6 +93,52 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str]) {
         polled_ok >= 2,
         "{cell}: the ticker and the consumer were traced"
     );
+}
+
+/// `dump` of a running cell: the version's list layout is found and walked. The fixture's
+/// leaks are idle, its undriven runtime's tasks notified, its blocking task running.
+fn dump_counts(cell: &str, bin: &Path, extra: &[&str]) {
+    use std::io::BufRead;
+    let mut target = Target(
+        std::process::Command::new(bin)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = target.0.stdout.take().unwrap();
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("TASKTRACE_GROUND_TRUTH ").map(str::to_owned))
+        .unwrap_or_else(|| panic!("{cell}: no ground truth"));
+    let truth: Value = serde_json::from_str(&line).unwrap();
+    let out = tasktrace()
+        .args(["dump", "--json", "-", "--pid"])
+        .arg(target.id().to_string())
+        .args(extra)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = assert_success(&out, cell);
+    let d: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        d["warnings"].as_array().unwrap().is_empty(),
+        "{cell}: {stderr} {d}"
+    );
+    assert!(d["lists"].as_array().unwrap().len() >= 2, "{cell}: {d}");
+    let s = &d["summary"];
+    assert!(
+        s["idle"].as_u64() >= truth["leaked"].as_u64(),
+        "{cell}: {s}"
+    );
+    assert!(
+        s["notified"].as_u64() >= truth["never_polled"].as_u64(),
+        "{cell}: {s}"
+    );
+    assert!(s["running"].as_u64() >= Some(1), "{cell}: {s}");
+    assert_eq!(s["definite_leaks"], 0, "{cell}");
+    for t in d["tasks"].as_array().unwrap() {
+        assert!(t["future"].is_string(), "{cell}: {t}");
+    }
 }
 
 fn cells(version: &str) {
@@ -134,6 +182,7 @@ fn cells(version: &str) {
             "{cell}: {i}"
         );
         trace_counts(&cell, &bin, &[]);
+        dump_counts(&cell, &bin, &[]);
     }
     // strip=symbols: without symbols every verdict is unavailable, and said so.
     let cell = format!("{version}/stripped");
@@ -168,11 +217,9 @@ fn cells(version: &str) {
             .unwrap()
             .success()
     );
-    trace_counts(
-        &format!("{cell}+symbols"),
-        &twin_stripped,
-        &["--symbols", release.to_str().unwrap()],
-    );
+    let with_symbols = ["--symbols", release.to_str().unwrap()];
+    trace_counts(&format!("{cell}+symbols"), &twin_stripped, &with_symbols);
+    dump_counts(&format!("{cell}+symbols"), &twin_stripped, &with_symbols);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use tracer_common::{EVENT_FLAG_UNREADABLE, EventKind, TaskEvent};
 
 use super::task::{LongPoll, Task, TaskKind};
 use crate::{
+    tasklist::{ListKind, LiveTask, Status},
     tokio_versions::StateBits,
     verdict::{Thresholds, judge},
 };
@@ -33,6 +34,11 @@ pub struct Diagnostics {
     pub spawn_stacks_resolved: u64,
     /// Events received, by kind.
     pub by_kind: std::collections::BTreeMap<&'static str, u64>,
+    /// Tasks found in the runtimes' lists at attach that no event had shown.
+    pub listed_before_attach: u64,
+    /// A task a list reading had proven unable to run was then polled or woken: the
+    /// proof was wrong. Zero unless tokio's reference counting changed.
+    pub definite_contradicted: u64,
 }
 
 /// What the spawn calls on one thread said since its last task was bound.
@@ -157,6 +163,8 @@ impl Aggregator {
                     if t.spawned_ns.is_none() && ev.task_id != 0 && t.id == ev.task_id {
                         t.spawned_ns = Some(t.first_seen_ns.min(ts));
                         t.kind = task_kind;
+                        // Read in the attach-time list, but spawned after the probes went in.
+                        t.before_attach = false;
                         t.spawned_at = self
                             .pending_spawns
                             .remove(&ev.tid)
@@ -187,6 +195,9 @@ impl Aggregator {
                 t.owner_id = ev.owner_id;
                 if !real {
                     return;
+                }
+                if t.no_way_to_run_at.take().is_some() {
+                    self.diagnostics.definite_contradicted += 1;
                 }
                 if ev.state & self.bits.cancelled != 0 {
                     // Aborted while idle: this "poll" only runs the cancellation.
@@ -243,6 +254,9 @@ impl Aggregator {
                     return;
                 }
                 t.wakes += 1;
+                if t.no_way_to_run_at.take().is_some() {
+                    self.diagnostics.definite_contradicted += 1;
+                }
                 if t.running_since.is_some() {
                     t.woken_during_poll.get_or_insert(ts);
                 } else {
@@ -284,6 +298,67 @@ impl Aggregator {
                         t.freed_ns = Some(ts);
                     }
                 }
+            }
+        }
+    }
+
+    /// What a reading of the runtimes' task lists (`tasklist`) found at `at`: tasks no
+    /// event has shown join as alive before attach (`attach`: the reading taken right
+    /// after the probes went in), and every listed task gets what its state word says.
+    pub fn task_list(&mut self, tasks: &[(ListKind, LiveTask)], at: u64, attach: bool) {
+        for (list, lt) in tasks {
+            if lt.status == Status::Complete {
+                continue;
+            }
+            let i = match self.live.get(&lt.header) {
+                Some(&i) if self.tasks[i].id == lt.id => i,
+                found => {
+                    if let Some(&old) = found {
+                        self.retire(old, at);
+                    }
+                    let kind = match list {
+                        ListKind::Runtime => TaskKind::Async,
+                        ListKind::LocalSet => TaskKind::Local,
+                    };
+                    let mut task = Task::new(lt.id, lt.header, kind, None, at);
+                    task.owner_id = lt.owner_id;
+                    task.vtable = lt.vtable;
+                    task.before_attach = attach;
+                    match lt.status {
+                        Status::Idle => task.last_poll_end_ns = Some(at),
+                        Status::Notified => task.scheduled_since = Some(at),
+                        Status::Running => task.running_at_attach = Some(at),
+                        Status::Complete => {}
+                    }
+                    self.diagnostics.listed_before_attach += u64::from(attach);
+                    self.insert(task)
+                }
+            };
+            let t = &mut self.tasks[i];
+            t.refs = Some(lt.refs);
+            t.join_handle = Some(lt.join_handle);
+            if t.is_finished() {
+                continue;
+            }
+            // Running at attach and still inside a poll no event has started: one poll
+            // lasting at least from attach until now.
+            if let Some(since) = t.running_at_attach
+                && !attach
+                && t.polls == 0
+                && t.running_since.is_none()
+            {
+                match lt.status {
+                    Status::Running => {
+                        t.running_since = Some(since);
+                        t.polls = 1;
+                    }
+                    _ => {
+                        t.last_poll_end_ns.get_or_insert(at);
+                    }
+                }
+            }
+            if lt.no_way_to_run && t.running_since.is_none() && t.scheduled_since.is_none() {
+                t.no_way_to_run_at.get_or_insert(at);
             }
         }
     }

@@ -74,6 +74,15 @@ pub struct Task {
     pub vtable: u64,
     /// The future's type, from the vtable's poll function (filled in before reporting).
     pub future: Option<Arc<str>>,
+    /// Found in its runtime's task list when tasktrace attached: alive before attach.
+    pub before_attach: bool,
+    /// Running when the attach-time reading found it (the poll's start is unknown).
+    pub running_at_attach: Option<u64>,
+    /// A reading of the task list at this instant found it unable to ever run again.
+    pub no_way_to_run_at: Option<u64>,
+    /// Reference count and JoinHandle presence at the last reading of its state word.
+    pub refs: Option<u64>,
+    pub join_handle: Option<bool>,
 }
 
 impl Task {
@@ -104,6 +113,11 @@ impl Task {
             spawned_at: None,
             vtable: 0,
             future: None,
+            before_attach: false,
+            running_at_attach: None,
+            no_way_to_run_at: None,
+            refs: None,
+            join_handle: None,
         }
     }
 

@@ -15,7 +15,7 @@ pub use text::render_text;
 
 use crate::{
     model::{Aggregator, Diagnostics, LongPoll, TaskKind, TaskState},
-    verdict::{Judgement, Reason, Thresholds, Verdict, final_judgement},
+    verdict::{Certainty, Judgement, Reason, Thresholds, Verdict, final_judgement},
 };
 
 pub const SCHEMA: &str = "tasktrace.report/1";
@@ -106,6 +106,10 @@ pub struct Summary {
     pub alive: u64,
     pub completed: u64,
     pub leaked: u64,
+    /// Leaked tasks proven unable to ever run again.
+    pub leaked_definite: u64,
+    /// Tasks found in the runtimes' own task lists at attach (alive before it).
+    pub alive_before_attach: u64,
     pub stuck: u64,
     pub never_polled: u64,
     pub ok: u64,
@@ -121,6 +125,8 @@ pub struct TaskReport {
     pub kind: TaskKind,
     pub verdict: Verdict,
     pub reason: Reason,
+    /// `definite` or `suspected` for `leaked`, `null` otherwise.
+    pub certainty: Option<Certainty>,
     /// How long the condition behind the verdict had lasted when judged.
     pub for_ns: u64,
     pub judged_at_ns: u64,
@@ -144,6 +150,12 @@ pub struct TaskReport {
     pub cancelled: bool,
     pub cancelled_by_shutdown: bool,
     pub runtime_plumbing: bool,
+    /// Found in its runtime's task list at attach: it existed before tracing began.
+    pub alive_before_attach: bool,
+    /// From the last reading of its state word (`null` if none was read): its reference
+    /// count, and whether a JoinHandle still holds it.
+    pub refs: Option<u64>,
+    pub join_handle: Option<bool>,
 }
 
 impl TaskReport {
@@ -194,8 +206,12 @@ impl Report {
             if t.is_plumbing() {
                 summary.runtime_plumbing += 1;
             }
+            summary.alive_before_attach += u64::from(t.before_attach);
             match j.verdict {
-                Verdict::Leaked => summary.leaked += 1,
+                Verdict::Leaked => {
+                    summary.leaked += 1;
+                    summary.leaked_definite += u64::from(j.certainty == Some(Certainty::Definite));
+                }
                 Verdict::Stuck => summary.stuck += 1,
                 Verdict::NeverPolled => summary.never_polled += 1,
                 Verdict::Ok => summary.ok += 1,
@@ -206,6 +222,7 @@ impl Report {
                 kind: t.kind,
                 verdict: j.verdict,
                 reason: j.reason,
+                certainty: j.certainty,
                 for_ns: j.for_ns,
                 judged_at_ns: rel(j.at_ns),
                 state: t.state(),
@@ -224,6 +241,9 @@ impl Report {
                 cancelled: t.cancelled,
                 cancelled_by_shutdown: t.shutdown_ns.is_some(),
                 runtime_plumbing: t.is_plumbing(),
+                alive_before_attach: t.before_attach,
+                refs: t.refs,
+                join_handle: t.join_handle,
             });
         }
         let long_polls: Vec<_> = agg
@@ -246,6 +266,13 @@ impl Report {
             ));
         }
         let d = &agg.diagnostics;
+        if d.definite_contradicted > 0 {
+            warnings.push(format!(
+                "{} task(s) proven unable to run were then polled or woken: tokio's reference \
+                 counting differs from what this version file says; treat `definite` as suspected",
+                d.definite_contradicted
+            ));
+        }
         if d.unmatched_poll_ends + d.address_reuse + d.unreadable_headers > 0 {
             warnings.push(format!(
                 "stream anomalies: {} unmatched poll ends, {} address reuses, {} unreadable headers",

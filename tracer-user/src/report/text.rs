@@ -19,11 +19,13 @@ pub fn render_text(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "  {} tasks seen, {} alive, {} finished | leaked {}, stuck {}, never polled {}, ok {} | long polls {} | lost events {}",
+        "  {} tasks seen ({} alive before attach), {} alive, {} finished | leaked {} ({} definite), stuck {}, never polled {}, ok {} | long polls {} | lost events {}",
         s.tasks_seen,
+        s.alive_before_attach,
         s.alive,
         s.completed,
         s.leaked,
+        s.leaked_definite,
         s.stuck,
         s.never_polled,
         s.ok,
@@ -44,19 +46,22 @@ pub fn render_text(r: &Report) -> String {
             verdict.as_str().to_uppercase().replace('_', " "),
             flagged.len()
         );
-        // Grouped by spawn site, largest group first: the site is the incident.
-        let mut by_site: Vec<(Option<&str>, Vec<_>)> = Vec::new();
+        // Grouped by spawn site, largest group first: the site is the incident. Tasks
+        // whose spawn was not seen (alive before attach) are grouped by future instead.
+        type Key<'a> = (Option<&'a str>, Option<&'a str>);
+        let mut by_site: Vec<(Key, Vec<_>)> = Vec::new();
         for t in flagged {
-            match by_site
-                .iter_mut()
-                .find(|(s, _)| *s == t.spawned_at.as_deref())
-            {
+            let key = match t.spawned_at.as_deref() {
+                Some(site) => (Some(site), None),
+                None => (None, t.future.as_deref()),
+            };
+            match by_site.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, v)) => v.push(t),
-                None => by_site.push((t.spawned_at.as_deref(), vec![t])),
+                None => by_site.push((key, vec![t])),
             }
         }
         by_site.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
-        for (site, mut tasks) in by_site {
+        for ((site, _), mut tasks) in by_site {
             let growing = r
                 .spawn_sites
                 .iter()
@@ -72,9 +77,11 @@ pub fn render_text(r: &Report) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {} task(s) spawned at {}{future}{growing}",
+                "  {} task(s) {}{future}{growing}",
                 tasks.len(),
-                site.unwrap_or("(unknown site)")
+                site.map_or("spawn site unknown (alive before attach)".into(), |s| {
+                    format!("spawned at {s}")
+                })
             );
             tasks.sort_by_key(|t| std::cmp::Reverse(t.for_ns));
             for t in tasks {
@@ -82,8 +89,20 @@ pub fn render_text(r: &Report) -> String {
                     Reason::IdleSinceLastPoll => {
                         format!("idle {} since its last poll", secs(t.for_ns))
                     }
+                    Reason::IdleSinceAttach => format!(
+                        "alive before attach, idle all {} since (suspected)",
+                        secs(t.for_ns)
+                    ),
+                    Reason::NoWayToRun => format!(
+                        "DEFINITE: idle, no JoinHandle, no waker (refs {}): can never run again",
+                        t.refs.unwrap_or(0)
+                    ),
                     Reason::BlockingPoll => format!(
                         "inside one poll for {} (blocks a worker thread)",
+                        secs(t.for_ns)
+                    ),
+                    Reason::Starved if t.alive_before_attach && t.polls == 0 => format!(
+                        "notified at attach and not polled in the {} since",
                         secs(t.for_ns)
                     ),
                     Reason::Starved => format!("woken {} ago and not polled since", secs(t.for_ns)),

@@ -4,6 +4,7 @@
 //! this module hard-codes a tokio offset or name.
 
 mod v1_38;
+mod v1_39;
 
 use std::fmt;
 
@@ -50,8 +51,52 @@ pub struct Layout {
     pub header_state: u64,
     pub header_vtable: u64,
     pub header_owner_id: u64,
-    /// Offset, inside the task vtable, of the `id_offset` field.
+    /// Offsets, inside the task vtable, of its `trailer_offset`, `scheduler_offset` and
+    /// `id_offset` fields.
+    pub vtable_trailer_offset: u64,
+    pub vtable_scheduler_offset: u64,
     pub vtable_id_offset: u64,
+    /// Where a runtime keeps the list of its tasks.
+    pub lists: ListLayout,
+}
+
+/// The owned-task lists, read from the target's memory to find tasks alive before attach.
+/// A task's `Core.scheduler` (at the vtable's `scheduler_offset`) is an `Arc` of the
+/// scheduler handle; the handle holds the list, found by its `id` (= every task's
+/// `owner_id`) and validated by walking it.
+#[derive(Clone, Copy, Debug)]
+pub struct ListLayout {
+    /// `Trailer.owned`: the task's `{prev, next}` pointers in its list.
+    pub trailer_prev: u64,
+    pub trailer_next: u64,
+    /// Offset of the value inside an `ArcInner` (after the strong and weak counts).
+    pub arc_data: u64,
+    /// How many bytes of the scheduler handle to search for the list's `id`.
+    pub handle_search: u64,
+    /// `OwnedTasks` (multi-thread and current-thread runtimes), relative to its `id`:
+    /// `ShardedList.lists` (a boxed slice: pointer, then length), `shard_mask`, `count`.
+    pub sharded_lists_from_id: i64,
+    pub sharded_mask_from_id: i64,
+    pub sharded_count_from_id: i64,
+    /// One shard, a `Mutex<LinkedList>`: its size and where `head` and `tail` sit.
+    pub shard_stride: u64,
+    pub shard_head: u64,
+    pub shard_tail: u64,
+    /// `LocalOwnedTasks` (LocalSet), relative to its `id`: `LinkedList.head`, `.tail`.
+    pub local_head_from_id: i64,
+    pub local_tail_from_id: i64,
+}
+
+/// The rest of the state word: what decides whether a task can ever run again.
+#[derive(Clone, Copy, Debug)]
+pub struct RefBits {
+    pub notified: u64,
+    pub join_interest: u64,
+    /// The reference count is `state >> ref_shift`.
+    pub ref_shift: u32,
+    /// References an idle task with no JoinHandle, no AbortHandle, no waker and no queued
+    /// notification still has: the owned list's own.
+    pub list_refs: u64,
 }
 
 /// Bits of the task state word.
@@ -91,11 +136,12 @@ pub struct Knowledge {
     pub newest_tested: Version,
     pub layout: Layout,
     pub state: StateBits,
+    pub refs: RefBits,
     pub symbols: SymbolNames,
 }
 
 /// Supported ranges, oldest first.
-const ALL: &[&Knowledge] = &[&v1_38::KNOWLEDGE];
+const ALL: &[&Knowledge] = &[&v1_38::KNOWLEDGE, &v1_39::KNOWLEDGE];
 
 /// What choosing a knowledge file for a binary produced.
 #[derive(Debug)]

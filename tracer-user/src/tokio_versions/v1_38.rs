@@ -1,59 +1,109 @@
-//! tokio 1.38 (LTS) and later, x86_64, without `tokio_unstable`.
-//! Layouts read from DWARF of 1.38.2, 1.43.4, 1.47.5 and 1.54.1 builds
-//! (`shared/notes/tokio-internals.md`); the names have been stable since 1.32.
+//! tokio 1.38 (LTS), x86_64, without `tokio_unstable`: the oldest supported range.
+//! Layouts read from DWARF of a 1.38.2 build (`shared/notes/tokio-internals.md`); the
+//! probe names have been stable since 1.32 and are shared with later versions.
 
-use super::{Knowledge, Layout, StateBits, SymbolNames, Version};
+use super::{Knowledge, Layout, ListLayout, RefBits, StateBits, SymbolNames, Version};
 
 pub static KNOWLEDGE: Knowledge = Knowledge {
     first: Version::new(1, 38, 0),
-    newest_tested: Version::new(1, 54, 1),
+    newest_tested: Version::new(1, 38, 2),
     layout: Layout {
-        // Header { state, queue_next, vtable, owner_id, .. }
-        header_state: 0,
-        header_vtable: 16,
-        header_owner_id: 24,
-        // Vtable { poll, schedule, dealloc, try_read_output, drop_join_handle_slow,
-        //          drop_abort_handle, shutdown, trailer_offset, scheduler_offset, id_offset }
-        vtable_id_offset: 72,
+        lists: ListLayout {
+            // ShardedList { lists: Box<[Mutex<LinkedList>]>, count, shard_mask } @0x00,
+            // then OwnedTasks.id @0x20.
+            sharded_lists_from_id: -0x20,
+            ..LISTS
+        },
+        ..LAYOUT
     },
-    state: StateBits {
-        running: 0x1,
-        complete: 0x2,
-        cancelled: 0x20,
-    },
-    symbols: SymbolNames {
-        raw_poll: "tokio::runtime::task::raw::poll",
-        raw_dealloc: "tokio::runtime::task::raw::dealloc",
-        raw_shutdown: "tokio::runtime::task::raw::shutdown",
-        harness_complete: "tokio::runtime::task::harness::Harness::complete",
-        owned_bind_inner: "tokio::runtime::task::list::OwnedTasks::bind_inner",
-        spawn_returns: &[
-            "tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task",
-            "tokio::runtime::scheduler::current_thread::Handle::spawn",
-        ],
-        local_owned_bind: "tokio::runtime::task::list::LocalOwnedTasks::bind",
-        blocking_spawn_task: "tokio::runtime::blocking::pool::Spawner::spawn_task",
-        wake_by_val: "tokio::runtime::task::waker::wake_by_val",
-        wake_by_ref: "tokio::runtime::task::waker::wake_by_ref",
-        spawn_calls: &[
-            "tokio::task::spawn::spawn",
-            "tokio::task::spawn::spawn_inner",
-            "tokio::task::blocking::spawn_blocking",
-            "tokio::task::local::spawn_local",
-            "tokio::task::local::spawn_local_inner",
-            "tokio::task::local::LocalSet::spawn_local",
-            "tokio::task::join_set::JoinSet::spawn",
-            "tokio::task::join_set::JoinSet::spawn_on",
-            "tokio::task::join_set::JoinSet::spawn_local",
-            "tokio::task::join_set::JoinSet::spawn_blocking",
-            "tokio::runtime::handle::Handle::spawn",
-            "tokio::runtime::handle::Handle::spawn_blocking",
-            "tokio::runtime::runtime::Runtime::spawn",
-            "tokio::runtime::blocking::pool::spawn_blocking",
-            "tokio::runtime::blocking::pool::Spawner::spawn_blocking",
-            "tokio::runtime::blocking::pool::Spawner::spawn_blocking_inner",
-            "tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task",
-            "tokio::runtime::scheduler::current_thread::Handle::spawn",
-        ],
-    },
+    state: STATE,
+    refs: REFS,
+    symbols: SYMBOLS,
+};
+
+/// Header and vtable, identical from 1.38 to 1.54.
+pub(super) const LAYOUT: Layout = Layout {
+    // Header { state, queue_next, vtable, owner_id, .. }
+    header_state: 0,
+    header_vtable: 16,
+    header_owner_id: 24,
+    // Vtable { poll, schedule, dealloc, try_read_output, drop_join_handle_slow,
+    //          drop_abort_handle, shutdown, trailer_offset, scheduler_offset, id_offset }
+    vtable_trailer_offset: 56,
+    vtable_scheduler_offset: 64,
+    vtable_id_offset: 72,
+    lists: LISTS,
+};
+
+/// Owned-task lists as 1.39+ lay them out; 1.38 differs in `sharded_lists_from_id` only.
+pub(super) const LISTS: ListLayout = ListLayout {
+    // Trailer { owned: Pointers { prev, next }, waker, .. }
+    trailer_prev: 0,
+    trailer_next: 8,
+    arc_data: 16,
+    handle_search: 4096,
+    // ShardedList { lists @0x00, added @0x10, count @0x18, shard_mask @0x20 }, id @0x28.
+    sharded_lists_from_id: -0x28,
+    sharded_mask_from_id: -0x08,
+    sharded_count_from_id: -0x10,
+    // Mutex<LinkedList> { futex: u32, poison: bool, data: LinkedList { head, tail } }
+    shard_stride: 0x18,
+    shard_head: 0x08,
+    shard_tail: 0x10,
+    // LocalOwnedTasks { id @0x00, inner: OwnedTasksInner { list { head, tail }, closed } @0x08 }
+    local_head_from_id: 0x08,
+    local_tail_from_id: 0x10,
+};
+
+pub(super) const STATE: StateBits = StateBits {
+    running: 0x1,
+    complete: 0x2,
+    cancelled: 0x20,
+};
+
+/// `runtime/task/state.rs`: NOTIFIED 0x4, JOIN_INTEREST 0x8, REF_ONE 0x40. A task holds
+/// one reference for its owned list, one per JoinHandle/AbortHandle, one per Waker and one
+/// per queued notification (`Notified`); an idle task not notified and not running holds
+/// exactly the list's when nothing else can reach it.
+pub(super) const REFS: RefBits = RefBits {
+    notified: 0x4,
+    join_interest: 0x8,
+    ref_shift: 6,
+    list_refs: 1,
+};
+
+pub(super) const SYMBOLS: SymbolNames = SymbolNames {
+    raw_poll: "tokio::runtime::task::raw::poll",
+    raw_dealloc: "tokio::runtime::task::raw::dealloc",
+    raw_shutdown: "tokio::runtime::task::raw::shutdown",
+    harness_complete: "tokio::runtime::task::harness::Harness::complete",
+    owned_bind_inner: "tokio::runtime::task::list::OwnedTasks::bind_inner",
+    spawn_returns: &[
+        "tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task",
+        "tokio::runtime::scheduler::current_thread::Handle::spawn",
+    ],
+    local_owned_bind: "tokio::runtime::task::list::LocalOwnedTasks::bind",
+    blocking_spawn_task: "tokio::runtime::blocking::pool::Spawner::spawn_task",
+    wake_by_val: "tokio::runtime::task::waker::wake_by_val",
+    wake_by_ref: "tokio::runtime::task::waker::wake_by_ref",
+    spawn_calls: &[
+        "tokio::task::spawn::spawn",
+        "tokio::task::spawn::spawn_inner",
+        "tokio::task::blocking::spawn_blocking",
+        "tokio::task::local::spawn_local",
+        "tokio::task::local::spawn_local_inner",
+        "tokio::task::local::LocalSet::spawn_local",
+        "tokio::task::join_set::JoinSet::spawn",
+        "tokio::task::join_set::JoinSet::spawn_on",
+        "tokio::task::join_set::JoinSet::spawn_local",
+        "tokio::task::join_set::JoinSet::spawn_blocking",
+        "tokio::runtime::handle::Handle::spawn",
+        "tokio::runtime::handle::Handle::spawn_blocking",
+        "tokio::runtime::runtime::Runtime::spawn",
+        "tokio::runtime::blocking::pool::spawn_blocking",
+        "tokio::runtime::blocking::pool::Spawner::spawn_blocking",
+        "tokio::runtime::blocking::pool::Spawner::spawn_blocking_inner",
+        "tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task",
+        "tokio::runtime::scheduler::current_thread::Handle::spawn",
+    ],
 };

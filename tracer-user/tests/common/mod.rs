@@ -89,6 +89,8 @@ pub struct Truth {
     pub stuck: BTreeSet<u64>,
     pub never_polled: BTreeSet<u64>,
     pub long_poll: BTreeSet<u64>,
+    /// Leaked tasks that can never run again (`certainty: definite`); none unless listed.
+    pub definite: BTreeSet<u64>,
     /// Task id → the `file:line:col` tokio received for its spawn.
     pub sites: std::collections::BTreeMap<u64, String>,
 }
@@ -101,10 +103,8 @@ pub fn ground_truth(stdout: &str) -> Truth {
     let v: Value = serde_json::from_str(line).expect("ground truth is JSON");
     let ids = |k: &str| {
         v[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap())
-            .collect()
+            .map(|a| a.iter().map(|x| x.as_u64().unwrap()).collect())
+            .unwrap_or_default()
     };
     let sites = v["sites"]
         .as_object()
@@ -119,6 +119,7 @@ pub fn ground_truth(stdout: &str) -> Truth {
         stuck: ids("stuck"),
         never_polled: ids("never_polled"),
         long_poll: ids("long_poll"),
+        definite: ids("definite"),
         sites,
     }
 }
@@ -128,7 +129,18 @@ pub fn read_report(path: &Path) -> Value {
     serde_json::from_slice(&body).expect("report is JSON")
 }
 
-fn ids_with(report: &Value, verdict: &str) -> BTreeSet<u64> {
+/// Ids of the leaked tasks the report calls certain.
+pub fn definite_ids(report: &Value) -> BTreeSet<u64> {
+    report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["certainty"] == "definite")
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect()
+}
+
+pub fn ids_with(report: &Value, verdict: &str) -> BTreeSet<u64> {
     report["tasks"]
         .as_array()
         .unwrap()
@@ -142,6 +154,12 @@ fn ids_with(report: &Value, verdict: &str) -> BTreeSet<u64> {
 /// summary agrees with the task list.
 pub fn assert_matches_truth(report: &Value, truth: &Truth) {
     assert_eq!(ids_with(report, "leaked"), truth.leaked, "leaked tasks");
+    // No false `definite`: only tasks the fixture built to be unreachable.
+    assert_eq!(definite_ids(report), truth.definite, "definite leaks");
+    assert_eq!(
+        report["diagnostics"]["definite_contradicted"], 0,
+        "no proven-dead task ran again"
+    );
     assert_eq!(ids_with(report, "stuck"), truth.stuck, "stuck tasks");
     assert_eq!(
         ids_with(report, "never_polled"),

@@ -1,0 +1,234 @@
+//! `tasktrace dump --pid PID`: a one-shot snapshot of every task of every tokio runtime in
+//! a live process, read from its memory with no probe attached — the tokio counterpart of
+//! a goroutine dump. Each task: state, reference count, JoinHandle, future type; grouped
+//! and counted by future. Spawn sites are not in memory (only `record` sees spawns).
+
+use std::{collections::BTreeMap, collections::HashMap, fmt::Write as _, sync::Arc};
+
+use serde::Serialize;
+
+use crate::{
+    error::{Error, Result},
+    locations::Locator,
+    plan::Plan,
+    report::TargetInfo,
+    session::{monotonic_ns, read_binary},
+    target::Target,
+    tasklist::{ListKind, OwnedList, Reader, Status},
+    tokio_versions,
+};
+
+pub const SCHEMA: &str = "tasktrace.dump/1";
+/// Task lines in the text output; the JSON has every task.
+const TEXT_TASKS: usize = 1000;
+
+#[derive(Debug, Serialize)]
+pub struct Dump {
+    pub schema: &'static str,
+    pub target: TargetInfo,
+    /// Wall-clock time of the reading, seconds since the Unix epoch.
+    pub taken_unix_s: f64,
+    pub read_ms: f64,
+    pub scanned_bytes: u64,
+    pub lists: Vec<OwnedList>,
+    pub summary: DumpSummary,
+    /// Tasks by future type, largest group first.
+    pub groups: Vec<Group>,
+    pub tasks: Vec<DumpTask>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct DumpSummary {
+    pub tasks: u64,
+    pub idle: u64,
+    pub notified: u64,
+    pub running: u64,
+    pub complete: u64,
+    /// Idle, no JoinHandle, no waker, no AbortHandle: can never run again.
+    pub definite_leaks: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Group {
+    pub future: Option<String>,
+    /// Always `null` in a dump: the spawn is not in memory (`record` sees spawns).
+    pub spawned_at: Option<String>,
+    pub tasks: u64,
+    pub by_status: BTreeMap<&'static str, u64>,
+    pub definite_leaks: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DumpTask {
+    pub id: u64,
+    pub header: String,
+    pub owner_id: u64,
+    pub list: ListKind,
+    pub status: Status,
+    pub refs: u64,
+    pub join_handle: bool,
+    /// The raw state word, and whether two readings of it agreed.
+    pub state: String,
+    pub stable: bool,
+    pub definite_leak: bool,
+    pub future: Option<String>,
+    pub spawned_at: Option<String>,
+}
+
+pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
+    let target = Target::from_pid(pid)?;
+    let (bin, table) = read_binary(&target.exe, &target.display, symbols)?;
+    let selection = tokio_versions::select(bin.tokio_version).map_err(Error::UnsupportedTokio)?;
+    let knowledge = selection.knowledge;
+    // The same checks as tracing (stripped, not tokio), with the same remedies.
+    Plan::for_binary(
+        std::path::Path::new(&target.display),
+        &bin,
+        knowledge,
+        false,
+    )?;
+    let mut locator = Locator::new(Arc::new(table), pid, target.exe.clone());
+    let vtables = locator
+        .task_vtables(bin.instances(knowledge.symbols.raw_poll), &knowledge.layout)
+        .ok_or_else(|| Error::Launch(format!("cannot find where pid {pid} mapped its binary")))?;
+    let snap = Reader::new(pid, knowledge, &vtables)?.snapshot(monotonic_ns())?;
+
+    let mut names: HashMap<u64, Option<Arc<str>>> = HashMap::new();
+    let mut summary = DumpSummary::default();
+    let mut tasks = Vec::with_capacity(snap.tasks.len());
+    for (list, t) in snap.tasks_with_kind() {
+        let future = names
+            .entry(t.vtable)
+            .or_insert_with(|| locator.future_name(t.vtable))
+            .as_deref()
+            .map(str::to_owned);
+        summary.tasks += 1;
+        match t.status {
+            Status::Idle => summary.idle += 1,
+            Status::Notified => summary.notified += 1,
+            Status::Running => summary.running += 1,
+            Status::Complete => summary.complete += 1,
+        }
+        summary.definite_leaks += u64::from(t.no_way_to_run);
+        tasks.push(DumpTask {
+            id: t.id,
+            header: format!("{:#x}", t.header),
+            owner_id: t.owner_id,
+            list,
+            status: t.status,
+            refs: t.refs,
+            join_handle: t.join_handle,
+            state: format!("{:#x}", t.state),
+            stable: t.stable,
+            definite_leak: t.no_way_to_run,
+            future,
+            spawned_at: None,
+        });
+    }
+    tasks.sort_by_key(|t| (t.owner_id, t.id));
+    let mut groups: BTreeMap<Option<String>, Group> = BTreeMap::new();
+    for t in &tasks {
+        let g = groups.entry(t.future.clone()).or_insert_with(|| Group {
+            future: t.future.clone(),
+            spawned_at: None,
+            tasks: 0,
+            by_status: BTreeMap::new(),
+            definite_leaks: 0,
+        });
+        g.tasks += 1;
+        *g.by_status.entry(t.status.as_str()).or_default() += 1;
+        g.definite_leaks += u64::from(t.definite_leak);
+    }
+    let mut groups: Vec<Group> = groups.into_values().collect();
+    groups.sort_by_key(|g| std::cmp::Reverse(g.tasks));
+    let mut warnings: Vec<String> = selection.warning.into_iter().collect();
+    warnings.extend(snap.warnings);
+    Ok(Dump {
+        schema: SCHEMA,
+        target: TargetInfo {
+            pid,
+            binary: target.display.clone(),
+            build_id: bin.build_id.clone(),
+            tokio_version: bin.tokio_version.map(|v| v.to_string()),
+        },
+        taken_unix_s: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        read_ms: snap.read_ms,
+        scanned_bytes: snap.scanned_bytes,
+        lists: snap.lists,
+        summary,
+        groups,
+        tasks,
+        warnings,
+    })
+}
+
+pub fn render_text(d: &Dump) -> String {
+    let mut out = String::new();
+    let s = &d.summary;
+    let _ = writeln!(
+        out,
+        "tasktrace dump: pid {} ({}), tokio {}: {} tasks in {} task list(s), read in {:.1} ms \
+         ({:.1} MiB scanned)",
+        d.target.pid,
+        d.target.binary,
+        d.target.tokio_version.as_deref().unwrap_or("unknown"),
+        s.tasks,
+        d.lists.len(),
+        d.read_ms,
+        d.scanned_bytes as f64 / (1 << 20) as f64
+    );
+    let _ = writeln!(
+        out,
+        "  idle {}, notified {}, running {}, complete {} | {} can never run again (definite leaks)",
+        s.idle, s.notified, s.running, s.complete, s.definite_leaks
+    );
+    for w in &d.warnings {
+        let _ = writeln!(out, "  warning: {w}");
+    }
+    let _ = writeln!(out, "\n  tasks   idle  notif    run  definite  future");
+    for g in &d.groups {
+        let n = |k: &str| g.by_status.get(k).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "  {:>5}  {:>5}  {:>5}  {:>5}  {:>8}  {}",
+            g.tasks,
+            n("idle"),
+            n("notified"),
+            n("running"),
+            g.definite_leaks,
+            g.future.as_deref().unwrap_or("(unknown future)")
+        );
+    }
+    let _ = writeln!(out, "\nTASKS:");
+    for t in d.tasks.iter().take(TEXT_TASKS) {
+        let _ = writeln!(
+            out,
+            "  task {:>7} {:<8} refs {:<3} {:<14} {}{}",
+            t.id,
+            t.status.as_str(),
+            t.refs,
+            if t.join_handle {
+                "JoinHandle"
+            } else {
+                "no JoinHandle"
+            },
+            if t.definite_leak {
+                "DEFINITE LEAK  "
+            } else {
+                ""
+            },
+            t.future.as_deref().unwrap_or("(unknown future)")
+        );
+    }
+    if d.tasks.len() > TEXT_TASKS {
+        let _ = writeln!(
+            out,
+            "  … {} more (--json PATH has every task)",
+            d.tasks.len() - TEXT_TASKS
+        );
+    }
+    out
+}
