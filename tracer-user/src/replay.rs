@@ -174,6 +174,26 @@ mod tests {
         w.task(&ev(EventKind::PollStart, 3_000, 0x10, 1));
         w.task(&ev(EventKind::PollEnd, 4_000, 0, 0));
         w.future(0, "app::f");
+        // A task found in a LocalSet's list at attach, unable to ever run again.
+        w.task_list(
+            5_000,
+            true,
+            &[(
+                crate::tasklist::ListKind::LocalSet,
+                crate::tasklist::LiveTask {
+                    header: 0x30,
+                    id: 3,
+                    owner_id: 2,
+                    vtable: 0,
+                    state: 0x40,
+                    stable: true,
+                    status: crate::tasklist::Status::Idle,
+                    refs: 1,
+                    join_handle: false,
+                    no_way_to_run: true,
+                },
+            )],
+        );
         w.task(&ev(EventKind::WakeByVal, 60_000_000_000, 0x99, 2));
         if with_end {
             w.end(&EndRecord {
@@ -202,7 +222,12 @@ mod tests {
         let path = std::env::temp_dir().join(format!("tt-rt-{}.trace", std::process::id()));
         write_sample(&path, true);
         let r = report_from_file(&path, th(), false).unwrap();
-        assert_eq!(r.summary.leaked, 1);
+        assert_eq!(r.summary.leaked, 2);
+        assert_eq!(r.summary.leaked_definite, 1);
+        assert_eq!(r.summary.alive_before_attach, 1);
+        let listed = r.tasks.iter().find(|t| t.id == 3).unwrap();
+        assert_eq!(listed.kind, crate::model::TaskKind::Local);
+        assert_eq!(listed.refs, Some(1));
         assert_eq!(r.tasks[0].spawned_at.as_deref(), Some("src/app.rs:3:5"));
         assert_eq!(r.window.ended_by, "duration");
         std::fs::remove_file(&path).ok();
@@ -241,7 +266,7 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let r = report_from_file(&path, th(), false).unwrap();
         assert_eq!(r.window.ended_by, "truncated");
-        assert_eq!(r.summary.tasks_seen, 2);
+        assert_eq!(r.summary.tasks_seen, 3);
         assert!(r.warnings.iter().any(|w| w.contains("cut at byte")));
         std::fs::remove_file(&path).ok();
     }

@@ -201,3 +201,74 @@ pub fn spawn(root: &Path) -> Result<(), String> {
     println!("  spawn-site capture costs {:.0} ns per spawn", c - b);
     Ok(())
 }
+
+/// Reading the task lists of a process with many live tasks: `tasktrace dump` of the late
+/// fixture parked with `--idle N` tasks (default 100 000), median of five readings.
+pub fn dump(root: &Path, idle: usize) -> Result<(), String> {
+    use std::io::BufRead;
+    const ROUNDS: usize = 5;
+    let fixture = root.join("fixtures/late/target/release/fixture-late");
+    let tasktrace = root.join("target/release/tasktrace");
+    let mut child = Command::new(&fixture)
+        .args(["--idle", &idle.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", fixture.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let ready = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("TASKTRACE_GROUND_TRUTH "));
+    let result = (|| {
+        if !ready {
+            return Err("the late fixture did not start".to_string());
+        }
+        let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        let (mut wall, mut read, mut tasks) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..ROUNDS {
+            let t = std::time::Instant::now();
+            let out = Command::new(&tasktrace)
+                .args(["dump", "--json", "-", "--pid", &child.id().to_string()])
+                .output()
+                .map_err(|e| e.to_string())?;
+            wall.push(t.elapsed().as_secs_f64());
+            if !out.status.success() {
+                return Err(format!(
+                    "tasktrace dump failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            read.push(v["read_ms"].as_f64().unwrap_or(f64::NAN));
+            tasks = v["summary"]["tasks"].as_u64().unwrap_or(0);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "bench dump (target: {tasks} live tasks, RSS {:.0} MiB; median of {ROUNDS}):",
+            rss_kib as f64 / 1024.0
+        );
+        println!(
+            "  reading the task lists: {:>7.0} ms (scan, walk, second state reading)",
+            median(&mut read)
+        );
+        println!(
+            "  whole `tasktrace dump --json -`: {:>7.0} ms",
+            median(&mut wall) * 1e3
+        );
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}

@@ -7,6 +7,8 @@
 //!   (default 10 million) and print its throughput and peak memory.
 //! - `bench spawn`: per-spawn cost untraced, traced, and traced without spawn sites
 //!   (so the cost of naming spawn sites), interleaved runs, medians.
+//! - `bench dump [--tasks N]`: time reading the task lists of a process holding N live
+//!   tasks (default 100 000) with `tasktrace dump`, medians.
 //! - `demo`: build tasktrace and the demo, trace the demo, print the verdicts, write
 //!   `tasktrace-demo.json`, and check the verdicts against the demo's own ground truth.
 
@@ -29,7 +31,7 @@ fn main() -> ExitCode {
             None => Err("usage: cargo xtask fixture-path NAME".into()),
         },
         _ => Err(
-            "usage: cargo xtask <fixtures | fixture-path NAME | demo | bench report [--events N]>"
+            "usage: cargo xtask <fixtures | fixture-path NAME | demo | bench (report [--events N] | spawn | dump [--tasks N])>"
                 .into(),
         ),
     };
@@ -96,7 +98,21 @@ fn bench(args: &[String]) -> Result<(), String> {
             build_fixture(&root().join("fixtures/spawnloop"), "release")?;
             bench::spawn(&root())
         }
-        _ => Err("usage: cargo xtask bench <report [--events N] | spawn>".into()),
+        Some("dump") => {
+            let idle = match args.iter().position(|a| a == "--tasks") {
+                Some(i) => args
+                    .get(i + 1)
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("--tasks takes a number")?,
+                None => 100_000,
+            };
+            build_tasktrace_release()?;
+            build_fixture(&root().join("fixtures/late"), "release")?;
+            bench::dump(&root(), idle)
+        }
+        _ => {
+            Err("usage: cargo xtask bench <report [--events N] | spawn | dump [--tasks N]>".into())
+        }
     }
 }
 

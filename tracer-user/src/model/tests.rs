@@ -283,3 +283,137 @@ fn spawn_seen_after_the_first_poll_is_the_same_task() {
     assert_eq!(a.tasks[0].polls, 1);
     assert_eq!(a.tasks_alive(), 1);
 }
+
+// Task-list readings (tasks alive before attach, certainty of leaks).
+
+use crate::tasklist::{ListKind, LiveTask, Status};
+
+fn listed(h: u64, id: u64, status: Status, refs: u64, join: bool) -> (ListKind, LiveTask) {
+    let no_way_to_run = status == Status::Idle && refs == 1 && !join;
+    (
+        ListKind::Runtime,
+        LiveTask {
+            header: h,
+            id,
+            owner_id: 1,
+            vtable: 0x5000,
+            state: refs << 6,
+            stable: true,
+            status,
+            refs,
+            join_handle: join,
+            no_way_to_run,
+        },
+    )
+}
+
+fn certainty(a: &Aggregator, id: u64, at: u64) -> Option<crate::verdict::Certainty> {
+    let t = a.tasks.iter().find(|t| t.id == id).expect("task");
+    final_judgement(t, at, a.thresholds()).certainty
+}
+
+#[test]
+fn tasks_listed_at_attach_are_judged_from_the_attach_on() {
+    use crate::verdict::Certainty;
+    let mut a = agg();
+    let attach = 100 * S;
+    a.task_list(
+        &[
+            listed(0x1000, 1, Status::Idle, 2, false),
+            listed(0x2000, 2, Status::Idle, 1, false),
+            listed(0x3000, 3, Status::Notified, 2, false),
+            listed(0x4000, 4, Status::Idle, 2, true),
+        ],
+        attach,
+        true,
+    );
+    assert_eq!(a.diagnostics.listed_before_attach, 4);
+    assert_eq!(a.tasks_alive(), 4);
+    // Idle with a waker possible: suspected once idle for the threshold since attach.
+    assert_eq!(
+        verdict_at(&a, 1, attach + 9 * S),
+        (Verdict::Ok, Reason::Active)
+    );
+    assert_eq!(
+        verdict_at(&a, 1, attach + 11 * S),
+        (Verdict::Leaked, Reason::IdleSinceAttach)
+    );
+    assert_eq!(
+        certainty(&a, 1, attach + 11 * S),
+        Some(Certainty::Suspected)
+    );
+    // No reference but the list's: definite at once, whatever the threshold.
+    assert_eq!(
+        verdict_at(&a, 2, attach + S),
+        (Verdict::Leaked, Reason::NoWayToRun)
+    );
+    assert_eq!(certainty(&a, 2, attach + S), Some(Certainty::Definite));
+    // Notified and never run since: starved, not "never polled" (its past is unknown).
+    assert_eq!(
+        verdict_at(&a, 3, attach + 2 * S),
+        (Verdict::Stuck, Reason::Starved)
+    );
+    // A kept JoinHandle could abort it: never definite.
+    assert_eq!(
+        certainty(&a, 4, attach + 11 * S),
+        Some(Certainty::Suspected)
+    );
+}
+
+#[test]
+fn an_event_on_a_task_proven_dead_is_counted_and_lifts_the_proof() {
+    let mut a = agg();
+    a.task_list(&[listed(0x2000, 2, Status::Idle, 1, false)], S, true);
+    a.ingest(&ev(EventKind::WakeByVal, 2 * S, 0x2000, 2, 3));
+    assert_eq!(a.diagnostics.definite_contradicted, 1);
+    poll(&mut a, 3 * S, 3 * S + MS, 0x2000, 2, 10);
+    assert_eq!(verdict_at(&a, 2, 4 * S), (Verdict::Ok, Reason::Active));
+}
+
+#[test]
+fn a_task_spawned_after_attach_is_not_alive_before_it() {
+    let mut a = agg();
+    // The attach-time reading already saw a task whose spawn event was still in the ring.
+    a.task_list(&[listed(0x1000, 5, Status::Notified, 3, true)], 2 * S, true);
+    spawn(&mut a, S, 0x1000, 5);
+    assert_eq!(a.tasks.len(), 1);
+    assert!(!a.tasks[0].before_attach);
+    assert_eq!(a.tasks[0].spawned_ns, Some(S));
+}
+
+#[test]
+fn a_poll_running_at_attach_and_still_at_the_end_is_stuck() {
+    let mut a = agg();
+    a.task_list(&[listed(0x1000, 9, Status::Running, 2, false)], S, true);
+    a.task_list(
+        &[listed(0x1000, 9, Status::Running, 2, false)],
+        5 * S,
+        false,
+    );
+    assert_eq!(
+        verdict_at(&a, 9, 5 * S),
+        (Verdict::Stuck, Reason::BlockingPoll)
+    );
+    // One that finished its poll in between is not.
+    let mut b = agg();
+    b.task_list(&[listed(0x1000, 9, Status::Running, 2, false)], S, true);
+    b.task_list(&[listed(0x1000, 9, Status::Idle, 2, false)], 5 * S, false);
+    assert_eq!(verdict_at(&b, 9, 5 * S).0, Verdict::Ok);
+}
+
+#[test]
+fn the_end_reading_makes_a_leak_spawned_in_the_window_definite() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0x1000, 7);
+    poll(&mut a, MS, 2 * MS, 0x1000, 7, 10);
+    a.task_list(&[listed(0x1000, 7, Status::Idle, 1, false)], 3 * S, false);
+    assert!(!a.tasks[0].before_attach);
+    assert_eq!(
+        verdict_at(&a, 7, 3 * S),
+        (Verdict::Leaked, Reason::NoWayToRun)
+    );
+    // A task listed with another id at a known header is a new task at a reused address.
+    a.task_list(&[listed(0x1000, 8, Status::Idle, 2, false)], 4 * S, false);
+    assert_eq!(a.tasks.len(), 2);
+    assert!(a.tasks[0].freed_ns.is_some());
+}
