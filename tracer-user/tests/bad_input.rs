@@ -35,11 +35,13 @@ fn missing_pid() {
         .trim()
         .parse()
         .unwrap();
-    let out = tasktrace()
-        .args(["record", "--pid", &(pid_max + 1).to_string()])
-        .output()
-        .unwrap();
-    assert_refused(&out, 2, &["no process with pid"]);
+    for verb in ["record", "dump"] {
+        let out = tasktrace()
+            .args([verb, "--pid", &(pid_max + 1).to_string()])
+            .output()
+            .unwrap();
+        assert_refused(&out, 2, &["no process with pid"]);
+    }
 }
 
 #[test]
@@ -58,14 +60,14 @@ fn missing_command() {
 
 #[test]
 fn process_that_is_not_tokio() {
-    let mut sleeper = Target(Command::new("sleep").arg("30").spawn().unwrap());
-    let out = tasktrace()
-        .args(["record", "--pid", &sleeper.id().to_string()])
-        .output()
-        .unwrap();
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
-    assert_refused(&out, 2, &["does not contain the tokio runtime"]);
+    let sleeper = Target(Command::new("sleep").arg("30").spawn().unwrap());
+    for verb in ["record", "dump"] {
+        let out = tasktrace()
+            .args([verb, "--pid", &sleeper.id().to_string()])
+            .output()
+            .unwrap();
+        assert_refused(&out, 2, &["does not contain the tokio runtime"]);
+    }
 }
 
 #[test]
@@ -181,13 +183,15 @@ fn lacking_privileges() {
     // Tracing a root process: its executable cannot even be read.
     let mut target = Target(Command::new(&demo).stdout(Stdio::null()).spawn().unwrap());
     sleep(Duration::from_millis(200));
-    let out = as_nobody()
-        .args(["record", "--pid", &target.id().to_string()])
-        .output()
-        .unwrap();
+    for verb in ["record", "dump"] {
+        let out = as_nobody()
+            .args([verb, "--pid", &target.id().to_string()])
+            .output()
+            .unwrap();
+        assert_refused(&out, 4, &["insufficient privileges"]);
+    }
     let _ = target.kill();
     let _ = target.wait();
-    assert_refused(&out, 4, &["insufficient privileges"]);
     // Launching a readable program: the eBPF load is refused.
     let copy = tmp("fixture-demo-for-nobody");
     std::fs::copy(&demo, &copy).unwrap();
