@@ -88,7 +88,7 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
         knowledge,
         false,
     )?;
-    let mut locator = Locator::new(Arc::new(table), pid, target.exe.clone());
+    let mut locator = Locator::new(table, pid, target.exe.clone());
     let vtables = locator
         .task_vtables(bin.instances(knowledge.symbols.raw_poll), &knowledge.layout)
         .ok_or_else(|| Error::Launch(format!("cannot find where pid {pid} mapped its binary")))?;

@@ -28,7 +28,13 @@ pub struct LocationTable {
     pie: bool,
     /// Unwind information and code, for stack unwinding: (section vaddr range, bytes).
     unwind: UnwindSections,
+    /// DWARF line tables (with inlining), when the binary has them, and the compilation
+    /// directories of its units.
+    lines: Option<Lines>,
+    comp_dirs: Vec<String>,
 }
+
+type Lines = addr2line::Context<gimli::EndianArcSlice<gimli::RunTimeEndian>>;
 
 #[derive(Default)]
 struct UnwindSections {
@@ -49,6 +55,8 @@ impl LocationTable {
             functions: Vec::new(),
             pie: false,
             unwind: UnwindSections::default(),
+            lines: None,
+            comp_dirs: Vec::new(),
         };
         if let Ok(file) = object::File::parse(&*data) {
             table.pie = file.kind() == object::ObjectKind::Dynamic;
@@ -96,6 +104,10 @@ impl LocationTable {
                 }
             }
             table.functions.sort_by_key(|f| f.0);
+            if let Some((lines, dirs)) = load_lines(&file) {
+                table.lines = Some(lines);
+                table.comp_dirs = dirs;
+            }
         }
         table.data = data;
         table
@@ -151,6 +163,34 @@ impl LocationTable {
             return None;
         }
         Some(format!("{name}:{line}:{col}"))
+    }
+
+    /// `file:line:col` of a code address from the DWARF line tables: the innermost frame,
+    /// inlined ones included, whose source is outside tokio and std (so a return address in
+    /// a user function with `Handle::spawn` inlined names the user's call). Paths under the
+    /// compilation directory are made relative to it, as `#[track_caller]` locations are.
+    pub fn source_line_at(&self, vaddr: u64) -> Option<String> {
+        let lines = self.lines.as_ref()?;
+        let mut frames = lines.find_frames(vaddr).skip_all_loads().ok()?;
+        while let Ok(Some(frame)) = frames.next() {
+            let Some(loc) = frame.location else { continue };
+            let (Some(file), Some(line)) = (loc.file, loc.line) else {
+                continue;
+            };
+            if is_runtime_internal(file) {
+                continue;
+            }
+            let file = self.relative_source(file);
+            return Some(format!("{file}:{line}:{}", loc.column.unwrap_or(0)));
+        }
+        None
+    }
+
+    fn relative_source<'a>(&self, file: &'a str) -> &'a str {
+        self.comp_dirs
+            .iter()
+            .find_map(|d| file.strip_prefix(d.as_str())?.strip_prefix('/'))
+            .unwrap_or(file)
     }
 
     /// `function+0xoff` for a file address inside a known function.
@@ -241,22 +281,25 @@ pub fn is_runtime_internal(s: &str) -> bool {
 /// `/proc/PID/maps` when the first spawn call arrives (the program may not be exec'd yet
 /// when tracing starts).
 pub struct Locator {
-    table: Arc<LocationTable>,
+    table: LocationTable,
     pid: u32,
     exe: PathBuf,
     bias: Option<u64>,
     cache: HashMap<u64, Option<Arc<str>>>,
+    /// DWARF source lines by code address.
+    lines: HashMap<u64, Option<Arc<str>>>,
     unwinder: Option<StackUnwinder>,
 }
 
 impl Locator {
-    pub fn new(table: Arc<LocationTable>, pid: u32, exe: PathBuf) -> Self {
+    pub fn new(table: LocationTable, pid: u32, exe: PathBuf) -> Self {
         Self {
             table,
             pid,
             exe,
             bias: None,
             cache: HashMap::new(),
+            lines: HashMap::new(),
             unwinder: None,
         }
     }
@@ -305,9 +348,30 @@ impl Locator {
     /// `function+0xoff` of a return address, unless it is inside tokio or std.
     pub fn caller(&mut self, return_address: u64) -> Option<Arc<str>> {
         let bias = self.bias()?;
-        let (name, off) = self.table.function_at(return_address.checked_sub(bias)?)?;
+        let vaddr = return_address.checked_sub(bias)?;
+        // The call instruction ends at the return address: look up the byte before it.
+        if let Some(line) = self.source_line(vaddr.checked_sub(1)?) {
+            return Some(line);
+        }
+        let (name, off) = self.table.function_at(vaddr)?;
         (!is_runtime_internal(&name)).then(|| format!("{name}+{off:#x}").into())
     }
+
+    fn source_line(&mut self, vaddr: u64) -> Option<Arc<str>> {
+        cached_line(&mut self.lines, &self.table, vaddr)
+    }
+}
+
+/// `file:line:col` of a code address (file address) from DWARF, cached per address.
+fn cached_line(
+    lines: &mut HashMap<u64, Option<Arc<str>>>,
+    table: &LocationTable,
+    vaddr: u64,
+) -> Option<Arc<str>> {
+    lines
+        .entry(vaddr)
+        .or_insert_with(|| table.source_line_at(vaddr).map(Arc::from))
+        .clone()
 }
 
 impl Locator {
@@ -359,6 +423,9 @@ impl Locator {
                 break;
             };
             let vaddr = frame.address_for_lookup().checked_sub(bias)?;
+            if let Some(line) = cached_line(&mut self.lines, &self.table, vaddr) {
+                return Some(line);
+            }
             if let Some((name, off)) = self.table.function_at(vaddr)
                 && !is_runtime_internal(&name)
             {
@@ -439,6 +506,40 @@ fn load_bias(pid: u32, exe: &Path, table: &LocationTable) -> Option<u64> {
         .filter(|&&(_, sz, off)| offset >= off && offset < off + sz.max(1))
         .min_by_key(|s| s.2)?;
     start.checked_sub(vaddr - file_off + offset)
+}
+
+/// The DWARF of a binary that has line tables, ready for address lookups.
+fn load_lines(file: &object::File) -> Option<(Lines, Vec<String>)> {
+    use gimli::Reader as _;
+
+    file.section_by_name(".debug_line")?;
+    let endian = if file.is_little_endian() {
+        gimli::RunTimeEndian::Little
+    } else {
+        gimli::RunTimeEndian::Big
+    };
+    let load = |id: gimli::SectionId| -> Result<_, gimli::Error> {
+        let data = file
+            .section_by_name(id.name())
+            .and_then(|s| s.data().ok())
+            .unwrap_or_default();
+        Ok(gimli::EndianArcSlice::new(Arc::from(data), endian))
+    };
+    let dwarf = gimli::Dwarf::load(load).ok()?;
+    let mut dirs = Vec::new();
+    let mut units = dwarf.units();
+    while let Ok(Some(header)) = units.next() {
+        if let Ok(unit) = dwarf.unit(header)
+            && let Some(dir) = unit.comp_dir.as_ref()
+            && let Ok(dir) = dir.to_string_lossy()
+        {
+            let dir = dir.trim_end_matches('/').to_owned();
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+    }
+    Some((addr2line::Context::from_dwarf(dwarf).ok()?, dirs))
 }
 
 #[cfg(test)]

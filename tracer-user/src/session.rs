@@ -89,7 +89,7 @@ pub async fn trace(
         opts.spawn_sites,
     )?;
     let mut warnings: Vec<String> = selection.warning.into_iter().collect();
-    let mut locator = Locator::new(Arc::new(table), target.pid, target.exe.clone());
+    let mut locator = Locator::new(table, target.pid, target.exe.clone());
     let target_info = TargetInfo {
         pid: target.pid,
         binary: target.display.clone(),

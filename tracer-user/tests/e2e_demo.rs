@@ -46,12 +46,10 @@ fn run_traces_demo_from_first_instruction_until_duration() {
         "spawn, spawn_blocking, spawn_local seen"
     );
     let (resolved, user) = assert_spawn_sites(&report, &truth, "demo");
-    // Known gap: `Handle::spawn` on a current-thread runtime passes no Location in a
-    // register in tokio 1.54 (issue 3 adds stack unwinding for such paths).
-    assert!(
-        resolved + 2 >= user,
-        "{resolved} of {user} user spawns resolved"
-    );
+    // Every spawn names a site: the exact Location where tokio received one; for
+    // `Handle::spawn` (no Location without `tokio_unstable`) and without line tables in
+    // this build, the calling function found by unwinding, as `function+0xoff`.
+    assert_eq!(resolved, user, "{resolved} of {user} user spawns resolved");
     assert!(!report["spawn_sites"].as_array().unwrap().is_empty());
     for t in tasks.iter().filter(|t| t["verdict"] != "ok") {
         let future = t["future"].as_str().unwrap_or_default();
@@ -273,4 +271,56 @@ fn stripped_binary_traced_with_symbols_from_its_unstripped_twin() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("is not the same build"));
+}
+
+/// The demo built with DWARF line tables (`debug = "line-tables-only"`): every user spawn,
+/// including `Handle::spawn`, whose Location tokio drops without `tokio_unstable`, resolves
+/// to its exact `file:line:col` (the line tables give the call inlined into the caller).
+#[test]
+fn line_tables_name_the_exact_line_of_every_spawn() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let demo = fixture_profile("demo", "lines");
+    let json = tmp("demo-lines.json");
+    let out = tasktrace()
+        .args(["run", "-q", "--duration", "4s", "--json"])
+        .arg(&json)
+        .args(THRESHOLDS)
+        .arg("--")
+        .arg(&demo)
+        .output()
+        .unwrap();
+    let (stdout, _) = assert_success(&out, "tasktrace");
+    let report = read_report(&json);
+    let truth = ground_truth(&stdout);
+    assert_matches_truth(&report, &truth);
+    let (resolved, user) = assert_spawn_sites(&report, &truth, "demo");
+    assert_eq!(resolved, user, "every user spawn names a line");
+    let source = std::fs::read_to_string(root().join("fixtures/demo/src/main.rs")).unwrap();
+    let (n, text) = source
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains("undriven.handle().spawn("))
+        .unwrap();
+    let handle_spawn = format!("src/main.rs:{}:{}", n + 1, text.find("spawn(").unwrap() + 1);
+    for id in &truth.never_polled {
+        let t = report["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"].as_u64() == Some(*id))
+            .unwrap();
+        assert_eq!(
+            t["spawned_at"].as_str(),
+            Some(handle_spawn.as_str()),
+            "Handle::spawn site"
+        );
+    }
+    for t in report["tasks"].as_array().unwrap() {
+        if let Some(site) = t["spawned_at"].as_str() {
+            assert!(!site.contains("+0x"), "a line, not function+offset: {site}");
+        }
+    }
 }

@@ -145,6 +145,8 @@ fn build_fixtures() -> Result<(), String> {
     for dir in fixtures() {
         build_fixture(&dir, "release")?;
     }
+    // The demo again with DWARF line tables (spawn sites from line tables).
+    build_fixture(&root().join("fixtures/demo"), "lines")?;
     // Each version keeps one target dir: the profiles share its dependency builds where
     // they can, and cargo skips cells that are already built.
     for dir in matrix_versions() {
