@@ -82,9 +82,10 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
     let selection = tokio_versions::select(bin.tokio_version).map_err(Error::UnsupportedTokio)?;
     let knowledge = selection.knowledge;
     // The same checks as tracing (stripped, not tokio), with the same remedies.
-    Plan::for_binary(
+    Plan::choose(
         std::path::Path::new(&target.display),
         &bin,
+        &table,
         knowledge,
         false,
     )?;

@@ -113,7 +113,7 @@ impl fmt::Display for Error {
                 tokio_version,
             } => write!(
                 f,
-                "{} is stripped: it has no symbol table, so tokio's task functions cannot be located{}.\n  hint: trace a build with symbols (cargo's release default keeps them; remove `strip = \"symbols\"`/`strip = true`)",
+                "{} is stripped: it has no symbol table, and no task vtable was found in its read-only data, so tokio's task functions cannot be located{}.\n  hint: pass --symbols FILE (an unstripped copy of the same build), or trace a build with symbols (cargo's release default keeps them; remove `strip = \"symbols\"`/`strip = true`)",
                 path.display(),
                 tokio_version
                     .as_ref()

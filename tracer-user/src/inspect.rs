@@ -10,13 +10,18 @@ use tracer_common::{EventKind, cookie_kind};
 use crate::{
     elf::BuildTraits,
     error::{Error, Result},
-    plan::Plan,
+    plan::{Plan, Unavailable},
     tokio_versions,
 };
 
 #[derive(Debug, Serialize)]
 pub struct Inspection {
     pub binary: String,
+    /// How the attach plan was found: `symbols` or `vtable scan` (stripped).
+    pub tier: Option<&'static str>,
+    /// Task vtables found from symbols (`raw::poll` instances) and by the pattern scan
+    /// used for stripped binaries, and whether the two agree address for address.
+    pub task_vtables: TaskVtables,
     pub build_id: Option<String>,
     pub tokio_version: Option<String>,
     pub layout_file: Option<String>,
@@ -29,16 +34,19 @@ pub struct Inspection {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct Unavailable {
-    pub what: &'static str,
-    pub why: String,
+#[derive(Debug, Default, Serialize)]
+pub struct TaskVtables {
+    pub by_symbols: Option<usize>,
+    pub by_scan: usize,
+    pub scan_matches_symbols: Option<bool>,
 }
 
 pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Inspection> {
-    let (bin, _) = crate::session::read_binary(exe, display, symbols)?;
+    let (bin, table) = crate::session::read_binary(exe, display, symbols)?;
     let mut out = Inspection {
         binary: display.to_owned(),
+        tier: None,
+        task_vtables: TaskVtables::default(),
         build_id: bin.build_id.clone(),
         tokio_version: bin.tokio_version.map(|v| v.to_string()),
         layout_file: None,
@@ -53,7 +61,7 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
         Ok(s) => s,
         Err(why) => {
             out.unavailable.push(Unavailable {
-                what: "all verdicts",
+                what: "all verdicts".into(),
                 why,
             });
             return Ok(out);
@@ -64,8 +72,29 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
         "tokio {}+ (tested to {})",
         selection.knowledge.first, selection.knowledge.newest_tested
     ));
-    match Plan::for_binary(Path::new(display), &bin, selection.knowledge, true) {
+    let k = selection.knowledge;
+    let mut scanned: Vec<u64> = table
+        .scan_task_vtables(&k.layout)
+        .iter()
+        .map(|v| v.vaddr)
+        .collect();
+    scanned.sort_unstable();
+    out.task_vtables.by_scan = scanned.len();
+    let polls = bin.instances(k.symbols.raw_poll);
+    if !polls.is_empty() {
+        let mut by_symbols: Vec<u64> = table
+            .task_vtables(polls, &k.layout)
+            .iter()
+            .map(|v| v.vaddr)
+            .collect();
+        by_symbols.sort_unstable();
+        out.task_vtables.by_symbols = Some(by_symbols.len());
+        out.task_vtables.scan_matches_symbols = Some(scanned == by_symbols);
+    }
+    match Plan::choose(Path::new(display), &bin, &table, k, true) {
         Ok(plan) => {
+            out.tier = Some(plan.tier);
+            out.unavailable.extend(plan.unavailable.iter().cloned());
             for site in plan.entry.iter().chain(&plan.ret) {
                 let kind =
                     EventKind::from_u8(cookie_kind(site.cookie)).map_or("unknown", EventKind::name);
@@ -77,7 +106,7 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
             }
             out.probe_sites = plan.site_count();
             out.absent_optional = plan.absent.clone();
-            if !out.plan.contains_key("spawn_call") {
+            if plan.tier == "symbols" && !out.plan.contains_key("spawn_call") {
                 out.warnings.push(
                     "no #[track_caller] spawn function survived inlining: spawn sites are named by \
                      unwinding (caller function+offset), not file:line"
@@ -91,7 +120,7 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
             let why = e.to_string().lines().next().unwrap_or_default().to_owned();
             for what in ["leaked", "stuck", "never_polled", "spawn sites"] {
                 out.unavailable.push(Unavailable {
-                    what,
+                    what: what.into(),
                     why: why.clone(),
                 });
             }
@@ -132,7 +161,27 @@ pub fn render_text(i: &Inspection) -> String {
         t.lto_likely
             .map_or("-", |l| if l { "likely" } else { "no" })
     );
-    let _ = writeln!(s, "attach plan:   {} probe sites", i.probe_sites);
+    let _ = writeln!(
+        s,
+        "task vtables:  {} by pattern scan{}",
+        i.task_vtables.by_scan,
+        match (
+            i.task_vtables.by_symbols,
+            i.task_vtables.scan_matches_symbols
+        ) {
+            (Some(n), Some(m)) => format!(
+                ", {n} from symbols ({})",
+                if m { "the same" } else { "they differ" }
+            ),
+            _ => String::new(),
+        }
+    );
+    let _ = writeln!(
+        s,
+        "attach plan:   {} probe sites (from {})",
+        i.probe_sites,
+        i.tier.unwrap_or("-")
+    );
     for (event, sites) in &i.plan {
         for (function, n) in sites {
             let _ = writeln!(

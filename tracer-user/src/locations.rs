@@ -20,6 +20,8 @@ pub struct LocationTable {
     segments: Vec<(u64, u64, u64)>,
     /// Read-only data ranges where `Location` constants live.
     rodata: Vec<(u64, u64)>,
+    /// `.data.rel.ro`: relocated read-only data, where vtables live.
+    data_rel_ro: Vec<(u64, u64)>,
     /// `R_X86_64_RELATIVE` relocations: target vaddr → addend (the pointer's value).
     relative: HashMap<u64, u64>,
     /// Function symbols sorted by address: (start, size, demangled name).
@@ -51,6 +53,7 @@ impl LocationTable {
             data: Vec::new(),
             segments: Vec::new(),
             rodata: Vec::new(),
+            data_rel_ro: Vec::new(),
             relative: HashMap::new(),
             functions: Vec::new(),
             pie: false,
@@ -69,7 +72,11 @@ impl LocationTable {
                 let range = sec.address()..sec.address() + sec.size();
                 let bytes = || sec.data().ok().map(|d| (range.clone(), d.to_vec()));
                 match name {
-                    ".data.rel.ro" | ".rodata" => table.rodata.push((range.start, range.end)),
+                    ".rodata" => table.rodata.push((range.start, range.end)),
+                    ".data.rel.ro" => {
+                        table.rodata.push((range.start, range.end));
+                        table.data_rel_ro.push((range.start, range.end));
+                    }
                     ".text" => table.unwind.text = bytes(),
                     ".eh_frame" => table.unwind.eh_frame = bytes(),
                     ".eh_frame_hdr" => table.unwind.eh_frame_hdr = bytes(),
@@ -215,7 +222,70 @@ pub struct TaskVtable {
     pub id_offset: u64,
 }
 
+/// Slots of a task vtable before its offsets: poll, schedule, dealloc, try_read_output,
+/// drop_join_handle_slow, drop_abort_handle, shutdown.
+pub const VTABLE_FUNCTIONS: u64 = 7;
+
 impl LocationTable {
+    /// The function pointer in slot `index` of the vtable at file address `vaddr`.
+    pub fn vtable_slot(&self, vaddr: u64, index: u64) -> Option<u64> {
+        self.pointer_at(vaddr + 8 * index)
+    }
+
+    /// Task vtables found without symbols (stripped binaries): `.data.rel.ro` runs of
+    /// seven pointers into `.text` followed by the three offsets, with
+    /// header < scheduler ≤ id < trailer, all 8-aligned.
+    pub fn scan_task_vtables(&self, layout: &Layout) -> Vec<TaskVtable> {
+        let Some((text, _)) = self.unwind.text.as_ref() else {
+            return Vec::new();
+        };
+        let in_text = |p: Option<u64>| p.is_some_and(|p| text.contains(&p));
+        let mut out = Vec::new();
+        for &(start, end) in &self.data_rel_ro {
+            let mut v = start.next_multiple_of(8);
+            while v + layout.vtable_id_offset + 8 <= end {
+                if (0..VTABLE_FUNCTIONS).all(|i| in_text(self.vtable_slot(v, i)))
+                    && let Some(vt) = self.vtable_at(v, layout)
+                    && [vt.trailer_offset, vt.scheduler_offset, vt.id_offset]
+                        .iter()
+                        .all(|o| o.is_multiple_of(8))
+                {
+                    out.push(vt);
+                    v += layout.vtable_id_offset + 8;
+                    continue;
+                }
+                v += 8;
+            }
+        }
+        out
+    }
+
+    /// The vtable at `vaddr` if its offset fields are plausible.
+    fn vtable_at(&self, vaddr: u64, layout: &Layout) -> Option<TaskVtable> {
+        // Offsets are plain integers: a relocated slot there is a pointer, not an offset.
+        if [
+            layout.vtable_trailer_offset,
+            layout.vtable_scheduler_offset,
+            layout.vtable_id_offset,
+        ]
+        .iter()
+        .any(|o| self.relative.contains_key(&(vaddr + o)))
+        {
+            return None;
+        }
+        let vt = TaskVtable {
+            vaddr,
+            trailer_offset: self.u64_at(vaddr + layout.vtable_trailer_offset)?,
+            scheduler_offset: self.u64_at(vaddr + layout.vtable_scheduler_offset)?,
+            id_offset: self.u64_at(vaddr + layout.vtable_id_offset)?,
+        };
+        (layout.header_owner_id < vt.scheduler_offset
+            && vt.scheduler_offset <= vt.id_offset
+            && vt.id_offset < vt.trailer_offset
+            && vt.trailer_offset < 1 << 24)
+            .then_some(vt)
+    }
+
     /// The task vtables: read-only data slots whose first word points at one of `polls`
     /// (the `raw::poll` instances), and whose offset fields are plausible
     /// (header ≤ scheduler ≤ id < trailer). Each monomorphized task type has one.
@@ -243,19 +313,7 @@ impl LocationTable {
         slots
             .into_iter()
             .filter(|&v| self.rodata.iter().any(|&(s, e)| v >= s && v < e))
-            .filter_map(|vaddr| {
-                let vt = TaskVtable {
-                    vaddr,
-                    trailer_offset: self.u64_at(vaddr + layout.vtable_trailer_offset)?,
-                    scheduler_offset: self.u64_at(vaddr + layout.vtable_scheduler_offset)?,
-                    id_offset: self.u64_at(vaddr + layout.vtable_id_offset)?,
-                };
-                (layout.header_owner_id < vt.scheduler_offset
-                    && vt.scheduler_offset <= vt.id_offset
-                    && vt.id_offset < vt.trailer_offset
-                    && vt.trailer_offset < 1 << 24)
-                    .then_some(vt)
-            })
+            .filter_map(|vaddr| self.vtable_at(vaddr, layout))
             .collect()
     }
 }
@@ -378,9 +436,14 @@ impl Locator {
     /// The process's task vtables, keyed by their address in the process.
     pub fn task_vtables(&mut self, polls: &[u64], layout: &Layout) -> Option<Vec<TaskVtable>> {
         let bias = self.bias()?;
+        // Without symbols (no raw::poll instances known), by the vtable pattern.
+        let found = if polls.is_empty() {
+            self.table.scan_task_vtables(layout)
+        } else {
+            self.table.task_vtables(polls, layout)
+        };
         Some(
-            self.table
-                .task_vtables(polls, layout)
+            found
                 .into_iter()
                 .map(|v| TaskVtable {
                     vaddr: v.vaddr + bias,

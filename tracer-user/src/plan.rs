@@ -9,6 +9,7 @@ use tracer_common::{EventKind, HeaderArg, cookie};
 use crate::{
     elf::BinaryInfo,
     error::{Error, Result},
+    locations::LocationTable,
     tokio_versions::Knowledge,
 };
 
@@ -23,9 +24,25 @@ pub struct Site {
     pub cookie: u64,
 }
 
+/// A verdict or signal this binary cannot give, and why.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Unavailable {
+    pub what: String,
+    pub why: String,
+}
+
 /// Sites for the entry program and for the return program.
 #[derive(Debug, Default, Serialize)]
 pub struct Plan {
+    /// How the sites were found: `symbols`, or `vtable scan` in a stripped binary.
+    pub tier: &'static str,
+    /// Task completion is observed by a probe; when not (stripped), it is inferred from
+    /// the task-list readings (a finished task leaves its runtime's list).
+    pub completion_probed: bool,
+    /// Wakes are observed by a probe.
+    pub wakes_probed: bool,
+    /// Verdicts and signals this binary cannot give.
+    pub unavailable: Vec<Unavailable>,
     /// Copy this many bytes of user stack at spawn probes, to name spawn sites by
     /// unwinding where no spawn function survived inlining (0: spawn sites are off).
     pub stack_bytes: u32,
@@ -66,7 +83,12 @@ impl Plan {
             });
         }
         let s = &k.symbols;
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            tier: "symbols",
+            completion_probed: true,
+            wakes_probed: true,
+            ..Default::default()
+        };
         let mut missing = Vec::new();
         // (function, kind, where the header is, required, return probe)
         let table: [(&'static str, EventKind, HeaderArg, bool, bool); 10] = [
@@ -186,6 +208,125 @@ impl Plan {
             return Err(Error::MissingProbeSites {
                 path: path.to_owned(),
                 missing,
+            });
+        }
+        Ok(plan)
+    }
+}
+
+impl Plan {
+    /// The plan for a binary: from its symbols, or, stripped, from a scan of its
+    /// read-only data for task vtables (whose slots are the poll, dealloc and shutdown
+    /// functions of every task type).
+    pub fn choose(
+        path: &Path,
+        bin: &BinaryInfo,
+        table: &LocationTable,
+        k: &Knowledge,
+        spawn_sites: bool,
+    ) -> Result<Self> {
+        if bin.has_symtab || bin.tokio_version.is_none() {
+            return Self::for_binary(path, bin, k, spawn_sites);
+        }
+        Self::for_stripped(path, bin, table, k)
+    }
+
+    fn for_stripped(
+        path: &Path,
+        bin: &BinaryInfo,
+        table: &LocationTable,
+        k: &Knowledge,
+    ) -> Result<Self> {
+        let vtables = table.scan_task_vtables(&k.layout);
+        if vtables.is_empty() {
+            return Err(Error::Stripped {
+                path: path.to_owned(),
+                tokio_version: bin.tokio_version.map(|v| v.to_string()),
+            });
+        }
+        let mut plan = Plan {
+            tier: "vtable scan",
+            ..Default::default()
+        };
+        // (vtable slot, name, kind, header, return probe)
+        let slots: [(u64, &'static str, EventKind, HeaderArg, bool); 4] = [
+            (
+                0,
+                "raw::poll (vtable slot 0)",
+                EventKind::PollStart,
+                HeaderArg::Arg0,
+                false,
+            ),
+            (
+                0,
+                "raw::poll (vtable slot 0)",
+                EventKind::PollEnd,
+                HeaderArg::None,
+                true,
+            ),
+            (
+                2,
+                "raw::dealloc (vtable slot 2)",
+                EventKind::Dealloc,
+                HeaderArg::Arg0,
+                false,
+            ),
+            (
+                6,
+                "raw::shutdown (vtable slot 6)",
+                EventKind::Shutdown,
+                HeaderArg::Arg0,
+                false,
+            ),
+        ];
+        for (slot, function, kind, arg, is_return) in slots {
+            for vt in &vtables {
+                let Some(vaddr) = table.vtable_slot(vt.vaddr, slot) else {
+                    continue;
+                };
+                let Some(file_offset) = bin.file_offset(vaddr) else {
+                    continue;
+                };
+                let site = Site {
+                    function,
+                    vaddr,
+                    file_offset,
+                    cookie: cookie(kind, arg),
+                };
+                if is_return {
+                    plan.ret.push(site);
+                } else {
+                    plan.entry.push(site);
+                }
+            }
+        }
+        for list in [&mut plan.entry, &mut plan.ret] {
+            list.sort_by_key(|s| (s.vaddr, s.cookie));
+            list.dedup_by_key(|s| (s.vaddr, s.cookie));
+        }
+        let no_symbols = "the binary is stripped and no --symbols FILE was given";
+        for (what, why) in [
+            (
+                "spawn sites",
+                format!(
+                    "{no_symbols}: spawns are not observable (no spawn function is in a vtable)"
+                ),
+            ),
+            (
+                "futures",
+                format!("{no_symbols}: future types are named by symbols"),
+            ),
+            (
+                "wakes",
+                format!(
+                    "{no_symbols}: tokio's waker functions cannot be told apart; `stuck` \
+                     (starved) is seen only through the task-list readings (about 1 s apart)"
+                ),
+            ),
+        ] {
+            plan.unavailable.push(Unavailable {
+                what: what.into(),
+                why,
             });
         }
         Ok(plan)

@@ -35,6 +35,7 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
     let info = tracefile::stream(path, reader, |rec| {
         if let Rec::Meta(meta) = &rec {
             let mut a = Aggregator::new(meta.state_bits, thresholds);
+            a.completion_from_lists = meta.plan["completion_probed"] == false;
             if timeline {
                 a.timeline = Some(Default::default());
             }
@@ -65,9 +66,10 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
                 at_ns,
                 attach,
                 tasks,
+                complete_owners,
             } => {
                 last_ts = last_ts.max(at_ns);
-                agg.task_list(&tasks, at_ns, attach);
+                agg.task_list(&tasks, at_ns, attach, complete_owners.as_deref());
             }
         }
     })?;
@@ -111,6 +113,8 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
         },
         lost_events: lost,
         warnings,
+        unavailable: serde_json::from_value(trace.meta.plan["unavailable"].clone())
+            .unwrap_or_default(),
     };
     Ok(Report::build(&agg, meta))
 }
@@ -193,6 +197,7 @@ mod tests {
                     no_way_to_run: true,
                 },
             )],
+            &[2],
         );
         w.task(&ev(EventKind::WakeByVal, 60_000_000_000, 0x99, 2));
         if with_end {

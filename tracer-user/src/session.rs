@@ -14,7 +14,7 @@ use crate::{
     probes::{Probes, Record},
     report::{Meta, ProbeInfo, Report, TargetInfo},
     target::{Launched, Target},
-    tasklist::{Reader, Snapshot},
+    tasklist::{self, Reader, Snapshot},
     tokio_versions,
     tracefile::{EndRecord, MetaRecord, Writer},
     verdict::Thresholds,
@@ -82,9 +82,10 @@ pub async fn trace(
     let (bin, table) = read_binary(&target.exe, &target.display, opts.symbols.as_deref())?;
     let selection = tokio_versions::select(bin.tokio_version).map_err(Error::UnsupportedTokio)?;
     let knowledge = selection.knowledge;
-    let plan = Plan::for_binary(
+    let plan = Plan::choose(
         std::path::Path::new(&target.display),
         &bin,
+        &table,
         knowledge,
         opts.spawn_sites,
     )?;
@@ -136,14 +137,19 @@ pub async fn trace(
     if opts.timeline {
         agg.timeline = Some(Default::default());
     }
-    let polls = bin.instances(knowledge.symbols.raw_poll);
+    agg.completion_from_lists = !plan.completion_probed;
+    let mut lists = ListReader::new(
+        target.pid,
+        knowledge,
+        bin.instances(knowledge.symbols.raw_poll),
+    );
     // Tasks alive before attach: only the runtimes' own lists know them (a launched
     // command has not started yet: it has none).
     if launched.is_none() {
-        let read = read_task_lists(target.pid, knowledge, &mut locator, polls);
+        let read = lists.read(&mut locator);
         apply_task_list(
             read,
-            true,
+            Reading::Attach,
             &mut agg,
             &mut recording,
             &mut warnings,
@@ -250,6 +256,19 @@ pub async fn trace(
                     ));
                     bar.tick();
                 }
+                // Without completion probes, finished tasks are found by reading the
+                // task lists about once a second.
+                if !plan.completion_probed && ticks % 100 == 99 {
+                    let read = lists.read(&mut locator.borrow_mut());
+                    apply_task_list(
+                        read,
+                        Reading::Periodic,
+                        &mut agg.borrow_mut(),
+                        &mut recording.borrow_mut(),
+                        &mut warnings,
+                        opts.quiet,
+                    );
+                }
                 if let Some(w) = recording.borrow_mut().as_mut() {
                     w.flush();
                 }
@@ -276,10 +295,10 @@ pub async fn trace(
     // target still runs, after everything the ring holds so far.
     if ended_by != "target_exit" && target.is_alive() {
         probes.drain(&mut sink);
-        let read = read_task_lists(target.pid, knowledge, &mut locator.borrow_mut(), polls);
+        let read = lists.read(&mut locator.borrow_mut());
         apply_task_list(
             read,
-            false,
+            Reading::End,
             &mut agg.borrow_mut(),
             &mut recording.borrow_mut(),
             &mut warnings,
@@ -347,33 +366,79 @@ pub async fn trace(
         },
         lost_events: lost,
         warnings,
+        unavailable: plan.unavailable.clone(),
     };
     Ok(Report::build(&agg, meta))
 }
 
-/// One reading of the target's task lists (see `tasklist`), or why there is none.
-fn read_task_lists(
+/// Reads the target's task lists (see `tasklist`) during a window: a memory scan finds
+/// them, later readings walk them directly (with a fresh scan every tenth, for runtimes
+/// created since).
+struct ListReader {
     pid: u32,
     knowledge: &'static tokio_versions::Knowledge,
-    locator: &mut Locator,
-    polls: &[u64],
-) -> std::result::Result<Snapshot, String> {
-    let vtables = locator
-        .task_vtables(polls, &knowledge.layout)
-        .ok_or("the target's load address is unknown")?;
-    let reader = Reader::new(pid, knowledge, &vtables).map_err(|e| e.to_string())?;
-    reader.snapshot(monotonic_ns()).map_err(|e| e.to_string())
+    polls: Vec<u64>,
+    /// Built on first use: the task vtables' addresses need the target's load bias.
+    reader: Option<Reader<'static>>,
+    known: Vec<tasklist::OwnedList>,
+    readings: u32,
+}
+
+impl ListReader {
+    fn new(pid: u32, knowledge: &'static tokio_versions::Knowledge, polls: &[u64]) -> Self {
+        Self {
+            pid,
+            knowledge,
+            polls: polls.to_vec(),
+            reader: None,
+            known: Vec::new(),
+            readings: 0,
+        }
+    }
+
+    fn read(&mut self, locator: &mut Locator) -> std::result::Result<Snapshot, String> {
+        if self.reader.is_none() {
+            let vtables = locator
+                .task_vtables(&self.polls, &self.knowledge.layout)
+                .ok_or("the target's load address is unknown")?;
+            self.reader =
+                Some(Reader::new(self.pid, self.knowledge, &vtables).map_err(|e| e.to_string())?);
+        }
+        let reader = self.reader.as_ref().expect("built above");
+        let known: &[tasklist::OwnedList] = if self.readings.is_multiple_of(10) {
+            &[]
+        } else {
+            &self.known
+        };
+        self.readings += 1;
+        let snap = reader
+            .snapshot_from(monotonic_ns(), known)
+            .map_err(|e| e.to_string())?;
+        self.known = snap.lists.clone();
+        Ok(snap)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Right after attaching: unknown tasks are alive before attach.
+    Attach,
+    /// During the window, where completions are not probed (quiet: no warnings).
+    Periodic,
+    /// At the window end: decides certainty.
+    End,
 }
 
 /// Feeds a reading to the aggregator and the recording; a failed one becomes a warning.
 fn apply_task_list(
     read: std::result::Result<Snapshot, String>,
-    attach: bool,
+    reading: Reading,
     agg: &mut Aggregator,
     recording: &mut Option<Writer>,
     warnings: &mut Vec<String>,
     quiet: bool,
 ) {
+    let attach = reading == Reading::Attach;
     let when = if attach {
         "at attach"
     } else {
@@ -381,6 +446,7 @@ fn apply_task_list(
     };
     let snap = match read {
         Ok(s) => s,
+        Err(_) if reading == Reading::Periodic => return,
         Err(why) => {
             warnings.push(format!(
                 "could not read the runtimes' task lists {when}: {why}; {}",
@@ -393,16 +459,24 @@ fn apply_task_list(
             return;
         }
     };
-    warnings.extend(
-        snap.warnings
-            .iter()
-            .map(|w| format!("task lists {when}: {w}")),
-    );
-    let tasks = snap.tasks_with_kind();
-    if let Some(w) = recording.as_mut() {
-        w.task_list(snap.taken_ns, attach, &tasks);
+    if reading != Reading::Periodic {
+        warnings.extend(
+            snap.warnings
+                .iter()
+                .map(|w| format!("task lists {when}: {w}")),
+        );
     }
-    agg.task_list(&tasks, snap.taken_ns, attach);
+    let tasks = snap.tasks_with_kind();
+    let whole: Vec<u64> = snap
+        .lists
+        .iter()
+        .filter(|l| l.incomplete_shards == 0)
+        .map(|l| l.owner_id)
+        .collect();
+    if let Some(w) = recording.as_mut() {
+        w.task_list(snap.taken_ns, attach, &tasks, &whole);
+    }
+    agg.task_list(&tasks, snap.taken_ns, attach, Some(&whole));
     if !quiet && attach {
         eprintln!(
             "tasktrace: {} tasks alive at attach in {} runtime task list(s), read in {:.1} ms",

@@ -181,8 +181,14 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Reads every runtime's task list now.
+    /// Reads every runtime's task list now (memory scan, then walks).
     pub fn snapshot(&self, taken_ns: u64) -> Result<Snapshot> {
+        self.snapshot_from(taken_ns, &[])
+    }
+
+    /// Reads the task lists found by an earlier snapshot by walking them directly, with
+    /// no memory scan; falls back to a full snapshot when any of them no longer walks.
+    pub fn snapshot_from(&self, taken_ns: u64, known: &[OwnedList]) -> Result<Snapshot> {
         let started = Instant::now();
         let mut snap = Snapshot {
             taken_ns,
@@ -193,6 +199,65 @@ impl<'a> Reader<'a> {
                 .push("no task vtables found in the binary: no task list can be read".into());
             return Ok(snap);
         }
+        let mut found: Vec<(OwnedList, Vec<Node>)> = Vec::new();
+        for list in known {
+            let walked = match list.kind {
+                ListKind::Runtime => self.walk_runtime(list.owner_id, list.address),
+                ListKind::LocalSet => self.walk_local(list.owner_id, list.address),
+            };
+            match walked {
+                Some(w) => found.push(w),
+                None => {
+                    found.clear();
+                    break;
+                }
+            }
+        }
+        if found.is_empty() {
+            found = self.find_lists(&mut snap)?;
+        }
+        let mut nodes: Vec<(u64, Node)> = Vec::new();
+        for (list, list_nodes) in found {
+            let owner = list.owner_id;
+            if let Some(d) = list.declared
+                && d != list.tasks
+                && list.incomplete_shards == 0
+            {
+                // The counter and the list are updated under different locks.
+                snap.warnings.push(format!(
+                    "runtime list {owner}: walked {} tasks, its counter says {d} \
+                     (tasks were spawned or finished during the reading)",
+                    list.tasks
+                ));
+            }
+            if list.incomplete_shards > 0 {
+                snap.warnings.push(format!(
+                    "runtime list {owner}: {} shard(s) kept changing while read; \
+                     some of its tasks may be missing",
+                    list.incomplete_shards
+                ));
+            }
+            nodes.extend(list_nodes.into_iter().map(|n| (owner, n)));
+            snap.lists.push(list);
+        }
+
+        std::thread::sleep(RECHECK_AFTER);
+        let addrs: Vec<u64> = nodes
+            .iter()
+            .map(|(_, n)| n.header + self.layout.header_state)
+            .collect();
+        let again = self.mem.u64s(&addrs);
+        snap.tasks = nodes
+            .into_iter()
+            .zip(again)
+            .map(|((owner, n), second)| self.decode(owner, n, second))
+            .collect();
+        snap.read_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(snap)
+    }
+
+    /// Scans the target's memory for task headers and finds each runtime's list from them.
+    fn find_lists(&self, snap: &mut Snapshot) -> Result<Vec<(OwnedList, Vec<Node>)>> {
         let regions = self
             .mem
             .writable_regions()
@@ -214,34 +279,12 @@ impl<'a> Reader<'a> {
                 };
             }
         }
-
         let mut owners: Vec<u64> = by_owner.keys().copied().collect();
         owners.sort_unstable();
-        let mut nodes: Vec<(u64, Node)> = Vec::new();
+        let mut found = Vec::new();
         for owner in owners {
             match self.locate(owner, &by_owner[&owner]) {
-                Some((list, found)) => {
-                    if let Some(d) = list.declared
-                        && d != list.tasks
-                        && list.incomplete_shards == 0
-                    {
-                        // The counter and the list are updated under different locks.
-                        snap.warnings.push(format!(
-                            "runtime list {owner}: walked {} tasks, its counter says {d} \
-                             (tasks were spawned or finished during the reading)",
-                            list.tasks
-                        ));
-                    }
-                    if list.incomplete_shards > 0 {
-                        snap.warnings.push(format!(
-                            "runtime list {owner}: {} shard(s) kept changing while read; \
-                             some of its tasks may be missing",
-                            list.incomplete_shards
-                        ));
-                    }
-                    nodes.extend(found.into_iter().map(|n| (owner, n)));
-                    snap.lists.push(list);
-                }
+                Some(f) => found.push(f),
                 None => snap.warnings.push(format!(
                     "found tasks of runtime list {owner} but not the list itself (tokio \
                      layout not as expected for tokio {}+); its idle tasks are not listed",
@@ -249,20 +292,7 @@ impl<'a> Reader<'a> {
                 )),
             }
         }
-
-        std::thread::sleep(RECHECK_AFTER);
-        let addrs: Vec<u64> = nodes
-            .iter()
-            .map(|(_, n)| n.header + self.layout.header_state)
-            .collect();
-        let again = self.mem.u64s(&addrs);
-        snap.tasks = nodes
-            .into_iter()
-            .zip(again)
-            .map(|((owner, n), second)| self.decode(owner, n, second))
-            .collect();
-        snap.read_ms = started.elapsed().as_secs_f64() * 1e3;
-        Ok(snap)
+        Ok(found)
     }
 
     fn scan_chunk(&self, base: u64, data: &[u8], by_owner: &mut HashMap<u64, Vec<Candidate>>) {

@@ -76,6 +76,9 @@ struct TaskListRecord {
     /// The reading taken at attach (its unknown tasks are alive before attach).
     attach: bool,
     tasks: Vec<(ListKind, LiveTask)>,
+    /// In the last part of a reading: the lists it read whole.
+    #[serde(default)]
+    complete_owners: Option<Vec<u64>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,6 +106,7 @@ pub enum Rec {
         at_ns: u64,
         attach: bool,
         tasks: Vec<(ListKind, LiveTask)>,
+        complete_owners: Option<Vec<u64>>,
     },
 }
 
@@ -167,14 +171,27 @@ impl Writer {
         );
     }
 
-    pub fn task_list(&mut self, at_ns: u64, attach: bool, tasks: &[(ListKind, LiveTask)]) {
-        for chunk in tasks.chunks(TASKLIST_CHUNK) {
+    pub fn task_list(
+        &mut self,
+        at_ns: u64,
+        attach: bool,
+        tasks: &[(ListKind, LiveTask)],
+        complete_owners: &[u64],
+    ) {
+        let chunks: Vec<&[(ListKind, LiveTask)]> = if tasks.is_empty() {
+            vec![&[]]
+        } else {
+            tasks.chunks(TASKLIST_CHUNK).collect()
+        };
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
             self.json(
                 KIND_TASKLIST,
                 &TaskListRecord {
                     at_ns,
                     attach,
                     tasks: chunk.to_vec(),
+                    complete_owners: (i == last).then(|| complete_owners.to_vec()),
                 },
             );
         }
@@ -335,6 +352,7 @@ pub fn stream(
                     at_ns: t.at_ns,
                     attach: t.attach,
                     tasks: t.tasks,
+                    complete_owners: t.complete_owners,
                 });
             }
             _ => end = Some(serde_json::from_slice(&body).map_err(json_err)?),

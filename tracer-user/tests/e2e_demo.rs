@@ -324,3 +324,68 @@ fn line_tables_name_the_exact_line_of_every_spawn() {
         }
     }
 }
+
+/// The demo stripped of its symbols, traced without `--symbols`: the plan comes from the
+/// task vtables found in its read-only data, completions from the task-list readings;
+/// the verdicts still equal the ground truth by task id, live and replayed. Spawn sites,
+/// futures and wakes are reported unavailable, not as zero.
+#[test]
+fn a_stripped_build_is_traced_from_its_task_vtables() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let stripped = tmp("fixture-demo-stripped-e2e");
+    assert!(
+        Command::new("strip")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(fixture("demo"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let json = tmp("demo-stripped.json");
+    let trace = tmp("demo-stripped.trace");
+    let out = tasktrace()
+        .args(["run", "-q", "--duration", "5s", "--json"])
+        .arg(&json)
+        .arg("-o")
+        .arg(&trace)
+        .args(THRESHOLDS)
+        .arg("--")
+        .arg(&stripped)
+        .output()
+        .unwrap();
+    let (stdout, _) = assert_success(&out, "tasktrace");
+    let report = read_report(&json);
+    let truth = ground_truth(&stdout);
+    assert_matches_truth(&report, &truth);
+    let unavailable: Vec<&str> = report["unavailable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(unavailable, ["spawn sites", "futures", "wakes"]);
+    assert!(stdout.contains("unavailable: spawn sites"), "{stdout}");
+    assert!(
+        report["spawn_sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["site"].is_null())
+    );
+    let replay = tmp("demo-stripped-replay.json");
+    let out = tasktrace()
+        .args(["report", "-q", "--json"])
+        .arg(&replay)
+        .args(THRESHOLDS)
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert_success(&out, "report");
+    let replay = read_report(&replay);
+    assert_matches_truth(&replay, &truth);
+    assert_eq!(replay["unavailable"], report["unavailable"]);
+}

@@ -64,15 +64,22 @@ fn inspect_says_what_a_stripped_build_hides() {
         "the version survives stripping"
     );
     assert_eq!(v["traits"]["symbols"], false);
+    assert_eq!(v["tier"], "vtable scan");
     let unavailable: Vec<&str> = v["unavailable"]
         .as_array()
         .unwrap()
         .iter()
         .map(|u| u["what"].as_str().unwrap())
         .collect();
-    for what in ["leaked", "stuck", "never_polled", "spawn sites"] {
-        assert!(unavailable.contains(&what), "{what} reported unavailable");
-    }
+    assert_eq!(unavailable, ["spawn sites", "futures", "wakes"]);
+    // The pattern scan finds exactly the vtables the unstripped build's symbols name.
+    let full = inspect_json(&[fixture("demo").as_os_str()]);
+    assert_eq!(full["task_vtables"]["scan_matches_symbols"], true);
+    assert_eq!(
+        v["task_vtables"]["by_scan"],
+        full["task_vtables"]["by_symbols"]
+    );
+    assert!(v["task_vtables"]["by_scan"].as_u64() > Some(10));
 }
 
 #[test]

@@ -84,6 +84,11 @@ pub struct Aggregator {
     /// Ended polls of async and local tasks by duration (see [`POLL_BUCKETS`]).
     pub poll_histogram: [u64; POLL_BUCKETS],
     pub timeline: Option<Timeline>,
+    /// No probe sees completions (stripped binary): a task that leaves its runtime's list
+    /// between two task-list readings has finished.
+    pub completion_from_lists: bool,
+    /// Headers of the task-list reading being applied (it may come in several parts).
+    reading: (u64, std::collections::HashSet<u64>),
     alive: usize,
     bits: StateBits,
     thresholds: Thresholds,
@@ -101,6 +106,8 @@ impl Aggregator {
             diagnostics: Diagnostics::default(),
             poll_histogram: [0; POLL_BUCKETS],
             timeline: None,
+            completion_from_lists: false,
+            reading: (u64::MAX, Default::default()),
             alive: 0,
             bits,
             thresholds,
@@ -305,7 +312,21 @@ impl Aggregator {
     /// What a reading of the runtimes' task lists (`tasklist`) found at `at`: tasks no
     /// event has shown join as alive before attach (`attach`: the reading taken right
     /// after the probes went in), and every listed task gets what its state word says.
-    pub fn task_list(&mut self, tasks: &[(ListKind, LiveTask)], at: u64, attach: bool) {
+    ///
+    /// `complete_owners`, given with the last part of a reading, names the lists that were
+    /// read whole: where completions are not probed, their tasks missing from the reading
+    /// have finished.
+    pub fn task_list(
+        &mut self,
+        tasks: &[(ListKind, LiveTask)],
+        at: u64,
+        attach: bool,
+        complete_owners: Option<&[u64]>,
+    ) {
+        if self.reading.0 != at {
+            self.reading = (at, Default::default());
+        }
+        self.reading.1.extend(tasks.iter().map(|(_, t)| t.header));
         for (list, lt) in tasks {
             if lt.status == Status::Complete {
                 continue;
@@ -320,7 +341,10 @@ impl Aggregator {
                         ListKind::Runtime => TaskKind::Async,
                         ListKind::LocalSet => TaskKind::Local,
                     };
-                    let mut task = Task::new(lt.id, lt.header, kind, None, at);
+                    // Found notified by a later reading and never seen polled: spawned
+                    // during the window, at or before this reading.
+                    let spawned = (!attach && lt.status == Status::Notified).then_some(at);
+                    let mut task = Task::new(lt.id, lt.header, kind, spawned, at);
                     task.owner_id = lt.owner_id;
                     task.vtable = lt.vtable;
                     task.before_attach = attach;
@@ -335,6 +359,10 @@ impl Aggregator {
                 }
             };
             let t = &mut self.tasks[i];
+            // Without spawn probes (stripped) the list is what tells a LocalSet task.
+            if *list == ListKind::LocalSet && t.kind == TaskKind::Async {
+                t.kind = TaskKind::Local;
+            }
             t.refs = Some(lt.refs);
             t.join_handle = Some(lt.join_handle);
             if t.is_finished() {
@@ -357,9 +385,45 @@ impl Aggregator {
                     }
                 }
             }
+            // Notified but idle in the model: a wake the probes did not show (stripped
+            // binaries have no wake probes); it waits since this reading at the latest.
+            if lt.status == Status::Notified && t.running_since.is_none() {
+                t.scheduled_since.get_or_insert(at);
+            }
             if lt.no_way_to_run && t.running_since.is_none() && t.scheduled_since.is_none() {
                 t.no_way_to_run_at.get_or_insert(at);
             }
+        }
+        if let Some(owners) = complete_owners
+            && self.completion_from_lists
+        {
+            self.finish_unlisted(owners, at);
+        }
+    }
+
+    /// Tasks of fully read lists that the reading did not find have finished (at their
+    /// last poll, the latest thing seen of them).
+    fn finish_unlisted(&mut self, owners: &[u64], at: u64) {
+        let gone: Vec<usize> = self
+            .live
+            .values()
+            .copied()
+            .filter(|&i| {
+                let t = &self.tasks[i];
+                !t.is_finished()
+                    && t.kind != TaskKind::Blocking
+                    && owners.contains(&t.owner_id)
+                    && !self.reading.1.contains(&t.header)
+            })
+            .collect();
+        for i in gone {
+            self.alive -= 1;
+            let t = &mut self.tasks[i];
+            let when = t.last_poll_end_ns.unwrap_or(at).min(at);
+            t.completed_ns = Some(when);
+            t.running_since = None;
+            t.scheduled_since = None;
+            self.instant(i, when, "complete");
         }
     }
 
@@ -375,7 +439,8 @@ impl Aggregator {
             }
             // Reuse after completion is normal (most frees bypass the probed dealloc); reuse
             // of a task that never finished means its end was lost.
-            self.diagnostics.address_reuse += u64::from(!self.tasks[i].is_finished());
+            self.diagnostics.address_reuse +=
+                u64::from(!self.tasks[i].is_finished() && !self.completion_from_lists);
             self.retire(i, ev.ts_ns);
         }
         let kind = if ev.owner_id == 0 {

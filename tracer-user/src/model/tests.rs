@@ -326,6 +326,7 @@ fn tasks_listed_at_attach_are_judged_from_the_attach_on() {
         ],
         attach,
         true,
+        None,
     );
     assert_eq!(a.diagnostics.listed_before_attach, 4);
     assert_eq!(a.tasks_alive(), 4);
@@ -363,7 +364,7 @@ fn tasks_listed_at_attach_are_judged_from_the_attach_on() {
 #[test]
 fn an_event_on_a_task_proven_dead_is_counted_and_lifts_the_proof() {
     let mut a = agg();
-    a.task_list(&[listed(0x2000, 2, Status::Idle, 1, false)], S, true);
+    a.task_list(&[listed(0x2000, 2, Status::Idle, 1, false)], S, true, None);
     a.ingest(&ev(EventKind::WakeByVal, 2 * S, 0x2000, 2, 3));
     assert_eq!(a.diagnostics.definite_contradicted, 1);
     poll(&mut a, 3 * S, 3 * S + MS, 0x2000, 2, 10);
@@ -374,7 +375,12 @@ fn an_event_on_a_task_proven_dead_is_counted_and_lifts_the_proof() {
 fn a_task_spawned_after_attach_is_not_alive_before_it() {
     let mut a = agg();
     // The attach-time reading already saw a task whose spawn event was still in the ring.
-    a.task_list(&[listed(0x1000, 5, Status::Notified, 3, true)], 2 * S, true);
+    a.task_list(
+        &[listed(0x1000, 5, Status::Notified, 3, true)],
+        2 * S,
+        true,
+        None,
+    );
     spawn(&mut a, S, 0x1000, 5);
     assert_eq!(a.tasks.len(), 1);
     assert!(!a.tasks[0].before_attach);
@@ -384,11 +390,17 @@ fn a_task_spawned_after_attach_is_not_alive_before_it() {
 #[test]
 fn a_poll_running_at_attach_and_still_at_the_end_is_stuck() {
     let mut a = agg();
-    a.task_list(&[listed(0x1000, 9, Status::Running, 2, false)], S, true);
+    a.task_list(
+        &[listed(0x1000, 9, Status::Running, 2, false)],
+        S,
+        true,
+        None,
+    );
     a.task_list(
         &[listed(0x1000, 9, Status::Running, 2, false)],
         5 * S,
         false,
+        None,
     );
     assert_eq!(
         verdict_at(&a, 9, 5 * S),
@@ -396,8 +408,18 @@ fn a_poll_running_at_attach_and_still_at_the_end_is_stuck() {
     );
     // One that finished its poll in between is not.
     let mut b = agg();
-    b.task_list(&[listed(0x1000, 9, Status::Running, 2, false)], S, true);
-    b.task_list(&[listed(0x1000, 9, Status::Idle, 2, false)], 5 * S, false);
+    b.task_list(
+        &[listed(0x1000, 9, Status::Running, 2, false)],
+        S,
+        true,
+        None,
+    );
+    b.task_list(
+        &[listed(0x1000, 9, Status::Idle, 2, false)],
+        5 * S,
+        false,
+        None,
+    );
     assert_eq!(verdict_at(&b, 9, 5 * S).0, Verdict::Ok);
 }
 
@@ -406,14 +428,86 @@ fn the_end_reading_makes_a_leak_spawned_in_the_window_definite() {
     let mut a = agg();
     spawn(&mut a, 0, 0x1000, 7);
     poll(&mut a, MS, 2 * MS, 0x1000, 7, 10);
-    a.task_list(&[listed(0x1000, 7, Status::Idle, 1, false)], 3 * S, false);
+    a.task_list(
+        &[listed(0x1000, 7, Status::Idle, 1, false)],
+        3 * S,
+        false,
+        None,
+    );
     assert!(!a.tasks[0].before_attach);
     assert_eq!(
         verdict_at(&a, 7, 3 * S),
         (Verdict::Leaked, Reason::NoWayToRun)
     );
     // A task listed with another id at a known header is a new task at a reused address.
-    a.task_list(&[listed(0x1000, 8, Status::Idle, 2, false)], 4 * S, false);
+    a.task_list(
+        &[listed(0x1000, 8, Status::Idle, 2, false)],
+        4 * S,
+        false,
+        None,
+    );
     assert_eq!(a.tasks.len(), 2);
     assert!(a.tasks[0].freed_ns.is_some());
+}
+
+#[test]
+fn without_completion_probes_a_task_gone_from_its_list_has_finished() {
+    let mut a = agg();
+    a.completion_from_lists = true;
+    // Two tasks seen polling (stripped: no spawn or completion events), one blocking.
+    poll(&mut a, S, S + MS, 0x1000, 1, 10);
+    poll(&mut a, S, S + 2 * MS, 0x2000, 2, 10);
+    let mut blocking = ev(EventKind::PollStart, S, 0x3000, 3, 11);
+    blocking.owner_id = 0;
+    a.ingest(&blocking);
+    // The reading (owner 1 read whole) finds only task 1: task 2 finished at its last poll.
+    a.task_list(
+        &[listed(0x1000, 1, Status::Idle, 2, false)],
+        2 * S,
+        false,
+        Some(&[1]),
+    );
+    let t2 = a.tasks.iter().find(|t| t.id == 2).unwrap();
+    assert_eq!(t2.completed_ns, Some(S + 2 * MS));
+    assert_eq!(verdict_at(&a, 2, 60 * S), (Verdict::Ok, Reason::Finished));
+    assert!(
+        a.tasks
+            .iter()
+            .find(|t| t.id == 3)
+            .unwrap()
+            .completed_ns
+            .is_none()
+    );
+    assert_eq!(verdict_at(&a, 1, 60 * S).0, Verdict::Leaked);
+    // A list not read whole proves nothing.
+    poll(&mut a, 3 * S, 3 * S + MS, 0x4000, 4, 10);
+    a.task_list(&[], 4 * S, false, Some(&[]));
+    assert!(
+        a.tasks
+            .iter()
+            .find(|t| t.id == 4)
+            .unwrap()
+            .completed_ns
+            .is_none()
+    );
+    // With completion probes, a reading never finishes a task.
+    let mut b = agg();
+    poll(&mut b, S, S + MS, 0x1000, 1, 10);
+    b.task_list(&[], 2 * S, false, Some(&[1]));
+    assert!(b.tasks[0].completed_ns.is_none());
+}
+
+#[test]
+fn a_notified_task_first_found_by_a_later_reading_is_never_polled_since() {
+    let mut a = agg();
+    a.task_list(
+        &[listed(0x1000, 8, Status::Notified, 2, false)],
+        S,
+        false,
+        Some(&[1]),
+    );
+    assert_eq!(
+        verdict_at(&a, 8, 4 * S),
+        (Verdict::NeverPolled, Reason::NeverPolled)
+    );
 }

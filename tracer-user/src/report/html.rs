@@ -51,6 +51,14 @@ window {window:.1} s, ended by {ended} · thresholds: leaked after {leak} ms idl
         );
     }
     h.push_str("</div>\n");
+    for u in &r.unavailable {
+        let _ = writeln!(
+            h,
+            "<p class=\"bad\">unavailable: {} — {}</p>",
+            esc(&u.what),
+            esc(&u.why)
+        );
+    }
     for w in &r.warnings {
         let _ = writeln!(h, "<p class=\"bad\">warning: {}</p>", esc(w));
     }

@@ -15,6 +15,7 @@ pub use text::render_text;
 
 use crate::{
     model::{Aggregator, Diagnostics, LongPoll, TaskKind, TaskState},
+    plan::Unavailable,
     verdict::{Certainty, Judgement, Reason, Thresholds, Verdict, final_judgement},
 };
 
@@ -38,6 +39,9 @@ pub struct Report {
     pub poll_histogram: Vec<HistogramBucket>,
     pub diagnostics: Diagnostics,
     pub warnings: Vec<String>,
+    /// Verdicts and signals this binary cannot give, and why (e.g. spawn sites of a
+    /// stripped binary); what is listed here is absent, not zero.
+    pub unavailable: Vec<Unavailable>,
     /// Every poll and instant, when a timeline was requested (`--perfetto`).
     #[serde(skip)]
     pub timeline: Option<TimelineView>,
@@ -184,6 +188,7 @@ pub struct Meta {
     pub probes: ProbeInfo,
     pub lost_events: u64,
     pub warnings: Vec<String>,
+    pub unavailable: Vec<Unavailable>,
 }
 
 impl Report {
@@ -350,6 +355,7 @@ impl Report {
             poll_histogram,
             diagnostics: agg.diagnostics.clone(),
             warnings,
+            unavailable: meta.unavailable,
             timeline,
         }
     }

@@ -35,6 +35,9 @@ pub fn render_text(r: &Report) -> String {
     for w in &r.warnings {
         let _ = writeln!(out, "  warning: {w}");
     }
+    for u in &r.unavailable {
+        let _ = writeln!(out, "  unavailable: {} — {}", u.what, u.why);
+    }
     for verdict in [Verdict::Leaked, Verdict::Stuck, Verdict::NeverPolled] {
         let flagged: Vec<_> = r.tasks.iter().filter(|t| t.verdict == verdict).collect();
         if flagged.is_empty() {
@@ -79,7 +82,7 @@ pub fn render_text(r: &Report) -> String {
                 out,
                 "  {} task(s) {}{future}{growing}",
                 tasks.len(),
-                site.map_or("spawn site unknown (alive before attach)".into(), |s| {
+                site.map_or("spawn site unknown".into(), |s| {
                     format!("spawned at {s}")
                 })
             );
