@@ -39,6 +39,10 @@ pub struct TaskVtables {
     pub by_symbols: Option<usize>,
     pub by_scan: usize,
     pub scan_matches_symbols: Option<bool>,
+    /// tokio's waker vtable found by its shape (stripped binaries' wake probes), and
+    /// whether its wake functions are the ones the symbols name.
+    pub waker_by_scan: bool,
+    pub waker_matches_symbols: Option<bool>,
 }
 
 pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Inspection> {
@@ -90,6 +94,18 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
         by_symbols.sort_unstable();
         out.task_vtables.by_symbols = Some(by_symbols.len());
         out.task_vtables.scan_matches_symbols = Some(scanned == by_symbols);
+    }
+    let waker = table.scan_waker_vtable(1 << k.refs.ref_shift);
+    out.task_vtables.waker_by_scan = waker.is_some();
+    let (by_val, by_ref) = (
+        bin.instances(k.symbols.wake_by_val),
+        bin.instances(k.symbols.wake_by_ref),
+    );
+    if !by_val.is_empty() {
+        out.task_vtables.waker_matches_symbols = Some(waker.is_some_and(|w| {
+            table.vtable_slot(w, 1).is_some_and(|f| by_val.contains(&f))
+                && table.vtable_slot(w, 2).is_some_and(|f| by_ref.contains(&f))
+        }));
     }
     match Plan::choose(Path::new(display), &bin, &table, k, true) {
         Ok(plan) => {
@@ -174,6 +190,19 @@ pub fn render_text(i: &Inspection) -> String {
                 if m { "the same" } else { "they differ" }
             ),
             _ => String::new(),
+        }
+    );
+    let _ = writeln!(
+        s,
+        "waker vtable:  {}",
+        match (
+            i.task_vtables.waker_by_scan,
+            i.task_vtables.waker_matches_symbols
+        ) {
+            (false, _) => "not recognised by pattern",
+            (true, Some(true)) => "recognised by pattern (the one the symbols name)",
+            (true, Some(false)) => "recognised by pattern, but NOT the one the symbols name",
+            (true, None) => "recognised by pattern",
         }
     );
     let _ = writeln!(

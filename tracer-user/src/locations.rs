@@ -260,6 +260,64 @@ impl LocationTable {
         out
     }
 
+    /// tokio's task waker vtable (`RawWakerVTable { clone, wake, wake_by_ref, drop }`)
+    /// found without symbols: a `.data.rel.ro` run of four `.text` pointers whose clone
+    /// function adds one reference (`ref_one`) to the header its argument points at
+    /// (`lock xadd [rdi]`, no displacement: other wakers count references elsewhere, e.g.
+    /// an `Arc` 16 bytes before its data) and returns this very table (a RIP-relative
+    /// `lea`, or a load from a GOT slot holding it). `None` unless exactly one matches.
+    pub fn scan_waker_vtable(&self, ref_one: u64) -> Option<u64> {
+        let (text, code) = self.unwind.text.as_ref()?;
+        let in_text = |p: Option<u64>| p.filter(|p| text.contains(p));
+        let mut found = Vec::new();
+        for &(start, end) in &self.data_rel_ro {
+            let mut v = start.next_multiple_of(8);
+            while v + 32 <= end {
+                let slots: Vec<Option<u64>> = (0..4)
+                    .map(|i| in_text(self.pointer_at(v + 8 * i)))
+                    .collect();
+                if let Some(clone) = slots[0]
+                    && slots.iter().all(Option::is_some)
+                {
+                    let at = (clone - text.start) as usize;
+                    let body = &code[at..(at + 48).min(code.len())];
+                    if self.is_task_waker_clone(clone, body, v, ref_one) {
+                        found.push(v);
+                    }
+                }
+                v += 8;
+            }
+        }
+        (found.len() == 1).then(|| found[0])
+    }
+
+    fn is_task_waker_clone(&self, ip: u64, body: &[u8], table: u64, ref_one: u64) -> bool {
+        let imm = (ref_one as u32).to_le_bytes();
+        // mov r32, imm32 (b8+r) with REF_ONE, then lock xadd [rdi], r64 (f0 48 0f c1 /r,
+        // mod 00, rm 111).
+        let loads_ref_one = body
+            .windows(5)
+            .any(|w| (0xb8..=0xbf).contains(&w[0]) && w[1..] == imm);
+        let xadd_rdi = body
+            .windows(5)
+            .any(|w| w[..4] == [0xf0, 0x48, 0x0f, 0xc1] && w[4] & 0xc7 == 0x07);
+        if !(loads_ref_one && xadd_rdi) {
+            return false;
+        }
+        // lea / mov r64, [rip + disp32]: 48 8d|8b modrm(00 reg 101) disp32.
+        body.windows(7).enumerate().any(|(i, w)| {
+            if w[0] != 0x48 || !(w[1] == 0x8d || w[1] == 0x8b) || w[2] & 0xc7 != 0x05 {
+                return false;
+            }
+            let disp = i32::from_le_bytes([w[3], w[4], w[5], w[6]]) as i64;
+            let target = (ip + i as u64 + 7).wrapping_add_signed(disp);
+            match w[1] {
+                0x8d => target == table,
+                _ => self.pointer_at(target) == Some(table),
+            }
+        })
+    }
+
     /// The vtable at `vaddr` if its offset fields are plausible.
     fn vtable_at(&self, vaddr: u64, layout: &Layout) -> Option<TaskVtable> {
         // Offsets are plain integers: a relocated slot there is a pointer, not an offset.

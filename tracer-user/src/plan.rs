@@ -300,6 +300,34 @@ impl Plan {
                 }
             }
         }
+        // Wakes: tokio's waker vtable, recognised by its clone function.
+        let ref_one = 1u64 << k.refs.ref_shift;
+        if let Some(waker) = table.scan_waker_vtable(ref_one) {
+            for (slot, function, kind) in [
+                (
+                    1,
+                    "waker::wake_by_val (waker vtable slot 1)",
+                    EventKind::WakeByVal,
+                ),
+                (
+                    2,
+                    "waker::wake_by_ref (waker vtable slot 2)",
+                    EventKind::WakeByRef,
+                ),
+            ] {
+                if let Some(vaddr) = table.vtable_slot(waker, slot)
+                    && let Some(file_offset) = bin.file_offset(vaddr)
+                {
+                    plan.entry.push(Site {
+                        function,
+                        vaddr,
+                        file_offset,
+                        cookie: cookie(kind, HeaderArg::Arg0),
+                    });
+                }
+            }
+            plan.wakes_probed = true;
+        }
         for list in [&mut plan.entry, &mut plan.ret] {
             list.sort_by_key(|s| (s.vaddr, s.cookie));
             list.dedup_by_key(|s| (s.vaddr, s.cookie));
@@ -319,11 +347,14 @@ impl Plan {
             (
                 "wakes",
                 format!(
-                    "{no_symbols}: tokio's waker functions cannot be told apart; `stuck` \
+                    "{no_symbols}, and tokio's waker vtable was not recognised: `stuck` \
                      (starved) is seen only through the task-list readings (about 1 s apart)"
                 ),
             ),
         ] {
+            if what == "wakes" && plan.wakes_probed {
+                continue;
+            }
             plan.unavailable.push(Unavailable {
                 what: what.into(),
                 why,

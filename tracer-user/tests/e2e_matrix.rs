@@ -70,7 +70,7 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
         .map(|u| u["what"].as_str().unwrap())
         .collect();
     if stripped {
-        assert_eq!(unavailable, ["spawn sites", "futures", "wakes"], "{cell}");
+        assert_eq!(unavailable, ["spawn sites", "futures"], "{cell}");
         return;
     }
     assert!(unavailable.is_empty(), "{cell}: {unavailable:?}");
@@ -195,15 +195,14 @@ fn cells(version: &str) {
             "{cell}: {i}"
         );
         assert_eq!(i["tier"], "symbols", "{cell}");
-        assert_eq!(
-            i["task_vtables"]["scan_matches_symbols"], true,
-            "{cell}: {i}"
-        );
+        for k in ["scan_matches_symbols", "waker_matches_symbols"] {
+            assert_eq!(i["task_vtables"][k], true, "{cell}: {k}");
+        }
         trace_counts(&cell, &bin, &[], false);
         dump_counts(&cell, &bin, &[], false);
     }
-    // strip=symbols: traced from the task vtables found by pattern, with what that cannot
-    // see (spawn sites, futures, wakes) said to be unavailable.
+    // strip=symbols: traced from the task and waker vtables found by pattern, with what
+    // that cannot see (spawn sites, futures) said to be unavailable.
     let cell = format!("{version}/stripped");
     let stripped = matrix_fixture(version, "stripped");
     let i = inspect(&stripped, &[]);
@@ -220,7 +219,8 @@ fn cells(version: &str) {
         .iter()
         .map(|u| u["what"].as_str().unwrap())
         .collect();
-    assert_eq!(unavailable, ["spawn sites", "futures", "wakes"], "{cell}");
+    assert_eq!(unavailable, ["spawn sites", "futures"], "{cell}");
+    assert_eq!(i["task_vtables"]["waker_by_scan"], true, "{cell}");
     trace_counts(&cell, &stripped, &[], true);
     dump_counts(&cell, &stripped, &[], true);
     // …and with the unstripped twin of the same build, every verdict is back.

@@ -71,10 +71,12 @@ fn inspect_says_what_a_stripped_build_hides() {
         .iter()
         .map(|u| u["what"].as_str().unwrap())
         .collect();
-    assert_eq!(unavailable, ["spawn sites", "futures", "wakes"]);
+    assert_eq!(unavailable, ["spawn sites", "futures"]);
     // The pattern scan finds exactly the vtables the unstripped build's symbols name.
     let full = inspect_json(&[fixture("demo").as_os_str()]);
     assert_eq!(full["task_vtables"]["scan_matches_symbols"], true);
+    assert_eq!(full["task_vtables"]["waker_matches_symbols"], true);
+    assert_eq!(v["task_vtables"]["waker_by_scan"], true);
     assert_eq!(
         v["task_vtables"]["by_scan"],
         full["task_vtables"]["by_symbols"]
