@@ -51,6 +51,25 @@ fn run_traces_demo_from_first_instruction_until_duration() {
     // this build, the calling function found by unwinding, as `function+0xoff`.
     assert_eq!(resolved, user, "{resolved} of {user} user spawns resolved");
     assert!(!report["spawn_sites"].as_array().unwrap().is_empty());
+    // Poll-time percentiles per site: ordered, and the 1.5 s poll's site shows it.
+    for site in report["spawn_sites"].as_array().unwrap() {
+        if site["polls"].as_u64() > Some(0) {
+            let v: Vec<f64> = ["poll_p50_us", "poll_p90_us", "poll_p99_us", "poll_max_us"]
+                .iter()
+                .map(|k| site[k].as_f64().unwrap())
+                .collect();
+            assert!(v.windows(2).all(|w| w[0] <= w[1]), "{site}");
+        }
+    }
+    let long_id = *truth.long_poll.iter().next().unwrap();
+    let long_site = tasks.iter().find(|t| t["id"] == long_id).unwrap()["spawned_at"].clone();
+    let site = report["spawn_sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site"] == long_site)
+        .unwrap();
+    assert!(site["poll_max_us"].as_f64() >= Some(1_400_000.0), "{site}");
     for t in tasks.iter().filter(|t| t["verdict"] != "ok") {
         let future = t["future"].as_str().unwrap_or_default();
         assert!(

@@ -272,3 +272,86 @@ pub fn dump(root: &Path, idle: usize) -> Result<(), String> {
     let _ = child.wait();
     result
 }
+
+/// Peak RSS (VmHWM, KiB) of a command, sampled from /proc while it runs.
+fn peak_rss_kib(cmd: &mut Command) -> Result<u64, String> {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Some(kib) = std::fs::read_to_string(&status_path).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        }) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            if !status.success() {
+                return Err(format!("{cmd:?} failed: {status}"));
+            }
+            return Ok(peak);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Tracer memory per live task: `tasktrace record` attached to the late fixture holding
+/// N idle tasks (read from its task lists at attach and at the end) against the same with
+/// none; the difference over N.
+pub fn memory(root: &Path, tasks: usize) -> Result<(), String> {
+    use std::io::BufRead;
+    let fixture = root.join("fixtures/late/target/release/fixture-late");
+    let tasktrace = root.join("target/release/tasktrace");
+    let measure = |idle: usize| -> Result<(u64, u64), String> {
+        let mut target = Command::new(&fixture)
+            .args(["--idle", &idle.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", fixture.display()))?;
+        let stdout = target.stdout.take().ok_or("no stdout")?;
+        let ready = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("TASKTRACE_GROUND_TRUTH "));
+        let json = std::env::temp_dir().join(format!("tasktrace-bench-memory-{idle}.json"));
+        let result = if ready {
+            peak_rss_kib(
+                Command::new(&tasktrace)
+                    .args(["record", "-q", "--duration", "3s", "--json"])
+                    .arg(&json)
+                    .args(["--pid", &target.id().to_string()]),
+            )
+            .map(|kib| {
+                let seen = std::fs::read(&json)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v["summary"]["tasks_seen"].as_u64())
+                    .unwrap_or(0);
+                (kib, seen)
+            })
+        } else {
+            Err("the late fixture did not start".into())
+        };
+        let _ = target.kill();
+        let _ = target.wait();
+        result
+    };
+    let (base_kib, base_tasks) = measure(0)?;
+    let (kib, seen) = measure(tasks)?;
+    let per_task = (kib.saturating_sub(base_kib) * 1024) as f64 / (seen - base_tasks).max(1) as f64;
+    println!("bench memory (tasktrace record --duration 3s, peak RSS):");
+    println!(
+        "  target with {base_tasks:>8} tasks: {:>7.1} MiB",
+        base_kib as f64 / 1024.0
+    );
+    println!(
+        "  target with {seen:>8} tasks: {:>7.1} MiB",
+        kib as f64 / 1024.0
+    );
+    println!("  tracer memory per live task: {per_task:.0} bytes");
+    Ok(())
+}

@@ -9,6 +9,8 @@
 //!   (so the cost of naming spawn sites), interleaved runs, medians.
 //! - `bench dump [--tasks N]`: time reading the task lists of a process holding N live
 //!   tasks (default 100 000) with `tasktrace dump`, medians.
+//! - `bench memory [--tasks N]`: tracer memory per live task, `tasktrace record` on a
+//!   process holding N idle tasks (default 1 000 000) against one holding none.
 //! - `demo`: build tasktrace and the demo, trace the demo, print the verdicts, write
 //!   `tasktrace-demo.json`, and check the verdicts against the demo's own ground truth.
 
@@ -110,9 +112,22 @@ fn bench(args: &[String]) -> Result<(), String> {
             build_fixture(&root().join("fixtures/late"), "release")?;
             bench::dump(&root(), idle)
         }
-        _ => {
-            Err("usage: cargo xtask bench <report [--events N] | spawn | dump [--tasks N]>".into())
+        Some("memory") => {
+            let tasks = match args.iter().position(|a| a == "--tasks") {
+                Some(i) => args
+                    .get(i + 1)
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("--tasks takes a number")?,
+                None => 1_000_000,
+            };
+            build_tasktrace_release()?;
+            build_fixture(&root().join("fixtures/late"), "release")?;
+            bench::memory(&root(), tasks)
         }
+        _ => Err(
+            "usage: cargo xtask bench <report [--events N] | spawn | dump [--tasks N] | memory [--tasks N]>"
+                .into(),
+        ),
     }
 }
 

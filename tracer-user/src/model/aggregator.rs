@@ -6,7 +6,10 @@ use std::{collections::HashMap, sync::Arc};
 use serde::Serialize;
 use tracer_common::{EVENT_FLAG_UNREADABLE, EventKind, TaskEvent};
 
-use super::task::{LongPoll, Task, TaskKind};
+use super::{
+    PollTimes,
+    task::{LongPoll, Task, TaskKind},
+};
 use crate::{
     tasklist::{ListKind, LiveTask, Status},
     tokio_versions::StateBits,
@@ -84,6 +87,8 @@ pub struct Aggregator {
     /// Ended polls of async and local tasks by duration (see [`POLL_BUCKETS`]).
     pub poll_histogram: [u64; POLL_BUCKETS],
     pub timeline: Option<Timeline>,
+    /// Poll durations by spawn site (`None`: site unknown), for per-site percentiles.
+    pub site_polls: HashMap<Option<Arc<str>>, PollTimes>,
     /// No probe sees completions (stripped binary): a task that leaves its runtime's list
     /// between two task-list readings has finished.
     pub completion_from_lists: bool,
@@ -106,6 +111,7 @@ impl Aggregator {
             diagnostics: Diagnostics::default(),
             poll_histogram: [0; POLL_BUCKETS],
             timeline: None,
+            site_polls: HashMap::new(),
             completion_from_lists: false,
             reading: (u64::MAX, Default::default()),
             alive: 0,
@@ -241,6 +247,13 @@ impl Aggregator {
                     let us = dur / 1_000;
                     let bucket = (u64::BITS - us.leading_zeros()) as usize;
                     self.poll_histogram[bucket.min(POLL_BUCKETS - 1)] += 1;
+                }
+                // Worker-hosting tasks' one long poll is the runtime's life, not a poll.
+                if t.hosted_polls == 0 {
+                    self.site_polls
+                        .entry(t.spawned_at.clone())
+                        .or_default()
+                        .record(dur);
                 }
                 if let Some(tl) = self.timeline.as_mut() {
                     tl.polls.push((frame.task, start, ts, ev.tid));

@@ -2,9 +2,11 @@
 //! event stream; detectors and renderers only read it.
 
 mod aggregator;
+mod poll_times;
 mod task;
 
 pub use aggregator::{Aggregator, Diagnostics};
+pub use poll_times::PollTimes;
 pub use task::{LongPoll, Task, TaskKind, TaskState};
 
 #[cfg(test)]

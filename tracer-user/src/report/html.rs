@@ -97,6 +97,33 @@ window {window:.1} s, ended by {ended} · thresholds: leaked after {leak} ms idl
         }
         h.push_str("</table>\n");
     }
+    h.push_str(
+        r#"<h2>Spawn sites</h2><table id="spawn-sites"><tr><th>spawn site</th><th>spawned</th><th>completed</th><th>alive</th><th>leaked</th><th>stuck</th><th>never polled</th><th>polls</th><th>poll p50 / p99 / max</th><th>live growth</th></tr>"#,
+    );
+    let ms = |us: Option<f64>| us.map_or("–".to_string(), |us| format!("{:.3} ms", us / 1e3));
+    for s in &r.spawn_sites {
+        let _ = write!(
+            h,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {} / {}</td><td>{}</td></tr>",
+            esc(s.site.as_deref().unwrap_or("unknown")),
+            s.spawned,
+            s.completed,
+            s.alive,
+            s.leaked,
+            s.stuck,
+            s.never_polled,
+            s.polls,
+            ms(s.poll_p50_us),
+            ms(s.poll_p99_us),
+            ms(s.poll_max_us),
+            if s.growing {
+                format!("<b class=\"bad\">+{:.1}/s</b>", s.growth_per_s)
+            } else {
+                format!("{:+.1}/s", s.growth_per_s)
+            }
+        );
+    }
+    h.push_str("</table>\n");
     let _ = write!(
         h,
         r#"<h2>Live tasks by spawn site</h2><div class="chart" id="chart-live">{}</div>"#,

@@ -129,6 +129,32 @@ pub fn render_text(r: &Report) -> String {
             }
         }
     }
+    let busiest: Vec<_> = r
+        .spawn_sites
+        .iter()
+        .filter(|s| s.polls > 0)
+        .take(10)
+        .collect();
+    if !busiest.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nSPAWN SITES (flagged first): spawned/alive, polls, poll p50 / p99 / max"
+        );
+        let ms = |us: Option<f64>| us.map_or("-".to_string(), |us| format!("{:.3}ms", us / 1e3));
+        for s in busiest {
+            let _ = writeln!(
+                out,
+                "  {:<40} {:>5}/{:<5} {:>7} polls  {} / {} / {}",
+                s.site.as_deref().unwrap_or("(unknown site)"),
+                s.spawned,
+                s.alive,
+                s.polls,
+                ms(s.poll_p50_us),
+                ms(s.poll_p99_us),
+                ms(s.poll_max_us)
+            );
+        }
+    }
     let growing: Vec<_> = r.spawn_sites.iter().filter(|s| s.growing).collect();
     if !growing.is_empty() {
         let _ = writeln!(out, "\nGROWING spawn sites (live tasks rise steadily):");

@@ -1,0 +1,91 @@
+//! Poll durations of one spawn site as a log-linear histogram: eight sub-buckets per
+//! power of two of nanoseconds (percentiles within 12.5 %), fixed size whatever the
+//! number of polls, plus the exact maximum.
+
+/// Sub-buckets per power of two.
+const SUB: usize = 8;
+const BUCKETS: usize = 64 * SUB;
+
+#[derive(Clone, Debug)]
+pub struct PollTimes {
+    counts: Box<[u64; BUCKETS]>,
+    pub polls: u64,
+    pub max_ns: u64,
+}
+
+impl Default for PollTimes {
+    fn default() -> Self {
+        Self {
+            counts: Box::new([0; BUCKETS]),
+            polls: 0,
+            max_ns: 0,
+        }
+    }
+}
+
+impl PollTimes {
+    pub fn record(&mut self, ns: u64) {
+        self.counts[bucket(ns)] += 1;
+        self.polls += 1;
+        self.max_ns = self.max_ns.max(ns);
+    }
+
+    /// The `p`-th percentile (0–100) in nanoseconds: the upper bound of its bucket,
+    /// capped at the largest poll seen.
+    pub fn percentile(&self, p: f64) -> Option<u64> {
+        if self.polls == 0 {
+            return None;
+        }
+        let rank = ((p / 100.0) * self.polls as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, &n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(upper_bound(i).min(self.max_ns));
+            }
+        }
+        Some(self.max_ns)
+    }
+}
+
+fn bucket(ns: u64) -> usize {
+    if ns < SUB as u64 {
+        return ns as usize;
+    }
+    let power = (u64::BITS - 1 - ns.leading_zeros()) as usize;
+    let sub = ((ns >> (power - 3)) & (SUB as u64 - 1)) as usize;
+    (power * SUB + sub).min(BUCKETS - 1)
+}
+
+fn upper_bound(i: usize) -> u64 {
+    if i < SUB {
+        return i as u64;
+    }
+    let (power, sub) = (i / SUB, (i % SUB) as u64);
+    let base = 1u64 << power;
+    base + (sub + 1) * (base / SUB as u64) - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_within_an_eighth() {
+        let mut h = PollTimes::default();
+        assert_eq!(h.percentile(50.0), None);
+        for us in 1..=1000u64 {
+            h.record(us * 1000);
+        }
+        for (p, want) in [(50.0, 500_000.0), (90.0, 900_000.0), (99.0, 990_000.0)] {
+            let got = h.percentile(p).unwrap() as f64;
+            assert!(got >= want && got <= want * 1.125, "p{p}: {got} vs {want}");
+        }
+        assert_eq!(h.percentile(100.0), Some(1_000_000));
+        assert_eq!(h.max_ns, 1_000_000);
+        for ns in [0, 1, 7, 8, 9, 1023, 1024, u64::MAX / 2] {
+            let b = bucket(ns);
+            assert!(upper_bound(b) >= ns, "{ns}");
+        }
+    }
+}
