@@ -90,14 +90,10 @@ fn binary_with_symbols_but_no_tokio() {
 /// e2e_demo); one without any (tasktrace itself spawns no task) cannot be, and says so.
 #[test]
 fn stripped_tokio_binary_without_task_vtables() {
-    let stripped = tmp("tasktrace-stripped");
-    let status = Command::new("strip")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(env!("CARGO_BIN_EXE_tasktrace"))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let stripped = stripped_copy(
+        std::path::Path::new(env!("CARGO_BIN_EXE_tasktrace")),
+        "tasktrace-stripped",
+    );
     let out = tasktrace()
         .args(["run", "--"])
         .arg(&stripped)

@@ -254,16 +254,7 @@ fn stripped_binary_traced_with_symbols_from_its_unstripped_twin() {
     }
     let _g = serial();
     let demo = fixture("demo");
-    let stripped = tmp("fixture-demo-stripped-traced");
-    assert!(
-        Command::new("strip")
-            .arg("-o")
-            .arg(&stripped)
-            .arg(&demo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let stripped = stripped_copy(&demo, "fixture-demo-stripped-traced");
     let json = tmp("stripped.json");
     let out = tasktrace()
         .args(["run", "-q", "--duration", "5s", "--symbols"])
@@ -355,16 +346,7 @@ fn a_stripped_build_is_traced_from_its_task_vtables() {
         return;
     }
     let _g = serial();
-    let stripped = tmp("fixture-demo-stripped-e2e");
-    assert!(
-        Command::new("strip")
-            .arg("-o")
-            .arg(&stripped)
-            .arg(fixture("demo"))
-            .status()
-            .unwrap()
-            .success()
-    );
+    let stripped = stripped_copy(&fixture("demo"), "fixture-demo-stripped-e2e");
     let json = tmp("demo-stripped.json");
     let trace = tmp("demo-stripped.trace");
     let out = tasktrace()

@@ -5,12 +5,7 @@
 
 mod common;
 
-use std::{
-    collections::BTreeSet,
-    io::BufRead,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use common::*;
 use serde_json::Value;
@@ -20,24 +15,6 @@ struct LateTruth {
     definite: BTreeSet<u64>,
     suspected: BTreeSet<u64>,
     healthy: BTreeSet<u64>,
-}
-
-/// Starts a fixture and returns it with its ground-truth line once printed.
-fn start(bin: &std::path::Path, args: &[&str]) -> (Target, Value) {
-    let mut target = Target(
-        Command::new(bin)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = target.0.stdout.take().unwrap();
-    let line = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("TASKTRACE_GROUND_TRUTH ").map(str::to_owned))
-        .expect("the fixture printed its ground truth");
-    (target, serde_json::from_str(&line).unwrap())
 }
 
 fn set(v: &Value, k: &str) -> BTreeSet<u64> {
@@ -90,7 +67,7 @@ fn attaching_30s_after_the_leaks_finds_exactly_them() {
         return;
     }
     let _g = serial();
-    let (target, truth) = start(&fixture("late"), &[]);
+    let (target, truth) = start_with_truth(&fixture("late"), &[]);
     let truth = LateTruth {
         definite: set(&truth, "definite"),
         suspected: set(&truth, "suspected"),
@@ -234,7 +211,7 @@ fn attaching_to_the_demo_after_its_pitfalls_finds_them() {
         return;
     }
     let _g = serial();
-    let (target, truth) = start(&fixture("demo"), &[]);
+    let (target, truth) = start_with_truth(&fixture("demo"), &[]);
     let truth = ground_truth(&format!("TASKTRACE_GROUND_TRUTH {truth}"));
     let json = tmp("demo-late.json");
     let out = tasktrace()

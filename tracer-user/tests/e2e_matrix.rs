@@ -111,20 +111,7 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
 /// `dump` of a running cell: the version's list layout is found and walked. The fixture's
 /// leaks are idle, its undriven runtime's tasks notified, its blocking task running.
 fn dump_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
-    use std::io::BufRead;
-    let mut target = Target(
-        std::process::Command::new(bin)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = target.0.stdout.take().unwrap();
-    let line = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("TASKTRACE_GROUND_TRUTH ").map(str::to_owned))
-        .unwrap_or_else(|| panic!("{cell}: no ground truth"));
-    let truth: Value = serde_json::from_str(&line).unwrap();
+    let (target, truth) = start_with_truth(bin, &[]);
     let out = tasktrace()
         .args(["dump", "--json", "-", "--pid"])
         .arg(target.id().to_string())
@@ -225,16 +212,7 @@ fn cells(version: &str) {
     dump_counts(&cell, &stripped, &[], true);
     // …and with the unstripped twin of the same build, every verdict is back.
     let release = matrix_fixture(version, "release");
-    let twin_stripped = tmp(&format!("matrix-{version}-stripped-twin"));
-    assert!(
-        std::process::Command::new("strip")
-            .arg("-o")
-            .arg(&twin_stripped)
-            .arg(&release)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let twin_stripped = stripped_copy(&release, &format!("matrix-{version}-stripped-twin"));
     let with_symbols = ["--symbols", release.to_str().unwrap()];
     trace_counts(
         &format!("{cell}+symbols"),

@@ -48,16 +48,7 @@ fn inspect_the_demo() {
 
 #[test]
 fn inspect_says_what_a_stripped_build_hides() {
-    let stripped = tmp("inspect-stripped");
-    assert!(
-        std::process::Command::new("strip")
-            .arg("-o")
-            .arg(&stripped)
-            .arg(fixture("demo"))
-            .status()
-            .unwrap()
-            .success()
-    );
+    let stripped = stripped_copy(&fixture("demo"), "inspect-stripped");
     let v = inspect_json(&[stripped.as_os_str()]);
     assert_eq!(
         v["tokio_version"], "1.54.1",

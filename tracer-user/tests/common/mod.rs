@@ -296,27 +296,11 @@ pub fn assert_spawn_sites(report: &Value, truth: &Truth, fixture: &str) -> (usiz
 
 /// A fixture built with another profile of its Cargo.toml (e.g. the demo's `lines`).
 pub fn fixture_profile(name: &str, profile: &str) -> PathBuf {
-    let dir = root().join("fixtures").join(name);
-    let bin = dir
-        .join("target")
-        .join(profile)
-        .join(format!("fixture-{name}"));
-    if !bin.exists() {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--quiet",
-                "--locked",
-                "--profile",
-                profile,
-                "--manifest-path",
-            ])
-            .arg(dir.join("Cargo.toml"))
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building {name} ({profile}) failed");
-    }
-    bin
+    built(
+        &root().join("fixtures").join(name),
+        &format!("fixture-{name}"),
+        profile,
+    )
 }
 
 /// A matrix cell's binary: fixtures/matrix/tokio-VERSION built with PROFILE (built on
@@ -325,7 +309,12 @@ pub fn matrix_fixture(version: &str, profile: &str) -> PathBuf {
     let dir = root()
         .join("fixtures/matrix")
         .join(format!("tokio-{version}"));
-    let bin = dir.join("target").join(profile).join("fixture-matrix");
+    built(&dir, "fixture-matrix", profile)
+}
+
+/// `dir`'s binary `name` built with `profile`, built now if it is not yet.
+fn built(dir: &Path, name: &str, profile: &str) -> PathBuf {
+    let bin = dir.join("target").join(profile).join(name);
     if !bin.exists() {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args([
@@ -341,10 +330,43 @@ pub fn matrix_fixture(version: &str, profile: &str) -> PathBuf {
             .expect("run cargo");
         assert!(
             status.success(),
-            "building matrix cell {version}/{profile} failed"
+            "building {} ({profile}) failed",
+            dir.display()
         );
     }
     bin
+}
+
+/// A copy of `bin` without its symbol table (`strip`), in the test directory.
+pub fn stripped_copy(bin: &Path, name: &str) -> PathBuf {
+    let out = tmp(name);
+    let status = Command::new("strip")
+        .arg("-o")
+        .arg(&out)
+        .arg(bin)
+        .status()
+        .expect("run strip");
+    assert!(status.success(), "strip {}", bin.display());
+    out
+}
+
+/// Starts a fixture and waits for its ground-truth line: (the process, the truth JSON).
+pub fn start_with_truth(bin: &Path, args: &[&str]) -> (Target, Value) {
+    use std::io::BufRead;
+    let mut target = Target(
+        Command::new(bin)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = target.0.stdout.take().unwrap();
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("TASKTRACE_GROUND_TRUTH ").map(str::to_owned))
+        .unwrap_or_else(|| panic!("{} printed no ground truth", bin.display()));
+    (target, serde_json::from_str(&line).unwrap())
 }
 
 /// A process a test started: killed and reaped when dropped, so a failing assertion never
