@@ -255,21 +255,8 @@ fn stripped_binary_traced_with_symbols_from_its_unstripped_twin() {
     let _g = serial();
     let demo = fixture("demo");
     let stripped = stripped_copy(&demo, "fixture-demo-stripped-traced");
-    let json = tmp("stripped.json");
-    let out = tasktrace()
-        .args(["run", "-q", "--duration", "5s", "--symbols"])
-        .arg(&demo)
-        .arg("--json")
-        .arg(&json)
-        .args(THRESHOLDS)
-        .arg("--")
-        .arg(&stripped)
-        .output()
-        .unwrap();
-    let (stdout, _) = assert_success(&out, "tasktrace");
-    let report = read_report(&json);
-    let truth = ground_truth(&stdout);
-    assert_matches_truth(&report, &truth);
+    let symbols = ["--symbols", demo.to_str().unwrap()];
+    let (_, report, truth) = run_checked(&stripped, "stripped-twin", "5s", &symbols);
     assert_spawn_sites(&report, &truth, "demo");
     // Symbols of another build are refused before anything attaches.
     let out = tasktrace()
@@ -293,19 +280,7 @@ fn line_tables_name_the_exact_line_of_every_spawn() {
     }
     let _g = serial();
     let demo = fixture_profile("demo", "lines");
-    let json = tmp("demo-lines.json");
-    let out = tasktrace()
-        .args(["run", "-q", "--duration", "4s", "--json"])
-        .arg(&json)
-        .args(THRESHOLDS)
-        .arg("--")
-        .arg(&demo)
-        .output()
-        .unwrap();
-    let (stdout, _) = assert_success(&out, "tasktrace");
-    let report = read_report(&json);
-    let truth = ground_truth(&stdout);
-    assert_matches_truth(&report, &truth);
+    let (_, report, truth) = run_checked(&demo, "demo-lines", "4s", &[]);
     let (resolved, user) = assert_spawn_sites(&report, &truth, "demo");
     assert_eq!(resolved, user, "every user spawn names a line");
     let source = std::fs::read_to_string(root().join("fixtures/demo/src/main.rs")).unwrap();
@@ -347,29 +322,14 @@ fn a_stripped_build_is_traced_from_its_task_vtables() {
     }
     let _g = serial();
     let stripped = stripped_copy(&fixture("demo"), "fixture-demo-stripped-e2e");
-    let json = tmp("demo-stripped.json");
     let trace = tmp("demo-stripped.trace");
-    let out = tasktrace()
-        .args(["run", "-q", "--duration", "5s", "--json"])
-        .arg(&json)
-        .arg("-o")
-        .arg(&trace)
-        .args(THRESHOLDS)
-        .arg("--")
-        .arg(&stripped)
-        .output()
-        .unwrap();
-    let (stdout, _) = assert_success(&out, "tasktrace");
-    let report = read_report(&json);
-    let truth = ground_truth(&stdout);
-    assert_matches_truth(&report, &truth);
-    let unavailable: Vec<&str> = report["unavailable"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["what"].as_str().unwrap())
-        .collect();
-    assert_eq!(unavailable, ["spawn sites", "futures"]);
+    let (stdout, report, truth) = run_checked(
+        &stripped,
+        "demo-stripped",
+        "5s",
+        &["-o", trace.to_str().unwrap()],
+    );
+    assert_eq!(unavailable(&report), ["spawn sites", "futures"]);
     assert!(stdout.contains("unavailable: spawn sites"), "{stdout}");
     let by_kind = &report["diagnostics"]["by_kind"];
     assert!(

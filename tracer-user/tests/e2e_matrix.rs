@@ -63,12 +63,7 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
     assert_eq!(s["lost_events"], 0, "{cell}");
     // Every leak of this fixture has a waker somewhere: none is certain.
     assert_eq!(s["leaked_definite"], 0, "{cell}");
-    let unavailable: Vec<&str> = report["unavailable"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["what"].as_str().unwrap())
-        .collect();
+    let unavailable = unavailable(&report);
     if stripped {
         assert_eq!(unavailable, ["spawn sites", "futures"], "{cell}");
         return;
@@ -200,12 +195,7 @@ fn cells(version: &str) {
         i["task_vtables"]["by_scan"], release["task_vtables"]["by_symbols"],
         "{cell}: as many vtables as the release build's symbols name"
     );
-    let unavailable: Vec<&str> = i["unavailable"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["what"].as_str().unwrap())
-        .collect();
+    let unavailable = unavailable(&i);
     assert_eq!(unavailable, ["spawn sites", "futures"], "{cell}");
     assert_eq!(i["task_vtables"]["waker_by_scan"], true, "{cell}");
     trace_counts(&cell, &stripped, &[], true);

@@ -56,13 +56,7 @@ fn inspect_says_what_a_stripped_build_hides() {
     );
     assert_eq!(v["traits"]["symbols"], false);
     assert_eq!(v["tier"], "vtable scan");
-    let unavailable: Vec<&str> = v["unavailable"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["what"].as_str().unwrap())
-        .collect();
-    assert_eq!(unavailable, ["spawn sites", "futures"]);
+    assert_eq!(unavailable(&v), ["spawn sites", "futures"]);
     // The pattern scan finds exactly the vtables the unstripped build's symbols name.
     let full = inspect_json(&[fixture("demo").as_os_str()]);
     assert_eq!(full["task_vtables"]["scan_matches_symbols"], true);

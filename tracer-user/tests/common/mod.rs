@@ -414,3 +414,38 @@ pub const THRESHOLDS: [&str; 6] = [
     "--never-polled-after",
     "2s",
 ];
+
+/// What a report or an inspection lists as unavailable (`unavailable[].what`).
+pub fn unavailable(v: &Value) -> Vec<String> {
+    v["unavailable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["what"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `tasktrace run -q --duration D --json … THRESHOLDS EXTRA -- BIN` on a demo-like fixture
+/// (one that prints its ground truth), checked against that truth: (stdout, report, truth).
+pub fn run_checked(
+    bin: &Path,
+    name: &str,
+    duration: &str,
+    extra: &[&str],
+) -> (String, Value, Truth) {
+    let json = tmp(&format!("{name}.json"));
+    let out = tasktrace()
+        .args(["run", "-q", "--duration", duration, "--json"])
+        .arg(&json)
+        .args(THRESHOLDS)
+        .args(extra)
+        .arg("--")
+        .arg(bin)
+        .output()
+        .unwrap();
+    let (stdout, _) = assert_success(&out, name);
+    let report = read_report(&json);
+    let truth = ground_truth(&stdout);
+    assert_matches_truth(&report, &truth);
+    (stdout, report, truth)
+}
