@@ -146,14 +146,16 @@ impl Plan {
                 s.wake_by_val,
                 EventKind::WakeByVal,
                 HeaderArg::Arg0,
-                true,
+                // Absent when no task ever builds a waker (then there is nothing to see).
+                false,
                 false,
             ),
             (
                 s.wake_by_ref,
                 EventKind::WakeByRef,
                 HeaderArg::Arg0,
-                true,
+                // Absent when no task ever builds a waker (then there is nothing to see).
+                false,
                 false,
             ),
         ];

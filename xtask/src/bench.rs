@@ -355,3 +355,128 @@ pub fn memory(root: &Path, tasks: usize) -> Result<(), String> {
     println!("  tracer memory per live task: {per_task:.0} bytes");
     Ok(())
 }
+
+fn measurement(out: &std::process::Output, key: &str) -> Result<f64, String> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "no {key}in the output: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// Per-poll cost: eight tasks yielding (each poll: wake, schedule, poll), untraced and
+/// traced, interleaved; probe hits per poll from the traced run's own event counts.
+pub fn poll(root: &Path) -> Result<(), String> {
+    const N: &str = "2000000";
+    const ROUNDS: usize = 5;
+    let fixture = root.join("fixtures/spawnloop/target/release/fixture-spawnloop");
+    let tasktrace = root.join("target/release/tasktrace");
+    let json = std::env::temp_dir().join("tasktrace-bench-poll.json");
+    let (mut plain, mut traced, mut hits) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let out = Command::new(&fixture)
+            .args(["--polls", N])
+            .output()
+            .map_err(|e| e.to_string())?;
+        plain.push(measurement(&out, "NS_PER_POLL ")?);
+        let out = Command::new(&tasktrace)
+            .args(["run", "-q", "--ring-size", "64M", "--json"])
+            .arg(&json)
+            .arg("--")
+            .arg(&fixture)
+            .args(["--polls", N])
+            .output()
+            .map_err(|e| e.to_string())?;
+        traced.push(measurement(&out, "NS_PER_POLL ")?);
+        let r: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&json).map_err(|e| format!("{}: {e}", json.display()))?,
+        )
+        .map_err(|e| e.to_string())?;
+        let events = r["diagnostics"]["events"].as_f64().unwrap_or(0.0);
+        let polls = r["diagnostics"]["by_kind"]["poll_start"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        hits.push(events / polls);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, b, h) = (median(&mut plain), median(&mut traced), median(&mut hits));
+    println!("bench poll ({N} yielding polls, median of {ROUNDS} interleaved runs):");
+    println!("  untraced: {a:>7.0} ns/poll");
+    println!(
+        "  traced:   {b:>7.0} ns/poll  (+{:.0} ns, x{:.2})",
+        b - a,
+        b / a
+    );
+    println!(
+        "  events per poll (each a probe hit; the poll's return adds a trampoline hit): {h:.2}"
+    );
+    Ok(())
+}
+
+/// Attach and detach time with a large plan: `tasktrace record` on a target with 700 task
+/// types (over 2 000 probe sites), median of five windows.
+pub fn attach(root: &Path) -> Result<(), String> {
+    use std::io::BufRead;
+    const ROUNDS: usize = 5;
+    let fixture = root.join("fixtures/bench/manysites/target/release/fixture-manysites");
+    let tasktrace = root.join("target/release/tasktrace");
+    let json = std::env::temp_dir().join("tasktrace-bench-attach.json");
+    let mut target = Command::new(&fixture)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", fixture.display()))?;
+    let stdout = target.stdout.take().ok_or("no stdout")?;
+    let ready = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l == "READY");
+    let result = (|| {
+        if !ready {
+            return Err("the manysites fixture did not start".to_string());
+        }
+        let (mut attach, mut detach, mut sites) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..ROUNDS {
+            let out = Command::new(&tasktrace)
+                .args(["record", "-q", "--duration", "1s", "--json"])
+                .arg(&json)
+                .args(["--pid", &target.id().to_string()])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "tasktrace record failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let r: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&json).map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+            attach.push(r["probes"]["attach_ms"].as_f64().unwrap_or(f64::NAN));
+            detach.push(r["probes"]["detach_ms"].as_f64().unwrap_or(f64::NAN));
+            sites = r["probes"]["sites"].as_u64().unwrap_or(0);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (a, d) = (median(&mut attach), median(&mut detach));
+        println!("bench attach ({sites} probe sites, median of {ROUNDS}):");
+        println!(
+            "  attach {a:.0} ms, detach {d:.0} ms, together {:.0} ms",
+            a + d
+        );
+        Ok(())
+    })();
+    let _ = target.kill();
+    let _ = target.wait();
+    result
+}

@@ -9,6 +9,9 @@
 //!   (so the cost of naming spawn sites), interleaved runs, medians.
 //! - `bench dump [--tasks N]`: time reading the task lists of a process holding N live
 //!   tasks (default 100 000) with `tasktrace dump`, medians.
+//! - `bench poll`: per-poll cost untraced and traced, and probe hits per poll.
+//! - `bench attach`: attach and detach time of a plan with over 2 000 probe sites
+//!   (`fixtures/bench/manysites`, built only for this bench).
 //! - `bench memory [--tasks N]`: tracer memory per live task, `tasktrace record` on a
 //!   process holding N idle tasks (default 1 000 000) against one holding none.
 //! - `demo`: build tasktrace and the demo, trace the demo, print the verdicts, write
@@ -33,7 +36,7 @@ fn main() -> ExitCode {
             None => Err("usage: cargo xtask fixture-path NAME".into()),
         },
         _ => Err(
-            "usage: cargo xtask <fixtures | fixture-path NAME | demo | bench (report [--events N] | spawn | dump [--tasks N])>"
+            "usage: cargo xtask <fixtures | fixture-path NAME | demo | bench (report [--events N] | spawn | poll | attach | dump [--tasks N] | memory [--tasks N])>"
                 .into(),
         ),
     };
@@ -112,6 +115,16 @@ fn bench(args: &[String]) -> Result<(), String> {
             build_fixture(&root().join("fixtures/late"), "release")?;
             bench::dump(&root(), idle)
         }
+        Some("poll") => {
+            build_tasktrace_release()?;
+            build_fixture(&root().join("fixtures/spawnloop"), "release")?;
+            bench::poll(&root())
+        }
+        Some("attach") => {
+            build_tasktrace_release()?;
+            build_fixture(&root().join("fixtures/bench/manysites"), "release")?;
+            bench::attach(&root())
+        }
         Some("memory") => {
             let tasks = match args.iter().position(|a| a == "--tasks") {
                 Some(i) => args
@@ -125,7 +138,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             bench::memory(&root(), tasks)
         }
         _ => Err(
-            "usage: cargo xtask bench <report [--events N] | spawn | dump [--tasks N] | memory [--tasks N]>"
+            "usage: cargo xtask bench <report [--events N] | spawn | poll | attach | dump [--tasks N] | memory [--tasks N]>"
                 .into(),
         ),
     }
