@@ -375,13 +375,13 @@ fn measurement(out: &std::process::Output, key: &str) -> Result<f64, String> {
 pub fn poll(root: &Path) -> Result<(), String> {
     const N: &str = "2000000";
     const ROUNDS: usize = 5;
-    let fixture = root.join("fixtures/spawnloop/target/release/fixture-spawnloop");
+    let fixture = root.join("fixtures/bench/pollloop/target/release/fixture-pollloop");
     let tasktrace = root.join("target/release/tasktrace");
     let json = std::env::temp_dir().join("tasktrace-bench-poll.json");
     let (mut plain, mut traced, mut hits) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let out = Command::new(&fixture)
-            .args(["--polls", N])
+            .arg(N)
             .output()
             .map_err(|e| e.to_string())?;
         plain.push(measurement(&out, "NS_PER_POLL ")?);
@@ -390,7 +390,7 @@ pub fn poll(root: &Path) -> Result<(), String> {
             .arg(&json)
             .arg("--")
             .arg(&fixture)
-            .args(["--polls", N])
+            .arg(N)
             .output()
             .map_err(|e| e.to_string())?;
         traced.push(measurement(&out, "NS_PER_POLL ")?);

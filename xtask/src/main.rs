@@ -9,7 +9,8 @@
 //!   (so the cost of naming spawn sites), interleaved runs, medians.
 //! - `bench dump [--tasks N]`: time reading the task lists of a process holding N live
 //!   tasks (default 100 000) with `tasktrace dump`, medians.
-//! - `bench poll`: per-poll cost untraced and traced, and probe hits per poll.
+//! - `bench poll`: per-poll cost untraced and traced, and probe hits per poll
+//!   (`fixtures/bench/pollloop`, built only for this bench).
 //! - `bench attach`: attach and detach time of a plan with over 2 000 probe sites
 //!   (`fixtures/bench/manysites`, built only for this bench).
 //! - `bench memory [--tasks N]`: tracer memory per live task, `tasktrace record` on a
@@ -117,7 +118,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         }
         Some("poll") => {
             build_tasktrace_release()?;
-            build_fixture(&root().join("fixtures/spawnloop"), "release")?;
+            build_fixture(&root().join("fixtures/bench/pollloop"), "release")?;
             bench::poll(&root())
         }
         Some("attach") => {
