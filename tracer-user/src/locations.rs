@@ -207,7 +207,19 @@ impl LocationTable {
             .partition_point(|f| f.0 <= vaddr)
             .checked_sub(1)?;
         let (start, size, name) = &self.functions[i];
-        (size == &0 || vaddr < start + size).then(|| (name.clone(), vaddr - start))
+        // A symbol without a size (e.g. `_fini`) reaches at most to the next one; nothing
+        // outside `.text` is code (a stack or library address is not "_fini+0x2a26…").
+        let inside = if *size > 0 {
+            vaddr < start + size
+        } else {
+            self.functions.get(i + 1).is_some_and(|next| vaddr < next.0)
+        };
+        let in_text = self
+            .unwind
+            .text
+            .as_ref()
+            .is_some_and(|(range, _)| range.contains(&vaddr));
+        (inside && in_text).then(|| (name.clone(), vaddr - start))
     }
 }
 
@@ -470,7 +482,10 @@ impl Locator {
             return Some(line);
         }
         let (name, off) = self.table.function_at(vaddr)?;
-        (!is_runtime_internal(&name)).then(|| format!("{name}+{off:#x}").into())
+        if is_runtime_internal(&name) {
+            return inlined_user_code(&name, off);
+        }
+        Some(format!("{name}+{off:#x}").into())
     }
 
     fn source_line(&mut self, vaddr: u64) -> Option<Arc<str>> {
@@ -539,6 +554,9 @@ impl Locator {
         };
         let mut frames =
             unwinder.iter_frames(ip, UnwindRegsX86_64::new(ip, sp, bp), cache, &mut read);
+        // A user closure inlined into std or tokio code: the answer if no frame of the
+        // user's own is found further up.
+        let mut inlined = None;
         for _ in 0..64 {
             let Ok(Some(frame)) = frames.next() else {
                 break;
@@ -547,13 +565,16 @@ impl Locator {
             if let Some(line) = cached_line(&mut self.lines, &self.table, vaddr) {
                 return Some(line);
             }
-            if let Some((name, off)) = self.table.function_at(vaddr)
-                && !is_runtime_internal(&name)
-            {
-                return Some(format!("{name}+{off:#x}").into());
+            if let Some((name, off)) = self.table.function_at(vaddr) {
+                if !is_runtime_internal(&name) {
+                    return Some(format!("{name}+{off:#x}").into());
+                }
+                if inlined.is_none() {
+                    inlined = inlined_user_code(&name, off);
+                }
             }
         }
-        None
+        inlined
     }
 }
 
@@ -588,6 +609,19 @@ fn build_unwinder(table: &LocationTable, bias: u64) -> Option<StackUnwinder> {
 }
 
 /// `a::f::<X<Y, Z>, W>` → `X<Y, Z>`.
+/// Code of the user's inlined into a std or tokio generic instantiated with the user's
+/// type, e.g. a thread's body inside
+/// `std::sys::backtrace::__rust_begin_short_backtrace::<app::f::{closure#0}, ()>`: named
+/// after the user's type, with where it was inlined.
+fn inlined_user_code(name: &str, off: u64) -> Option<Arc<str>> {
+    let user = first_generic_arg(name)?;
+    if is_runtime_internal(user) || user.starts_with('<') || !user.contains("::") {
+        return None;
+    }
+    let base = name.split("::<").next().unwrap_or(name);
+    Some(format!("{user} (inlined in {base}+{off:#x})").into())
+}
+
 fn first_generic_arg(name: &str) -> Option<&str> {
     let start = name.find("::<")? + 3;
     let mut depth = 0usize;
@@ -680,6 +714,23 @@ mod tests {
         assert!(!is_runtime_internal(
             "myapp::handlers::analytics::{closure#0}"
         ));
+    }
+
+    #[test]
+    fn user_closures_inlined_into_std_are_named() {
+        let name =
+            "std::sys::backtrace::__rust_begin_short_backtrace::<app::serve::{closure#0}, ()>";
+        assert_eq!(
+            inlined_user_code(name, 0xd5).as_deref(),
+            Some(
+                "app::serve::{closure#0} (inlined in std::sys::backtrace::__rust_begin_short_backtrace+0xd5)"
+            )
+        );
+        assert_eq!(
+            inlined_user_code("std::thread::spawn::<std::io::Foo>", 1),
+            None
+        );
+        assert_eq!(inlined_user_code("tokio::runtime::park::inner", 1), None);
     }
 
     #[test]

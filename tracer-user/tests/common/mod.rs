@@ -277,6 +277,12 @@ pub fn assert_spawn_sites(report: &Value, truth: &Truth, fixture: &str) -> (usiz
             "runtime-internal site {site}"
         );
         let Some(rest) = site.strip_prefix("src/main.rs:") else {
+            // Otherwise the calling function: one of the fixture's own (possibly inlined
+            // into std, e.g. a thread's closure), at an offset.
+            assert!(
+                site.starts_with(&format!("fixture_{fixture}::")) && site.contains("+0x"),
+                "{site} is not a function of the fixture"
+            );
             continue;
         };
         let mut parts = rest.split(':');
