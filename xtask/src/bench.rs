@@ -183,10 +183,6 @@ pub fn spawn(root: &Path) -> Result<(), String> {
         b.push(ns_per_spawn(&mut traced(&["--no-spawn-sites"]))?);
         c.push(ns_per_spawn(&mut traced(&[]))?);
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (a, b, c) = (median(&mut a), median(&mut b), median(&mut c));
     println!("bench spawn ({N} spawns of a trivial task, median of {ROUNDS} interleaved runs):");
     println!("  untraced:                      {a:>8.0} ns/spawn");
@@ -205,20 +201,13 @@ pub fn spawn(root: &Path) -> Result<(), String> {
 /// Reading the task lists of a process with many live tasks: `tasktrace dump` of the late
 /// fixture parked with `--idle N` tasks (default 100 000), median of five readings.
 pub fn dump(root: &Path, idle: usize) -> Result<(), String> {
-    use std::io::BufRead;
     const ROUNDS: usize = 5;
     let fixture = root.join("fixtures/late/target/release/fixture-late");
     let tasktrace = root.join("target/release/tasktrace");
-    let mut child = Command::new(&fixture)
-        .args(["--idle", &idle.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", fixture.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let ready = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.starts_with("TASKTRACE_GROUND_TRUTH "));
+    let (mut child, ready) = start_until(
+        Command::new(&fixture).args(["--idle", &idle.to_string()]),
+        |l| l.starts_with("TASKTRACE_GROUND_TRUTH "),
+    )?;
     let result = (|| {
         if !ready {
             return Err("the late fixture did not start".to_string());
@@ -250,10 +239,6 @@ pub fn dump(root: &Path, idle: usize) -> Result<(), String> {
             read.push(v["read_ms"].as_f64().unwrap_or(f64::NAN));
             tasks = v["summary"]["tasks"].as_u64().unwrap_or(0);
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
         println!(
             "bench dump (target: {tasks} live tasks, RSS {:.0} MiB; median of {ROUNDS}):",
             rss_kib as f64 / 1024.0
@@ -303,20 +288,13 @@ fn peak_rss_kib(cmd: &mut Command) -> Result<u64, String> {
 /// N idle tasks (read from its task lists at attach and at the end) against the same with
 /// none; the difference over N.
 pub fn memory(root: &Path, tasks: usize) -> Result<(), String> {
-    use std::io::BufRead;
     let fixture = root.join("fixtures/late/target/release/fixture-late");
     let tasktrace = root.join("target/release/tasktrace");
     let measure = |idle: usize| -> Result<(u64, u64), String> {
-        let mut target = Command::new(&fixture)
-            .args(["--idle", &idle.to_string()])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("{}: {e}", fixture.display()))?;
-        let stdout = target.stdout.take().ok_or("no stdout")?;
-        let ready = std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.starts_with("TASKTRACE_GROUND_TRUTH "));
+        let (mut target, ready) = start_until(
+            Command::new(&fixture).args(["--idle", &idle.to_string()]),
+            |l| l.starts_with("TASKTRACE_GROUND_TRUTH "),
+        )?;
         let json = std::env::temp_dir().join(format!("tasktrace-bench-memory-{idle}.json"));
         let result = if ready {
             peak_rss_kib(
@@ -404,10 +382,6 @@ pub fn poll(root: &Path) -> Result<(), String> {
             .unwrap_or(f64::NAN);
         hits.push(events / polls);
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (a, b, h) = (median(&mut plain), median(&mut traced), median(&mut hits));
     println!("bench poll ({N} yielding polls, median of {ROUNDS} interleaved runs):");
     println!("  untraced: {a:>7.0} ns/poll");
@@ -425,20 +399,11 @@ pub fn poll(root: &Path) -> Result<(), String> {
 /// Attach and detach time with a large plan: `tasktrace record` on a target with 700 task
 /// types (over 2 000 probe sites), median of five windows.
 pub fn attach(root: &Path) -> Result<(), String> {
-    use std::io::BufRead;
     const ROUNDS: usize = 5;
     let fixture = root.join("fixtures/bench/manysites/target/release/fixture-manysites");
     let tasktrace = root.join("target/release/tasktrace");
     let json = std::env::temp_dir().join("tasktrace-bench-attach.json");
-    let mut target = Command::new(&fixture)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", fixture.display()))?;
-    let stdout = target.stdout.take().ok_or("no stdout")?;
-    let ready = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l == "READY");
+    let (mut target, ready) = start_until(&mut Command::new(&fixture), |l| l == "READY")?;
     let result = (|| {
         if !ready {
             return Err("the manysites fixture did not start".to_string());
@@ -464,10 +429,6 @@ pub fn attach(root: &Path) -> Result<(), String> {
             detach.push(r["probes"]["detach_ms"].as_f64().unwrap_or(f64::NAN));
             sites = r["probes"]["sites"].as_u64().unwrap_or(0);
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
         let (a, d) = (median(&mut attach), median(&mut detach));
         println!("bench attach ({sites} probe sites, median of {ROUNDS}):");
         println!(
@@ -479,4 +440,28 @@ pub fn attach(root: &Path) -> Result<(), String> {
     let _ = target.kill();
     let _ = target.wait();
     result
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Starts a benchmark target and reads its output until a line satisfies `ready`:
+/// (the process, whether such a line came before the output ended).
+fn start_until(
+    cmd: &mut Command,
+    ready: impl Fn(&str) -> bool,
+) -> Result<(std::process::Child, bool), String> {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let found = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| ready(&l));
+    Ok((child, found))
 }

@@ -89,13 +89,7 @@ mod bench;
 fn bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("report") => {
-            let events = match args.iter().position(|a| a == "--events") {
-                Some(i) => args
-                    .get(i + 1)
-                    .and_then(|n| n.parse().ok())
-                    .ok_or("--events takes a number")?,
-                None => 10_000_000,
-            };
+            let events = number_option(args, "--events", 10_000_000)?;
             build_tasktrace_release()?;
             bench::report(&root(), events)
         }
@@ -105,13 +99,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             bench::spawn(&root())
         }
         Some("dump") => {
-            let idle = match args.iter().position(|a| a == "--tasks") {
-                Some(i) => args
-                    .get(i + 1)
-                    .and_then(|n| n.parse().ok())
-                    .ok_or("--tasks takes a number")?,
-                None => 100_000,
-            };
+            let idle = number_option(args, "--tasks", 100_000)?;
             build_tasktrace_release()?;
             build_fixture(&root().join("fixtures/late"), "release")?;
             bench::dump(&root(), idle)
@@ -127,13 +115,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             bench::attach(&root())
         }
         Some("memory") => {
-            let tasks = match args.iter().position(|a| a == "--tasks") {
-                Some(i) => args
-                    .get(i + 1)
-                    .and_then(|n| n.parse().ok())
-                    .ok_or("--tasks takes a number")?,
-                None => 1_000_000,
-            };
+            let tasks = number_option(args, "--tasks", 1_000_000)?;
             build_tasktrace_release()?;
             build_fixture(&root().join("fixtures/late"), "release")?;
             bench::memory(&root(), tasks)
@@ -142,6 +124,21 @@ fn bench(args: &[String]) -> Result<(), String> {
             "usage: cargo xtask bench <report [--events N] | spawn | poll | attach | dump [--tasks N] | memory [--tasks N]>"
                 .into(),
         ),
+    }
+}
+
+/// `FLAG N` among the arguments, or `default`.
+fn number_option<T: std::str::FromStr>(
+    args: &[String],
+    flag: &str,
+    default: T,
+) -> Result<T, String> {
+    match args.iter().position(|a| a == flag) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("{flag} takes a number")),
+        None => Ok(default),
     }
 }
 

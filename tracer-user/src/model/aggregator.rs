@@ -87,8 +87,10 @@ pub struct Aggregator {
     /// Ended polls of async and local tasks by duration (see [`POLL_BUCKETS`]).
     pub poll_histogram: [u64; POLL_BUCKETS],
     pub timeline: Option<Timeline>,
-    /// Poll durations by spawn site (`None`: site unknown), for per-site percentiles.
-    pub site_polls: HashMap<Option<Arc<str>>, PollTimes>,
+    /// Poll durations by spawn site, for per-site percentiles: one histogram per site
+    /// (slot 0: site unknown), found through `site_slots` once per task, not per poll.
+    site_polls: Vec<PollTimes>,
+    site_slots: HashMap<Arc<str>, u32>,
     /// No probe sees completions (stripped binary): a task that leaves its runtime's list
     /// between two task-list readings has finished.
     pub completion_from_lists: bool,
@@ -111,13 +113,23 @@ impl Aggregator {
             diagnostics: Diagnostics::default(),
             poll_histogram: [0; POLL_BUCKETS],
             timeline: None,
-            site_polls: HashMap::new(),
+            site_polls: vec![PollTimes::default()],
+            site_slots: HashMap::new(),
             completion_from_lists: false,
             reading: (u64::MAX, Default::default()),
             alive: 0,
             bits,
             thresholds,
         }
+    }
+
+    /// Poll durations of the tasks spawned at `site` (`None`: site unknown).
+    pub fn site_poll_times(&self, site: Option<&str>) -> Option<&PollTimes> {
+        let slot = match site {
+            None => 0,
+            Some(s) => *self.site_slots.get(s)?,
+        };
+        self.site_polls.get(slot as usize)
     }
 
     /// Tasks neither completed nor freed (O(1): tracked as events arrive).
@@ -178,6 +190,7 @@ impl Aggregator {
                         t.kind = task_kind;
                         // Read in the attach-time list, but spawned after the probes went in.
                         t.before_attach = false;
+                        t.site_slot = None;
                         t.spawned_at = self
                             .pending_spawns
                             .remove(&ev.tid)
@@ -250,10 +263,24 @@ impl Aggregator {
                 }
                 // Worker-hosting tasks' one long poll is the runtime's life, not a poll.
                 if t.hosted_polls == 0 {
-                    self.site_polls
-                        .entry(t.spawned_at.clone())
-                        .or_default()
-                        .record(dur);
+                    let slot = match t.site_slot {
+                        Some(slot) => slot,
+                        None => {
+                            let slot = match &t.spawned_at {
+                                None => 0,
+                                Some(site) => {
+                                    let next = self.site_polls.len() as u32;
+                                    *self.site_slots.entry(site.clone()).or_insert(next)
+                                }
+                            };
+                            if slot as usize == self.site_polls.len() {
+                                self.site_polls.push(PollTimes::default());
+                            }
+                            t.site_slot = Some(slot);
+                            slot
+                        }
+                    };
+                    self.site_polls[slot as usize].record(dur);
                 }
                 if let Some(tl) = self.timeline.as_mut() {
                     tl.polls.push((frame.task, start, ts, ev.tid));

@@ -83,6 +83,8 @@ pub struct Task {
     /// Reference count and JoinHandle presence at the last reading of its state word.
     pub refs: Option<u64>,
     pub join_handle: Option<bool>,
+    /// Index of its spawn site's poll-time histogram in the aggregator, once known.
+    pub site_slot: Option<u32>,
 }
 
 impl Task {
@@ -118,6 +120,7 @@ impl Task {
             no_way_to_run_at: None,
             refs: None,
             join_handle: None,
+            site_slot: None,
         }
     }
 

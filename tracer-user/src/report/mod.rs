@@ -284,7 +284,7 @@ impl Report {
                 d.unmatched_poll_ends, d.address_reuse, d.unreadable_headers
             ));
         }
-        let spawn_sites = sites::spawn_sites(&tasks, window_ns, &agg.site_polls);
+        let spawn_sites = sites::spawn_sites(&tasks, window_ns, |s| agg.site_poll_times(s));
         let mut stuck_polls: Vec<StuckPoll> = long_polls
             .iter()
             .map(|p| StuckPoll {

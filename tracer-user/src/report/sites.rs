@@ -1,10 +1,7 @@
 //! The spawn-site view: tasks grouped by where they were spawned, with counts per
 //! verdict and the live count over the window (the NumGoroutine-by-site signal).
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -44,10 +41,10 @@ pub struct SpawnSite {
     pub growing: bool,
 }
 
-pub fn spawn_sites(
+pub fn spawn_sites<'a>(
     tasks: &[TaskReport],
     window_ns: u64,
-    poll_times: &HashMap<Option<Arc<str>>, PollTimes>,
+    poll_times: impl Fn(Option<&str>) -> Option<&'a PollTimes>,
 ) -> Vec<SpawnSite> {
     let mut groups: BTreeMap<Option<&str>, Vec<&TaskReport>> = BTreeMap::new();
     for t in tasks.iter().filter(|t| !t.runtime_plumbing) {
@@ -60,7 +57,7 @@ pub fn spawn_sites(
             let series = live_series(&ts, window_ns);
             let (slope, r) = trend(&series);
             let gained = slope * window_ns as f64 / 1e9;
-            let times = poll_times.get(&site.map(Arc::from));
+            let times = poll_times(site);
             let us = |ns: Option<u64>| ns.map(|ns| ns as f64 / 1e3);
             let pct = |p: f64| us(times.and_then(|h| h.percentile(p)));
             SpawnSite {
