@@ -34,6 +34,9 @@ pub enum EventKind {
     /// At a spawn site, when no spawn function survived inlining: a [`StackEvent`] with
     /// the registers and a copy of the user stack, unwound in userspace.
     SpawnStack = 12,
+    /// A worker entered its scheduler's park or driver-yield path: whatever it was polling
+    /// has ended (lets a poll cost one hit without stretching its end over idle time).
+    Park = 13,
 }
 
 impl EventKind {
@@ -51,6 +54,7 @@ impl EventKind {
             Self::Dealloc => "dealloc",
             Self::SpawnCall => "spawn_call",
             Self::SpawnStack => "spawn_stack",
+            Self::Park => "park",
         }
     }
 
@@ -68,6 +72,7 @@ impl EventKind {
             10 => Self::Dealloc,
             11 => Self::SpawnCall,
             12 => Self::SpawnStack,
+            13 => Self::Park,
             _ => return None,
         })
     }
@@ -194,9 +199,19 @@ pub struct HeaderLayout {
     pub vtable_id_offset: u64,
 }
 
+/// Global: offset of `task_struct.thread.fsbase` in the running kernel (from its BTF; 0:
+/// unknown, threads are then not recorded).
+pub const GLOBAL_TASK_FSBASE: &str = "TASK_FSBASE";
+
 /// Map names.
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_LOST: &str = "LOST";
+/// Target thread id → its TLS pointer (`fsbase`), recorded by every program that runs on
+/// a target thread. Userspace reads tokio's per-thread context through it (which task a
+/// worker is polling) without stopping the thread.
+pub const MAP_THREADS: &str = "THREADS";
+/// Capacity of [`MAP_THREADS`] (an LRU map: threads that exited age out).
+pub const MAX_THREADS: u32 = 8192;
 
 #[cfg(feature = "user")]
 mod user {

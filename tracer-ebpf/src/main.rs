@@ -1,23 +1,25 @@
 //! Kernel side of tasktrace: one entry and one return program, each attached through a
 //! single `uprobe_multi` link to every probe site of the attach plan. The attach cookie
 //! says what the site means and where the task header pointer is; the program filters
-//! by target process, reads the header (read-only) and packs a fixed-size event.
+//! by target process, reads the header (read-only) and packs a fixed-size event. A
+//! low-rate perf-event program only records which target threads exist and where their
+//! thread-locals are.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_get_attach_cookie,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, generated::bpf_get_attach_cookie,
     },
-    macros::{map, uprobe, uretprobe},
-    maps::{PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{map, perf_event, uprobe, uretprobe},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::{PerfEventContext, ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    CallEvent, EVENT_FLAG_UNREADABLE, EventKind, HeaderArg, HeaderLayout, STACK_COPY, StackEvent,
-    TaskEvent, cookie_arg, cookie_kind,
+    CallEvent, EVENT_FLAG_UNREADABLE, EventKind, HeaderArg, HeaderLayout, MAX_THREADS, STACK_COPY,
+    StackEvent, TaskEvent, cookie_arg, cookie_kind,
 };
 
 /// Process (tgid) to trace; set by userspace at load time.
@@ -37,6 +39,10 @@ static LAYOUT: HeaderLayout = HeaderLayout {
 #[unsafe(no_mangle)]
 static STACK_BYTES: u32 = 0;
 
+/// Offset of `task_struct.thread.fsbase` (from the kernel's BTF; 0: unknown).
+#[unsafe(no_mangle)]
+static TASK_FSBASE: u64 = 0;
+
 /// Events for userspace. Its size is set by userspace (`--ring-size`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
@@ -44,6 +50,15 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 /// Failed ring reservations, per CPU: the ring buffer itself keeps no drop count.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Target thread → TLS pointer.
+#[map]
+static THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_THREADS, 0);
+
+/// The target thread each CPU last recorded, so that a hit only updates [`THREADS`] when
+/// another thread ran on the CPU since.
+#[map]
+static LAST_THREAD: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Submit without waking the reader: it drains on a timer (a wakeup costs ~0.8 µs a hit).
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -74,6 +89,18 @@ pub fn task_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Fires a few dozen times a second per CPU: records target threads that no probe hit
+/// (a worker that only polls in lifecycle mode).
+#[perf_event]
+pub fn thread_sample(_ctx: PerfEventContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: see `emit`.
+    if (pid_tgid >> 32) as u32 == unsafe { core::ptr::read_volatile(&TARGET_TGID) } {
+        note_thread(pid_tgid as u32);
+    }
+    0
+}
+
 #[uretprobe(multi)]
 pub fn task_return(ctx: RetProbeContext) -> u32 {
     let header = if cookie_arg(cookie(&ctx)) == HeaderArg::Ret as u8 {
@@ -99,6 +126,7 @@ fn emit<C: EbpfContext>(ctx: &C, header: u64) {
     if (pid_tgid >> 32) as u32 != target {
         return;
     }
+    note_thread(pid_tgid as u32);
     let layout = unsafe { core::ptr::read_volatile(&LAYOUT) };
     let kind = cookie_kind(cookie(ctx));
 
@@ -207,6 +235,31 @@ unsafe fn bpf_probe_read_user_raw(
 ) -> i64 {
     // SAFETY: the helper checks both pointers and reports faults.
     unsafe { aya_ebpf::helpers::generated::bpf_probe_read_user(dst, size, src) }
+}
+
+/// Records where the current target thread's thread-locals are (read-only, kernel memory).
+#[inline(always)]
+fn note_thread(tid: u32) {
+    // SAFETY: set by the loader before attach, read-only afterwards.
+    let off = unsafe { core::ptr::read_volatile(&TASK_FSBASE) };
+    if off == 0 {
+        return;
+    }
+    let Some(last) = LAST_THREAD.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    unsafe {
+        if *last == tid {
+            return;
+        }
+        *last = tid;
+    }
+    // SAFETY: the current task_struct is valid while its program runs; the read is checked.
+    let task = unsafe { bpf_get_current_task() };
+    if let Ok(fsbase) = unsafe { bpf_probe_read_kernel((task + off) as *const u64) } {
+        let _ = THREADS.insert(&tid, &fsbase, 0);
+    }
 }
 
 #[inline(always)]

@@ -90,6 +90,10 @@ pub struct TraceArgs {
     /// stack copy at each spawn).
     #[arg(long)]
     pub no_spawn_sites: bool,
+    /// `full`: every poll (one probe hit per poll); `lifecycle`: no per-poll probes at all
+    /// (spawns, completions, sampled polls; see docs/user-guide.md for what it loses).
+    #[arg(long, value_enum, default_value_t = crate::plan::Mode::Full)]
+    pub mode: crate::plan::Mode,
     /// Ring buffer size in bytes (power of two; K/M suffixes accepted).
     #[arg(long, value_parser = parse_size, default_value = "8M")]
     pub ring_size: u32,

@@ -87,7 +87,10 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
         &bin,
         &table,
         knowledge,
-        false,
+        crate::plan::PlanOpts {
+            spawn_sites: false,
+            mode: crate::plan::Mode::Full,
+        },
     )?;
     let mut locator = Locator::new(table, pid, target.exe.clone());
     let vtables = locator

@@ -26,6 +26,10 @@ pub struct BinaryInfo {
     pub tokio_symbols: usize,
     /// Build traits, for `inspect`.
     pub traits: BuildTraits,
+    /// Thread-local symbols under `tokio::` (demangled name, offset in the TLS block, size).
+    pub tokio_tls: Vec<(String, u64, u64)>,
+    /// The executable's TLS segment: (memory size, alignment).
+    pub tls_segment: Option<(u64, u64)>,
 }
 
 /// What the build looks like from outside.
@@ -61,6 +65,7 @@ impl BinaryInfo {
         let mut tokio_symbols = 0;
         let mut has_symtab = false;
         let (mut v0, mut legacy, mut unwind, mut state_methods) = (0usize, 0usize, false, false);
+        let mut tokio_tls = Vec::new();
         for sym in file.symbols() {
             has_symtab = true;
             if let Ok(raw) = sym.name() {
@@ -69,6 +74,15 @@ impl BinaryInfo {
                 // The unwinding panic runtime leaves its own symbols; panic=abort links panic_abort.
                 unwind |= raw.contains("panic_unwind");
                 state_methods |= raw.contains("transition_to_running");
+            }
+            if sym.kind() == SymbolKind::Tls
+                && let Ok(raw) = sym.name()
+            {
+                let name = format!("{:#}", rustc_demangle::demangle(raw));
+                if name.starts_with("tokio::") {
+                    tokio_tls.push((name, sym.address(), sym.size()));
+                }
+                continue;
             }
             if sym.kind() != SymbolKind::Text || sym.address() == 0 {
                 continue;
@@ -88,6 +102,7 @@ impl BinaryInfo {
             .segments()
             .map(|s| (s.address(), s.size(), s.file_range().0))
             .collect();
+        let tls_segment = tls_segment(data);
         let build_id = file
             .build_id()
             .ok()
@@ -109,7 +124,23 @@ impl BinaryInfo {
             tokio_version: tokio_versions::version_in_bytes(data),
             has_symtab,
             tokio_symbols,
+            tokio_tls,
+            tls_segment,
         })
+    }
+
+    /// Where a thread-local of the executable lives relative to a thread's TLS pointer
+    /// (`fsbase`): x86_64 puts the executable's TLS block right below it, rounded up to
+    /// the segment's alignment (TLS variant II, as glibc and musl lay it out).
+    pub fn tls_offset(&self, symbol_prefix: &str) -> Option<i64> {
+        let (memsz, align) = self.tls_segment?;
+        let (_, offset, _) = self
+            .tokio_tls
+            .iter()
+            .filter(|(name, _, _)| name.starts_with(symbol_prefix))
+            .max_by_key(|(_, _, size)| *size)?;
+        let block = memsz.next_multiple_of(align.max(1));
+        Some(*offset as i64 - block as i64)
     }
 
     /// Takes the symbols of `other`, an unstripped copy of the same build (same GNU
@@ -139,6 +170,7 @@ impl BinaryInfo {
             ..other.traits
         };
         self.tokio_version = self.tokio_version.or(other.tokio_version);
+        self.tokio_tls = other.tokio_tls;
         Ok(self)
     }
 
@@ -154,6 +186,19 @@ impl BinaryInfo {
             .find(|&&(start, size, _)| vaddr >= start && vaddr < start + size)
             .map(|&(start, _, off)| vaddr - start + off)
     }
+}
+
+/// The `PT_TLS` program header: (memory size, alignment).
+fn tls_segment(data: &[u8]) -> Option<(u64, u64)> {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let header = object::elf::FileHeader64::<object::LittleEndian>::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    header
+        .program_headers(endian, data)
+        .ok()?
+        .iter()
+        .find(|ph| ph.p_type(endian) == object::elf::PT_TLS)
+        .map(|ph| (ph.p_memsz(endian), ph.p_align(endian)))
 }
 
 /// Drops generic arguments from a demangled path, so that every instance of a generic

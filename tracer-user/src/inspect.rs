@@ -29,9 +29,19 @@ pub struct Inspection {
     /// Event → probe sites (function → instance count).
     pub plan: BTreeMap<&'static str, BTreeMap<&'static str, usize>>,
     pub probe_sites: usize,
+    /// Event → function → how its probes run: the kernel emulates the probed instruction
+    /// (~1 µs a hit) or single-steps it (~12 µs); `moved` probes sit past the entry.
+    pub execution: BTreeMap<&'static str, BTreeMap<&'static str, Execution>>,
     pub absent_optional: Vec<&'static str>,
     pub unavailable: Vec<Unavailable>,
     pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Execution {
+    pub emulated: usize,
+    pub single_stepped: usize,
+    pub moved: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -48,6 +58,7 @@ pub struct TaskVtables {
 pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Inspection> {
     let (bin, table) = crate::session::read_binary(exe, display, symbols)?;
     let mut out = Inspection {
+        execution: Default::default(),
         binary: display.to_owned(),
         tier: None,
         task_vtables: TaskVtables::default(),
@@ -107,7 +118,16 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
                 && table.vtable_slot(w, 2).is_some_and(|f| by_ref.contains(&f))
         }));
     }
-    match Plan::choose(Path::new(display), &bin, &table, k, true) {
+    match Plan::choose(
+        Path::new(display),
+        &bin,
+        &table,
+        k,
+        crate::plan::PlanOpts {
+            spawn_sites: true,
+            mode: crate::plan::Mode::Full,
+        },
+    ) {
         Ok(plan) => {
             out.tier = Some(plan.tier);
             out.unavailable.extend(plan.unavailable.iter().cloned());
@@ -119,6 +139,19 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
                     .or_default()
                     .entry(site.function)
                     .or_default() += 1;
+                if let Some(p) = &site.placement {
+                    let e = out
+                        .execution
+                        .entry(kind)
+                        .or_default()
+                        .entry(site.function)
+                        .or_default();
+                    match p.execution {
+                        crate::placement::Execution::Emulated => e.emulated += 1,
+                        crate::placement::Execution::SingleStepped => e.single_stepped += 1,
+                    }
+                    e.moved += usize::from(p.offset > 0);
+                }
             }
             out.probe_sites = plan.site_count();
             out.absent_optional = plan.absent.clone();
@@ -213,9 +246,25 @@ pub fn render_text(i: &Inspection) -> String {
     );
     for (event, sites) in &i.plan {
         for (function, n) in sites {
+            let how = i
+                .execution
+                .get(event)
+                .and_then(|e| e.get(function))
+                .map(|e| {
+                    let moved = if e.moved > 0 {
+                        format!(", {} moved past a single-stepped entry", e.moved)
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        ": {} emulated, {} single-stepped{moved}",
+                        e.emulated, e.single_stepped
+                    )
+                })
+                .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "  {event:<15} {function} ({n} instance{})",
+                "  {event:<15} {function} ({n} instance{}{how})",
                 if *n == 1 { "" } else { "s" }
             );
         }

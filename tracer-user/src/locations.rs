@@ -129,6 +129,17 @@ impl LocationTable {
         self.data.get(at..at + len as usize)
     }
 
+    /// The file's bytes from `vaddr` to the end of its segment, at most `max` of them.
+    pub fn code(&self, vaddr: u64, max: u64) -> Option<&[u8]> {
+        let &(start, size, off) = self
+            .segments
+            .iter()
+            .find(|&&(s, sz, _)| vaddr >= s && vaddr < s + sz)?;
+        let len = max.min(start + size - vaddr);
+        let at = (vaddr - start + off) as usize;
+        self.data.get(at..at + len as usize)
+    }
+
     fn u64_at(&self, vaddr: u64) -> Option<u64> {
         Some(u64::from_le_bytes(self.bytes(vaddr, 8)?.try_into().ok()?))
     }

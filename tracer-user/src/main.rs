@@ -5,13 +5,16 @@ mod dump;
 mod elf;
 mod error;
 mod inspect;
+mod kernel_btf;
 mod locations;
 mod memory;
 mod model;
+mod placement;
 mod plan;
 mod probes;
 mod replay;
 mod report;
+mod sampler;
 mod session;
 mod target;
 mod tasklist;
@@ -147,6 +150,7 @@ fn window(opts: &TraceArgs) -> WindowOpts {
         timeline: opts.verdicts.perfetto.is_some(),
         symbols: opts.symbols.clone(),
         spawn_sites: !opts.no_spawn_sites,
+        mode: opts.mode,
     }
 }
 

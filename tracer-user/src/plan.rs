@@ -18,10 +18,15 @@ use crate::{
 pub struct Site {
     /// Function name (normalized).
     pub function: &'static str,
+    /// The function's entry.
     pub vaddr: u64,
+    /// Where the probe goes in the file (the entry, or a cheaper instruction after it).
     pub file_offset: u64,
     #[serde(skip)]
     pub cookie: u64,
+    /// How the probed instruction runs; `None` until placed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::placement::Placement>,
 }
 
 /// A verdict or signal this binary cannot give, and why.
@@ -29,6 +34,35 @@ pub struct Site {
 pub struct Unavailable {
     pub what: String,
     pub why: String,
+}
+
+/// How much tasktrace watches, traded against what it costs the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Every poll (one probe hit per poll where the thread sampler can tell when a poll
+    /// ended), plus the lifecycle.
+    #[default]
+    Full,
+    /// Spawn, completion, cancellation and deallocation only; which task each thread is
+    /// polling is sampled, and task states are read from memory about once a second.
+    Lifecycle,
+}
+
+/// What the caller wants from the plan.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanOpts {
+    pub spawn_sites: bool,
+    pub mode: Mode,
+}
+
+/// Where tokio keeps the id of the task a thread is polling, relative to the thread's TLS
+/// pointer: what the thread sampler reads.
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
+pub struct CurrentTask {
+    /// Offset from `fsbase` of `CONTEXT.current_task_id` (of its tag word when `tagged`).
+    pub fsbase_offset: i64,
+    pub tagged: bool,
 }
 
 /// Sites for the entry program and for the return program.
@@ -41,6 +75,15 @@ pub struct Plan {
     pub completion_probed: bool,
     /// Wakes are observed by a probe.
     pub wakes_probed: bool,
+    pub mode: Mode,
+    /// Poll starts are observed by a probe (not in lifecycle mode).
+    pub polls_probed: bool,
+    /// Poll ends are observed by a return probe; when not, a poll ends at the thread's
+    /// next event or when the thread sampler sees the thread elsewhere.
+    pub poll_ends_probed: bool,
+    /// Target threads are sampled for the task they are polling (`current_task`).
+    pub thread_sampling: bool,
+    pub current_task: Option<CurrentTask>,
     /// Verdicts and signals this binary cannot give.
     pub unavailable: Vec<Unavailable>,
     /// Copy this many bytes of user stack at spawn probes, to name spawn sites by
@@ -64,8 +107,9 @@ impl Plan {
         path: &Path,
         bin: &BinaryInfo,
         k: &Knowledge,
-        spawn_sites: bool,
+        opts: PlanOpts,
     ) -> Result<Self> {
+        let spawn_sites = opts.spawn_sites;
         if !bin.has_symtab && bin.tokio_version.is_none() {
             return Err(Error::NotTokio {
                 path: path.to_owned(),
@@ -83,10 +127,19 @@ impl Plan {
             });
         }
         let s = &k.symbols;
+        let current_task = current_task(bin, k);
+        // One hit per poll: the sampler tells when a thread left its poll, so neither the
+        // poll's return nor wakes need a probe. Without it, the classic three.
+        let sampled = current_task.is_some();
         let mut plan = Plan {
             tier: "symbols",
             completion_probed: true,
-            wakes_probed: true,
+            mode: opts.mode,
+            polls_probed: opts.mode == Mode::Full,
+            poll_ends_probed: opts.mode == Mode::Full && !sampled,
+            wakes_probed: opts.mode == Mode::Full && !sampled,
+            thread_sampling: sampled,
+            current_task,
             ..Default::default()
         };
         let mut missing = Vec::new();
@@ -160,6 +213,15 @@ impl Plan {
             ),
         ];
         for (function, kind, arg, required, is_return) in table {
+            let wanted = match kind {
+                EventKind::PollStart => plan.polls_probed,
+                EventKind::PollEnd => plan.poll_ends_probed,
+                EventKind::WakeByVal | EventKind::WakeByRef => plan.wakes_probed,
+                _ => true,
+            };
+            if !wanted {
+                continue;
+            }
             let addrs = bin.instances(function);
             if addrs.is_empty() {
                 if required {
@@ -174,6 +236,20 @@ impl Plan {
                 plan.ret.extend(found)
             } else {
                 plan.entry.extend(found)
+            }
+        }
+        // One-hit polls: a worker's park ends its last poll (parks are rare under load).
+        if plan.polls_probed && !plan.poll_ends_probed {
+            for alternatives in s.parks {
+                if let Some(kept) = alternatives
+                    .iter()
+                    .find(|alt| alt.iter().any(|f| !bin.instances(f).is_empty()))
+                {
+                    for &function in *kept {
+                        plan.entry
+                            .extend(sites(bin, function, EventKind::Park, HeaderArg::None));
+                    }
+                }
             }
         }
         // Spawn-site capture: optional, every instance that survived inlining.
@@ -212,8 +288,66 @@ impl Plan {
                 missing,
             });
         }
+        plan.note_mode_losses();
         Ok(plan)
     }
+
+    /// What lifecycle mode, or a missing thread sampler, gives up: said in every report.
+    fn note_mode_losses(&mut self) {
+        let mut lose = |what: &str, why: &str| {
+            self.unavailable.push(Unavailable {
+                what: what.into(),
+                why: why.into(),
+            })
+        };
+        if self.mode == Mode::Full && self.tier == "symbols" && !self.wakes_probed {
+            lose(
+                "wakes",
+                "one probe hit per poll: wakes are not probed (no wake counts); a starved \
+                 task (woken, not run) is found by the task-state readings, about 1 s apart",
+            );
+        }
+        if self.mode == Mode::Lifecycle {
+            lose(
+                "poll times",
+                "lifecycle mode probes no poll: no poll counts, durations or per-site \
+                 percentiles, no long polls",
+            );
+            lose(
+                "wakes",
+                "lifecycle mode probes no wake: a starved task (woken, not run) is seen by \
+                 the task-state readings, about 1 s apart",
+            );
+            lose(
+                "idle time",
+                "lifecycle mode cannot see a task's polls: `leaked` needs the state-word \
+                 proof (definite) or a task whose future did not change between readings \
+                 at least --leak-after apart (suspected)",
+            );
+            if !self.thread_sampling {
+                lose(
+                    "blocking polls",
+                    "the thread sampler is unavailable (no kernel BTF, or no tokio CONTEXT \
+                     thread-local symbol): a blocking poll is only seen if it was running at \
+                     attach and still at the end",
+                );
+            }
+        }
+    }
+}
+
+/// Where the sampler finds `CONTEXT.current_task_id`: needs the thread-local's symbol in
+/// the binary and the kernel's BTF (for each thread's TLS pointer).
+fn current_task(bin: &BinaryInfo, k: &Knowledge) -> Option<CurrentTask> {
+    static FSBASE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    FSBASE
+        .get_or_init(crate::kernel_btf::task_fsbase_offset)
+        .as_ref()?;
+    let storage = bin.tls_offset(k.context.symbol)?;
+    Some(CurrentTask {
+        fsbase_offset: storage + k.context.task_id as i64,
+        tagged: k.context.tagged,
+    })
 }
 
 impl Plan {
@@ -225,12 +359,58 @@ impl Plan {
         bin: &BinaryInfo,
         table: &LocationTable,
         k: &Knowledge,
-        spawn_sites: bool,
+        opts: PlanOpts,
     ) -> Result<Self> {
-        if bin.has_symtab || bin.tokio_version.is_none() {
-            return Self::for_binary(path, bin, k, spawn_sites);
+        let mut plan = if bin.has_symtab || bin.tokio_version.is_none() {
+            Self::for_binary(path, bin, k, opts)?
+        } else {
+            Self::for_stripped(path, bin, table, k, opts.mode)?
+        };
+        plan.place(table);
+        Ok(plan)
+    }
+
+    /// Moves each entry probe to the cheapest instruction that still sees what it reads
+    /// (`placement`); return probes stay at the entry (they read the return address).
+    fn place(&mut self, table: &LocationTable) {
+        use iced_x86::Register;
+        use tracer_common::{cookie_arg, cookie_kind};
+        let stack_copy = self.stack_bytes > 0;
+        for (list, is_return) in [(&mut self.entry, false), (&mut self.ret, true)] {
+            for site in list.iter_mut() {
+                let Some(code) = table.code(site.vaddr, 4096) else {
+                    continue;
+                };
+                let kind = EventKind::from_u8(cookie_kind(site.cookie));
+                let keeps = match cookie_arg(site.cookie) {
+                    a if a == HeaderArg::Arg0 as u8 => Some(Register::RDI),
+                    a if a == HeaderArg::Arg1 as u8 => Some(Register::RSI),
+                    _ => None,
+                };
+                // Spawn calls read every argument register and [rsp]; a stack copy wants
+                // the entry's frame; return probes hook the return address at [rsp].
+                let movable = !is_return
+                    && kind != Some(EventKind::SpawnCall)
+                    && !(stack_copy
+                        && matches!(kind, Some(EventKind::Spawn | EventKind::SpawnBlocking)));
+                let p = crate::placement::place(code, site.vaddr, keeps, movable);
+                site.file_offset += p.offset;
+                site.placement = Some(p);
+            }
         }
-        Self::for_stripped(path, bin, table, k)
+    }
+
+    /// Probe sites by how the kernel runs their instruction: (emulated, single-stepped).
+    pub fn execution_counts(&self) -> (usize, usize) {
+        let all = || self.entry.iter().chain(&self.ret);
+        let emulated = all()
+            .filter(|s| {
+                s.placement
+                    .as_ref()
+                    .is_some_and(|p| p.execution == crate::placement::Execution::Emulated)
+            })
+            .count();
+        (emulated, all().count() - emulated)
     }
 
     fn for_stripped(
@@ -238,6 +418,7 @@ impl Plan {
         bin: &BinaryInfo,
         table: &LocationTable,
         k: &Knowledge,
+        mode: Mode,
     ) -> Result<Self> {
         let vtables = table.scan_task_vtables(&k.layout);
         if vtables.is_empty() {
@@ -246,8 +427,13 @@ impl Plan {
                 tokio_version: bin.tokio_version.map(|v| v.to_string()),
             });
         }
+        // No thread-local symbols to sample: full mode keeps the poll-end probe.
+        let full = mode == Mode::Full;
         let mut plan = Plan {
             tier: "vtable scan",
+            mode,
+            polls_probed: full,
+            poll_ends_probed: full,
             ..Default::default()
         };
         // (vtable slot, name, kind, header, return probe)
@@ -282,6 +468,9 @@ impl Plan {
             ),
         ];
         for (slot, function, kind, arg, is_return) in slots {
+            if !full && matches!(kind, EventKind::PollStart | EventKind::PollEnd) {
+                continue;
+            }
             for vt in &vtables {
                 let Some(vaddr) = table.vtable_slot(vt.vaddr, slot) else {
                     continue;
@@ -294,6 +483,7 @@ impl Plan {
                     vaddr,
                     file_offset,
                     cookie: cookie(kind, arg),
+                    placement: None,
                 };
                 if is_return {
                     plan.ret.push(site);
@@ -304,7 +494,7 @@ impl Plan {
         }
         // Wakes: tokio's waker vtable, recognised by its clone function.
         let ref_one = 1u64 << k.refs.ref_shift;
-        if let Some(waker) = table.scan_waker_vtable(ref_one) {
+        if let Some(waker) = table.scan_waker_vtable(ref_one).filter(|_| full) {
             for (slot, function, kind) in [
                 (
                     1,
@@ -325,6 +515,7 @@ impl Plan {
                         vaddr,
                         file_offset,
                         cookie: cookie(kind, HeaderArg::Arg0),
+                        placement: None,
                     });
                 }
             }
@@ -357,11 +548,15 @@ impl Plan {
             if what == "wakes" && plan.wakes_probed {
                 continue;
             }
+            if what == "wakes" && !full {
+                continue;
+            }
             plan.unavailable.push(Unavailable {
                 what: what.into(),
                 why,
             });
         }
+        plan.note_mode_losses();
         Ok(plan)
     }
 }
@@ -377,6 +572,7 @@ fn sites(bin: &BinaryInfo, function: &'static str, kind: EventKind, arg: HeaderA
                 vaddr,
                 file_offset,
                 cookie: cookie(kind, arg),
+                placement: None,
             })
         })
         .collect()

@@ -10,15 +10,17 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        UProbe,
+        PerfEvent, UProbe,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
 use tracer_common::{
     CALL_EVENT_SIZE, CallEvent, EVENT_SIZE, GLOBAL_LAYOUT, GLOBAL_STACK_BYTES, GLOBAL_TARGET_TGID,
-    HeaderLayout, MAP_EVENTS, MAP_LOST, STACK_EVENT_SIZE, StackEvent, TaskEvent,
+    GLOBAL_TASK_FSBASE, HeaderLayout, MAP_EVENTS, MAP_LOST, MAP_THREADS, STACK_EVENT_SIZE,
+    StackEvent, TaskEvent,
 };
 
 use crate::{
@@ -40,6 +42,7 @@ pub struct Probes {
     ebpf: Option<Ebpf>,
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
+    threads: Option<BpfHashMap<MapData, u32, u64>>,
     pub attach_time: Duration,
     pub sites: usize,
 }
@@ -65,8 +68,11 @@ impl Probes {
             owner_id: layout.header_owner_id,
             vtable_id_offset: layout.vtable_id_offset,
         };
+        // Without it (no kernel BTF) threads go unrecorded and the plan keeps poll-end probes.
+        let fsbase = crate::kernel_btf::task_fsbase_offset().unwrap_or(0);
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_TARGET_TGID, &tgid, true)
+            .override_global(GLOBAL_TASK_FSBASE, &fsbase, true)
             .override_global(GLOBAL_LAYOUT, &header, true)
             .override_global(GLOBAL_STACK_BYTES, &stack_bytes, true)
             .map_max_entries(MAP_EVENTS, ring_bytes)
@@ -75,6 +81,9 @@ impl Probes {
         let pid = NonZeroU32::new(tgid).ok_or_else(|| Error::Bpf("pid 0".into()))?;
         attach_program(&mut ebpf, "task_entry", &plan.entry, binary, pid)?;
         attach_program(&mut ebpf, "task_return", &plan.ret, binary, pid)?;
+        if plan.thread_sampling {
+            attach_thread_sampler(&mut ebpf)?;
+        }
         let ring = ebpf
             .take_map(MAP_EVENTS)
             .ok_or_else(|| Error::Bpf("EVENTS map missing from the object".into()))?;
@@ -83,10 +92,14 @@ impl Probes {
             .take_map(MAP_LOST)
             .ok_or_else(|| Error::Bpf("LOST map missing from the object".into()))?;
         let lost = PerCpuArray::try_from(lost).map_err(|e| Error::Bpf(e.to_string()))?;
+        let threads = ebpf
+            .take_map(MAP_THREADS)
+            .and_then(|m| BpfHashMap::try_from(m).ok());
         Ok(Self {
             ebpf: Some(ebpf),
             ring,
             lost,
+            threads,
             attach_time: started.elapsed(),
             sites: plan.site_count(),
         })
@@ -121,6 +134,14 @@ impl Probes {
     /// Events the kernel could not queue because the ring was full (all CPUs).
     pub fn lost_events(&self) -> u64 {
         self.lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// Target threads seen so far and their TLS pointers.
+    pub fn threads(&self) -> Vec<(u32, u64)> {
+        self.threads
+            .as_ref()
+            .map(|m| m.iter().filter_map(|r| r.ok()).collect())
+            .unwrap_or_default()
     }
 
     /// Detaches every probe and unloads the programs; the ring stays readable so events
@@ -170,6 +191,35 @@ fn attach_program(
     program
         .attach(points, binary, UProbeScope::OneProcess(pid))
         .map_err(|e| bpf_error(&format!("attaching {name} to {} sites", sites.len()), &e))?;
+    Ok(())
+}
+
+/// How often each CPU checks which target thread it runs: enough to learn every thread
+/// that runs at all within a fraction of a second, too rare to cost anything.
+const THREAD_SAMPLE_HZ: u64 = 49;
+
+/// One CPU-clock perf event per online CPU, all feeding `thread_sample`.
+fn attach_thread_sampler(ebpf: &mut Ebpf) -> Result<()> {
+    let program: &mut PerfEvent = ebpf
+        .program_mut("thread_sample")
+        .ok_or_else(|| Error::Bpf("program thread_sample missing from the object".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| Error::Bpf(e.to_string()))?;
+    program
+        .load()
+        .map_err(|e| bpf_error("loading thread_sample", &e))?;
+    let cpus = aya::util::online_cpus()
+        .map_err(|(what, e)| Error::Bpf(format!("reading online CPUs ({what}): {e}")))?;
+    for cpu in cpus {
+        program
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(THREAD_SAMPLE_HZ),
+                false,
+            )
+            .map_err(|e| bpf_error(&format!("attaching thread_sample on CPU {cpu}"), &e))?;
+    }
     Ok(())
 }
 

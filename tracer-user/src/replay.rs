@@ -35,7 +35,7 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
     let info = tracefile::stream(path, reader, |rec| {
         if let Rec::Meta(meta) = &rec {
             let mut a = Aggregator::new(meta.state_bits, thresholds);
-            a.completion_from_lists = meta.plan["completion_probed"] == false;
+            a.configure(&meta.plan);
             if timeline {
                 a.timeline = Some(Default::default());
             }
@@ -70,6 +70,10 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
             } => {
                 last_ts = last_ts.max(at_ns);
                 agg.task_list(&tasks, at_ns, attach, complete_owners.as_deref());
+            }
+            Rec::Samples { at_ns, samples } => {
+                last_ts = last_ts.max(at_ns);
+                agg.thread_samples(at_ns, &samples);
             }
         }
     })?;
@@ -110,6 +114,12 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
             sites: trace.meta.probe_sites,
             attach_ms: trace.meta.attach_ms,
             detach_ms,
+            mode: trace.meta.plan["mode"]
+                .as_str()
+                .unwrap_or("full")
+                .to_owned(),
+            emulated: count_sites(&trace.meta.plan, "emulated"),
+            single_stepped: count_sites(&trace.meta.plan, "single_stepped"),
         },
         lost_events: lost,
         warnings,
@@ -117,6 +127,16 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
             .unwrap_or_default(),
     };
     Ok(Report::build(&agg, meta))
+}
+
+/// Sites of the recorded plan whose placement says `execution`.
+fn count_sites(plan: &serde_json::Value, execution: &str) -> usize {
+    ["entry", "return"]
+        .iter()
+        .filter_map(|list| plan[list].as_array())
+        .flatten()
+        .filter(|s| s["placement"]["execution"] == execution)
+        .count()
 }
 
 fn end_ended_by(s: &str) -> &'static str {
@@ -195,6 +215,7 @@ mod tests {
                     refs: 1,
                     join_handle: false,
                     no_way_to_run: true,
+                    digest: None,
                 },
             )],
             &[2],

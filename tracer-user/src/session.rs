@@ -31,6 +31,7 @@ pub struct WindowOpts {
     pub spawn_sites: bool,
     /// An unstripped copy of the target's build, for its symbols.
     pub symbols: Option<std::path::PathBuf>,
+    pub mode: crate::plan::Mode,
 }
 
 /// The target's binary, with symbols from `--symbols` when given.
@@ -87,7 +88,10 @@ pub async fn trace(
         &bin,
         &table,
         knowledge,
-        opts.spawn_sites,
+        crate::plan::PlanOpts {
+            spawn_sites: opts.spawn_sites,
+            mode: opts.mode,
+        },
     )?;
     let mut warnings: Vec<String> = selection.warning.into_iter().collect();
     let mut locator = Locator::new(table, target.pid, target.exe.clone());
@@ -137,16 +141,24 @@ pub async fn trace(
     if opts.timeline {
         agg.timeline = Some(Default::default());
     }
-    agg.completion_from_lists = !plan.completion_probed;
+    agg.configure(&serde_json::to_value(&plan).unwrap_or_default());
     let mut lists = ListReader::new(
         target.pid,
         knowledge,
         bin.instances(knowledge.symbols.raw_poll),
+        plan.mode == crate::plan::Mode::Lifecycle,
     );
+    let sampler = plan
+        .current_task
+        .map(|at| crate::sampler::Sampler::new(target.pid, at));
+    // Readings during the window stand in for what no probe sees: completions (stripped),
+    // wakes (one-hit polls) or polls (lifecycle). They back off when a reading is slow.
+    let periodic_readings = !plan.completion_probed || !plan.wakes_probed;
+    let mut next_reading = tokio::time::Instant::now() + READ_EVERY;
     // Tasks alive before attach: only the runtimes' own lists know them (a launched
     // command has not started yet: it has none).
     if launched.is_none() {
-        let read = lists.read(&mut locator);
+        let read = lists.read(&mut locator, &Default::default());
         apply_task_list(
             read,
             Reading::Attach,
@@ -166,6 +178,8 @@ pub async fn trace(
     let agg = std::cell::RefCell::new(agg);
     let locator = std::cell::RefCell::new(locator);
     let mut futures: HashMap<u64, Option<Arc<str>>> = HashMap::new();
+    // Runtimes (owner ids) the events named: a list reading rescans when one is new.
+    let owners = std::cell::RefCell::new(std::collections::HashSet::new());
     // Live-task count for the status line, published by the sink.
     let alive = std::cell::Cell::new(0usize);
     // Set when the window closes: events after it (while the probes are being detached)
@@ -197,6 +211,12 @@ pub async fn trace(
         }
         Record::Task(ev) => {
             alive.set(agg.borrow_mut().tasks_alive());
+            if ev.owner_id != 0
+                && (ev.kind == tracer_common::EventKind::Spawn as u8
+                    || ev.kind == tracer_common::EventKind::SpawnLocal as u8)
+            {
+                owners.borrow_mut().insert(ev.owner_id);
+            }
             if ev.vtable != 0 && !futures.contains_key(&ev.vtable) {
                 let name = locator.borrow_mut().future_name(ev.vtable);
                 if let (Some(w), Some(n)) = (recording.borrow_mut().as_mut(), name.as_deref()) {
@@ -256,10 +276,14 @@ pub async fn trace(
                     ));
                     bar.tick();
                 }
-                // Without completion probes, finished tasks are found by reading the
-                // task lists about once a second.
-                if !plan.completion_probed && ticks % 100 == 99 {
-                    let read = lists.read(&mut locator.borrow_mut());
+                if let Some(sampler) = sampler.as_ref().filter(|_| ticks.is_multiple_of(SAMPLE_EVERY_TICKS)) {
+                    sample_threads(sampler, &probes, &agg, &recording);
+                }
+                if periodic_readings && tokio::time::Instant::now() >= next_reading {
+                    let read = lists.read(&mut locator.borrow_mut(), &owners.borrow());
+                    let took = read.as_ref().map_or(0.0, |s| s.read_ms);
+                    next_reading = tokio::time::Instant::now()
+                        + READ_EVERY.max(Duration::from_secs_f64(took * 20.0 / 1e3));
                     apply_task_list(
                         read,
                         Reading::Periodic,
@@ -295,7 +319,10 @@ pub async fn trace(
     // target still runs, after everything the ring holds so far.
     if ended_by != "target_exit" && target.is_alive() {
         probes.drain(&mut sink);
-        let read = lists.read(&mut locator.borrow_mut());
+        if let Some(sampler) = sampler.as_ref() {
+            sample_threads(sampler, &probes, &agg, &recording);
+        }
+        let read = lists.read(&mut locator.borrow_mut(), &owners.borrow());
         apply_task_list(
             read,
             Reading::End,
@@ -363,12 +390,39 @@ pub async fn trace(
             sites: probes.sites,
             attach_ms,
             detach_ms,
+            mode: serde_json::to_value(plan.mode)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            emulated: plan.execution_counts().0,
+            single_stepped: plan.execution_counts().1,
         },
         lost_events: lost,
         warnings,
         unavailable: plan.unavailable.clone(),
     };
     Ok(Report::build(&agg, meta))
+}
+
+/// Thread-sampler period, in drain ticks (100 ms): polls' ends inferred from it are lower
+/// bounds, so only a poll longer than this can be missed as long.
+const SAMPLE_EVERY_TICKS: u64 = 10;
+/// Period of the task-list readings during a window (stretched when one is slow).
+const READ_EVERY: Duration = Duration::from_secs(1);
+
+/// One round of the thread sampler into the aggregator and the recording.
+fn sample_threads(
+    sampler: &crate::sampler::Sampler,
+    probes: &Probes,
+    agg: &std::cell::RefCell<Aggregator>,
+    recording: &std::cell::RefCell<Option<Writer>>,
+) {
+    let at = monotonic_ns();
+    let samples = sampler.sample(&probes.threads());
+    if let Some(w) = recording.borrow_mut().as_mut() {
+        w.samples(at, &samples);
+    }
+    agg.borrow_mut().thread_samples(at, &samples);
 }
 
 /// Reads the target's task lists (see `tasklist`) during a window: a memory scan finds
@@ -382,10 +436,17 @@ struct ListReader {
     reader: Option<Reader<'static>>,
     known: Vec<tasklist::OwnedList>,
     readings: u32,
+    digests: bool,
+    not_found: std::collections::HashSet<u64>,
 }
 
 impl ListReader {
-    fn new(pid: u32, knowledge: &'static tokio_versions::Knowledge, polls: &[u64]) -> Self {
+    fn new(
+        pid: u32,
+        knowledge: &'static tokio_versions::Knowledge,
+        polls: &[u64],
+        digests: bool,
+    ) -> Self {
         Self {
             pid,
             knowledge,
@@ -393,19 +454,32 @@ impl ListReader {
             reader: None,
             known: Vec::new(),
             readings: 0,
+            digests,
+            not_found: Default::default(),
         }
     }
 
-    fn read(&mut self, locator: &mut Locator) -> std::result::Result<Snapshot, String> {
+    fn read(
+        &mut self,
+        locator: &mut Locator,
+        owners: &std::collections::HashSet<u64>,
+    ) -> std::result::Result<Snapshot, String> {
         if self.reader.is_none() {
             let vtables = locator
                 .task_vtables(&self.polls, &self.knowledge.layout)
                 .ok_or("the target's load address is unknown")?;
-            self.reader =
-                Some(Reader::new(self.pid, self.knowledge, &vtables).map_err(|e| e.to_string())?);
+            let mut reader =
+                Reader::new(self.pid, self.knowledge, &vtables).map_err(|e| e.to_string())?;
+            reader.digests = self.digests;
+            self.reader = Some(reader);
         }
         let reader = self.reader.as_ref().expect("built above");
-        let known: &[tasklist::OwnedList] = if self.readings.is_multiple_of(10) {
+        // Rescan for lists now and then, and as soon as events name a runtime whose list
+        // is not known yet (created since the last scan).
+        let unknown_owner = owners
+            .iter()
+            .any(|o| !self.known.iter().any(|l| l.owner_id == *o) && !self.not_found.contains(o));
+        let known: &[tasklist::OwnedList] = if self.readings.is_multiple_of(10) || unknown_owner {
             &[]
         } else {
             &self.known
@@ -414,7 +488,16 @@ impl ListReader {
         let snap = reader
             .snapshot_from(monotonic_ns(), known)
             .map_err(|e| e.to_string())?;
+        let full_scan = known.is_empty();
         self.known = snap.lists.clone();
+        if full_scan {
+            // Runtimes a full scan did not find are gone (dropped): stop rescanning for them.
+            self.not_found = owners
+                .iter()
+                .copied()
+                .filter(|o| !self.known.iter().any(|l| l.owner_id == *o))
+                .collect();
+        }
         Ok(snap)
     }
 }

@@ -73,6 +73,10 @@ pub struct LiveTask {
     /// Idle, not notified, no JoinHandle, and no reference left but the list's: nothing
     /// can ever wake or abort it (only its runtime's shutdown ends it).
     pub no_way_to_run: bool,
+    /// A hash of the task's `Core` (its scheduler, id and future) when asked for: a poll
+    /// almost always changes the future's bytes, a task nobody polls never does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +138,8 @@ pub struct Reader<'a> {
     vtables: HashMap<u64, TaskVtable>,
     /// Lowest and highest vtable address, to reject most words with two compares.
     span: (u64, u64),
+    /// Hash every task's `Core` (lifecycle mode: the only sign a task was polled).
+    pub digests: bool,
 }
 
 /// A header found by the scan, not yet trusted.
@@ -178,6 +184,7 @@ impl<'a> Reader<'a> {
             knowledge,
             vtables: vtables.iter().map(|v| (v.vaddr, *v)).collect(),
             span,
+            digests: false,
         })
     }
 
@@ -252,6 +259,20 @@ impl<'a> Reader<'a> {
             .zip(again)
             .map(|((owner, n), second)| self.decode(owner, n, second))
             .collect();
+        if self.digests {
+            let mut regions: Vec<(u64, u64)> = self
+                .mem
+                .writable_regions()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| (r.start, r.end))
+                .collect();
+            regions.sort_unstable();
+            let mut buf = Vec::new();
+            for t in &mut snap.tasks {
+                t.digest = self.digest(t, &regions, &mut buf);
+            }
+        }
         snap.read_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(snap)
     }
@@ -518,6 +539,51 @@ impl<'a> Reader<'a> {
         ))
     }
 
+    /// Hash of the task's `Core` (scheduler, id, future) and of the first bytes behind
+    /// each heap pointer in it: a future keeps much of its moving state behind pointers
+    /// (a boxed `Sleep`'s deadline, a channel's indices), so a polled task almost always
+    /// changes the hash, and a task nobody polls or wakes keeps it.
+    fn digest(&self, t: &LiveTask, heap: &[(u64, u64)], buf: &mut Vec<u8>) -> Option<u64> {
+        use std::hash::Hasher;
+        /// Futures larger than this are hashed by their first part.
+        const MAX_CORE: u64 = 16 << 10;
+        /// Pointers followed per task, and words read behind each.
+        const MAX_POINTERS: usize = 16;
+        const WORDS_BEHIND: u64 = 8;
+        let vt = self.vtables.get(&t.vtable)?;
+        let len = vt
+            .trailer_offset
+            .checked_sub(vt.scheduler_offset)?
+            .min(MAX_CORE);
+        buf.resize(len as usize, 0);
+        self.mem.read(t.header + vt.scheduler_offset, buf)?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write(buf);
+        let in_heap = |p: u64| {
+            let i = heap.partition_point(|&(start, _)| start <= p);
+            i > 0 && p < heap[i - 1].1
+        };
+        let mut behind: Vec<u64> = Vec::new();
+        for w in buf.as_chunks::<8>().0 {
+            let p = u64::from_le_bytes(*w);
+            // Not the task itself (the scheduler handle points elsewhere, harmless).
+            if p % 8 == 0 && in_heap(p) && p != t.header && !behind.contains(&p) {
+                behind.push(p);
+                if behind.len() == MAX_POINTERS {
+                    break;
+                }
+            }
+        }
+        let addrs: Vec<u64> = behind
+            .iter()
+            .flat_map(|&p| (0..WORDS_BEHIND).map(move |i| p + i * 8))
+            .collect();
+        for w in self.mem.u64s(&addrs) {
+            h.write_u64(w.unwrap_or(0));
+        }
+        Some(h.finish())
+    }
+
     fn decode(&self, owner: u64, n: Node, second: Option<u64>) -> LiveTask {
         let bits = &self.knowledge.state;
         let refs_bits = &self.knowledge.refs;
@@ -549,6 +615,7 @@ impl<'a> Reader<'a> {
                 && !join_handle
                 && state & bits.cancelled == 0
                 && refs == refs_bits.list_refs,
+            digest: None,
         }
     }
 }

@@ -28,6 +28,7 @@ const KIND_SITE: u8 = 3;
 const KIND_FUTURE: u8 = 4;
 const KIND_END: u8 = 5;
 const KIND_TASKLIST: u8 = 6;
+const KIND_SAMPLES: u8 = 7;
 /// Tasks per task-list record (keeps each record far below `MAX_RECORD`).
 const TASKLIST_CHUNK: usize = 20_000;
 /// No record is this large; a longer length means corruption, not a big window.
@@ -81,6 +82,14 @@ struct TaskListRecord {
     complete_owners: Option<Vec<u64>>,
 }
 
+/// One round of the thread sampler.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SamplesRecord {
+    at_ns: u64,
+    /// (thread id, id of the task it was polling).
+    samples: Vec<(u32, Option<u64>)>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct FutureRecord {
     vtable: u64,
@@ -107,6 +116,10 @@ pub enum Rec {
         attach: bool,
         tasks: Vec<(ListKind, LiveTask)>,
         complete_owners: Option<Vec<u64>>,
+    },
+    Samples {
+        at_ns: u64,
+        samples: Vec<(u32, Option<u64>)>,
     },
 }
 
@@ -196,6 +209,16 @@ impl Writer {
             );
         }
         self.flush();
+    }
+
+    pub fn samples(&mut self, at_ns: u64, samples: &[(u32, Option<u64>)]) {
+        self.json(
+            KIND_SAMPLES,
+            &SamplesRecord {
+                at_ns,
+                samples: samples.to_vec(),
+            },
+        );
     }
 
     pub fn end(&mut self, end: &EndRecord) {
@@ -295,7 +318,7 @@ pub fn stream(
         }
         let kind = head[0];
         let len = u32::from_le_bytes(head[1..5].try_into().unwrap());
-        if !(KIND_META..=KIND_TASKLIST).contains(&kind) {
+        if !(KIND_META..=KIND_SAMPLES).contains(&kind) {
             return Err(corrupt(at, &format!("unknown record kind {kind}")));
         }
         if len > MAX_RECORD {
@@ -353,6 +376,13 @@ pub fn stream(
                     attach: t.attach,
                     tasks: t.tasks,
                     complete_owners: t.complete_owners,
+                });
+            }
+            KIND_SAMPLES => {
+                let r: SamplesRecord = serde_json::from_slice(&body).map_err(json_err)?;
+                on_record(Rec::Samples {
+                    at_ns: r.at_ns,
+                    samples: r.samples,
                 });
             }
             _ => end = Some(serde_json::from_slice(&body).map_err(json_err)?),

@@ -88,6 +88,10 @@ pub struct Thresholds {
     pub leak_after_ns: u64,
     pub stuck_after_ns: u64,
     pub never_polled_after_ns: u64,
+    /// Lifecycle mode: polls are inferred from task-list readings, which never list
+    /// blocking tasks, so a blocking task's polls are unknowable.
+    #[serde(skip)]
+    pub lifecycle: bool,
 }
 
 impl Thresholds {
@@ -96,6 +100,7 @@ impl Thresholds {
             leak_after_ns: leak.as_nanos() as u64,
             stuck_after_ns: stuck.as_nanos() as u64,
             never_polled_after_ns: never_polled.as_nanos() as u64,
+            lifecycle: false,
         }
     }
 }
@@ -129,7 +134,7 @@ pub fn judge(t: &Task, at: u64, th: &Thresholds) -> Judgement {
     }
     // A task alive before attach may have been polled long ago: "never polled" is
     // unknowable for it; its idle time counts from the attach-time reading.
-    if t.polls == 0 && !t.before_attach {
+    if t.polls == 0 && !t.before_attach && !(th.lifecycle && t.kind == TaskKind::Blocking) {
         if let Some(spawned) = t.spawned_ns.filter(|&s| s <= at)
             && at - spawned >= th.never_polled_after_ns
         {

@@ -68,7 +68,8 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
         assert_eq!(unavailable, ["spawn sites", "futures"], "{cell}");
         return;
     }
-    assert!(unavailable.is_empty(), "{cell}: {unavailable:?}");
+    // One probe hit per poll: wakes are left to the task-list readings.
+    assert_eq!(unavailable, ["wakes"], "{cell}");
     // Spawn sites: every task the program spawned names a site outside tokio and std
     // (exact file:line:col where a spawn function survived; the caller's function, found
     // by unwinding, under fat LTO). Tokio's own worker-thread tasks have none.
@@ -173,7 +174,7 @@ fn cells(version: &str) {
                 .as_array()
                 .unwrap()
                 .iter()
-                .all(|u| u["what"] == "spawn sites"),
+                .all(|u| u["what"] == "spawn sites" || u["what"] == "wakes"),
             "{cell}: {i}"
         );
         assert_eq!(i["tier"], "symbols", "{cell}");

@@ -56,6 +56,16 @@ struct Frame {
     task: usize,
     /// tokio really polled the future (the task was neither running nor complete).
     real: bool,
+    /// The latest instant the poll was known to be running (its start, or a thread
+    /// sample that found the thread in it): where an inferred end is put.
+    seen_ns: u64,
+}
+
+/// What the thread sampler last found a thread polling (lifecycle mode, no poll events).
+#[derive(Clone, Copy, Debug)]
+struct SampledPoll {
+    task: usize,
+    last_ns: u64,
 }
 
 /// Log2 buckets of poll durations in microseconds: bucket i holds polls of
@@ -94,6 +104,16 @@ pub struct Aggregator {
     /// No probe sees completions (stripped binary): a task that leaves its runtime's list
     /// between two task-list readings has finished.
     pub completion_from_lists: bool,
+    /// No probe sees a poll's end (one hit per poll): it ends at the thread's next poll,
+    /// at the task's completion, or when the thread sampler finds the thread elsewhere.
+    pub poll_ends_inferred: bool,
+    /// No probe sees polls at all (lifecycle mode): the thread samples stand in for them.
+    pub polls_sampled: bool,
+    /// Task id → task, kept only when polls are sampled (samples name tasks by id).
+    by_id: HashMap<u64, usize>,
+    /// Task → its `Core` digest at the previous reading (lifecycle mode).
+    digests: HashMap<usize, u64>,
+    sampled: HashMap<u32, SampledPoll>,
     /// Headers of the task-list reading being applied (it may come in several parts).
     reading: (u64, std::collections::HashSet<u64>),
     alive: usize,
@@ -116,11 +136,26 @@ impl Aggregator {
             site_polls: vec![PollTimes::default()],
             site_slots: HashMap::new(),
             completion_from_lists: false,
+            poll_ends_inferred: false,
+            polls_sampled: false,
+            by_id: HashMap::new(),
+            digests: HashMap::new(),
+            sampled: HashMap::new(),
             reading: (u64::MAX, Default::default()),
             alive: 0,
             bits,
             thresholds,
         }
+    }
+
+    /// Sets what the attach plan (as serialized in reports and trace files) leaves to
+    /// inference: completions from task lists, poll ends from thread samples, polls from
+    /// samples and readings (lifecycle mode). Fields missing from old files mean "probed".
+    pub fn configure(&mut self, plan: &serde_json::Value) {
+        self.completion_from_lists = plan["completion_probed"] == false;
+        self.poll_ends_inferred = plan["polls_probed"] == true && plan["poll_ends_probed"] == false;
+        self.polls_sampled = plan["mode"] == "lifecycle";
+        self.thresholds.lifecycle = self.polls_sampled;
     }
 
     /// Poll durations of the tasks spawned at `site` (`None`: site unknown).
@@ -200,6 +235,10 @@ impl Aggregator {
                     self.retire(old, ts);
                 }
                 let mut task = Task::new(ev.task_id, ev.header, task_kind, Some(ts), ts);
+                if self.polls_sampled && task_kind == TaskKind::Blocking {
+                    // No reading lists blocking tasks: whether one waits to run is unknowable.
+                    task.scheduled_since = None;
+                }
                 task.owner_id = ev.owner_id;
                 task.vtable = ev.vtable;
                 task.spawned_at = self
@@ -211,12 +250,21 @@ impl Aggregator {
             }
             EventKind::PollStart => {
                 let i = self.task_for(ev);
+                if self.poll_ends_inferred {
+                    // The thread's previous poll ended before this one began, unless this
+                    // one runs inside it (a blocking task hosting a worker).
+                    self.end_async_polls(ev.tid, ts);
+                }
                 let stack = self.stacks.entry(ev.tid).or_default();
                 if let Some(parent) = stack.last() {
                     self.tasks[parent.task].hosted_polls += 1;
                 }
                 let real = ev.state & (self.bits.running | self.bits.complete) == 0;
-                stack.push(Frame { task: i, real });
+                stack.push(Frame {
+                    task: i,
+                    real,
+                    seen_ns: ts,
+                });
                 let t = &mut self.tasks[i];
                 t.owner_id = ev.owner_id;
                 if !real {
@@ -237,62 +285,11 @@ impl Aggregator {
                 t.woken_during_poll = None;
             }
             EventKind::PollEnd => {
-                let Some(frame) = self.stacks.get_mut(&ev.tid).and_then(Vec::pop) else {
+                if self.stacks.get(&ev.tid).is_none_or(|s| s.is_empty()) {
                     self.diagnostics.unmatched_poll_ends += 1;
                     return;
-                };
-                if !frame.real {
-                    return;
                 }
-                let stuck_after = self.thresholds.stuck_after_ns;
-                let t = &mut self.tasks[frame.task];
-                let Some(start) = t.running_since.take() else {
-                    return;
-                };
-                let dur = ts.saturating_sub(start);
-                t.busy_ns += dur;
-                t.longest_poll_ns = t.longest_poll_ns.max(dur);
-                t.last_poll_end_ns = Some(ts);
-                if !t.is_finished() {
-                    t.scheduled_since = t.woken_during_poll.take();
-                }
-                if t.kind != TaskKind::Blocking {
-                    let us = dur / 1_000;
-                    let bucket = (u64::BITS - us.leading_zeros()) as usize;
-                    self.poll_histogram[bucket.min(POLL_BUCKETS - 1)] += 1;
-                }
-                // Worker-hosting tasks' one long poll is the runtime's life, not a poll.
-                if t.hosted_polls == 0 {
-                    let slot = match t.site_slot {
-                        Some(slot) => slot,
-                        None => {
-                            let slot = match &t.spawned_at {
-                                None => 0,
-                                Some(site) => {
-                                    let next = self.site_polls.len() as u32;
-                                    *self.site_slots.entry(site.clone()).or_insert(next)
-                                }
-                            };
-                            if slot as usize == self.site_polls.len() {
-                                self.site_polls.push(PollTimes::default());
-                            }
-                            t.site_slot = Some(slot);
-                            slot
-                        }
-                    };
-                    self.site_polls[slot as usize].record(dur);
-                }
-                if let Some(tl) = self.timeline.as_mut() {
-                    tl.polls.push((frame.task, start, ts, ev.tid));
-                }
-                if dur >= stuck_after && t.kind != TaskKind::Blocking {
-                    self.long_polls.push(LongPoll {
-                        task_id: t.id,
-                        start_ns: start,
-                        duration_ns: dur,
-                        tid: ev.tid,
-                    });
-                }
+                self.end_poll(ev.tid, ts);
             }
             EventKind::WakeByVal | EventKind::WakeByRef => {
                 let i = self.task_for(ev);
@@ -313,6 +310,20 @@ impl Aggregator {
             }
             EventKind::Complete => {
                 let i = self.task_for(ev);
+                // Completing (not by cancellation) takes a poll.
+                if self.polls_sampled && ev.state & self.bits.cancelled == 0 {
+                    self.tasks[i].polls = self.tasks[i].polls.max(1);
+                }
+                // Completion is the last thing a poll does.
+                if self.poll_ends_inferred
+                    && self
+                        .stacks
+                        .get(&ev.tid)
+                        .and_then(|s| s.last())
+                        .is_some_and(|f| f.task == i)
+                {
+                    self.end_poll(ev.tid, ts);
+                }
                 let cancelled = ev.state & self.bits.cancelled != 0;
                 self.alive -= usize::from(!self.tasks[i].is_finished());
                 let t = &mut self.tasks[i];
@@ -332,6 +343,7 @@ impl Aggregator {
                     t.frozen = Some(judge(t, began, &thresholds));
                 }
             }
+            EventKind::Park => self.end_async_polls(ev.tid, ts),
             EventKind::SpawnCall | EventKind::SpawnStack => self.diagnostics.unknown_events += 1,
             EventKind::Dealloc => {
                 if let Some(i) = self.live.remove(&ev.header) {
@@ -343,6 +355,145 @@ impl Aggregator {
                         // Not the task we knew at this address: ours was freed unseen.
                         self.diagnostics.address_reuse += 1;
                         t.freed_ns = Some(ts);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the polls of async and local tasks in progress on `tid` (not the blocking task
+    /// that may host the thread's worker).
+    fn end_async_polls(&mut self, tid: u32, ts: u64) {
+        while let Some(top) = self.stacks.get(&tid).and_then(|s| s.last()).copied() {
+            if self.tasks[top.task].kind == TaskKind::Blocking {
+                break;
+            }
+            self.end_poll(tid, ts);
+        }
+    }
+
+    /// Ends the innermost poll on `tid` at `ts`.
+    fn end_poll(&mut self, tid: u32, ts: u64) {
+        let Some(frame) = self.stacks.get_mut(&tid).and_then(Vec::pop) else {
+            return;
+        };
+        if !frame.real {
+            return;
+        }
+        let stuck_after = self.thresholds.stuck_after_ns;
+        let t = &mut self.tasks[frame.task];
+        let Some(start) = t.running_since.take() else {
+            return;
+        };
+        let dur = ts.saturating_sub(start);
+        t.busy_ns += dur;
+        t.longest_poll_ns = t.longest_poll_ns.max(dur);
+        t.last_poll_end_ns = Some(ts);
+        if !t.is_finished() {
+            t.scheduled_since = t.woken_during_poll.take();
+        }
+        if t.kind != TaskKind::Blocking {
+            let us = dur / 1_000;
+            let bucket = (u64::BITS - us.leading_zeros()) as usize;
+            self.poll_histogram[bucket.min(POLL_BUCKETS - 1)] += 1;
+        }
+        // Worker-hosting tasks' one long poll is the runtime's life, not a poll.
+        if t.hosted_polls == 0 {
+            let slot = match t.site_slot {
+                Some(slot) => slot,
+                None => {
+                    let slot = match &t.spawned_at {
+                        None => 0,
+                        Some(site) => {
+                            let next = self.site_polls.len() as u32;
+                            *self.site_slots.entry(site.clone()).or_insert(next)
+                        }
+                    };
+                    if slot as usize == self.site_polls.len() {
+                        self.site_polls.push(PollTimes::default());
+                    }
+                    t.site_slot = Some(slot);
+                    slot
+                }
+            };
+            self.site_polls[slot as usize].record(dur);
+        }
+        if let Some(tl) = self.timeline.as_mut() {
+            tl.polls.push((frame.task, start, ts, tid));
+        }
+        if dur >= stuck_after && t.kind != TaskKind::Blocking {
+            self.long_polls.push(LongPoll {
+                task_id: t.id,
+                start_ns: start,
+                duration_ns: dur,
+                tid,
+            });
+        }
+    }
+
+    /// What the thread sampler found at `at`: for each target thread, the id of the task
+    /// it was polling (`None`: none). A poll whose end no probe sees ends at the last
+    /// instant it was known to run (a lower bound: never a false long poll); in lifecycle
+    /// mode a run of samples finding one task on one thread stands in for its poll.
+    pub fn thread_samples(&mut self, at: u64, samples: &[(u32, Option<u64>)]) {
+        for &(tid, current) in samples {
+            if self.poll_ends_inferred {
+                let Some(top) = self.stacks.get_mut(&tid).and_then(|s| s.last_mut()) else {
+                    continue;
+                };
+                let t = &self.tasks[top.task];
+                if t.kind == TaskKind::Blocking {
+                    continue;
+                }
+                if current.is_some_and(|id| id == t.id) {
+                    top.seen_ns = top.seen_ns.max(at);
+                } else {
+                    let seen = top.seen_ns;
+                    self.end_poll(tid, seen);
+                }
+            } else if self.polls_sampled {
+                self.sampled_poll(tid, current, at);
+            }
+        }
+    }
+
+    fn sampled_poll(&mut self, tid: u32, current: Option<u64>, at: u64) {
+        let task = current.and_then(|id| self.by_id.get(&id).copied());
+        match (self.sampled.get(&tid).copied(), task) {
+            (Some(prev), Some(i)) if prev.task == i => {
+                self.sampled.insert(
+                    tid,
+                    SampledPoll {
+                        task: i,
+                        last_ns: at,
+                    },
+                );
+            }
+            (prev, now) => {
+                if let Some(prev) = prev {
+                    self.sampled.remove(&tid);
+                    let t = &mut self.tasks[prev.task];
+                    if t.running_tid == tid && t.running_since.take().is_some() {
+                        t.last_poll_end_ns = Some(prev.last_ns);
+                    }
+                }
+                if let Some(i) = now {
+                    self.sampled.insert(
+                        tid,
+                        SampledPoll {
+                            task: i,
+                            last_ns: at,
+                        },
+                    );
+                    let t = &mut self.tasks[i];
+                    if t.no_way_to_run_at.take().is_some() {
+                        self.diagnostics.definite_contradicted += 1;
+                    }
+                    if !t.is_finished() {
+                        t.polls += 1;
+                        t.running_since = Some(at);
+                        t.running_tid = tid;
+                        t.scheduled_since = None;
                     }
                 }
             }
@@ -408,6 +559,15 @@ impl Aggregator {
             if t.is_finished() {
                 continue;
             }
+            if self.polls_sampled {
+                let changed = match lt.digest {
+                    Some(d) => self.digests.insert(i, d).is_some_and(|old| old != d),
+                    None => false,
+                };
+                let t = &mut self.tasks[i];
+                lifecycle_reading(t, lt.status, changed, at, attach);
+            }
+            let t = &mut self.tasks[i];
             // Running at attach and still inside a poll no event has started: one poll
             // lasting at least from attach until now.
             if let Some(since) = t.running_at_attach
@@ -503,6 +663,9 @@ impl Aggregator {
     fn insert(&mut self, task: Task) -> usize {
         let i = self.tasks.len();
         self.alive += 1;
+        if self.polls_sampled && task.id != 0 {
+            self.by_id.insert(task.id, i);
+        }
         self.live.insert(task.header, i);
         self.tasks.push(task);
         i
@@ -516,5 +679,27 @@ impl Aggregator {
             t.freed_ns = Some(ts);
         }
         self.live.remove(&t.header);
+    }
+}
+
+/// What one task-list reading says of a task's polls when no probe sees them (lifecycle
+/// mode). A task starts notified, so one found idle or running was polled; a `Core` that
+/// changed since the previous reading was polled in between (its future moved), and a
+/// task whose `Core` did not change was not, as far as anyone can tell from outside.
+fn lifecycle_reading(t: &mut Task, status: Status, changed: bool, at: u64, attach: bool) {
+    let active = changed || status == Status::Running;
+    if active || (status == Status::Idle && t.polls == 0 && !t.before_attach) {
+        t.polls = t.polls.max(1);
+        t.last_poll_end_ns = Some(at);
+    }
+    match status {
+        // Not waiting to run: any wake seen before was served.
+        Status::Idle => t.scheduled_since = None,
+        // Polled since the last reading: whatever wake it waits on is newer than that.
+        Status::Notified if changed => t.scheduled_since = Some(at),
+        _ => {}
+    }
+    if attach && status == Status::Idle {
+        t.last_poll_end_ns.get_or_insert(at);
     }
 }

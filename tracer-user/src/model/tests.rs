@@ -303,6 +303,7 @@ fn listed(h: u64, id: u64, status: Status, refs: u64, join: bool) -> (ListKind, 
             refs,
             join_handle: join,
             no_way_to_run,
+            digest: None,
         },
     )
 }

@@ -102,6 +102,12 @@ pub struct ProbeInfo {
     pub sites: usize,
     pub attach_ms: f64,
     pub detach_ms: f64,
+    /// `full` or `lifecycle` (`--mode`).
+    pub mode: String,
+    /// Sites whose probed instruction the kernel emulates (~1 µs a hit) and sites it
+    /// single-steps (~12 µs), after placement.
+    pub emulated: usize,
+    pub single_stepped: usize,
 }
 
 #[derive(Debug, Default, Serialize)]

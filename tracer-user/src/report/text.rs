@@ -38,6 +38,9 @@ pub fn render_text(r: &Report) -> String {
     for u in &r.unavailable {
         let _ = writeln!(out, "  unavailable: {} — {}", u.what, u.why);
     }
+    // Counts no probe produced are not printed as zeros.
+    let lost = |what: &str| r.unavailable.iter().any(|u| u.what == what);
+    let (polls_seen, wakes_seen) = (!lost("poll times"), !lost("wakes"));
     for verdict in [Verdict::Leaked, Verdict::Stuck, Verdict::NeverPolled] {
         let flagged: Vec<_> = r.tasks.iter().filter(|t| t.verdict == verdict).collect();
         if flagged.is_empty() {
@@ -89,6 +92,10 @@ pub fn render_text(r: &Report) -> String {
             tasks.sort_by_key(|t| std::cmp::Reverse(t.for_ns));
             for t in tasks {
                 let what = match t.reason {
+                    Reason::IdleSinceLastPoll if !polls_seen => format!(
+                        "unchanged in memory for {} (no sign of a poll; suspected)",
+                        secs(t.for_ns)
+                    ),
                     Reason::IdleSinceLastPoll => {
                         format!("idle {} since its last poll", secs(t.for_ns))
                     }
@@ -117,14 +124,17 @@ pub fn render_text(r: &Report) -> String {
                 } else {
                     ""
                 };
+                let counts = match (polls_seen, wakes_seen) {
+                    (true, true) => format!(" ({} polls, {} wakes)", t.polls, t.wakes),
+                    (true, false) => format!(" ({} polls)", t.polls),
+                    _ => String::new(),
+                };
                 let _ = writeln!(
                     out,
-                    "    task {:>6} {:<8} {} ({} polls, {} wakes){shutdown}",
+                    "    task {:>6} {:<8} {}{counts}{shutdown}",
                     t.id,
                     format!("{:?}", t.kind).to_lowercase(),
                     what,
-                    t.polls,
-                    t.wakes
                 );
             }
         }

@@ -87,6 +87,21 @@ pub struct ListLayout {
     pub local_tail_from_id: i64,
 }
 
+/// tokio's per-thread `CONTEXT` (a `thread_local!` in `runtime/context.rs`): while a
+/// worker polls a task, `current_task_id` holds that task's id (set by `TaskIdGuard` around
+/// every poll, stable API, no `tokio_unstable` needed). Reading it from outside tells which
+/// task each thread is polling.
+#[derive(Clone, Copy, Debug)]
+pub struct ContextLayout {
+    /// Demangled-name prefix of the thread-local's storage symbol.
+    pub symbol: &'static str,
+    /// Offset of `current_task_id` in the storage (the value comes first in std's storage).
+    pub task_id: u64,
+    /// `Option<Id>` with a separate tag word before the id (`Id(u64)`, before 1.39) rather
+    /// than a zero niche (`Id(NonZeroU64)`).
+    pub tagged: bool,
+}
+
 /// The rest of the state word: what decides whether a task can ever run again.
 #[derive(Clone, Copy, Debug)]
 pub struct RefBits {
@@ -122,6 +137,10 @@ pub struct SymbolNames {
     pub blocking_spawn_task: &'static str,
     pub wake_by_val: &'static str,
     pub wake_by_ref: &'static str,
+    /// Where a worker stops polling to park or yield to the driver: per scheduler, the
+    /// alternatives best first (outer functions call inner ones); the first alternative
+    /// the binary kept any function of is probed, all of its kept functions.
+    pub parks: &'static [&'static [&'static [&'static str]]],
     /// `#[track_caller]` spawn paths: each receives the caller's `&'static Location`
     /// (passed down unchanged from the outermost one), whichever survive inlining.
     pub spawn_calls: &'static [&'static str],
@@ -138,6 +157,7 @@ pub struct Knowledge {
     pub state: StateBits,
     pub refs: RefBits,
     pub symbols: SymbolNames,
+    pub context: ContextLayout,
 }
 
 /// Supported ranges, oldest first.

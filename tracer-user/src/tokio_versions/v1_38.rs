@@ -2,7 +2,9 @@
 //! Layouts read from DWARF of a 1.38.2 build (`shared/notes/tokio-internals.md`); the
 //! probe names have been stable since 1.32 and are shared with later versions.
 
-use super::{Knowledge, Layout, ListLayout, RefBits, StateBits, SymbolNames, Version};
+use super::{
+    ContextLayout, Knowledge, Layout, ListLayout, RefBits, StateBits, SymbolNames, Version,
+};
 
 pub static KNOWLEDGE: Knowledge = Knowledge {
     first: Version::new(1, 38, 0),
@@ -19,6 +21,12 @@ pub static KNOWLEDGE: Knowledge = Knowledge {
     state: STATE,
     refs: REFS,
     symbols: SYMBOLS,
+    // Context { current @0 (32 B), current_task_id: Option<Id(u64)> @32 (tag, id), .. }
+    context: ContextLayout {
+        task_id: 32,
+        tagged: true,
+        ..CONTEXT
+    },
 };
 
 /// Header and vtable, identical from 1.38 to 1.54.
@@ -86,6 +94,22 @@ pub(super) const SYMBOLS: SymbolNames = SymbolNames {
     blocking_spawn_task: "tokio::runtime::blocking::pool::Spawner::spawn_task",
     wake_by_val: "tokio::runtime::task::waker::wake_by_val",
     wake_by_ref: "tokio::runtime::task::waker::wake_by_ref",
+    parks: &[
+        &[
+            &["tokio::runtime::scheduler::multi_thread::worker::Context::park_timeout"],
+            &[
+                "tokio::runtime::scheduler::multi_thread::park::Parker::park",
+                "tokio::runtime::scheduler::multi_thread::park::Parker::park_timeout",
+            ],
+        ],
+        &[
+            &["tokio::runtime::scheduler::current_thread::Context::park_internal"],
+            &[
+                "tokio::runtime::scheduler::current_thread::Context::park",
+                "tokio::runtime::scheduler::current_thread::Context::park_yield",
+            ],
+        ],
+    ],
     spawn_calls: &[
         "tokio::task::spawn::spawn",
         "tokio::task::spawn::spawn_inner",
@@ -106,4 +130,11 @@ pub(super) const SYMBOLS: SymbolNames = SymbolNames {
         "tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task",
         "tokio::runtime::scheduler::current_thread::Handle::spawn",
     ],
+};
+
+/// 1.39+: `current_task_id: Option<Id(NonZeroU64)>` at 48 (DWARF of 1.43.4, 1.47.5, 1.54.1).
+pub(super) const CONTEXT: ContextLayout = ContextLayout {
+    symbol: "tokio::runtime::context::CONTEXT::",
+    task_id: 48,
+    tagged: false,
 };
