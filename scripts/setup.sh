@@ -45,17 +45,19 @@ if ! command -v bpf-linker >/dev/null 2>&1 || [ "$(cat "$stamp" 2>/dev/null)" !=
 fi
 
 # Debian packages the tests use: bpftool (no tasktrace program may outlive tasktrace) and
-# chromium (the HTML report must render in a real browser).
+# chromium (the HTML report must render in a real browser); and wrk, the load generator of
+# `cargo xtask bench http`.
 missing=()
 command -v bpftool >/dev/null 2>&1 || missing+=(bpftool)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} (Debian packages)"
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    say "warning: not root, cannot apt-get install ${missing[*]}; the tests need them" >&2
+    say "warning: not root, cannot apt-get install ${missing[*]}; the tests and benches need them" >&2
   fi
 fi
 

@@ -442,14 +442,14 @@ pub fn attach(root: &Path) -> Result<(), String> {
     result
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 /// Starts a benchmark target and reads its output until a line satisfies `ready`:
 /// (the process, whether such a line came before the output ended).
-fn start_until(
+pub(crate) fn start_until(
     cmd: &mut Command,
     ready: impl Fn(&str) -> bool,
 ) -> Result<(std::process::Child, bool), String> {

@@ -15,6 +15,10 @@
 //!   (`fixtures/bench/manysites`, built only for this bench).
 //! - `bench memory [--tasks N]`: tracer memory per live task, `tasktrace record` on a
 //!   process holding N idle tasks (default 1 000 000) against one holding none.
+//! - `bench http`: requests/s of a hyper server under `wrk` load untraced, traced in
+//!   lifecycle and full mode, and with console-subscriber and a console client attached;
+//!   the throughput loss of each (`fixtures/bench/http`, built only for this bench).
+//! - `bench` or `bench all [OPTIONS]`: poll, http, report, memory and attach in turn.
 //! - `demo`: build tasktrace and the demo, trace the demo, print the verdicts, write
 //!   `tasktrace-demo.json`, and check the verdicts against the demo's own ground truth.
 
@@ -37,7 +41,7 @@ fn main() -> ExitCode {
             None => Err("usage: cargo xtask fixture-path NAME".into()),
         },
         _ => Err(
-            "usage: cargo xtask <fixtures | fixture-path NAME | demo | bench (report [--events N] | spawn | poll | attach | dump [--tasks N] | memory [--tasks N])>"
+            "usage: cargo xtask <fixtures | fixture-path NAME | demo | bench [all | report [--events N] | spawn | poll | http | attach | dump [--tasks N] | memory [--tasks N]]>"
                 .into(),
         ),
     };
@@ -85,9 +89,33 @@ fn fixture_binary(name: &str) -> PathBuf {
 }
 
 mod bench;
+mod bench_http;
+
+/// What `cargo xtask bench` (or `bench all`) runs, in this order.
+const ALL_BENCHES: [&str; 5] = ["poll", "http", "report", "memory", "attach"];
 
 fn bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
+        None | Some("all") => {
+            // Each bench prints its own section; one failing does not stop the others.
+            let mut failed = Vec::new();
+            for (i, name) in ALL_BENCHES.into_iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                let mut one = vec![name.to_owned()];
+                one.extend(args.iter().skip(1).cloned());
+                if let Err(e) = bench(&one) {
+                    eprintln!("xtask: bench {name}: {e}");
+                    failed.push(name);
+                }
+            }
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("failed benchmarks: {}", failed.join(", ")))
+            }
+        }
         Some("report") => {
             let events = number_option(args, "--events", 10_000_000)?;
             build_tasktrace_release()?;
@@ -109,6 +137,22 @@ fn bench(args: &[String]) -> Result<(), String> {
             build_fixture(&root().join("fixtures/bench/pollloop"), "release")?;
             bench::poll(&root())
         }
+        Some("http") => {
+            build_tasktrace_release()?;
+            let dir = root().join(bench_http::FIXTURE);
+            build_fixture(&dir, "release")?;
+            let console_target = dir.join(bench_http::CONSOLE_TARGET);
+            build_fixture_with(
+                &dir,
+                "release",
+                &["console"],
+                &[
+                    ("RUSTFLAGS", "--cfg tokio_unstable".as_ref()),
+                    ("CARGO_TARGET_DIR", console_target.as_os_str()),
+                ],
+            )?;
+            bench_http::http(&root())
+        }
         Some("attach") => {
             build_tasktrace_release()?;
             build_fixture(&root().join("fixtures/bench/manysites"), "release")?;
@@ -121,7 +165,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             bench::memory(&root(), tasks)
         }
         _ => Err(
-            "usage: cargo xtask bench <report [--events N] | spawn | poll | attach | dump [--tasks N] | memory [--tasks N]>"
+            "usage: cargo xtask bench [all | report [--events N] | spawn | poll | http | attach | dump [--tasks N] | memory [--tasks N]]"
                 .into(),
         ),
     }
@@ -184,17 +228,40 @@ fn build_fixtures() -> Result<(), String> {
 }
 
 fn build_fixture(dir: &Path, profile: &str) -> Result<(), String> {
-    eprintln!("xtask: building {} ({profile})", dir.display());
-    let status = cargo()
-        .args([
-            "build",
-            "--quiet",
-            "--profile",
-            profile,
-            "--locked",
-            "--manifest-path",
-        ])
-        .arg(dir.join("Cargo.toml"))
+    build_fixture_with(dir, profile, &[], &[])
+}
+
+/// A fixture build with cargo features and environment variables (e.g. RUSTFLAGS with
+/// its own CARGO_TARGET_DIR, so that two variants of one crate keep their builds).
+fn build_fixture_with(
+    dir: &Path,
+    profile: &str,
+    features: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<(), String> {
+    let mut what = profile.to_owned();
+    if !features.is_empty() {
+        what += &format!(", --features {}", features.join(","));
+    }
+    for (k, v) in env {
+        what += &format!(", {k}={}", v.to_string_lossy());
+    }
+    eprintln!("xtask: building {} ({what})", dir.display());
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--quiet",
+        "--profile",
+        profile,
+        "--locked",
+        "--manifest-path",
+    ])
+    .arg(dir.join("Cargo.toml"));
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
+    let status = cmd
+        .envs(env.iter().copied())
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {

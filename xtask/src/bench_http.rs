@@ -1,0 +1,347 @@
+//! `cargo xtask bench http`: a real HTTP server under load. `fixtures/bench/http` (hyper,
+//! two tokio worker threads, one task per connection, a spawned task and a channel round
+//! trip per request) serves a fixed-concurrency `wrk` run; requests/s untraced, under
+//! `tasktrace record --mode lifecycle`, under `--mode full`, and as the console-subscriber
+//! build with a console client attached. A fresh server per run, interleaved rounds,
+//! medians, and each variant's throughput loss against the untraced server.
+
+use std::{
+    cell::Cell,
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::bench::{median, start_until};
+
+/// The fixture, and the target dir of its console build (`--features console`, built with
+/// `--cfg tokio_unstable`; kept apart so the two builds do not invalidate each other).
+pub const FIXTURE: &str = "fixtures/bench/http";
+pub const CONSOLE_TARGET: &str = "target-console";
+
+const ROUNDS: usize = 5;
+const WRK: [&str; 3] = ["-t1", "-c32", "-d5s"];
+/// Attaching takes well under a second; this only bounds a tracer that hangs.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Copy)]
+enum Variant {
+    Untraced,
+    Traced(&'static str),
+    Console,
+}
+
+impl Variant {
+    fn label(self) -> String {
+        match self {
+            Variant::Untraced => "untraced".into(),
+            Variant::Traced(mode) => format!("tasktrace --mode {mode}"),
+            Variant::Console => "console-subscriber + client".into(),
+        }
+    }
+}
+
+/// One wrk run: requests/s, and for traced runs probe events per request and lost events.
+struct Run {
+    rps: f64,
+    traced: Option<(f64, u64)>,
+}
+
+/// A child process that is signalled and reaped when dropped, so that no error path
+/// leaves one behind.
+struct Reaped {
+    child: Option<Child>,
+    signal: i32,
+}
+
+impl Reaped {
+    fn new(child: Child, signal: i32) -> Self {
+        Reaped {
+            child: Some(child),
+            signal,
+        }
+    }
+
+    fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Signals the process and waits for it to exit.
+    fn stop(&mut self) -> std::io::Result<ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| std::io::Error::other("already stopped"))?;
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe { libc::kill(child.id() as i32, self.signal) };
+        child.wait()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+pub fn http(root: &Path) -> Result<(), String> {
+    let variants = [
+        Variant::Untraced,
+        Variant::Traced("lifecycle"),
+        Variant::Traced("full"),
+        Variant::Console,
+    ];
+    let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
+    let mut failed: Vec<Option<String>> = variants.iter().map(|_| None).collect();
+    // Interleaved (A B C D A B C D …) so that machine noise hits every variant alike; a
+    // variant that fails once is reported and left out of the later rounds.
+    for round in 1..=ROUNDS {
+        for (i, &v) in variants.iter().enumerate() {
+            if failed[i].is_some() {
+                continue;
+            }
+            match run(root, v) {
+                Ok(r) => {
+                    eprintln!(
+                        "xtask: bench http round {round}: {}: {:.0} requests/s",
+                        v.label(),
+                        r.rps
+                    );
+                    runs[i].push(r);
+                }
+                Err(e) => {
+                    eprintln!("xtask: bench http round {round}: {} failed", v.label());
+                    failed[i] = Some(e);
+                }
+            }
+        }
+    }
+    let machine = format!(
+        "{} cores (nproc), kernel {} (uname -r)",
+        first_line(&mut Command::new("nproc")),
+        first_line(Command::new("uname").arg("-r"))
+    );
+    println!(
+        "bench http (hyper HTTP/1.1 server, 2 worker threads; wrk {}; median of {ROUNDS} interleaved runs, a fresh server each):",
+        WRK.join(" ")
+    );
+    println!("  machine: {machine}");
+    let medians: Vec<Option<f64>> = runs
+        .iter_mut()
+        .map(|r| (!r.is_empty()).then(|| median(&mut r.iter().map(|r| r.rps).collect::<Vec<_>>())))
+        .collect();
+    let base = medians[0];
+    let loss = |m: Option<f64>| Some(1.0 - m? / base?);
+    for (i, v) in variants.iter().enumerate() {
+        let label = format!("{}:", v.label());
+        let Some(m) = medians[i] else {
+            println!("  {label:<30} failed (below)");
+            continue;
+        };
+        let mut line = format!("  {label:<30} {m:>8.0} requests/s");
+        if let (Some(b), false) = (base, i == 0) {
+            line += &format!(
+                "  (x{:.3}, throughput loss {:.1}%",
+                m / b,
+                (1.0 - m / b) * 100.0
+            );
+            let traced: Vec<(f64, u64)> = runs[i].iter().filter_map(|r| r.traced).collect();
+            if !traced.is_empty() {
+                let mut per_request: Vec<f64> = traced.iter().map(|t| t.0).collect();
+                let lost: u64 = traced.iter().map(|t| t.1).sum();
+                line += &format!(
+                    "; {:.1} probe events/request, {lost} lost",
+                    median(&mut per_request)
+                );
+            }
+            line += ")";
+        }
+        println!("{line}");
+    }
+    if let (Some(l), Some(c)) = (loss(medians[1]), loss(medians[3])) {
+        println!(
+            "  lifecycle's throughput loss / console-subscriber's: {:.2}",
+            l / c
+        );
+    }
+    let errors: Vec<String> = variants
+        .iter()
+        .zip(&failed)
+        .filter_map(|(v, e)| Some(format!("{}: {}", v.label(), e.as_ref()?)))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("bench http: {}", errors.join("\n")))
+    }
+}
+
+/// One measurement: a fresh server, the variant's observer, one wrk run.
+fn run(root: &Path, variant: Variant) -> Result<Run, String> {
+    let fixture = root.join(FIXTURE);
+    let server = match variant {
+        Variant::Console => fixture.join(CONSOLE_TARGET).join("release/fixture-http"),
+        _ => fixture.join("target/release/fixture-http"),
+    };
+    let port = Cell::new(0u16);
+    let (child, ready) = start_until(&mut Command::new(&server), |l| {
+        l.strip_prefix("LISTENING ")
+            .and_then(|p| p.trim().parse().ok())
+            .map(|p| port.set(p))
+            .is_some()
+    })?;
+    let server = Reaped::new(child, libc::SIGKILL);
+    if !ready {
+        return Err(format!("{} did not start", fixture.display()));
+    }
+    let port = port.get();
+    match variant {
+        Variant::Untraced => Ok(Run {
+            rps: wrk(port)?.0,
+            traced: None,
+        }),
+        Variant::Traced(mode) => traced(root, server.id(), mode, port),
+        Variant::Console => {
+            let client = fixture.join(CONSOLE_TARGET).join("release/console-client");
+            let mut child = Command::new(&client)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|e| format!("{}: {e}", client.display()))?;
+            let stdout = child.stdout.take().ok_or("no stdout")?;
+            // Dropped before the server: the client closes first, so no TIME_WAIT is
+            // left on the console port the next server binds.
+            let client = Reaped::new(child, libc::SIGKILL);
+            let (connected, _) = watch_lines(stdout, "CONNECTED", CONSOLE_TIMEOUT);
+            if !connected {
+                return Err(format!(
+                    "the console client got no update from console-subscriber on 127.0.0.1:6669 within {}s",
+                    CONSOLE_TIMEOUT.as_secs()
+                ));
+            }
+            let rps = wrk(port)?.0;
+            drop(client);
+            Ok(Run { rps, traced: None })
+        }
+    }
+}
+
+/// A wrk run under `tasktrace record --mode MODE` attached to the server.
+fn traced(root: &Path, pid: u32, mode: &str, port: u16) -> Result<Run, String> {
+    let json = std::env::temp_dir().join(format!("tasktrace-bench-http-{mode}.json"));
+    let _ = std::fs::remove_file(&json);
+    // Not -q: the "attached" line on stderr says when the probes are live.
+    let mut cmd = Command::new(root.join("target/release/tasktrace"));
+    cmd.args(["record", "--pid", &pid.to_string(), "--mode", mode])
+        .arg("--json")
+        .arg(&json)
+        // Long enough for any wrk run: the bench ends the window with SIGINT.
+        .args(["--duration", "300s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut tracer = Reaped::new(child, libc::SIGINT);
+    let (attached, stderr) = watch_lines(stderr, "tasktrace: attached", ATTACH_TIMEOUT);
+    if !attached {
+        let _ = tracer.stop();
+        return Err(format!(
+            "tasktrace record --mode {mode} did not attach:\n{}",
+            joined(stderr)
+        ));
+    }
+    let measured = wrk(port);
+    let status = tracer.stop().map_err(|e| e.to_string())?;
+    let stderr = joined(stderr);
+    let (rps, requests) = measured?;
+    if !status.success() {
+        return Err(format!(
+            "tasktrace record --mode {mode} ended with {status}:\n{stderr}"
+        ));
+    }
+    let report: serde_json::Value = std::fs::read(&json)
+        .map_err(|e| format!("{}: {e}", json.display()))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))?;
+    let events = report["diagnostics"]["events"].as_f64().unwrap_or(f64::NAN);
+    let lost = report["summary"]["lost_events"].as_u64().unwrap_or(0);
+    Ok(Run {
+        rps,
+        traced: Some((events / requests, lost)),
+    })
+}
+
+/// `wrk` against the server: (requests/s, requests).
+fn wrk(port: u16) -> Result<(f64, f64), String> {
+    let out = Command::new("wrk")
+        .args(WRK)
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .map_err(|e| format!("cannot run wrk (scripts/setup.sh installs it): {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let fail = || {
+        format!(
+            "wrk failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    if !out.status.success() || stdout.contains("Non-2xx") {
+        return Err(fail());
+    }
+    let rps = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok());
+    let requests = stdout
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok());
+    match (rps, requests) {
+        (Some(rps), Some(requests)) => Ok((rps, requests)),
+        _ => Err(fail()),
+    }
+}
+
+/// Reads `from` to its end on a thread; waits up to `timeout` for a line starting with
+/// `ready`. Returns whether one came (false at once if the output ended first) and the
+/// thread, which yields everything read.
+fn watch_lines(
+    from: impl Read + Send + 'static,
+    ready: &'static str,
+    timeout: Duration,
+) -> (bool, JoinHandle<String>) {
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if line.starts_with(ready) {
+                let _ = tx.send(());
+            }
+            all += &line;
+            all.push('\n');
+        }
+        all
+    });
+    (rx.recv_timeout(timeout).is_ok(), reader)
+}
+
+fn joined(reader: JoinHandle<String>) -> String {
+    reader.join().unwrap_or_default()
+}
+
+/// The first line a command prints ("?" if it cannot run).
+fn first_line(cmd: &mut Command) -> String {
+    cmd.output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "?".into())
+}
