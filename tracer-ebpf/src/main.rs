@@ -60,6 +60,12 @@ static THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_THREADS,
 #[map]
 static LAST_THREAD: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// The thread whose spawn call this CPU saw last: its spawn needs no stack copy (the
+/// call named the spawn site). A thread moved to another CPU in between gets a copy it
+/// did not need, nothing worse.
+#[map]
+static LAST_SPAWN_CALL: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Submit without waking the reader: it drains on a timer (a wakeup costs ~0.8 µs a hit).
 const BPF_RB_NO_WAKEUP: u64 = 1;
 
@@ -73,6 +79,7 @@ pub fn task_entry(ctx: ProbeContext) -> u32 {
     // SAFETY: see `emit`.
     if (kind == EventKind::Spawn as u8 || kind == EventKind::SpawnBlocking as u8)
         && unsafe { core::ptr::read_volatile(&STACK_BYTES) } != 0
+        && !spawn_call_seen()
     {
         emit_stack(&ctx);
     }
@@ -151,6 +158,22 @@ fn emit<C: EbpfContext>(ctx: &C, header: u64) {
     }
 }
 
+/// Whether the current thread's spawn was announced by a spawn call on this CPU (consumes
+/// the announcement).
+#[inline(always)]
+fn spawn_call_seen() -> bool {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    match LAST_SPAWN_CALL.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        Some(last) => unsafe {
+            let seen = *last == tid;
+            *last = 0;
+            seen
+        },
+        None => false,
+    }
+}
+
 /// Packs the argument registers and the return address of a spawn call: userspace finds
 /// the caller's `Location` among them (its register depends on the future's size).
 #[inline(always)]
@@ -160,6 +183,10 @@ fn emit_call(ctx: &ProbeContext) {
     let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };
     if (pid_tgid >> 32) as u32 != target {
         return;
+    }
+    if let Some(last) = LAST_SPAWN_CALL.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *last = pid_tgid as u32 };
     }
     // SAFETY: the context of a uprobe is the target thread's saved registers.
     let regs = unsafe { &*ctx.regs };

@@ -26,6 +26,9 @@ pub struct BinaryInfo {
     pub tokio_symbols: usize,
     /// Build traits, for `inspect`.
     pub traits: BuildTraits,
+    /// Addresses of tokio functions instantiated for the blocking pool's scheduler (their
+    /// generic arguments name `BlockingSchedule`): blocking tasks are in no task list.
+    pub blocking_instances: std::collections::HashSet<u64>,
     /// Thread-local symbols under `tokio::` (demangled name, offset in the TLS block, size).
     pub tokio_tls: Vec<(String, u64, u64)>,
     /// The executable's TLS segment: (memory size, alignment).
@@ -66,6 +69,7 @@ impl BinaryInfo {
         let mut has_symtab = false;
         let (mut v0, mut legacy, mut unwind, mut state_methods) = (0usize, 0usize, false, false);
         let mut tokio_tls = Vec::new();
+        let mut blocking_instances = std::collections::HashSet::new();
         for sym in file.symbols() {
             has_symtab = true;
             if let Ok(raw) = sym.name() {
@@ -88,8 +92,12 @@ impl BinaryInfo {
                 continue;
             }
             let Ok(raw) = sym.name() else { continue };
-            let name = normalize(&format!("{:#}", rustc_demangle::demangle(raw)));
+            let full = format!("{:#}", rustc_demangle::demangle(raw));
+            let name = normalize(&full);
             if name.starts_with("tokio::") {
+                if full.contains("BlockingSchedule") {
+                    blocking_instances.insert(sym.address());
+                }
                 tokio_symbols += 1;
                 functions.entry(name).or_default().push(sym.address());
             }
@@ -126,6 +134,7 @@ impl BinaryInfo {
             tokio_symbols,
             tokio_tls,
             tls_segment,
+            blocking_instances,
         })
     }
 
@@ -171,6 +180,7 @@ impl BinaryInfo {
         };
         self.tokio_version = self.tokio_version.or(other.tokio_version);
         self.tokio_tls = other.tokio_tls;
+        self.blocking_instances = other.blocking_instances;
         Ok(self)
     }
 

@@ -109,19 +109,19 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                 _ => None,
             };
             let d = dump::dump(pid, symbols.as_deref())?;
-            let body = || {
-                let mut b = serde_json::to_vec_pretty(&d).expect("dump serializes");
-                b.push(b'\n');
-                b
-            };
+            fn body(w: &mut impl Write, d: &dump::Dump) -> std::io::Result<()> {
+                serde_json::to_writer_pretty(&mut *w, d)?;
+                w.write_all(b"\n")
+            }
             match (&json, out) {
                 (Some(p), Some(f)) => {
                     print!("{}", dump::render_text(&d));
-                    write_out(Some(f), Some(p), body, false)?;
+                    write_out(Some(f), Some(p), |w| body(w, &d), false)?;
                 }
                 (Some(_), None) => {
-                    std::io::stdout()
-                        .write_all(&body())
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    body(&mut out, &d)
+                        .and_then(|_| out.flush())
                         .map_err(|e| Error::Launch(format!("writing standard output: {e}")))?;
                 }
                 _ => print!("{}", dump::render_text(&d)),
@@ -187,17 +187,21 @@ fn open_output(opts: &VerdictArgs) -> Result<Outputs, Error> {
     })
 }
 
+/// Streams an output into its file (a large report is never held whole in memory).
 fn write_out(
     file: Option<File>,
     path: Option<&PathBuf>,
-    body: impl FnOnce() -> Vec<u8>,
+    body: impl FnOnce(&mut std::io::BufWriter<File>) -> std::io::Result<()>,
     quiet: bool,
 ) -> Result<(), Error> {
-    if let (Some(mut f), Some(path)) = (file, path) {
-        f.write_all(&body()).map_err(|err| Error::Output {
-            path: path.clone(),
-            err,
-        })?;
+    if let (Some(f), Some(path)) = (file, path) {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        body(&mut w)
+            .and_then(|_| w.flush())
+            .map_err(|err| Error::Output {
+                path: path.clone(),
+                err,
+            })?;
         if !quiet {
             eprintln!("tasktrace: wrote {}", path.display());
         }
@@ -211,23 +215,22 @@ fn finish(opts: &VerdictArgs, out: Outputs, report: report::Report) -> Result<i3
     write_out(
         out.json,
         opts.json.as_ref(),
-        || {
-            let mut body = serde_json::to_vec_pretty(&report).expect("report serializes");
-            body.push(b'\n');
-            body
+        |w| {
+            serde_json::to_writer_pretty(&mut *w, &report)?;
+            w.write_all(b"\n")
         },
         quiet,
     )?;
     write_out(
         out.html,
         opts.html.as_ref(),
-        || report::render_html(&report).into_bytes(),
+        |w| w.write_all(report::render_html(&report).as_bytes()),
         quiet,
     )?;
     write_out(
         out.perfetto,
         opts.perfetto.as_ref(),
-        || serde_json::to_vec(&report::render_perfetto(&report)).expect("trace serializes"),
+        |w| Ok(serde_json::to_writer(w, &report::render_perfetto(&report))?),
         quiet,
     )?;
     let failed: Vec<&str> = opts

@@ -131,9 +131,12 @@ impl Plan {
         // One hit per poll: the sampler tells when a thread left its poll, so neither the
         // poll's return nor wakes need a probe. Without it, the classic three.
         let sampled = current_task.is_some();
+        let lifecycle = opts.mode == Mode::Lifecycle;
         let mut plan = Plan {
             tier: "symbols",
-            completion_probed: true,
+            // Lifecycle mode reads the task lists every second anyway: an async task gone
+            // from its list has completed, no probe needed (blocking tasks keep theirs).
+            completion_probed: !lifecycle,
             mode: opts.mode,
             polls_probed: opts.mode == Mode::Full,
             poll_ends_probed: opts.mode == Mode::Full && !sampled,
@@ -231,7 +234,10 @@ impl Plan {
                 }
                 continue;
             }
-            let found = sites(bin, function, kind, arg);
+            let mut found = sites(bin, function, kind, arg);
+            if kind == EventKind::Complete && lifecycle {
+                found.retain(|s| bin.blocking_instances.contains(&s.vaddr));
+            }
             if is_return {
                 plan.ret.extend(found)
             } else {
@@ -328,8 +334,8 @@ impl Plan {
                 lose(
                     "blocking polls",
                     "the thread sampler is unavailable (no kernel BTF, or no tokio CONTEXT \
-                     thread-local symbol): a blocking poll is only seen if it was running at \
-                     attach and still at the end",
+                     thread-local symbol): a blocking poll is seen by the task-list readings \
+                     only (running in two readings a second apart, its future unchanged)",
                 );
             }
         }

@@ -550,12 +550,17 @@ fn apply_task_list(
         );
     }
     let tasks = snap.tasks_with_kind();
-    let whole: Vec<u64> = snap
+    let mut whole: Vec<u64> = snap
         .lists
         .iter()
         .filter(|l| l.incomplete_shards == 0)
         .map(|l| l.owner_id)
         .collect();
+    // Every list read whole: tasks whose owner is not known yet (a spawn seen before its
+    // owner id was set, never listed since) are in none of them either.
+    if whole.len() == snap.lists.len() {
+        whole.push(0);
+    }
     if let Some(w) = recording.as_mut() {
         w.task_list(snap.taken_ns, attach, &tasks, &whole);
     }

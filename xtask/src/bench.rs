@@ -88,19 +88,12 @@ pub fn write_synthetic(path: &Path, events: u64) -> std::io::Result<()> {
     out.flush()
 }
 
-/// Runs a command; returns (wall seconds, peak RSS in KiB) from wait4's rusage.
+/// Runs a command; returns (wall seconds, peak RSS in KiB): the process's own high-water
+/// mark (VmHWM), not wait4's ru_maxrss, which starts from the forking xtask's size.
 fn measure(cmd: &mut Command) -> Result<(f64, i64), String> {
     let started = Instant::now();
-    let child = cmd.spawn().map_err(|e| e.to_string())?;
-    let mut status = 0;
-    // SAFETY: rusage is plain data filled by the kernel; we wait on our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    let wall = started.elapsed().as_secs_f64();
-    if r < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        return Err(format!("{cmd:?} failed (status {status})"));
-    }
-    Ok((wall, usage.ru_maxrss))
+    let kib = peak_rss_kib(cmd)?;
+    Ok((started.elapsed().as_secs_f64(), kib as i64))
 }
 
 pub fn report(root: &Path, events: u64) -> Result<(), String> {
@@ -349,50 +342,53 @@ fn measurement(out: &std::process::Output, key: &str) -> Result<f64, String> {
 }
 
 /// Per-poll cost: eight tasks yielding (each poll: wake, schedule, poll), untraced and
-/// traced, interleaved; probe hits per poll from the traced run's own event counts.
+/// traced in each mode, interleaved; probe hits per poll from the traced runs' own event
+/// counts (every event is one probe hit: one-hit polls have no return trampoline).
 pub fn poll(root: &Path) -> Result<(), String> {
-    const N: &str = "2000000";
+    const N: u64 = 2_000_000;
     const ROUNDS: usize = 5;
+    const MODES: [&str; 2] = ["full", "lifecycle"];
     let fixture = root.join("fixtures/bench/pollloop/target/release/fixture-pollloop");
     let tasktrace = root.join("target/release/tasktrace");
     let json = std::env::temp_dir().join("tasktrace-bench-poll.json");
-    let (mut plain, mut traced, mut hits) = (Vec::new(), Vec::new(), Vec::new());
+    let mut plain = Vec::new();
+    let mut traced: [(Vec<f64>, Vec<f64>); 2] = Default::default();
     for _ in 0..ROUNDS {
         let out = Command::new(&fixture)
-            .arg(N)
+            .arg(N.to_string())
             .output()
             .map_err(|e| e.to_string())?;
         plain.push(measurement(&out, "NS_PER_POLL ")?);
-        let out = Command::new(&tasktrace)
-            .args(["run", "-q", "--ring-size", "64M", "--json"])
-            .arg(&json)
-            .arg("--")
-            .arg(&fixture)
-            .arg(N)
-            .output()
+        for (mode, (ns, hits)) in MODES.iter().zip(traced.iter_mut()) {
+            let out = Command::new(&tasktrace)
+                .args(["run", "-q", "--ring-size", "64M", "--mode", mode, "--json"])
+                .arg(&json)
+                .arg("--")
+                .arg(&fixture)
+                .arg(N.to_string())
+                .output()
+                .map_err(|e| e.to_string())?;
+            ns.push(measurement(&out, "NS_PER_POLL ")?);
+            let r: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(&json).map_err(|e| format!("{}: {e}", json.display()))?,
+            )
             .map_err(|e| e.to_string())?;
-        traced.push(measurement(&out, "NS_PER_POLL ")?);
-        let r: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&json).map_err(|e| format!("{}: {e}", json.display()))?,
-        )
-        .map_err(|e| e.to_string())?;
-        let events = r["diagnostics"]["events"].as_f64().unwrap_or(0.0);
-        let polls = r["diagnostics"]["by_kind"]["poll_start"]
-            .as_f64()
-            .unwrap_or(f64::NAN);
-        hits.push(events / polls);
+            let events = r["diagnostics"]["events"].as_f64().unwrap_or(0.0);
+            // The fixture polls N times after a warm-up of N/10.
+            hits.push(events / (N + N / 10) as f64);
+        }
     }
-    let (a, b, h) = (median(&mut plain), median(&mut traced), median(&mut hits));
+    let a = median(&mut plain);
     println!("bench poll ({N} yielding polls, median of {ROUNDS} interleaved runs):");
-    println!("  untraced: {a:>7.0} ns/poll");
-    println!(
-        "  traced:   {b:>7.0} ns/poll  (+{:.0} ns, x{:.2})",
-        b - a,
-        b / a
-    );
-    println!(
-        "  events per poll (each a probe hit; the poll's return adds a trampoline hit): {h:.2}"
-    );
+    println!("  untraced:            {a:>7.0} ns/poll");
+    for (mode, (ns, hits)) in MODES.iter().zip(traced.iter_mut()) {
+        let (b, h) = (median(ns), median(hits));
+        println!(
+            "  --mode {mode:<10}    {b:>7.0} ns/poll  (+{:.0} ns, x{:.2}; {h:.2} probe hits per poll)",
+            b - a,
+            b / a
+        );
+    }
     Ok(())
 }
 

@@ -68,6 +68,9 @@ struct SampledPoll {
     last_ns: u64,
 }
 
+/// Room for every `EventKind` byte.
+const KINDS: usize = 32;
+
 /// Log2 buckets of poll durations in microseconds: bucket i holds polls of
 /// `[2^(i-1), 2^i)` µs (bucket 0: under 1 µs).
 pub const POLL_BUCKETS: usize = 32;
@@ -117,6 +120,8 @@ pub struct Aggregator {
     /// Headers of the task-list reading being applied (it may come in several parts).
     reading: (u64, std::collections::HashSet<u64>),
     alive: usize,
+    /// Events by kind byte; `diagnostics_with_kinds` names them.
+    kind_counts: [u64; KINDS],
     bits: StateBits,
     thresholds: Thresholds,
 }
@@ -143,6 +148,7 @@ impl Aggregator {
             sampled: HashMap::new(),
             reading: (u64::MAX, Default::default()),
             alive: 0,
+            kind_counts: [0; KINDS],
             bits,
             thresholds,
         }
@@ -165,6 +171,17 @@ impl Aggregator {
             Some(s) => *self.site_slots.get(s)?,
         };
         self.site_polls.get(slot as usize)
+    }
+
+    /// The diagnostics, with the events counted by kind name.
+    pub fn diagnostics_with_kinds(&self) -> Diagnostics {
+        let mut d = self.diagnostics.clone();
+        for (byte, &n) in self.kind_counts.iter().enumerate() {
+            if let Some(kind) = EventKind::from_u8(byte as u8).filter(|_| n > 0) {
+                d.by_kind.insert(kind.name(), n);
+            }
+        }
+        d
     }
 
     /// Tasks neither completed nor freed (O(1): tracked as events arrive).
@@ -207,7 +224,8 @@ impl Aggregator {
             self.diagnostics.unknown_events += 1;
             return;
         };
-        *self.diagnostics.by_kind.entry(kind.name()).or_default() += 1;
+        // Counted in an array: a map keyed by name costs a string compare per event.
+        self.kind_counts[kind as usize % KINDS] += 1;
         let ts = ev.ts_ns;
         match kind {
             EventKind::Spawn | EventKind::SpawnBlocking | EventKind::SpawnLocal => {
@@ -550,6 +568,10 @@ impl Aggregator {
                 }
             };
             let t = &mut self.tasks[i];
+            // A spawn probed at `bind_inner`'s entry comes before the owner id is set.
+            if t.owner_id == 0 {
+                t.owner_id = lt.owner_id;
+            }
             // Without spawn probes (stripped) the list is what tells a LocalSet task.
             if *list == ListKind::LocalSet && t.kind == TaskKind::Async {
                 t.kind = TaskKind::Local;
@@ -614,6 +636,8 @@ impl Aggregator {
                     && t.kind != TaskKind::Blocking
                     && owners.contains(&t.owner_id)
                     && !self.reading.1.contains(&t.header)
+                    // Spawned while the reading walked its list: maybe not in it yet.
+                    && t.spawned_ns.is_none_or(|s| s < at)
             })
             .collect();
         for i in gone {
@@ -694,10 +718,29 @@ fn lifecycle_reading(t: &mut Task, status: Status, changed: bool, at: u64, attac
     }
     match status {
         // Not waiting to run: any wake seen before was served.
-        Status::Idle => t.scheduled_since = None,
+        Status::Idle | Status::Running => t.scheduled_since = None,
         // Polled since the last reading: whatever wake it waits on is newer than that.
         Status::Notified if changed => t.scheduled_since = Some(at),
         _ => {}
+    }
+    // Running in two readings with nothing changed in between: one poll, at least since
+    // the first (the thread sampler sees the same with 100 ms resolution where it can
+    // read the thread; a thread asleep inside a poll may never have been recorded).
+    if status == Status::Running {
+        match t.running_at_attach {
+            Some(since) if !changed => {
+                if t.running_since.is_none() {
+                    t.running_since = Some(since);
+                    t.running_tid = 0;
+                }
+            }
+            _ => t.running_at_attach = Some(at),
+        }
+    } else {
+        t.running_at_attach = None;
+        if t.running_tid == 0 && t.running_since.take().is_some() {
+            t.last_poll_end_ns = Some(at);
+        }
     }
     if attach && status == Status::Idle {
         t.last_poll_end_ns.get_or_insert(at);

@@ -131,7 +131,9 @@ pub struct Summary {
 #[derive(Debug, Serialize)]
 pub struct TaskReport {
     pub id: u64,
-    pub header: String,
+    /// Task header address, written as hex (`"0x7f…"`).
+    #[serde(serialize_with = "hex")]
+    pub header: u64,
     pub kind: TaskKind,
     pub verdict: Verdict,
     pub reason: Reason,
@@ -148,10 +150,10 @@ pub struct TaskReport {
     /// `null` when the task existed before tracing began.
     pub spawned_at_ns: Option<u64>,
     /// Where it was spawned: `file:line:col`, `function+0xoff`, or `null` when unknown.
-    pub spawned_at: Option<String>,
+    pub spawned_at: Option<std::sync::Arc<str>>,
     /// The future's type (`myapp::handlers::analytics::{closure#0}`), when the binary's
     /// symbols carry it.
-    pub future: Option<String>,
+    pub future: Option<std::sync::Arc<str>>,
     pub first_seen_ns: u64,
     pub last_poll_end_ns: Option<u64>,
     pub completed_at_ns: Option<u64>,
@@ -166,6 +168,10 @@ pub struct TaskReport {
     /// count, and whether a JoinHandle still holds it.
     pub refs: Option<u64>,
     pub join_handle: Option<bool>,
+}
+
+fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:#x}"))
 }
 
 impl TaskReport {
@@ -229,7 +235,7 @@ impl Report {
             }
             tasks.push(TaskReport {
                 id: t.id,
-                header: format!("{:#x}", t.header),
+                header: t.header,
                 kind: t.kind,
                 verdict: j.verdict,
                 reason: j.reason,
@@ -242,8 +248,9 @@ impl Report {
                 busy_ns: t.busy_ns,
                 longest_poll_ns: t.longest_poll_ns,
                 spawned_at_ns: t.spawned_ns.map(rel),
-                spawned_at: t.spawned_at.as_deref().map(str::to_owned),
-                future: t.future.as_deref().map(str::to_owned),
+                // Shared with the model: a million tasks of one site hold one string.
+                spawned_at: t.spawned_at.clone(),
+                future: t.future.clone(),
                 first_seen_ns: rel(t.first_seen_ns),
                 last_poll_end_ns: t.last_poll_end_ns.map(rel),
                 completed_at_ns: t.completed_ns.map(rel),
@@ -359,7 +366,7 @@ impl Report {
             long_polls,
             stuck_polls,
             poll_histogram,
-            diagnostics: agg.diagnostics.clone(),
+            diagnostics: agg.diagnostics_with_kinds(),
             warnings,
             unavailable: meta.unavailable,
             timeline,
