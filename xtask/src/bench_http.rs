@@ -31,7 +31,8 @@ const CONSOLE_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Clone, Copy)]
 enum Variant {
     Untraced,
-    Traced(&'static str),
+    /// A mode and extra options.
+    Traced(&'static str, &'static [&'static str]),
     Console,
 }
 
@@ -39,7 +40,9 @@ impl Variant {
     fn label(self) -> String {
         match self {
             Variant::Untraced => "untraced".into(),
-            Variant::Traced(mode) => format!("tasktrace --mode {mode}"),
+            Variant::Traced(mode, extra) => format!("tasktrace --mode {mode} {}", extra.join(" "))
+                .trim_end()
+                .to_owned(),
             Variant::Console => "console-subscriber + client".into(),
         }
     }
@@ -91,8 +94,10 @@ impl Drop for Reaped {
 pub fn http(root: &Path) -> Result<(), String> {
     let variants = [
         Variant::Untraced,
-        Variant::Traced("lifecycle"),
-        Variant::Traced("full"),
+        Variant::Traced("lifecycle", &[]),
+        // One probe hit per spawned task instead of two: what naming spawn sites costs.
+        Variant::Traced("lifecycle", &["--no-spawn-sites"]),
+        Variant::Traced("full", &[]),
         Variant::Console,
     ];
     let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
@@ -139,10 +144,10 @@ pub fn http(root: &Path) -> Result<(), String> {
     for (i, v) in variants.iter().enumerate() {
         let label = format!("{}:", v.label());
         let Some(m) = medians[i] else {
-            println!("  {label:<30} failed (below)");
+            println!("  {label:<46} failed (below)");
             continue;
         };
-        let mut line = format!("  {label:<30} {m:>8.0} requests/s");
+        let mut line = format!("  {label:<46} {m:>8.0} requests/s");
         if let (Some(b), false) = (base, i == 0) {
             line += &format!(
                 "  (x{:.3}, throughput loss {:.1}%",
@@ -162,7 +167,7 @@ pub fn http(root: &Path) -> Result<(), String> {
         }
         println!("{line}");
     }
-    if let (Some(l), Some(c)) = (loss(medians[1]), loss(medians[3])) {
+    if let (Some(l), Some(c)) = (loss(medians[1]), loss(medians[variants.len() - 1])) {
         println!(
             "  lifecycle's throughput loss / console-subscriber's: {:.2}",
             l / c
@@ -204,7 +209,7 @@ fn run(root: &Path, variant: Variant) -> Result<Run, String> {
             rps: wrk(port)?.0,
             traced: None,
         }),
-        Variant::Traced(mode) => traced(root, server.id(), mode, port),
+        Variant::Traced(mode, extra) => traced(root, server.id(), mode, extra, port),
         Variant::Console => {
             let client = fixture.join(CONSOLE_TARGET).join("release/console-client");
             let mut child = Command::new(&client)
@@ -231,12 +236,13 @@ fn run(root: &Path, variant: Variant) -> Result<Run, String> {
 }
 
 /// A wrk run under `tasktrace record --mode MODE` attached to the server.
-fn traced(root: &Path, pid: u32, mode: &str, port: u16) -> Result<Run, String> {
+fn traced(root: &Path, pid: u32, mode: &str, extra: &[&str], port: u16) -> Result<Run, String> {
     let json = std::env::temp_dir().join(format!("tasktrace-bench-http-{mode}.json"));
     let _ = std::fs::remove_file(&json);
     // Not -q: the "attached" line on stderr says when the probes are live.
     let mut cmd = Command::new(root.join("target/release/tasktrace"));
     cmd.args(["record", "--pid", &pid.to_string(), "--mode", mode])
+        .args(extra)
         .arg("--json")
         .arg(&json)
         // Long enough for any wrk run: the bench ends the window with SIGINT.
