@@ -49,6 +49,15 @@ pub enum Mode {
     Lifecycle,
 }
 
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Lifecycle => "lifecycle",
+        }
+    }
+}
+
 /// What the caller wants from the plan.
 #[derive(Clone, Copy, Debug)]
 pub struct PlanOpts {

@@ -178,8 +178,6 @@ pub async fn trace(
     let agg = std::cell::RefCell::new(agg);
     let locator = std::cell::RefCell::new(locator);
     let mut futures: HashMap<u64, Option<Arc<str>>> = HashMap::new();
-    // Runtimes (owner ids) the events named: a list reading rescans when one is new.
-    let owners = std::cell::RefCell::new(std::collections::HashSet::new());
     // Live-task count for the status line, published by the sink.
     let alive = std::cell::Cell::new(0usize);
     // Set when the window closes: events after it (while the probes are being detached)
@@ -211,12 +209,6 @@ pub async fn trace(
         }
         Record::Task(ev) => {
             alive.set(agg.borrow_mut().tasks_alive());
-            if ev.owner_id != 0
-                && (ev.kind == tracer_common::EventKind::Spawn as u8
-                    || ev.kind == tracer_common::EventKind::SpawnLocal as u8)
-            {
-                owners.borrow_mut().insert(ev.owner_id);
-            }
             if ev.vtable != 0 && !futures.contains_key(&ev.vtable) {
                 let name = locator.borrow_mut().future_name(ev.vtable);
                 if let (Some(w), Some(n)) = (recording.borrow_mut().as_mut(), name.as_deref()) {
@@ -280,7 +272,7 @@ pub async fn trace(
                     sample_threads(sampler, &probes, &agg, &recording);
                 }
                 if periodic_readings && tokio::time::Instant::now() >= next_reading {
-                    let read = lists.read(&mut locator.borrow_mut(), &owners.borrow());
+                    let read = lists.read(&mut locator.borrow_mut(), &agg.borrow().owners);
                     let took = read.as_ref().map_or(0.0, |s| s.read_ms);
                     next_reading = tokio::time::Instant::now()
                         + READ_EVERY.max(Duration::from_secs_f64(took * 20.0 / 1e3));
@@ -322,7 +314,7 @@ pub async fn trace(
         if let Some(sampler) = sampler.as_ref() {
             sample_threads(sampler, &probes, &agg, &recording);
         }
-        let read = lists.read(&mut locator.borrow_mut(), &owners.borrow());
+        let read = lists.read(&mut locator.borrow_mut(), &agg.borrow().owners);
         apply_task_list(
             read,
             Reading::End,
@@ -381,6 +373,7 @@ pub async fn trace(
         });
         warnings.extend(w.error());
     }
+    let (emulated, single_stepped) = plan.execution_counts();
     let meta = Meta {
         target: target_info,
         start_ns,
@@ -390,12 +383,9 @@ pub async fn trace(
             sites: probes.sites,
             attach_ms,
             detach_ms,
-            mode: serde_json::to_value(plan.mode)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            emulated: plan.execution_counts().0,
-            single_stepped: plan.execution_counts().1,
+            mode: plan.mode.as_str().into(),
+            emulated,
+            single_stepped,
         },
         lost_events: lost,
         warnings,

@@ -88,8 +88,7 @@ pub struct Thresholds {
     pub leak_after_ns: u64,
     pub stuck_after_ns: u64,
     pub never_polled_after_ns: u64,
-    /// Lifecycle mode: polls are inferred from task-list readings, which never list
-    /// blocking tasks, so a blocking task's polls are unknowable.
+    /// Lifecycle mode: polls are inferred from task-list readings (see `judge`).
     #[serde(skip)]
     pub lifecycle: bool,
 }
@@ -134,7 +133,10 @@ pub fn judge(t: &Task, at: u64, th: &Thresholds) -> Judgement {
     }
     // A task alive before attach may have been polled long ago: "never polled" is
     // unknowable for it; its idle time counts from the attach-time reading.
-    if t.polls == 0 && !t.before_attach && !(th.lifecycle && t.kind == TaskKind::Blocking) {
+    // Lifecycle mode learns polls from task-list readings, which never list blocking
+    // tasks: whether one was polled, or waits to be, is unknowable.
+    let polls_unknowable = th.lifecycle && t.kind == TaskKind::Blocking;
+    if t.polls == 0 && !t.before_attach && !polls_unknowable {
         if let Some(spawned) = t.spawned_ns.filter(|&s| s <= at)
             && at - spawned >= th.never_polled_after_ns
         {
@@ -142,7 +144,7 @@ pub fn judge(t: &Task, at: u64, th: &Thresholds) -> Judgement {
         }
         return j(Verdict::Ok, Reason::Active, at);
     }
-    if let Some(woken) = t.scheduled_since.filter(|&s| s <= at) {
+    if let Some(woken) = t.scheduled_since.filter(|&s| s <= at && !polls_unknowable) {
         if at - woken >= th.stuck_after_ns {
             return j(Verdict::Stuck, Reason::Starved, woken);
         }

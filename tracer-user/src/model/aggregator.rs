@@ -120,6 +120,9 @@ pub struct Aggregator {
     /// Headers of the task-list reading being applied (it may come in several parts).
     reading: (u64, std::collections::HashSet<u64>),
     alive: usize,
+    /// Runtimes (owner ids) the events named: a task-list reading rescans the target's
+    /// memory when one of them has no known list yet (created since the last scan).
+    pub owners: std::collections::HashSet<u64>,
     /// Events by kind byte; `diagnostics_with_kinds` names them.
     kind_counts: [u64; KINDS],
     bits: StateBits,
@@ -148,6 +151,7 @@ impl Aggregator {
             sampled: HashMap::new(),
             reading: (u64::MAX, Default::default()),
             alive: 0,
+            owners: Default::default(),
             kind_counts: [0; KINDS],
             bits,
             thresholds,
@@ -253,10 +257,6 @@ impl Aggregator {
                     self.retire(old, ts);
                 }
                 let mut task = Task::new(ev.task_id, ev.header, task_kind, Some(ts), ts);
-                if self.polls_sampled && task_kind == TaskKind::Blocking {
-                    // No reading lists blocking tasks: whether one waits to run is unknowable.
-                    task.scheduled_since = None;
-                }
                 task.owner_id = ev.owner_id;
                 task.vtable = ev.vtable;
                 task.spawned_at = self
@@ -284,7 +284,14 @@ impl Aggregator {
                     seen_ns: ts,
                 });
                 let t = &mut self.tasks[i];
-                t.owner_id = ev.owner_id;
+                if t.owner_id != ev.owner_id {
+                    // Unset (0) at a spawn probed at bind_inner's entry: the first poll says.
+                    t.owner_id = ev.owner_id;
+                    if ev.owner_id != 0 {
+                        self.owners.insert(ev.owner_id);
+                    }
+                }
+                let t = &mut self.tasks[i];
                 if !real {
                     return;
                 }
@@ -686,6 +693,9 @@ impl Aggregator {
 
     fn insert(&mut self, task: Task) -> usize {
         let i = self.tasks.len();
+        if task.owner_id != 0 {
+            self.owners.insert(task.owner_id);
+        }
         self.alive += 1;
         if self.polls_sampled && task.id != 0 {
             self.by_id.insert(task.id, i);

@@ -76,7 +76,8 @@ pub struct Task {
     pub future: Option<Arc<str>>,
     /// Found in its runtime's task list when tasktrace attached: alive before attach.
     pub before_attach: bool,
-    /// Running when the attach-time reading found it (the poll's start is unknown).
+    /// Running when a task-list reading found it (the poll's start is unknown): the
+    /// attach-time reading, or in lifecycle mode the first of consecutive readings.
     pub running_at_attach: Option<u64>,
     /// A reading of the task list at this instant found it unable to ever run again.
     pub no_way_to_run_at: Option<u64>,
