@@ -101,7 +101,7 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
     let mut names: HashMap<u64, Option<Arc<str>>> = HashMap::new();
     let mut summary = DumpSummary::default();
     let mut tasks = Vec::with_capacity(snap.tasks.len());
-    for (list, t) in snap.tasks_with_kind() {
+    for t in &snap.tasks {
         let future = names
             .entry(t.vtable)
             .or_insert_with(|| locator.future_name(t.vtable))
@@ -119,9 +119,9 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
             id: t.id,
             header: format!("{:#x}", t.header),
             owner_id: t.owner_id,
-            list,
+            list: t.list,
             status: t.status,
-            refs: t.refs,
+            refs: u64::from(t.refs),
             join_handle: t.join_handle,
             state: format!("{:#x}", t.state),
             stable: t.stable,

@@ -81,9 +81,6 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
         bar.finish_and_clear();
     }
     let mut agg = agg.expect("stream checked the metadata");
-    for t in agg.tasks.iter_mut() {
-        t.future = names.get(&t.vtable).cloned();
-    }
     let trace = info;
     let mut warnings = trace.meta.warnings.clone();
     let (end_ns, ended_by, lost, detach_ms) = match &trace.end {
@@ -125,8 +122,9 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
         warnings,
         unavailable: serde_json::from_value(trace.meta.plan["unavailable"].clone())
             .unwrap_or_default(),
+        futures: names,
     };
-    Ok(Report::build(&agg, meta))
+    Ok(Report::build(agg, meta))
 }
 
 /// Sites of the recorded plan whose placement says `execution`.
@@ -202,23 +200,21 @@ mod tests {
         w.task_list(
             5_000,
             true,
-            &[(
-                crate::tasklist::ListKind::LocalSet,
-                crate::tasklist::LiveTask {
-                    header: 0x30,
-                    id: 3,
-                    owner_id: 2,
-                    vtable: 0,
-                    state: 0x40,
-                    stable: true,
-                    status: crate::tasklist::Status::Idle,
-                    refs: 1,
-                    join_handle: false,
-                    no_way_to_run: true,
-                    digest: None,
-                },
-            )],
-            &[2],
+            &[crate::tasklist::LiveTask {
+                header: 0x30,
+                id: 3,
+                owner_id: 2,
+                vtable: 0,
+                state: 0x40,
+                digest: 0,
+                refs: 1,
+                list: crate::tasklist::ListKind::LocalSet,
+                stable: true,
+                status: crate::tasklist::Status::Idle,
+                join_handle: false,
+                no_way_to_run: true,
+            }],
+            Some(&[2]),
         );
         w.task(&ev(EventKind::WakeByVal, 60_000_000_000, 0x99, 2));
         if with_end {

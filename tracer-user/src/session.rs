@@ -329,7 +329,7 @@ pub async fn trace(
     let detach_time = probes.detach();
     probes.drain(&mut sink);
     drop(sink);
-    let mut agg = agg.into_inner();
+    let agg = agg.into_inner();
     // Tasks known only from the task lists sent no event that named their future.
     let mut locator = locator.into_inner();
     for t in &agg.tasks {
@@ -340,10 +340,6 @@ pub async fn trace(
             }
             futures.insert(t.vtable, name);
         }
-    }
-    // Name each task's future (resolved once per vtable) before the report reads them.
-    for t in agg.tasks.iter_mut() {
-        t.future = futures.get(&t.vtable).cloned().flatten();
     }
     let lost = probes.lost_events();
     if let Some(l) = launched.as_mut() {
@@ -390,8 +386,13 @@ pub async fn trace(
         lost_events: lost,
         warnings,
         unavailable: plan.unavailable.clone(),
+        // Each task's future, resolved once per vtable.
+        futures: futures
+            .into_iter()
+            .filter_map(|(vtable, name)| Some((vtable, name?)))
+            .collect(),
     };
-    Ok(Report::build(&agg, meta))
+    Ok(Report::build(agg, meta))
 }
 
 /// Thread-sampler period, in drain ticks (100 ms): polls' ends inferred from it are lower
@@ -517,7 +518,7 @@ fn apply_task_list(
     } else {
         "at the window end"
     };
-    let snap = match read {
+    let mut snap = match read {
         Ok(s) => s,
         Err(_) if reading == Reading::Periodic => return,
         Err(why) => {
@@ -539,7 +540,6 @@ fn apply_task_list(
                 .map(|w| format!("task lists {when}: {w}")),
         );
     }
-    let tasks = snap.tasks_with_kind();
     let mut whole: Vec<u64> = snap
         .lists
         .iter()
@@ -551,14 +551,28 @@ fn apply_task_list(
     if whole.len() == snap.lists.len() {
         whole.push(0);
     }
-    if let Some(w) = recording.as_mut() {
-        w.task_list(snap.taken_ns, attach, &tasks, &whole);
+    let listed = snap.tasks.len();
+    // Fed in parts, in list order, giving the reading's memory back as the model takes
+    // the tasks in: a million listed tasks are not held twice.
+    const PART: usize = 1 << 16;
+    let mut rest = std::mem::take(&mut snap.tasks);
+    rest.reverse();
+    loop {
+        let mut part = rest.split_off(rest.len().saturating_sub(PART));
+        part.reverse();
+        rest.shrink_to_fit();
+        let owners = rest.is_empty().then_some(&whole[..]);
+        if let Some(w) = recording.as_mut() {
+            w.task_list(snap.taken_ns, attach, &part, owners);
+        }
+        agg.task_list(&part, snap.taken_ns, attach, owners);
+        if rest.is_empty() {
+            break;
+        }
     }
-    agg.task_list(&tasks, snap.taken_ns, attach, Some(&whole));
     if !quiet && attach {
         eprintln!(
-            "tasktrace: {} tasks alive at attach in {} runtime task list(s), read in {:.1} ms",
-            snap.tasks.len(),
+            "tasktrace: {listed} tasks alive at attach in {} runtime task list(s), read in {:.1} ms",
             snap.lists.len(),
             snap.read_ms
         );

@@ -65,24 +65,32 @@ pub struct LiveTask {
     pub vtable: u64,
     /// The state word at the second reading.
     pub state: u64,
+    /// A hash of the task's `Core` (its scheduler, id and future) when asked for, else 0:
+    /// a poll almost always changes the future's bytes, a task nobody polls never does.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub digest: u64,
+    pub refs: u32,
+    /// The kind of list it was found in (trace files store it beside the task).
+    #[serde(skip)]
+    pub list: ListKind,
     /// Both readings agreed.
     pub stable: bool,
     pub status: Status,
-    pub refs: u64,
     pub join_handle: bool,
     /// Idle, not notified, no JoinHandle, and no reference left but the list's: nothing
     /// can ever wake or abort it (only its runtime's shutdown ends it).
     pub no_way_to_run: bool,
-    /// A hash of the task's `Core` (its scheduler, id and future) when asked for: a poll
-    /// almost always changes the future's bytes, a task nobody polls never does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ListKind {
     /// `OwnedTasks` of a multi-thread or current-thread runtime.
+    #[default]
     Runtime,
     /// `LocalOwnedTasks` of a `LocalSet`.
     LocalSet,
@@ -115,20 +123,7 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
 }
 
-impl Snapshot {
-    /// Each task with the kind of list it was found in.
-    pub fn tasks_with_kind(&self) -> Vec<(ListKind, LiveTask)> {
-        let kinds: HashMap<u64, ListKind> =
-            self.lists.iter().map(|l| (l.owner_id, l.kind)).collect();
-        self.tasks
-            .iter()
-            .map(|t| {
-                let kind = kinds.get(&t.owner_id).copied().unwrap_or(ListKind::Runtime);
-                (kind, t.clone())
-            })
-            .collect()
-    }
-}
+impl Snapshot {}
 
 pub struct Reader<'a> {
     mem: Memory,
@@ -206,7 +201,7 @@ impl<'a> Reader<'a> {
                 .push("no task vtables found in the binary: no task list can be read".into());
             return Ok(snap);
         }
-        let mut found: Vec<(OwnedList, Vec<Node>)> = Vec::new();
+        let mut found: Vec<(OwnedList, Vec<LiveTask>)> = Vec::new();
         for list in known {
             let walked = match list.kind {
                 ListKind::Runtime => self.walk_runtime(list.owner_id, list.address),
@@ -223,8 +218,7 @@ impl<'a> Reader<'a> {
         if found.is_empty() {
             found = self.find_lists(&mut snap)?;
         }
-        let mut nodes: Vec<(u64, Node)> = Vec::new();
-        for (list, list_nodes) in found {
+        for (list, tasks) in found {
             let owner = list.owner_id;
             if let Some(d) = list.declared
                 && d != list.tasks
@@ -244,21 +238,25 @@ impl<'a> Reader<'a> {
                     list.incomplete_shards
                 ));
             }
-            nodes.extend(list_nodes.into_iter().map(|n| (owner, n)));
+            if snap.tasks.is_empty() {
+                snap.tasks = tasks;
+            } else {
+                snap.tasks.extend(tasks);
+            }
             snap.lists.push(list);
         }
 
+        // Every state word read a second time, in parts (no second copy of the list).
         std::thread::sleep(RECHECK_AFTER);
-        let addrs: Vec<u64> = nodes
-            .iter()
-            .map(|(_, n)| n.header + self.layout.header_state)
-            .collect();
-        let again = self.mem.u64s(&addrs);
-        snap.tasks = nodes
-            .into_iter()
-            .zip(again)
-            .map(|((owner, n), second)| self.decode(owner, n, second))
-            .collect();
+        let mut addrs = Vec::new();
+        for part in snap.tasks.chunks_mut(1 << 16) {
+            addrs.clear();
+            addrs.extend(part.iter().map(|t| t.header + self.layout.header_state));
+            for (t, second) in part.iter_mut().zip(self.mem.u64s(&addrs)) {
+                let first = t.state;
+                self.classify(t, second.unwrap_or(first), second == Some(first));
+            }
+        }
         if self.digests {
             let mut regions: Vec<(u64, u64)> = self
                 .mem
@@ -270,7 +268,7 @@ impl<'a> Reader<'a> {
             regions.sort_unstable();
             let mut buf = Vec::new();
             for t in &mut snap.tasks {
-                t.digest = self.digest(t, &regions, &mut buf);
+                t.digest = self.digest(t, &regions, &mut buf).map_or(0, |d| d.max(1));
             }
         }
         snap.read_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -278,7 +276,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Scans the target's memory for task headers and finds each runtime's list from them.
-    fn find_lists(&self, snap: &mut Snapshot) -> Result<Vec<(OwnedList, Vec<Node>)>> {
+    fn find_lists(&self, snap: &mut Snapshot) -> Result<Vec<(OwnedList, Vec<LiveTask>)>> {
         let regions = self
             .mem
             .writable_regions()
@@ -353,7 +351,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Finds the list of runtime `owner` from candidate headers of its tasks.
-    fn locate(&self, owner: u64, candidates: &[Candidate]) -> Option<(OwnedList, Vec<Node>)> {
+    fn locate(&self, owner: u64, candidates: &[Candidate]) -> Option<(OwnedList, Vec<LiveTask>)> {
         let lists = &self.layout.lists;
         for c in candidates {
             let vt = self.vtables.get(&c.vtable)?;
@@ -385,7 +383,7 @@ impl<'a> Reader<'a> {
     }
 
     /// `OwnedTasks` whose `id` is at `id_addr`: every shard, walked.
-    fn walk_runtime(&self, owner: u64, id_addr: u64) -> Option<(OwnedList, Vec<Node>)> {
+    fn walk_runtime(&self, owner: u64, id_addr: u64) -> Option<(OwnedList, Vec<LiveTask>)> {
         let l = &self.layout.lists;
         let lists_field = id_addr.checked_add_signed(l.sharded_lists_from_id)?;
         let lists = self.mem.u64(lists_field)?;
@@ -407,7 +405,12 @@ impl<'a> Reader<'a> {
         for shard in 0..len {
             let base = lists + shard * l.shard_stride;
             match self.walk_stable(owner, base + l.shard_head, base + l.shard_tail) {
-                Some(Some(nodes)) => out.extend(nodes),
+                // Decoded shard by shard: a list of a million tasks is never held twice.
+                Some(Some(nodes)) => out.extend(
+                    nodes
+                        .into_iter()
+                        .map(|n| self.decode(owner, ListKind::Runtime, n)),
+                ),
                 Some(None) => incomplete += 1,
                 // Not a list at all: this was not the OwnedTasks.
                 None => return None,
@@ -428,12 +431,18 @@ impl<'a> Reader<'a> {
     }
 
     /// `LocalOwnedTasks` whose `id` is at `id_addr`: one list.
-    fn walk_local(&self, owner: u64, id_addr: u64) -> Option<(OwnedList, Vec<Node>)> {
+    fn walk_local(&self, owner: u64, id_addr: u64) -> Option<(OwnedList, Vec<LiveTask>)> {
         let l = &self.layout.lists;
         let head = id_addr.checked_add_signed(l.local_head_from_id)?;
         let tail = id_addr.checked_add_signed(l.local_tail_from_id)?;
         let (nodes, incomplete) = match self.walk_stable(owner, head, tail)? {
-            Some(nodes) => (nodes, 0),
+            Some(nodes) => (
+                nodes
+                    .into_iter()
+                    .map(|n| self.decode(owner, ListKind::LocalSet, n))
+                    .collect::<Vec<_>>(),
+                0,
+            ),
             None => (Vec::new(), 1),
         };
         Some((
@@ -584,11 +593,30 @@ impl<'a> Reader<'a> {
         Some(h.finish())
     }
 
-    fn decode(&self, owner: u64, n: Node, second: Option<u64>) -> LiveTask {
+    /// A walked node, as its first reading of the state word says (not yet stable).
+    fn decode(&self, owner: u64, list: ListKind, n: Node) -> LiveTask {
+        let mut t = LiveTask {
+            header: n.header,
+            id: n.id,
+            owner_id: owner,
+            vtable: n.vtable,
+            state: n.state,
+            digest: 0,
+            refs: 0,
+            list,
+            stable: false,
+            status: Status::Idle,
+            join_handle: false,
+            no_way_to_run: false,
+        };
+        self.classify(&mut t, n.state, false);
+        t
+    }
+
+    /// What the state word says of the task; `stable`: two readings agreed.
+    fn classify(&self, t: &mut LiveTask, state: u64, stable: bool) {
         let bits = &self.knowledge.state;
         let refs_bits = &self.knowledge.refs;
-        let state = second.unwrap_or(n.state);
-        let stable = second == Some(n.state);
         let status = if state & bits.complete != 0 {
             Status::Complete
         } else if state & bits.running != 0 {
@@ -600,23 +628,16 @@ impl<'a> Reader<'a> {
         };
         let refs = state >> refs_bits.ref_shift;
         let join_handle = state & refs_bits.join_interest != 0;
-        LiveTask {
-            header: n.header,
-            id: n.id,
-            owner_id: owner,
-            vtable: n.vtable,
-            state,
-            stable,
-            status,
-            refs,
-            join_handle,
-            no_way_to_run: stable
-                && status == Status::Idle
-                && !join_handle
-                && state & bits.cancelled == 0
-                && refs == refs_bits.list_refs,
-            digest: None,
-        }
+        t.state = state;
+        t.stable = stable;
+        t.status = status;
+        t.refs = u32::try_from(refs).unwrap_or(u32::MAX);
+        t.join_handle = join_handle;
+        t.no_way_to_run = stable
+            && status == Status::Idle
+            && !join_handle
+            && state & bits.cancelled == 0
+            && refs == refs_bits.list_refs;
     }
 }
 

@@ -114,7 +114,8 @@ pub enum Rec {
     TaskList {
         at_ns: u64,
         attach: bool,
-        tasks: Vec<(ListKind, LiveTask)>,
+        /// Each with the kind of list it was found in (`LiveTask::list`).
+        tasks: Vec<LiveTask>,
         complete_owners: Option<Vec<u64>>,
     },
     Samples {
@@ -188,10 +189,10 @@ impl Writer {
         &mut self,
         at_ns: u64,
         attach: bool,
-        tasks: &[(ListKind, LiveTask)],
-        complete_owners: &[u64],
+        tasks: &[LiveTask],
+        complete_owners: Option<&[u64]>,
     ) {
-        let chunks: Vec<&[(ListKind, LiveTask)]> = if tasks.is_empty() {
+        let chunks: Vec<&[LiveTask]> = if tasks.is_empty() {
             vec![&[]]
         } else {
             tasks.chunks(TASKLIST_CHUNK).collect()
@@ -203,8 +204,8 @@ impl Writer {
                 &TaskListRecord {
                     at_ns,
                     attach,
-                    tasks: chunk.to_vec(),
-                    complete_owners: (i == last).then(|| complete_owners.to_vec()),
+                    tasks: chunk.iter().map(|t| (t.list, t.clone())).collect(),
+                    complete_owners: complete_owners.filter(|_| i == last).map(<[u64]>::to_vec),
                 },
             );
         }
@@ -374,7 +375,11 @@ pub fn stream(
                 on_record(Rec::TaskList {
                     at_ns: t.at_ns,
                     attach: t.attach,
-                    tasks: t.tasks,
+                    tasks: t
+                        .tasks
+                        .into_iter()
+                        .map(|(list, task)| LiveTask { list, ..task })
+                        .collect(),
                     complete_owners: t.complete_owners,
                 });
             }

@@ -120,11 +120,16 @@ pub fn judge(t: &Task, at: u64, th: &Thresholds) -> Judgement {
     if t.is_plumbing() {
         return j(Verdict::Ok, Reason::RuntimePlumbing, at);
     }
-    let finished_by = t.completed_ns.into_iter().chain(t.freed_ns).min();
+    let finished_by = t
+        .completed_ns
+        .get()
+        .into_iter()
+        .chain(t.freed_ns.get())
+        .min();
     if finished_by.is_some_and(|f| f <= at) {
         return j(Verdict::Ok, Reason::Finished, at);
     }
-    if let Some(start) = t.running_since.filter(|&s| s <= at) {
+    if let Some(start) = t.running_since.get().filter(|&s| s <= at) {
         // spawn_blocking exists to block: its long runs are not a worker being blocked.
         if t.kind != TaskKind::Blocking && at - start >= th.stuck_after_ns {
             return j(Verdict::Stuck, Reason::BlockingPoll, start);
@@ -137,24 +142,28 @@ pub fn judge(t: &Task, at: u64, th: &Thresholds) -> Judgement {
     // tasks: whether one was polled, or waits to be, is unknowable.
     let polls_unknowable = th.lifecycle && t.kind == TaskKind::Blocking;
     if t.polls == 0 && !t.before_attach && !polls_unknowable {
-        if let Some(spawned) = t.spawned_ns.filter(|&s| s <= at)
+        if let Some(spawned) = t.spawned_ns.get().filter(|&s| s <= at)
             && at - spawned >= th.never_polled_after_ns
         {
             return j(Verdict::NeverPolled, Reason::NeverPolled, spawned);
         }
         return j(Verdict::Ok, Reason::Active, at);
     }
-    if let Some(woken) = t.scheduled_since.filter(|&s| s <= at && !polls_unknowable) {
+    if let Some(woken) = t
+        .scheduled_since
+        .get()
+        .filter(|&s| s <= at && !polls_unknowable)
+    {
         if at - woken >= th.stuck_after_ns {
             return j(Verdict::Stuck, Reason::Starved, woken);
         }
         return j(Verdict::Ok, Reason::Active, woken);
     }
-    if t.no_way_to_run_at.is_some_and(|r| r <= at) {
-        let since = t.last_poll_end_ns.unwrap_or(t.first_seen_ns).min(at);
+    if t.rare().no_way_to_run_at.get().is_some_and(|r| r <= at) {
+        let since = t.last_poll_end_ns.get().unwrap_or(t.first_seen_ns).min(at);
         return j(Verdict::Leaked, Reason::NoWayToRun, since);
     }
-    if let Some(end) = t.last_poll_end_ns.filter(|&e| e <= at) {
+    if let Some(end) = t.last_poll_end_ns.get().filter(|&e| e <= at) {
         if t.kind != TaskKind::Blocking && at - end >= th.leak_after_ns {
             let reason = if t.before_attach && t.polls == 0 {
                 Reason::IdleSinceAttach
@@ -171,5 +180,5 @@ pub fn judge(t: &Task, at: u64, th: &Thresholds) -> Judgement {
 /// The verdict of a task at the end of the window: frozen at its runtime's shutdown if it
 /// was cancelled by one, judged at `window_end` otherwise.
 pub fn final_judgement(t: &Task, window_end: u64, th: &Thresholds) -> Judgement {
-    t.frozen.unwrap_or_else(|| judge(t, window_end, th))
+    t.rare().frozen.unwrap_or_else(|| judge(t, window_end, th))
 }

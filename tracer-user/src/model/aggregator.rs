@@ -8,7 +8,8 @@ use tracer_common::{EVENT_FLAG_UNREADABLE, EventKind, TaskEvent};
 
 use super::{
     PollTimes,
-    task::{LongPoll, Task, TaskKind},
+    index::TaskIndex,
+    task::{LongPoll, Stamp, Task, TaskKind},
 };
 use crate::{
     tasklist::{ListKind, LiveTask, Status},
@@ -88,7 +89,7 @@ pub struct Timeline {
 pub struct Aggregator {
     pub tasks: Vec<Task>,
     /// Header address → the task currently living there.
-    live: HashMap<u64, usize>,
+    live: TaskIndex,
     /// Per target thread, the polls in progress (innermost last).
     stacks: HashMap<u32, Vec<Frame>>,
     /// Per target thread, the spawn site of the spawn call in progress.
@@ -100,8 +101,9 @@ pub struct Aggregator {
     /// Ended polls of async and local tasks by duration (see [`POLL_BUCKETS`]).
     pub poll_histogram: [u64; POLL_BUCKETS],
     pub timeline: Option<Timeline>,
-    /// Poll durations by spawn site, for per-site percentiles: one histogram per site
-    /// (slot 0: site unknown), found through `site_slots` once per task, not per poll.
+    /// Spawn sites by index (`Task::site`; 0: unknown), each name held once however many
+    /// tasks share it, with the poll durations of its tasks for per-site percentiles.
+    site_names: Vec<Option<Arc<str>>>,
     site_polls: Vec<PollTimes>,
     site_slots: HashMap<Arc<str>, u32>,
     /// No probe sees completions (stripped binary): a task that leaves its runtime's list
@@ -113,12 +115,12 @@ pub struct Aggregator {
     /// No probe sees polls at all (lifecycle mode): the thread samples stand in for them.
     pub polls_sampled: bool,
     /// Task id → task, kept only when polls are sampled (samples name tasks by id).
-    by_id: HashMap<u64, usize>,
-    /// Task → its `Core` digest at the previous reading (lifecycle mode).
-    digests: HashMap<usize, u64>,
+    by_id: TaskIndex,
     sampled: HashMap<u32, SampledPoll>,
-    /// Headers of the task-list reading being applied (it may come in several parts).
-    reading: (u64, std::collections::HashSet<u64>),
+    /// Task-list readings so far, and the instant of the latest (a reading may come in
+    /// several parts); each listed task is stamped with the count.
+    readings: u32,
+    reading_at: u64,
     alive: usize,
     /// Runtimes (owner ids) the events named: a task-list reading rescans the target's
     /// memory when one of them has no known list yet (created since the last scan).
@@ -133,7 +135,7 @@ impl Aggregator {
     pub fn new(bits: StateBits, thresholds: Thresholds) -> Self {
         Self {
             tasks: Vec::new(),
-            live: HashMap::new(),
+            live: TaskIndex::new(|t| t.header),
             stacks: HashMap::new(),
             pending_spawns: HashMap::new(),
             shutdown_began: HashMap::new(),
@@ -141,15 +143,16 @@ impl Aggregator {
             diagnostics: Diagnostics::default(),
             poll_histogram: [0; POLL_BUCKETS],
             timeline: None,
+            site_names: vec![None],
             site_polls: vec![PollTimes::default()],
             site_slots: HashMap::new(),
             completion_from_lists: false,
             poll_ends_inferred: false,
             polls_sampled: false,
-            by_id: HashMap::new(),
-            digests: HashMap::new(),
+            by_id: TaskIndex::new(|t| t.id),
             sampled: HashMap::new(),
-            reading: (u64::MAX, Default::default()),
+            readings: 0,
+            reading_at: 0,
             alive: 0,
             owners: Default::default(),
             kind_counts: [0; KINDS],
@@ -177,6 +180,22 @@ impl Aggregator {
         self.site_polls.get(slot as usize)
     }
 
+    /// Where the tasks of site index `site` were spawned (`None`: unknown).
+    pub fn site_name(&self, site: u32) -> Option<&Arc<str>> {
+        self.site_names.get(site as usize)?.as_ref()
+    }
+
+    fn intern_site(&mut self, site: Option<Arc<str>>) -> u32 {
+        let Some(site) = site else { return 0 };
+        let next = self.site_names.len() as u32;
+        let slot = *self.site_slots.entry(site.clone()).or_insert(next);
+        if slot == next {
+            self.site_names.push(Some(site));
+            self.site_polls.push(PollTimes::default());
+        }
+        slot
+    }
+
     /// The diagnostics, with the events counted by kind name.
     pub fn diagnostics_with_kinds(&self) -> Diagnostics {
         let mut d = self.diagnostics.clone();
@@ -186,6 +205,17 @@ impl Aggregator {
             }
         }
         d
+    }
+
+    /// Hands the tasks over (to the report) and drops the indexes that only ingestion
+    /// needs, so that their memory is free before the report is built.
+    pub fn take_tasks(&mut self) -> Vec<Task> {
+        self.live.clear();
+        self.by_id.clear();
+        self.stacks = HashMap::new();
+        self.sampled = HashMap::new();
+        self.pending_spawns = HashMap::new();
+        std::mem::take(&mut self.tasks)
     }
 
     /// Tasks neither completed nor freed (O(1): tracked as events arrive).
@@ -238,20 +268,20 @@ impl Aggregator {
                     EventKind::SpawnLocal => TaskKind::Local,
                     _ => TaskKind::Async,
                 };
-                if let Some(&old) = self.live.get(&ev.header) {
+                if let Some(old) = self.live.get(ev.header, &self.tasks) {
                     let t = &mut self.tasks[old];
                     // A spawn seen at the spawn function's return can follow the task's
                     // first poll on another worker: same task, not a new one.
                     if t.spawned_ns.is_none() && ev.task_id != 0 && t.id == ev.task_id {
-                        t.spawned_ns = Some(t.first_seen_ns.min(ts));
+                        t.spawned_ns = Stamp::at(t.first_seen_ns.min(ts));
                         t.kind = task_kind;
                         // Read in the attach-time list, but spawned after the probes went in.
                         t.before_attach = false;
-                        t.site_slot = None;
-                        t.spawned_at = self
+                        let site = self
                             .pending_spawns
                             .remove(&ev.tid)
                             .and_then(|p| p.location.or(p.caller));
+                        self.tasks[old].site = self.intern_site(site);
                         return;
                     }
                     self.retire(old, ts);
@@ -259,10 +289,11 @@ impl Aggregator {
                 let mut task = Task::new(ev.task_id, ev.header, task_kind, Some(ts), ts);
                 task.owner_id = ev.owner_id;
                 task.vtable = ev.vtable;
-                task.spawned_at = self
+                let site = self
                     .pending_spawns
                     .remove(&ev.tid)
                     .and_then(|p| p.location.or(p.caller));
+                task.site = self.intern_site(site);
                 let i = self.insert(task);
                 self.instant(i, ts, "spawn");
             }
@@ -275,7 +306,7 @@ impl Aggregator {
                 }
                 let stack = self.stacks.entry(ev.tid).or_default();
                 if let Some(parent) = stack.last() {
-                    self.tasks[parent.task].hosted_polls += 1;
+                    self.tasks[parent.task].rare_mut().hosted_polls += 1;
                 }
                 let real = ev.state & (self.bits.running | self.bits.complete) == 0;
                 stack.push(Frame {
@@ -295,7 +326,7 @@ impl Aggregator {
                 if !real {
                     return;
                 }
-                if t.no_way_to_run_at.take().is_some() {
+                if t.take_no_way_to_run() {
                     self.diagnostics.definite_contradicted += 1;
                 }
                 if ev.state & self.bits.cancelled != 0 {
@@ -304,10 +335,10 @@ impl Aggregator {
                 } else {
                     t.polls += 1;
                 }
-                t.running_since = Some(ts);
+                t.running_since = Stamp::at(ts);
                 t.running_tid = ev.tid;
-                t.scheduled_since = None;
-                t.woken_during_poll = None;
+                t.scheduled_since = Stamp::NONE;
+                t.clear_woken_during_poll();
             }
             EventKind::PollEnd => {
                 if self.stacks.get(&ev.tid).is_none_or(|s| s.is_empty()) {
@@ -323,13 +354,13 @@ impl Aggregator {
                     return;
                 }
                 t.wakes += 1;
-                if t.no_way_to_run_at.take().is_some() {
+                if t.take_no_way_to_run() {
                     self.diagnostics.definite_contradicted += 1;
                 }
                 if t.running_since.is_some() {
-                    t.woken_during_poll.get_or_insert(ts);
+                    t.rare_mut().woken_during_poll.set_if_none(ts);
                 } else {
-                    t.scheduled_since.get_or_insert(ts);
+                    t.scheduled_since.set_if_none(ts);
                 }
                 self.instant(i, ts, "wake");
             }
@@ -352,10 +383,10 @@ impl Aggregator {
                 let cancelled = ev.state & self.bits.cancelled != 0;
                 self.alive -= usize::from(!self.tasks[i].is_finished());
                 let t = &mut self.tasks[i];
-                t.completed_ns.get_or_insert(ts);
+                t.completed_ns.set_if_none(ts);
                 t.cancelled |= cancelled;
-                t.scheduled_since = None;
-                t.woken_during_poll = None;
+                t.scheduled_since = Stamp::NONE;
+                t.clear_woken_during_poll();
                 self.instant(i, ts, if cancelled { "cancel" } else { "complete" });
             }
             EventKind::Shutdown => {
@@ -363,23 +394,25 @@ impl Aggregator {
                 let i = self.task_for(ev);
                 let thresholds = self.thresholds;
                 let t = &mut self.tasks[i];
-                if t.shutdown_ns.is_none() && !t.is_finished() {
-                    t.shutdown_ns = Some(ts);
-                    t.frozen = Some(judge(t, began, &thresholds));
+                if t.rare().shutdown_ns.is_none() && !t.is_finished() {
+                    let frozen = judge(t, began, &thresholds);
+                    let rare = t.rare_mut();
+                    rare.shutdown_ns = Stamp::at(ts);
+                    rare.frozen = Some(frozen);
                 }
             }
             EventKind::Park => self.end_async_polls(ev.tid, ts),
             EventKind::SpawnCall | EventKind::SpawnStack => self.diagnostics.unknown_events += 1,
             EventKind::Dealloc => {
-                if let Some(i) = self.live.remove(&ev.header) {
+                if let Some(i) = self.live.remove(ev.header, &self.tasks) {
                     self.alive -= usize::from(!self.tasks[i].is_finished());
                     let t = &mut self.tasks[i];
                     if ev.task_id == 0 || t.id == 0 || t.id == ev.task_id {
-                        t.freed_ns = Some(ts);
+                        t.freed_ns = Stamp::at(ts);
                     } else {
                         // Not the task we knew at this address: ours was freed unseen.
                         self.diagnostics.address_reuse += 1;
-                        t.freed_ns = Some(ts);
+                        t.freed_ns = Stamp::at(ts);
                     }
                 }
             }
@@ -413,9 +446,9 @@ impl Aggregator {
         let dur = ts.saturating_sub(start);
         t.busy_ns += dur;
         t.longest_poll_ns = t.longest_poll_ns.max(dur);
-        t.last_poll_end_ns = Some(ts);
+        t.last_poll_end_ns = Stamp::at(ts);
         if !t.is_finished() {
-            t.scheduled_since = t.woken_during_poll.take();
+            t.scheduled_since = t.clear_woken_during_poll().into();
         }
         if t.kind != TaskKind::Blocking {
             let us = dur / 1_000;
@@ -423,25 +456,8 @@ impl Aggregator {
             self.poll_histogram[bucket.min(POLL_BUCKETS - 1)] += 1;
         }
         // Worker-hosting tasks' one long poll is the runtime's life, not a poll.
-        if t.hosted_polls == 0 {
-            let slot = match t.site_slot {
-                Some(slot) => slot,
-                None => {
-                    let slot = match &t.spawned_at {
-                        None => 0,
-                        Some(site) => {
-                            let next = self.site_polls.len() as u32;
-                            *self.site_slots.entry(site.clone()).or_insert(next)
-                        }
-                    };
-                    if slot as usize == self.site_polls.len() {
-                        self.site_polls.push(PollTimes::default());
-                    }
-                    t.site_slot = Some(slot);
-                    slot
-                }
-            };
-            self.site_polls[slot as usize].record(dur);
+        if t.rare().hosted_polls == 0 {
+            self.site_polls[t.site as usize].record(dur);
         }
         if let Some(tl) = self.timeline.as_mut() {
             tl.polls.push((frame.task, start, ts, tid));
@@ -483,7 +499,7 @@ impl Aggregator {
     }
 
     fn sampled_poll(&mut self, tid: u32, current: Option<u64>, at: u64) {
-        let task = current.and_then(|id| self.by_id.get(&id).copied());
+        let task = current.and_then(|id| self.by_id.get(id, &self.tasks));
         match (self.sampled.get(&tid).copied(), task) {
             (Some(prev), Some(i)) if prev.task == i => {
                 self.sampled.insert(
@@ -499,7 +515,7 @@ impl Aggregator {
                     self.sampled.remove(&tid);
                     let t = &mut self.tasks[prev.task];
                     if t.running_tid == tid && t.running_since.take().is_some() {
-                        t.last_poll_end_ns = Some(prev.last_ns);
+                        t.last_poll_end_ns = Stamp::at(prev.last_ns);
                     }
                 }
                 if let Some(i) = now {
@@ -511,14 +527,14 @@ impl Aggregator {
                         },
                     );
                     let t = &mut self.tasks[i];
-                    if t.no_way_to_run_at.take().is_some() {
+                    if t.take_no_way_to_run() {
                         self.diagnostics.definite_contradicted += 1;
                     }
                     if !t.is_finished() {
                         t.polls += 1;
-                        t.running_since = Some(at);
+                        t.running_since = Stamp::at(at);
                         t.running_tid = tid;
-                        t.scheduled_since = None;
+                        t.scheduled_since = Stamp::NONE;
                     }
                 }
             }
@@ -534,26 +550,26 @@ impl Aggregator {
     /// have finished.
     pub fn task_list(
         &mut self,
-        tasks: &[(ListKind, LiveTask)],
+        tasks: &[LiveTask],
         at: u64,
         attach: bool,
         complete_owners: Option<&[u64]>,
     ) {
-        if self.reading.0 != at {
-            self.reading = (at, Default::default());
+        if self.reading_at != at || self.readings == 0 {
+            self.readings += 1;
+            self.reading_at = at;
         }
-        self.reading.1.extend(tasks.iter().map(|(_, t)| t.header));
-        for (list, lt) in tasks {
+        for lt in tasks {
             if lt.status == Status::Complete {
                 continue;
             }
-            let i = match self.live.get(&lt.header) {
-                Some(&i) if self.tasks[i].id == lt.id => i,
+            let i = match self.live.get(lt.header, &self.tasks) {
+                Some(i) if self.tasks[i].id == lt.id => i,
                 found => {
-                    if let Some(&old) = found {
+                    if let Some(old) = found {
                         self.retire(old, at);
                     }
-                    let kind = match list {
+                    let kind = match lt.list {
                         ListKind::Runtime => TaskKind::Async,
                         ListKind::LocalSet => TaskKind::Local,
                     };
@@ -565,9 +581,9 @@ impl Aggregator {
                     task.vtable = lt.vtable;
                     task.before_attach = attach;
                     match lt.status {
-                        Status::Idle => task.last_poll_end_ns = Some(at),
-                        Status::Notified => task.scheduled_since = Some(at),
-                        Status::Running => task.running_at_attach = Some(at),
+                        Status::Idle => task.last_poll_end_ns = Stamp::at(at),
+                        Status::Notified => task.scheduled_since = Stamp::at(at),
+                        Status::Running => task.rare_mut().running_at_attach = Stamp::at(at),
                         Status::Complete => {}
                     }
                     self.diagnostics.listed_before_attach += u64::from(attach);
@@ -575,12 +591,13 @@ impl Aggregator {
                 }
             };
             let t = &mut self.tasks[i];
+            t.listed_in = self.readings;
             // A spawn probed at `bind_inner`'s entry comes before the owner id is set.
             if t.owner_id == 0 {
                 t.owner_id = lt.owner_id;
             }
             // Without spawn probes (stripped) the list is what tells a LocalSet task.
-            if *list == ListKind::LocalSet && t.kind == TaskKind::Async {
+            if lt.list == ListKind::LocalSet && t.kind == TaskKind::Async {
                 t.kind = TaskKind::Local;
             }
             t.refs = Some(lt.refs);
@@ -589,38 +606,34 @@ impl Aggregator {
                 continue;
             }
             if self.polls_sampled {
-                let changed = match lt.digest {
-                    Some(d) => self.digests.insert(i, d).is_some_and(|old| old != d),
-                    None => false,
-                };
-                let t = &mut self.tasks[i];
+                // 0: no digest (not asked for, or not read yet).
+                let old = std::mem::replace(&mut t.digest, lt.digest);
+                let changed = old != 0 && lt.digest != 0 && old != lt.digest;
                 lifecycle_reading(t, lt.status, changed, at, attach);
             }
             let t = &mut self.tasks[i];
             // Running at attach and still inside a poll no event has started: one poll
             // lasting at least from attach until now.
-            if let Some(since) = t.running_at_attach
+            if let Some(since) = t.rare().running_at_attach.get()
                 && !attach
                 && t.polls == 0
                 && t.running_since.is_none()
             {
                 match lt.status {
                     Status::Running => {
-                        t.running_since = Some(since);
+                        t.running_since = Stamp::at(since);
                         t.polls = 1;
                     }
-                    _ => {
-                        t.last_poll_end_ns.get_or_insert(at);
-                    }
+                    _ => t.last_poll_end_ns.set_if_none(at),
                 }
             }
             // Notified but idle in the model: a wake the probes did not show (stripped
             // binaries have no wake probes); it waits since this reading at the latest.
             if lt.status == Status::Notified && t.running_since.is_none() {
-                t.scheduled_since.get_or_insert(at);
+                t.scheduled_since.set_if_none(at);
             }
             if lt.no_way_to_run && t.running_since.is_none() && t.scheduled_since.is_none() {
-                t.no_way_to_run_at.get_or_insert(at);
+                t.rare_mut().no_way_to_run_at.set_if_none(at);
             }
         }
         if let Some(owners) = complete_owners
@@ -636,31 +649,30 @@ impl Aggregator {
         let gone: Vec<usize> = self
             .live
             .values()
-            .copied()
             .filter(|&i| {
                 let t = &self.tasks[i];
                 !t.is_finished()
                     && t.kind != TaskKind::Blocking
                     && owners.contains(&t.owner_id)
-                    && !self.reading.1.contains(&t.header)
+                    && t.listed_in != self.readings
                     // Spawned while the reading walked its list: maybe not in it yet.
-                    && t.spawned_ns.is_none_or(|s| s < at)
+                    && t.spawned_ns.get().is_none_or(|s| s < at)
             })
             .collect();
         for i in gone {
             self.alive -= 1;
             let t = &mut self.tasks[i];
-            let when = t.last_poll_end_ns.unwrap_or(at).min(at);
-            t.completed_ns = Some(when);
-            t.running_since = None;
-            t.scheduled_since = None;
+            let when = t.last_poll_end_ns.get().unwrap_or(at).min(at);
+            t.completed_ns = Stamp::at(when);
+            t.running_since = Stamp::NONE;
+            t.scheduled_since = Stamp::NONE;
             self.instant(i, when, "complete");
         }
     }
 
     /// The task an event is about, created on first sight (tasks that predate tracing).
     fn task_for(&mut self, ev: &TaskEvent) -> usize {
-        if let Some(&i) = self.live.get(&ev.header) {
+        if let Some(i) = self.live.get(ev.header, &self.tasks) {
             let t = &mut self.tasks[i];
             if t.id == 0 {
                 t.id = ev.task_id;
@@ -697,11 +709,12 @@ impl Aggregator {
             self.owners.insert(task.owner_id);
         }
         self.alive += 1;
-        if self.polls_sampled && task.id != 0 {
-            self.by_id.insert(task.id, i);
-        }
-        self.live.insert(task.header, i);
+        let by_id = self.polls_sampled && task.id != 0;
         self.tasks.push(task);
+        if by_id {
+            self.by_id.insert(i, &self.tasks);
+        }
+        self.live.insert(i, &self.tasks);
         i
     }
 
@@ -709,10 +722,9 @@ impl Aggregator {
     fn retire(&mut self, i: usize, ts: u64) {
         self.alive -= usize::from(!self.tasks[i].is_finished());
         let t = &mut self.tasks[i];
-        if t.freed_ns.is_none() {
-            t.freed_ns = Some(ts);
-        }
-        self.live.remove(&t.header);
+        t.freed_ns.set_if_none(ts);
+        let header = t.header;
+        self.live.remove(header, &self.tasks);
     }
 }
 
@@ -724,35 +736,37 @@ fn lifecycle_reading(t: &mut Task, status: Status, changed: bool, at: u64, attac
     let active = changed || status == Status::Running;
     if active || (status == Status::Idle && t.polls == 0 && !t.before_attach) {
         t.polls = t.polls.max(1);
-        t.last_poll_end_ns = Some(at);
+        t.last_poll_end_ns = Stamp::at(at);
     }
     match status {
         // Not waiting to run: any wake seen before was served.
-        Status::Idle | Status::Running => t.scheduled_since = None,
+        Status::Idle | Status::Running => t.scheduled_since = Stamp::NONE,
         // Polled since the last reading: whatever wake it waits on is newer than that.
-        Status::Notified if changed => t.scheduled_since = Some(at),
+        Status::Notified if changed => t.scheduled_since = Stamp::at(at),
         _ => {}
     }
     // Running in two readings with nothing changed in between: one poll, at least since
     // the first (the thread sampler sees the same with 100 ms resolution where it can
     // read the thread; a thread asleep inside a poll may never have been recorded).
     if status == Status::Running {
-        match t.running_at_attach {
+        match t.rare().running_at_attach.get() {
             Some(since) if !changed => {
                 if t.running_since.is_none() {
-                    t.running_since = Some(since);
+                    t.running_since = Stamp::at(since);
                     t.running_tid = 0;
                 }
             }
-            _ => t.running_at_attach = Some(at),
+            _ => t.rare_mut().running_at_attach = Stamp::at(at),
         }
     } else {
-        t.running_at_attach = None;
+        if let Some(r) = t.rare_if_any() {
+            r.running_at_attach = Stamp::NONE;
+        }
         if t.running_tid == 0 && t.running_since.take().is_some() {
-            t.last_poll_end_ns = Some(at);
+            t.last_poll_end_ns = Stamp::at(at);
         }
     }
     if attach && status == Status::Idle {
-        t.last_poll_end_ns.get_or_insert(at);
+        t.last_poll_end_ns.set_if_none(at);
     }
 }

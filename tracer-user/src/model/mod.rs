@@ -2,12 +2,13 @@
 //! event stream; detectors and renderers only read it.
 
 mod aggregator;
+mod index;
 mod poll_times;
 mod task;
 
 pub use aggregator::{Aggregator, Diagnostics};
 pub use poll_times::PollTimes;
-pub use task::{LongPoll, Task, TaskKind, TaskState};
+pub use task::{LongPoll, Stamp, Task, TaskKind, TaskState};
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 
 use tracer_common::{EVENT_FLAG_UNREADABLE, EventKind, TaskEvent};
 
-use super::{Aggregator, TaskKind, TaskState};
+use super::{Aggregator, Task, TaskKind, TaskState};
 use crate::{
     tokio_versions::select,
     verdict::{Reason, Thresholds, Verdict, final_judgement},
@@ -137,7 +137,7 @@ fn wake_during_poll_leaves_task_scheduled() {
     a.ingest(&ev(EventKind::WakeByRef, 2 * MS, 0x5000, 5, 10));
     a.ingest(&ev(EventKind::PollEnd, 3 * MS, 0, 0, 10));
     assert_eq!(a.tasks[0].state(), TaskState::Scheduled);
-    assert_eq!(a.tasks[0].scheduled_since, Some(2 * MS));
+    assert_eq!(a.tasks[0].scheduled_since.get(), Some(2 * MS));
 }
 
 #[test]
@@ -201,7 +201,7 @@ fn task_from_before_the_trace_has_no_spawn_time() {
     let mut a = agg();
     poll(&mut a, 5 * S, 5 * S + MS, 0xa000, 99, 10);
     let t = &a.tasks[0];
-    assert_eq!(t.spawned_ns, None);
+    assert_eq!(t.spawned_ns.get(), None);
     assert_eq!(t.kind, TaskKind::Async);
     assert_eq!(verdict_at(&a, 99, 30 * S).0, Verdict::Leaked);
 }
@@ -279,7 +279,7 @@ fn spawn_seen_after_the_first_poll_is_the_same_task() {
     poll(&mut a, MS, 2 * MS, 0xf000, 30, 11);
     spawn(&mut a, 3 * MS, 0xf000, 30);
     assert_eq!(a.tasks.len(), 1);
-    assert_eq!(a.tasks[0].spawned_ns, Some(MS));
+    assert_eq!(a.tasks[0].spawned_ns.get(), Some(MS));
     assert_eq!(a.tasks[0].polls, 1);
     assert_eq!(a.tasks_alive(), 1);
 }
@@ -288,24 +288,22 @@ fn spawn_seen_after_the_first_poll_is_the_same_task() {
 
 use crate::tasklist::{ListKind, LiveTask, Status};
 
-fn listed(h: u64, id: u64, status: Status, refs: u64, join: bool) -> (ListKind, LiveTask) {
+fn listed(h: u64, id: u64, status: Status, refs: u32, join: bool) -> LiveTask {
     let no_way_to_run = status == Status::Idle && refs == 1 && !join;
-    (
-        ListKind::Runtime,
-        LiveTask {
-            header: h,
-            id,
-            owner_id: 1,
-            vtable: 0x5000,
-            state: refs << 6,
-            stable: true,
-            status,
-            refs,
-            join_handle: join,
-            no_way_to_run,
-            digest: None,
-        },
-    )
+    LiveTask {
+        header: h,
+        id,
+        owner_id: 1,
+        vtable: 0x5000,
+        state: u64::from(refs) << 6,
+        digest: 0,
+        refs,
+        list: ListKind::Runtime,
+        stable: true,
+        status,
+        join_handle: join,
+        no_way_to_run,
+    }
 }
 
 fn certainty(a: &Aggregator, id: u64, at: u64) -> Option<crate::verdict::Certainty> {
@@ -385,7 +383,7 @@ fn a_task_spawned_after_attach_is_not_alive_before_it() {
     spawn(&mut a, S, 0x1000, 5);
     assert_eq!(a.tasks.len(), 1);
     assert!(!a.tasks[0].before_attach);
-    assert_eq!(a.tasks[0].spawned_ns, Some(S));
+    assert_eq!(a.tasks[0].spawned_ns.get(), Some(S));
 }
 
 #[test]
@@ -469,7 +467,7 @@ fn without_completion_probes_a_task_gone_from_its_list_has_finished() {
         Some(&[1]),
     );
     let t2 = a.tasks.iter().find(|t| t.id == 2).unwrap();
-    assert_eq!(t2.completed_ns, Some(S + 2 * MS));
+    assert_eq!(t2.completed_ns.get(), Some(S + 2 * MS));
     assert_eq!(verdict_at(&a, 2, 60 * S), (Verdict::Ok, Reason::Finished));
     assert!(
         a.tasks
@@ -511,4 +509,16 @@ fn a_notified_task_first_found_by_a_later_reading_is_never_polled_since() {
         verdict_at(&a, 8, 4 * S),
         (Verdict::NeverPolled, Reason::NeverPolled)
     );
+}
+
+/// A traced process may hold millions of tasks: the model's per-task record is what the
+/// tracer's memory per live task is made of (`cargo xtask bench memory`).
+#[test]
+fn a_task_record_stays_small() {
+    let size = std::mem::size_of::<Task>();
+    assert!(size <= 160, "Task is {size} bytes");
+    let report = std::mem::size_of::<crate::report::TaskReport>();
+    assert!(report <= 160, "TaskReport is {report} bytes");
+    let listed = std::mem::size_of::<LiveTask>();
+    assert!(listed <= 64, "LiveTask is {listed} bytes");
 }

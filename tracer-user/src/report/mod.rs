@@ -14,7 +14,7 @@ pub use sites::SpawnSite;
 pub use text::render_text;
 
 use crate::{
-    model::{Aggregator, Diagnostics, LongPoll, TaskKind, TaskState},
+    model::{Aggregator, Diagnostics, LongPoll, Stamp, TaskKind, TaskState},
     plan::Unavailable,
     verdict::{Certainty, Judgement, Reason, Thresholds, Verdict, final_judgement},
 };
@@ -148,17 +148,17 @@ pub struct TaskReport {
     pub busy_ns: u64,
     pub longest_poll_ns: u64,
     /// `null` when the task existed before tracing began.
-    pub spawned_at_ns: Option<u64>,
+    pub spawned_at_ns: Stamp,
     /// Where it was spawned: `file:line:col`, `function+0xoff`, or `null` when unknown.
     pub spawned_at: Option<std::sync::Arc<str>>,
     /// The future's type (`myapp::handlers::analytics::{closure#0}`), when the binary's
     /// symbols carry it.
     pub future: Option<std::sync::Arc<str>>,
     pub first_seen_ns: u64,
-    pub last_poll_end_ns: Option<u64>,
-    pub completed_at_ns: Option<u64>,
+    pub last_poll_end_ns: Stamp,
+    pub completed_at_ns: Stamp,
     pub freed: bool,
-    pub freed_at_ns: Option<u64>,
+    pub freed_at_ns: Stamp,
     pub cancelled: bool,
     pub cancelled_by_shutdown: bool,
     pub runtime_plumbing: bool,
@@ -166,7 +166,7 @@ pub struct TaskReport {
     pub alive_before_attach: bool,
     /// From the last reading of its state word (`null` if none was read): its reference
     /// count, and whether a JoinHandle still holds it.
-    pub refs: Option<u64>,
+    pub refs: Option<u32>,
     pub join_handle: Option<bool>,
 }
 
@@ -178,8 +178,9 @@ impl TaskReport {
     /// When the task stopped being alive (completed or freed), relative to the window.
     pub fn ended_at_ns(&self) -> Option<u64> {
         self.completed_at_ns
+            .get()
             .into_iter()
-            .chain(self.freed_at_ns)
+            .chain(self.freed_at_ns.get())
             .min()
     }
 }
@@ -201,19 +202,42 @@ pub struct Meta {
     pub lost_events: u64,
     pub warnings: Vec<String>,
     pub unavailable: Vec<Unavailable>,
+    /// Future type names by task vtable address.
+    pub futures: std::collections::HashMap<u64, std::sync::Arc<str>>,
 }
 
 impl Report {
-    pub fn build(agg: &Aggregator, meta: Meta) -> Self {
-        let th: &Thresholds = agg.thresholds();
+    /// Consumes the aggregator: each task is turned into its report entry and dropped, so
+    /// the peak holds one copy of every task, not two (a million tasks cost ~160 MiB each).
+    pub fn build(mut agg: Aggregator, meta: Meta) -> Self {
+        let th: Thresholds = *agg.thresholds();
         let rel = |ns: u64| ns.saturating_sub(meta.start_ns);
         let mut summary = Summary {
             lost_events: meta.lost_events,
             ..Default::default()
         };
-        let mut tasks = Vec::with_capacity(agg.tasks.len());
-        for t in &agg.tasks {
-            let j: Judgement = final_judgement(t, meta.end_ns, th);
+        // Needs the tasks by index: before they are consumed.
+        let timeline = agg.timeline.as_ref().map(|tl| TimelineView {
+            polls: tl
+                .polls
+                .iter()
+                .map(|&(i, s, e, tid)| (agg.tasks[i].id, rel(s), rel(e), tid))
+                .collect(),
+            instants: tl
+                .instants
+                .iter()
+                .map(|&(i, ts, w)| (agg.tasks[i].id, rel(ts), w))
+                .collect(),
+        });
+        let mut model = agg.take_tasks();
+        let mut tasks = Vec::with_capacity(model.len());
+        let mut in_progress = Vec::new();
+        // Last task first, giving back the model's memory as the reports grow.
+        while let Some(t) = model.pop() {
+            if model.len().is_multiple_of(65_536) {
+                model.shrink_to_fit();
+            }
+            let j: Judgement = final_judgement(&t, meta.end_ns, &th);
             summary.tasks_seen += 1;
             if t.is_finished() {
                 summary.completed += 1;
@@ -233,6 +257,17 @@ impl Report {
                 Verdict::NeverPolled => summary.never_polled += 1,
                 Verdict::Ok => summary.ok += 1,
             }
+            if j.reason == Reason::BlockingPoll
+                && let Some(start) = t.running_since.get()
+            {
+                in_progress.push(StuckPoll {
+                    task_id: t.id,
+                    thread: t.running_tid,
+                    start_ns: rel(start),
+                    end_ns: rel(j.at_ns),
+                    in_progress: true,
+                });
+            }
             tasks.push(TaskReport {
                 id: t.id,
                 header: t.header,
@@ -249,21 +284,24 @@ impl Report {
                 longest_poll_ns: t.longest_poll_ns,
                 spawned_at_ns: t.spawned_ns.map(rel),
                 // Shared with the model: a million tasks of one site hold one string.
-                spawned_at: t.spawned_at.clone(),
-                future: t.future.clone(),
+                spawned_at: agg.site_name(t.site).cloned(),
+                future: meta.futures.get(&t.vtable).cloned(),
                 first_seen_ns: rel(t.first_seen_ns),
                 last_poll_end_ns: t.last_poll_end_ns.map(rel),
                 completed_at_ns: t.completed_ns.map(rel),
                 freed: t.freed_ns.is_some(),
                 freed_at_ns: t.freed_ns.map(rel),
                 cancelled: t.cancelled,
-                cancelled_by_shutdown: t.shutdown_ns.is_some(),
+                cancelled_by_shutdown: t.rare().shutdown_ns.is_some(),
                 runtime_plumbing: t.is_plumbing(),
                 alive_before_attach: t.before_attach,
                 refs: t.refs,
                 join_handle: t.join_handle,
             });
         }
+        drop(model);
+        tasks.reverse();
+        in_progress.reverse();
         let long_polls: Vec<_> = agg
             .long_polls
             .iter()
@@ -308,19 +346,7 @@ impl Report {
                 in_progress: false,
             })
             .collect();
-        for (t, r) in agg.tasks.iter().zip(&tasks) {
-            if r.reason == Reason::BlockingPoll
-                && let Some(start) = t.running_since
-            {
-                stuck_polls.push(StuckPoll {
-                    task_id: t.id,
-                    thread: t.running_tid,
-                    start_ns: rel(start),
-                    end_ns: r.judged_at_ns,
-                    in_progress: true,
-                });
-            }
-        }
+        stuck_polls.extend(in_progress);
         let last = agg
             .poll_histogram
             .iter()
@@ -334,18 +360,6 @@ impl Report {
                 polls,
             })
             .collect();
-        let timeline = agg.timeline.as_ref().map(|tl| TimelineView {
-            polls: tl
-                .polls
-                .iter()
-                .map(|&(i, s, e, tid)| (agg.tasks[i].id, rel(s), rel(e), tid))
-                .collect(),
-            instants: tl
-                .instants
-                .iter()
-                .map(|&(i, ts, w)| (agg.tasks[i].id, rel(ts), w))
-                .collect(),
-        });
         Report {
             schema: SCHEMA,
             target: meta.target,

@@ -39,7 +39,7 @@ pub fn render_perfetto(r: &Report) -> Value {
     // Live tasks: +1 at spawn (or first sight), -1 at completion.
     let mut steps: Vec<(u64, i64)> = Vec::new();
     for t in &r.tasks {
-        steps.push((t.spawned_at_ns.unwrap_or(t.first_seen_ns), 1));
+        steps.push((t.spawned_at_ns.get().unwrap_or(t.first_seen_ns), 1));
         if let Some(end) = t.ended_at_ns() {
             steps.push((end, -1));
         }

@@ -95,7 +95,7 @@ fn live_series(tasks: &[&TaskReport], window_ns: u64) -> Vec<[u64; 2]> {
             let t = window_ns * i / SERIES_POINTS;
             let live = tasks
                 .iter()
-                .filter(|task| task.spawned_at_ns.unwrap_or(0) <= t)
+                .filter(|task| task.spawned_at_ns.get().unwrap_or(0) <= t)
                 .filter(|task| task.ended_at_ns().is_none_or(|end| end > t))
                 .count() as u64;
             [t, live]
