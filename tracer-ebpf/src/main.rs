@@ -298,30 +298,29 @@ fn count_lost() {
 }
 
 /// Reads state, owner and task id from the target's task header. Read-only; a failed read
-/// marks the event instead of dropping it.
+/// marks the event instead of dropping it. State, vtable and owner id sit in the header's
+/// first 32 bytes in every supported layout (the loader checks): one read for the three,
+/// since each user-memory read costs about as much as the rest of the program.
 #[inline(always)]
 fn read_header(ev: &mut TaskEvent, header: u64, layout: &HeaderLayout) {
     // SAFETY: bpf_probe_read_user copes with any address and reports faults.
     unsafe {
-        let state = bpf_probe_read_user((header + layout.state) as *const u64);
-        let owner = bpf_probe_read_user((header + layout.owner_id) as *const u64);
-        let vtable = bpf_probe_read_user((header + layout.vtable) as *const u64);
-        match (state, owner, vtable) {
-            (Ok(s), Ok(o), Ok(v)) => {
-                ev.state = s;
-                ev.owner_id = o;
-                ev.vtable = v;
-                if let Ok(id_off) = bpf_probe_read_user((v + layout.vtable_id_offset) as *const u64)
-                {
-                    // An id offset beyond a task cell's plausible size means a bad layout.
-                    if id_off < 4096
-                        && let Ok(id) = bpf_probe_read_user((header + id_off) as *const u64)
-                    {
-                        ev.task_id = id;
-                    }
-                }
+        let Ok(words) = bpf_probe_read_user(header as *const [u64; 4]) else {
+            ev.flags |= EVENT_FLAG_UNREADABLE;
+            return;
+        };
+        let word = |off: u64| words[(off / 8 % 4) as usize];
+        ev.state = word(layout.state);
+        ev.owner_id = word(layout.owner_id);
+        let v = word(layout.vtable);
+        ev.vtable = v;
+        if let Ok(id_off) = bpf_probe_read_user((v + layout.vtable_id_offset) as *const u64) {
+            // An id offset beyond a task cell's plausible size means a bad layout.
+            if id_off < 4096
+                && let Ok(id) = bpf_probe_read_user((header + id_off) as *const u64)
+            {
+                ev.task_id = id;
             }
-            _ => ev.flags |= EVENT_FLAG_UNREADABLE,
         }
     }
 }

@@ -272,4 +272,16 @@ mod tests {
         assert!(s.warning.unwrap().contains("newer than the newest tested"));
         assert!(select(None).unwrap().warning.is_some());
     }
+
+    /// The kernel side reads state, vtable and owner id with one 32-byte read of the
+    /// header: a version file whose header puts them elsewhere needs the eBPF changed.
+    #[test]
+    fn header_fields_fit_the_kernel_sides_one_read() {
+        for k in ALL {
+            let l = &k.layout;
+            for off in [l.header_state, l.header_vtable, l.header_owner_id] {
+                assert!(off < 32 && off % 8 == 0, "tokio {}: offset {off}", k.first);
+            }
+        }
+    }
 }
