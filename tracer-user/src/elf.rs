@@ -2,7 +2,10 @@
 //! address), GNU build-id, tokio version, and the virtual-address to file-offset mapping
 //! uprobes need.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
 
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -29,6 +32,9 @@ pub struct BinaryInfo {
     /// Addresses of tokio functions instantiated for the blocking pool's scheduler (their
     /// generic arguments name `BlockingSchedule`): blocking tasks are in no task list.
     pub blocking_instances: std::collections::HashSet<u64>,
+    /// The future type each instance of a spawn-path function was instantiated for (the
+    /// text of its last generic argument list; v0 mangling only): instance address → type.
+    pub spawned_futures: HashMap<u64, String>,
     /// Thread-local symbols under `tokio::` (demangled name, offset in the TLS block, size).
     pub tokio_tls: Vec<(String, u64, u64)>,
     /// The executable's TLS segment: (memory size, alignment).
@@ -65,6 +71,7 @@ impl BinaryInfo {
             });
         }
         let mut functions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut spawned_futures = HashMap::new();
         let mut tokio_symbols = 0;
         let mut has_symtab = false;
         let (mut v0, mut legacy, mut unwind, mut state_methods) = (0usize, 0usize, false, false);
@@ -97,6 +104,11 @@ impl BinaryInfo {
             if name.starts_with("tokio::") {
                 if full.contains("BlockingSchedule") {
                     blocking_instances.insert(sym.address());
+                }
+                if SPAWN_PATHS.contains(&name.as_str())
+                    && let Some(at) = full.rfind("::<")
+                {
+                    spawned_futures.insert(sym.address(), full[at + 3..].to_owned());
                 }
                 tokio_symbols += 1;
                 functions.entry(name).or_default().push(sym.address());
@@ -135,6 +147,7 @@ impl BinaryInfo {
             tokio_tls,
             tls_segment,
             blocking_instances,
+            spawned_futures,
         })
     }
 
@@ -181,7 +194,13 @@ impl BinaryInfo {
         self.tokio_version = self.tokio_version.or(other.tokio_version);
         self.tokio_tls = other.tokio_tls;
         self.blocking_instances = other.blocking_instances;
+        self.spawned_futures = other.spawned_futures;
         Ok(self)
+    }
+
+    /// The future type `vaddr` (an instance of a spawn-path function) was instantiated for.
+    pub fn spawned_future(&self, vaddr: u64) -> Option<&str> {
+        self.spawned_futures.get(&vaddr).map(String::as_str)
     }
 
     /// Addresses of every instance of a function (empty when absent or inlined away).
@@ -210,6 +229,14 @@ fn tls_segment(data: &[u8]) -> Option<(u64, u64)> {
         .find(|ph| ph.p_type(endian) == object::elf::PT_TLS)
         .map(|ph| (ph.p_memsz(endian), ph.p_align(endian)))
 }
+
+/// Spawn functions generic over the future, whose instances are matched by future type
+/// (`Plan` probes the inner one only for futures the outer one is not instantiated for).
+pub const SPAWN_PATHS: [&str; 3] = [
+    "tokio::task::spawn::spawn",
+    "tokio::task::spawn::spawn_inner",
+    "tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task",
+];
 
 /// Drops generic arguments from a demangled path, so that every instance of a generic
 /// function shares one name: `a::B<T>::f` and `<a::B<X>>::f` both become `a::B::f`.

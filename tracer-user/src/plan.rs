@@ -274,9 +274,26 @@ impl Plan {
         } else {
             0
         };
+        // `tokio::spawn` reaches the multi-thread `bind_new_task` for the same future type:
+        // probing both costs a second hit per spawn for an answer the outer call already
+        // gave. The inner one stays for futures no outer instance exists for (other spawn
+        // paths); a spawn of such a future through an inlined path still gets its site
+        // from the stack copy.
+        let [outer, inner_spawn, inner] = crate::elf::SPAWN_PATHS;
+        let outer_futures: std::collections::HashSet<&str> = [outer, inner_spawn]
+            .iter()
+            .flat_map(|f| bin.instances(f))
+            .filter_map(|&a| bin.spawned_future(a))
+            .collect();
         for &function in spawn_calls {
-            plan.entry
-                .extend(sites(bin, function, EventKind::SpawnCall, HeaderArg::None));
+            let mut found = sites(bin, function, EventKind::SpawnCall, HeaderArg::None);
+            if function == inner {
+                found.retain(|s| {
+                    bin.spawned_future(s.vaddr)
+                        .is_none_or(|f| !outer_futures.contains(f))
+                });
+            }
+            plan.entry.extend(found);
         }
         // bind_inner inlined into its only callers: take the spawn at their return. The
         // task may already have been polled by then; the aggregator merges the two.

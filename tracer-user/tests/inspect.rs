@@ -35,6 +35,15 @@ fn inspect_the_demo() {
         assert!(v["plan"][event].is_null(), "{event} planned: {}", v["plan"]);
     }
     assert_eq!(unavailable(&v), ["wakes"]);
+    // `tokio::spawn` names the site: the multi-thread `bind_new_task` it calls is probed
+    // only for the 2 futures (JoinSet's, Handle::spawn's) no `spawn::spawn` instance has,
+    // not for all 14 (a second probe hit per spawn).
+    let calls = &v["plan"]["spawn_call"];
+    assert_eq!(calls["tokio::task::spawn::spawn"], 12, "{calls}");
+    assert_eq!(
+        calls["tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task"], 2,
+        "{calls}"
+    );
     // Where each probe runs: every one of the demo's on a kernel-emulated instruction.
     for (event, functions) in v["execution"].as_object().unwrap() {
         for (function, e) in functions.as_object().unwrap() {

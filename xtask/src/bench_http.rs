@@ -3,7 +3,10 @@
 //! trip per request) serves a fixed-concurrency `wrk` run; requests/s untraced, under
 //! `tasktrace record --mode lifecycle`, under `--mode full`, and as the console-subscriber
 //! build with a console client attached. A fresh server per run, interleaved rounds,
-//! medians, and each variant's throughput loss against the untraced server.
+//! medians, each variant's throughput loss against the untraced server, and the CPU time
+//! per request of the server and of the observer (far steadier than throughput on a noisy
+//! machine). A second scenario runs the same server without the task per request
+//! (`--no-spawn-per-request`): lifecycle mode's cost is per spawned task, not per request.
 
 use std::{
     cell::Cell,
@@ -27,6 +30,8 @@ const WRK: [&str; 3] = ["-t1", "-c32", "-d5s"];
 /// Attaching takes well under a second; this only bounds a tracer that hangs.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// After the tracer (or console client) is ready, before the load starts.
+const SETTLE: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy)]
 enum Variant {
@@ -48,10 +53,41 @@ impl Variant {
     }
 }
 
-/// One wrk run: requests/s, and for traced runs probe events per request and lost events.
+/// One wrk run: requests/s; CPU time per request of the server and of the observer (the
+/// tracer, or the console client), which machine noise disturbs far less than
+/// throughput; and for traced runs probe events per request and lost events.
 struct Run {
     rps: f64,
+    server_us: f64,
+    observer_us: Option<f64>,
     traced: Option<(f64, u64)>,
+}
+
+/// CPU time (user + system) a process has used so far, in microseconds.
+fn cpu_us(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime 13th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut f = rest.split(' ').skip(11);
+    let ticks: u64 = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 * 1e6 / hz)
+}
+
+/// `wrk` against the server with the CPU time the server and the observer spent on it:
+/// (requests/s, server µs per request, observer µs per request, requests).
+fn measured_wrk(
+    port: u16,
+    server: u32,
+    observer: Option<u32>,
+) -> Result<(f64, f64, Option<f64>, f64), String> {
+    let (s0, o0) = (cpu_us(server), observer.and_then(cpu_us));
+    let (rps, requests) = wrk(port)?;
+    let (s1, o1) = (cpu_us(server), observer.and_then(cpu_us));
+    let per = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / requests.max(1.0));
+    let server_us = per(s0, s1).ok_or("cannot read the server's CPU time in /proc")?;
+    Ok((rps, server_us, per(o0, o1), requests))
 }
 
 /// A child process that is signalled and reaped when dropped, so that no error path
@@ -92,14 +128,49 @@ impl Drop for Reaped {
 }
 
 pub fn http(root: &Path) -> Result<(), String> {
-    let variants = [
-        Variant::Untraced,
-        Variant::Traced("lifecycle", &[]),
-        // One probe hit per spawned task instead of two: what naming spawn sites costs.
-        Variant::Traced("lifecycle", &["--no-spawn-sites"]),
-        Variant::Traced("full", &[]),
-        Variant::Console,
-    ];
+    let per_request = scenario(
+        root,
+        "a task spawned per request",
+        &[],
+        &[
+            Variant::Untraced,
+            Variant::Traced("lifecycle", &[]),
+            // One probe hit per spawned task instead of two: what naming spawn sites costs.
+            Variant::Traced("lifecycle", &["--no-spawn-sites"]),
+            Variant::Traced("full", &[]),
+            Variant::Console,
+        ],
+    );
+    // Most servers spawn per connection only: with keep-alive no task is spawned per
+    // request, and lifecycle mode's costs (per spawned task) vanish.
+    let per_connection = scenario(
+        root,
+        "tasks per connection only (--no-spawn-per-request)",
+        &["--no-spawn-per-request"],
+        &[
+            Variant::Untraced,
+            Variant::Traced("lifecycle", &[]),
+            Variant::Traced("full", &[]),
+            Variant::Console,
+        ],
+    );
+    match (per_request, per_connection) {
+        (Ok(()), Ok(())) => Ok(()),
+        (a, b) => Err([a.err(), b.err()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("\n")),
+    }
+}
+
+/// One server shape, every variant, interleaved rounds; variant 0 is the untraced base.
+fn scenario(
+    root: &Path,
+    title: &str,
+    server_args: &[&str],
+    variants: &[Variant],
+) -> Result<(), String> {
     let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
     let mut failed: Vec<Option<String>> = variants.iter().map(|_| None).collect();
     // Interleaved (A B C D A B C D …) so that machine noise hits every variant alike; a
@@ -109,10 +180,10 @@ pub fn http(root: &Path) -> Result<(), String> {
             if failed[i].is_some() {
                 continue;
             }
-            match run(root, v) {
+            match run(root, v, server_args) {
                 Ok(r) => {
                     eprintln!(
-                        "xtask: bench http round {round}: {}: {:.0} requests/s",
+                        "xtask: bench http ({title}) round {round}: {}: {:.0} requests/s",
                         v.label(),
                         r.rps
                     );
@@ -131,7 +202,7 @@ pub fn http(root: &Path) -> Result<(), String> {
         first_line(Command::new("uname").arg("-r"))
     );
     println!(
-        "bench http (hyper HTTP/1.1 server, 2 worker threads; wrk {}; median of {ROUNDS} interleaved runs, a fresh server each):",
+        "bench http, {title} (hyper HTTP/1.1 server, 2 worker threads; wrk {}; median of {ROUNDS} interleaved runs, a fresh server each):",
         WRK.join(" ")
     );
     println!("  machine: {machine}");
@@ -141,6 +212,19 @@ pub fn http(root: &Path) -> Result<(), String> {
         .collect();
     let base = medians[0];
     let loss = |m: Option<f64>| Some(1.0 - m? / base?);
+    let cpu: Vec<Option<(f64, Option<f64>)>> = runs
+        .iter()
+        .map(|r| {
+            let server = median(&mut r.iter().map(|r| r.server_us).collect::<Vec<_>>());
+            let observer: Vec<f64> = r.iter().filter_map(|r| r.observer_us).collect();
+            (!r.is_empty()).then(|| {
+                (
+                    server,
+                    (!observer.is_empty()).then(|| median(&mut observer.clone())),
+                )
+            })
+        })
+        .collect();
     for (i, v) in variants.iter().enumerate() {
         let label = format!("{}:", v.label());
         let Some(m) = medians[i] else {
@@ -166,6 +250,21 @@ pub fn http(root: &Path) -> Result<(), String> {
             line += ")";
         }
         println!("{line}");
+        if let Some((server, observer)) = cpu[i] {
+            let mut line = format!("  {:<46} server CPU {server:>5.1} µs/request", "");
+            if let (Some((b, _)), false) = (cpu[0], i == 0) {
+                line += &format!(" ({:+.1})", server - b);
+            }
+            if let Some(o) = observer {
+                let who = if matches!(v, Variant::Console) {
+                    "client"
+                } else {
+                    "tracer"
+                };
+                line += &format!(", {who} {o:.1} µs/request");
+            }
+            println!("{line}");
+        }
     }
     if let (Some(l), Some(c)) = (loss(medians[1]), loss(medians[variants.len() - 1])) {
         println!(
@@ -181,19 +280,19 @@ pub fn http(root: &Path) -> Result<(), String> {
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(format!("bench http: {}", errors.join("\n")))
+        Err(format!("bench http ({title}): {}", errors.join("\n")))
     }
 }
 
 /// One measurement: a fresh server, the variant's observer, one wrk run.
-fn run(root: &Path, variant: Variant) -> Result<Run, String> {
+fn run(root: &Path, variant: Variant, server_args: &[&str]) -> Result<Run, String> {
     let fixture = root.join(FIXTURE);
     let server = match variant {
         Variant::Console => fixture.join(CONSOLE_TARGET).join("release/fixture-http"),
         _ => fixture.join("target/release/fixture-http"),
     };
     let port = Cell::new(0u16);
-    let (child, ready) = start_until(&mut Command::new(&server), |l| {
+    let (child, ready) = start_until(Command::new(&server).args(server_args), |l| {
         l.strip_prefix("LISTENING ")
             .and_then(|p| p.trim().parse().ok())
             .map(|p| port.set(p))
@@ -205,10 +304,15 @@ fn run(root: &Path, variant: Variant) -> Result<Run, String> {
     }
     let port = port.get();
     match variant {
-        Variant::Untraced => Ok(Run {
-            rps: wrk(port)?.0,
-            traced: None,
-        }),
+        Variant::Untraced => {
+            let (rps, server_us, _, _) = measured_wrk(port, server.id(), None)?;
+            Ok(Run {
+                rps,
+                server_us,
+                observer_us: None,
+                traced: None,
+            })
+        }
         Variant::Traced(mode, extra) => traced(root, server.id(), mode, extra, port),
         Variant::Console => {
             let client = fixture.join(CONSOLE_TARGET).join("release/console-client");
@@ -221,16 +325,24 @@ fn run(root: &Path, variant: Variant) -> Result<Run, String> {
             // Dropped before the server: the client closes first, so no TIME_WAIT is
             // left on the console port the next server binds.
             let client = Reaped::new(child, libc::SIGKILL);
-            let (connected, _) = watch_lines(stdout, "CONNECTED", CONSOLE_TIMEOUT);
+            let (connected, _) = watch_lines(stdout, "CONNECTED", "", CONSOLE_TIMEOUT);
+            // Same footing as the tracer: the observer is connected and settled.
+            std::thread::sleep(SETTLE);
             if !connected {
                 return Err(format!(
                     "the console client got no update from console-subscriber on 127.0.0.1:6669 within {}s",
                     CONSOLE_TIMEOUT.as_secs()
                 ));
             }
-            let rps = wrk(port)?.0;
+            let (rps, server_us, observer_us, _) =
+                measured_wrk(port, server.id(), Some(client.id()))?;
             drop(client);
-            Ok(Run { rps, traced: None })
+            Ok(Run {
+                rps,
+                server_us,
+                observer_us,
+                traced: None,
+            })
         }
     }
 }
@@ -239,7 +351,7 @@ fn run(root: &Path, variant: Variant) -> Result<Run, String> {
 fn traced(root: &Path, pid: u32, mode: &str, extra: &[&str], port: u16) -> Result<Run, String> {
     let json = std::env::temp_dir().join(format!("tasktrace-bench-http-{mode}.json"));
     let _ = std::fs::remove_file(&json);
-    // Not -q: the "attached" line on stderr says when the probes are live.
+    // Not -q: stderr says when the probes are live and the attach-time reading is done.
     let mut cmd = Command::new(root.join("target/release/tasktrace"));
     cmd.args(["record", "--pid", &pid.to_string(), "--mode", mode])
         .args(extra)
@@ -252,7 +364,16 @@ fn traced(root: &Path, pid: u32, mode: &str, extra: &[&str], port: u16) -> Resul
     let mut child = cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let mut tracer = Reaped::new(child, libc::SIGINT);
-    let (attached, stderr) = watch_lines(stderr, "tasktrace: attached", ATTACH_TIMEOUT);
+    // Steady-state tracing is measured: attaching (probes, the attach-time scan of the
+    // target's memory, loading symbols) is `bench attach`'s, and on two cores it would
+    // compete with the first seconds of the wrk run.
+    let (attached, stderr) = watch_lines(
+        stderr,
+        "tasktrace: ",
+        "tasks alive at attach",
+        ATTACH_TIMEOUT,
+    );
+    std::thread::sleep(SETTLE);
     if !attached {
         let _ = tracer.stop();
         return Err(format!(
@@ -260,10 +381,10 @@ fn traced(root: &Path, pid: u32, mode: &str, extra: &[&str], port: u16) -> Resul
             joined(stderr)
         ));
     }
-    let measured = wrk(port);
+    let measured = measured_wrk(port, pid, Some(tracer.id()));
     let status = tracer.stop().map_err(|e| e.to_string())?;
     let stderr = joined(stderr);
-    let (rps, requests) = measured?;
+    let (rps, server_us, observer_us, requests) = measured?;
     if !status.success() {
         return Err(format!(
             "tasktrace record --mode {mode} ended with {status}:\n{stderr}"
@@ -276,6 +397,8 @@ fn traced(root: &Path, pid: u32, mode: &str, extra: &[&str], port: u16) -> Resul
     let lost = report["summary"]["lost_events"].as_u64().unwrap_or(0);
     Ok(Run {
         rps,
+        server_us,
+        observer_us,
         traced: Some((events / requests, lost)),
     })
 }
@@ -317,6 +440,7 @@ fn wrk(port: u16) -> Result<(f64, f64), String> {
 /// thread, which yields everything read.
 fn watch_lines(
     from: impl Read + Send + 'static,
+    prefix: &'static str,
     ready: &'static str,
     timeout: Duration,
 ) -> (bool, JoinHandle<String>) {
@@ -324,7 +448,7 @@ fn watch_lines(
     let reader = std::thread::spawn(move || {
         let mut all = String::new();
         for line in BufReader::new(from).lines().map_while(Result::ok) {
-            if line.starts_with(ready) {
+            if line.starts_with(prefix) && line.contains(ready) {
                 let _ = tx.send(());
             }
             all += &line;

@@ -17,7 +17,9 @@
 //!   process holding N idle tasks (default 1 000 000) against one holding none.
 //! - `bench http`: requests/s of a hyper server under `wrk` load untraced, traced in
 //!   lifecycle and full mode, and with console-subscriber and a console client attached;
-//!   the throughput loss of each (`fixtures/bench/http`, built only for this bench).
+//!   the throughput loss and CPU per request of each, for a server that spawns a task per
+//!   request and for one that spawns per connection only (`fixtures/bench/http`, built
+//!   only for this bench).
 //! - `bench` or `bench all [OPTIONS]`: poll, http, report, memory and attach in turn.
 //! - `demo`: build tasktrace and the demo, trace the demo, print the verdicts, write
 //!   `tasktrace-demo.json`, and check the verdicts against the demo's own ground truth.
