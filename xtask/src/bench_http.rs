@@ -238,6 +238,16 @@ fn scenario(
                 m / b,
                 (1.0 - m / b) * 100.0
             );
+            // Untraced and this variant ran back to back in each round: the ratio per round
+            // cancels the drift between rounds that the medians above still carry.
+            let paired = paired_ratios(&runs[i], &runs[0]);
+            if let (Some(m), Some(lo), Some(hi)) = (
+                paired_median(&runs[i], &runs[0]),
+                paired.iter().copied().reduce(f64::min),
+                paired.iter().copied().reduce(f64::max),
+            ) {
+                line += &format!("; per round x{m:.3} median, x{lo:.3}..x{hi:.3}");
+            }
             let traced: Vec<(f64, u64)> = runs[i].iter().filter_map(|r| r.traced).collect();
             if !traced.is_empty() {
                 let mut per_request: Vec<f64> = traced.iter().map(|t| t.0).collect();
@@ -267,8 +277,17 @@ fn scenario(
         }
     }
     if let (Some(l), Some(c)) = (loss(medians[1]), loss(medians[variants.len() - 1])) {
+        let per_round = match (
+            paired_median(&runs[1], &runs[0]),
+            paired_median(&runs[variants.len() - 1], &runs[0]),
+        ) {
+            (Some(l), Some(c)) => {
+                format!(" ({:.2} from the per-round ratios)", (1.0 - l) / (1.0 - c))
+            }
+            _ => String::new(),
+        };
         println!(
-            "  lifecycle's throughput loss / console-subscriber's: {:.2}",
+            "  lifecycle's throughput loss / console-subscriber's: {:.2}{per_round}",
             l / c
         );
     }
@@ -282,6 +301,21 @@ fn scenario(
     } else {
         Err(format!("bench http ({title}): {}", errors.join("\n")))
     }
+}
+
+/// Each round's requests/s of a variant over the untraced run of the same round (rounds
+/// stop at a variant's first failure, so the two lists pair from the start).
+fn paired_ratios(variant: &[Run], untraced: &[Run]) -> Vec<f64> {
+    variant
+        .iter()
+        .zip(untraced)
+        .map(|(r, u)| r.rps / u.rps)
+        .collect()
+}
+
+fn paired_median(variant: &[Run], untraced: &[Run]) -> Option<f64> {
+    let mut paired = paired_ratios(variant, untraced);
+    (!paired.is_empty()).then(|| median(&mut paired))
 }
 
 /// One measurement: a fresh server, the variant's observer, one wrk run.
