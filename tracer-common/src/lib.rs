@@ -212,6 +212,11 @@ pub const MAP_LOST: &str = "LOST";
 pub const MAP_THREADS: &str = "THREADS";
 /// Capacity of [`MAP_THREADS`] (an LRU map: threads that exited age out).
 pub const MAX_THREADS: u32 = 8192;
+/// Task vtables (process addresses) of futures whose spawn site userspace names from the
+/// code: their spawns need no stack copy. Filled once the target's load bias is known.
+pub const MAP_SITE_KNOWN: &str = "SITE_KNOWN";
+/// Capacity of [`MAP_SITE_KNOWN`] (one entry per task vtable; more are simply copied).
+pub const MAX_SITE_KNOWN: u32 = 4096;
 
 #[cfg(feature = "user")]
 mod user {

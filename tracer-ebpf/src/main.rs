@@ -14,12 +14,12 @@ use aya_ebpf::{
         bpf_probe_read_user, generated::bpf_get_attach_cookie,
     },
     macros::{map, perf_event, uprobe, uretprobe},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{PerfEventContext, ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    CallEvent, EVENT_FLAG_UNREADABLE, EventKind, HeaderArg, HeaderLayout, MAX_THREADS, STACK_COPY,
-    StackEvent, TaskEvent, cookie_arg, cookie_kind,
+    CallEvent, EVENT_FLAG_UNREADABLE, EventKind, HeaderArg, HeaderLayout, MAX_SITE_KNOWN,
+    MAX_THREADS, STACK_COPY, StackEvent, TaskEvent, cookie_arg, cookie_kind,
 };
 
 /// Process (tgid) to trace; set by userspace at load time.
@@ -66,6 +66,10 @@ static LAST_THREAD: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static LAST_SPAWN_CALL: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// Task vtables whose spawn site userspace knows from the code (no stack copy needed).
+#[map]
+static SITE_KNOWN: HashMap<u64, u8> = HashMap::with_max_entries(MAX_SITE_KNOWN, 0);
+
 /// Submit without waking the reader: it drains on a timer (a wakeup costs ~0.8 µs a hit).
 const BPF_RB_NO_WAKEUP: u64 = 1;
 
@@ -76,13 +80,6 @@ pub fn task_entry(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let kind = cookie_kind(cookie(&ctx));
-    // SAFETY: see `emit`.
-    if (kind == EventKind::Spawn as u8 || kind == EventKind::SpawnBlocking as u8)
-        && unsafe { core::ptr::read_volatile(&STACK_BYTES) } != 0
-        && !spawn_call_seen()
-    {
-        emit_stack(&ctx);
-    }
     // Read both registers unconditionally: the verifier rejects a context access whose
     // offset depends on a branch, which is what selecting the register first compiles to.
     let arg0 = ctx.arg::<u64>(0).unwrap_or(0);
@@ -92,7 +89,21 @@ pub fn task_entry(ctx: ProbeContext) -> u32 {
         a if a == HeaderArg::Arg1 as u8 => arg1,
         _ => 0,
     };
-    emit(&ctx, header);
+    let Some(ev) = event(&ctx, header) else {
+        return 0;
+    };
+    // A spawn no spawn call announced, of a future whose site the code does not name:
+    // its site is found by unwinding a copy of the stack, queued before the spawn.
+    // SAFETY: see `event`.
+    if (kind == EventKind::Spawn as u8 || kind == EventKind::SpawnBlocking as u8)
+        && unsafe { core::ptr::read_volatile(&STACK_BYTES) } != 0
+        && !spawn_call_seen()
+        // SAFETY: a plain lookup; the value is not used.
+        && unsafe { SITE_KNOWN.get(&ev.vtable) }.is_none()
+    {
+        emit_stack(&ctx);
+    }
+    submit(&ev);
     0
 }
 
@@ -101,7 +112,7 @@ pub fn task_entry(ctx: ProbeContext) -> u32 {
 #[perf_event]
 pub fn thread_sample(_ctx: PerfEventContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: see `emit`.
+    // SAFETY: see `event`.
     if (pid_tgid >> 32) as u32 == unsafe { core::ptr::read_volatile(&TARGET_TGID) } {
         note_thread(pid_tgid as u32);
     }
@@ -115,7 +126,9 @@ pub fn task_return(ctx: RetProbeContext) -> u32 {
     } else {
         0
     };
-    emit(&ctx, header);
+    if let Some(ev) = event(&ctx, header) {
+        submit(&ev);
+    }
     0
 }
 
@@ -125,13 +138,14 @@ fn cookie<C: EbpfContext>(ctx: &C) -> u64 {
     unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
 }
 
+/// The event of a hit in the target process (`None` elsewhere), header fields read.
 #[inline(always)]
-fn emit<C: EbpfContext>(ctx: &C, header: u64) {
+fn event<C: EbpfContext>(ctx: &C, header: u64) -> Option<TaskEvent> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: globals are written by the loader before attach, read-only afterwards.
     let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };
     if (pid_tgid >> 32) as u32 != target {
-        return;
+        return None;
     }
     note_thread(pid_tgid as u32);
     let layout = unsafe { core::ptr::read_volatile(&LAYOUT) };
@@ -148,10 +162,14 @@ fn emit<C: EbpfContext>(ctx: &C, header: u64) {
     if header != 0 {
         read_header(&mut ev, header, &layout);
     }
+    Some(ev)
+}
 
+#[inline(always)]
+fn submit(ev: &TaskEvent) {
     match EVENTS.reserve::<TaskEvent>(0) {
         Some(mut slot) => {
-            slot.write(ev);
+            slot.write(*ev);
             slot.submit(BPF_RB_NO_WAKEUP);
         }
         None => count_lost(),
@@ -179,7 +197,7 @@ fn spawn_call_seen() -> bool {
 #[inline(always)]
 fn emit_call(ctx: &ProbeContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: see `emit`.
+    // SAFETY: see `event`.
     let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };
     if (pid_tgid >> 32) as u32 != target {
         return;
@@ -215,7 +233,7 @@ fn emit_call(ctx: &ProbeContext) {
 #[inline(always)]
 fn emit_stack(ctx: &ProbeContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: see `emit`.
+    // SAFETY: see `event`.
     if (pid_tgid >> 32) as u32 != unsafe { core::ptr::read_volatile(&TARGET_TGID) } {
         return;
     }

@@ -33,6 +33,9 @@ pub struct Inspection {
     /// (~1 µs a hit) or single-steps it (~12 µs); `moved` probes sit past the entry.
     pub execution: BTreeMap<&'static str, BTreeMap<&'static str, Execution>>,
     pub absent_optional: Vec<&'static str>,
+    /// Spawn sites named from the code (future type → site): their spawn calls carry no
+    /// probe.
+    pub sites_from_code: BTreeMap<String, String>,
     pub unavailable: Vec<Unavailable>,
     pub warnings: Vec<String>,
 }
@@ -69,6 +72,7 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
         plan: BTreeMap::new(),
         probe_sites: 0,
         absent_optional: Vec::new(),
+        sites_from_code: BTreeMap::new(),
         unavailable: Vec::new(),
         warnings: Vec::new(),
     };
@@ -155,6 +159,11 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
             }
             out.probe_sites = plan.site_count();
             out.absent_optional = plan.absent.clone();
+            out.sites_from_code = plan
+                .static_sites
+                .iter()
+                .map(|s| (s.future.clone(), s.site.clone()))
+                .collect();
             if plan.tier == "symbols" && !out.plan.contains_key("spawn_call") {
                 out.warnings.push(
                     "no #[track_caller] spawn function survived inlining: spawn sites are named by \
@@ -271,6 +280,16 @@ pub fn render_text(i: &Inspection) -> String {
     }
     for a in &i.absent_optional {
         let _ = writeln!(s, "  (absent, optional) {a}");
+    }
+    if !i.sites_from_code.is_empty() {
+        let _ = writeln!(
+            s,
+            "spawn sites:   {} future types spawned from one place each, named from the code (their spawn calls need no probe)",
+            i.sites_from_code.len()
+        );
+        for (future, site) in &i.sites_from_code {
+            let _ = writeln!(s, "  {site:<31} {future}");
+        }
     }
     if i.unavailable.is_empty() {
         let _ = writeln!(s, "verdicts:      all available");

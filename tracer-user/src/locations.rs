@@ -234,6 +234,35 @@ impl LocationTable {
     }
 }
 
+impl LocationTable {
+    /// `.text`: its address and bytes.
+    pub fn text(&self) -> Option<(u64, &[u8])> {
+        self.unwind
+            .text
+            .as_ref()
+            .map(|(range, bytes)| (range.start, bytes.as_slice()))
+    }
+
+    /// Function symbols as (start, size), sorted by start.
+    pub fn function_ranges(&self) -> Vec<(u64, u64)> {
+        self.functions.iter().map(|f| (f.0, f.1)).collect()
+    }
+
+    /// Whether some relocated pointer in the file's data points at `target` (a function
+    /// whose address is taken). Non-PIE files keep no such list: always `true` there.
+    pub fn pointed_at_from_data(&self, target: u64) -> bool {
+        !self.pie || self.relative.values().any(|&a| a == target)
+    }
+
+    /// The future type a task vtable (at a file address) belongs to; see
+    /// [`Locator::future_name`].
+    pub fn future_of_vtable(&self, vtable: u64) -> Option<String> {
+        let poll_fn = self.pointer_at(vtable)?;
+        let (name, _) = self.function_at(poll_fn)?;
+        first_generic_arg(&name).map(str::to_owned)
+    }
+}
+
 /// A task vtable: one per spawned future type (and scheduler), with the offsets that
 /// locate the task's parts from its header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -443,7 +472,8 @@ impl Locator {
         }
     }
 
-    fn bias(&mut self) -> Option<u64> {
+    /// Where the process mapped the file: add to a file address for the process's.
+    pub fn bias(&mut self) -> Option<u64> {
         if self.bias.is_none() {
             self.bias = if self.table.pie {
                 load_bias(self.pid, &self.exe, &self.table)
@@ -542,9 +572,9 @@ impl Locator {
     /// legacy-mangled binaries, whose names drop generic arguments.
     pub fn future_name(&mut self, vtable: u64) -> Option<Arc<str>> {
         let bias = self.bias()?;
-        let poll_fn = self.table.pointer_at(vtable.checked_sub(bias)?)?;
-        let (name, _) = self.table.function_at(poll_fn)?;
-        first_generic_arg(&name).map(Arc::from)
+        self.table
+            .future_of_vtable(vtable.checked_sub(bias)?)
+            .map(Arc::from)
     }
 }
 
@@ -633,7 +663,7 @@ fn inlined_user_code(name: &str, off: u64) -> Option<Arc<str>> {
     Some(format!("{user} (inlined in {base}+{off:#x})").into())
 }
 
-fn first_generic_arg(name: &str) -> Option<&str> {
+pub fn first_generic_arg(name: &str) -> Option<&str> {
     let start = name.find("::<")? + 3;
     let mut depth = 0usize;
     for (i, c) in name[start..].char_indices() {

@@ -1,7 +1,10 @@
 //! The attach plan: which functions of the target get a probe, at which file offset, and
 //! what each hit means (the cookie the kernel side decodes).
 
-use std::path::Path;
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 use serde::Serialize;
 use tracer_common::{EventKind, HeaderArg, cookie};
@@ -27,6 +30,16 @@ pub struct Site {
     /// How the probed instruction runs; `None` until placed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement: Option<crate::placement::Placement>,
+}
+
+/// A future type whose spawn site the code names (`static_sites`): its spawn calls carry
+/// no probe, its spawns take the site from their task vtable.
+#[derive(Clone, Debug, Serialize)]
+pub struct StaticSite {
+    pub future: String,
+    pub site: String,
+    /// The future type's task vtables (file addresses).
+    pub vtables: Vec<u64>,
 }
 
 /// A verdict or signal this binary cannot give, and why.
@@ -103,6 +116,8 @@ pub struct Plan {
     pub ret: Vec<Site>,
     /// Functions the plan would use but the binary lacks (not fatal for optional ones).
     pub absent: Vec<&'static str>,
+    /// Spawn sites named from the code, whose spawn calls need no probe.
+    pub static_sites: Vec<StaticSite>,
 }
 
 impl Plan {
@@ -398,8 +413,88 @@ impl Plan {
         } else {
             Self::for_stripped(path, bin, table, k, opts.mode)?
         };
+        if plan.stack_bytes > 0 && bin.has_symtab {
+            plan.name_sites_from_code(bin, table, k);
+        }
         plan.place(table);
         Ok(plan)
+    }
+
+    /// Drops the spawn-call probes of future types whose every spawn call the code shows
+    /// with one Location (`static_sites`): a hit per spawn saved. Only types a task vtable
+    /// names qualify, since that is how a spawn event finds its site again.
+    fn name_sites_from_code(&mut self, bin: &BinaryInfo, table: &LocationTable, k: &Knowledge) {
+        use crate::locations::first_generic_arg;
+        let Some((text, bytes)) = table.text() else {
+            return;
+        };
+        let future_of = |vaddr: u64| {
+            let (name, _) = table.function_at(vaddr)?;
+            first_generic_arg(&name).map(str::to_owned)
+        };
+        let mut vtables: HashMap<String, Vec<u64>> = HashMap::new();
+        for v in table.task_vtables(bin.instances(k.symbols.raw_poll), &k.layout) {
+            if let Some(f) = table.future_of_vtable(v.vaddr) {
+                vtables.entry(f).or_default().push(v.vaddr);
+            }
+        }
+        // Every instance of every spawn function, probed or not, grouped by future type.
+        let mut groups: HashMap<String, Vec<u64>> = HashMap::new();
+        let spawn_functions = k
+            .symbols
+            .spawn_calls
+            .iter()
+            .chain(crate::elf::SPAWN_PATHS.iter());
+        for function in spawn_functions {
+            for &vaddr in bin.instances(function) {
+                if let Some(f) = future_of(vaddr).filter(|f| vtables.contains_key(f)) {
+                    groups.entry(f).or_default().push(vaddr);
+                }
+            }
+        }
+        let mut groups: Vec<(String, Vec<u64>)> = groups.into_iter().collect();
+        groups.sort();
+        for (_, addrs) in &mut groups {
+            addrs.sort_unstable();
+            addrs.dedup();
+        }
+        let functions = table.function_ranges();
+        let code = crate::static_sites::Code {
+            vaddr: text,
+            bytes,
+            functions: &functions,
+        };
+        let lists: Vec<Vec<u64>> = groups.iter().map(|g| g.1.clone()).collect();
+        let found = crate::static_sites::callers(&code, &lists, |a| {
+            table
+                .location_at(a)
+                .is_some_and(|l| !crate::locations::is_runtime_internal(&l))
+        });
+        let mut skipped = HashSet::new();
+        for ((future, addrs), callers) in groups.into_iter().zip(found) {
+            if callers.other_references > 0 || addrs.iter().any(|&a| table.pointed_at_from_data(a))
+            {
+                continue;
+            }
+            let sites: Option<HashSet<String>> = callers
+                .calls
+                .iter()
+                .map(|c| c.and_then(|a| table.location_at(a)))
+                .collect();
+            let Some(sites) = sites.filter(|s| s.len() == 1) else {
+                continue;
+            };
+            skipped.extend(addrs);
+            self.static_sites.push(StaticSite {
+                vtables: vtables.remove(&future).unwrap_or_default(),
+                future,
+                site: sites.into_iter().next().unwrap_or_default(),
+            });
+        }
+        self.entry.retain(|s| {
+            EventKind::from_u8(tracer_common::cookie_kind(s.cookie)) != Some(EventKind::SpawnCall)
+                || !skipped.contains(&s.vaddr)
+        });
     }
 
     /// Moves each entry probe to the cheapest instruction that still sees what it reads

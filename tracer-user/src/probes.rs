@@ -19,8 +19,8 @@ use aya::{
 };
 use tracer_common::{
     CALL_EVENT_SIZE, CallEvent, EVENT_SIZE, GLOBAL_LAYOUT, GLOBAL_STACK_BYTES, GLOBAL_TARGET_TGID,
-    GLOBAL_TASK_FSBASE, HeaderLayout, MAP_EVENTS, MAP_LOST, MAP_THREADS, STACK_EVENT_SIZE,
-    StackEvent, TaskEvent,
+    GLOBAL_TASK_FSBASE, HeaderLayout, MAP_EVENTS, MAP_LOST, MAP_SITE_KNOWN, MAP_THREADS,
+    STACK_EVENT_SIZE, StackEvent, TaskEvent,
 };
 
 use crate::{
@@ -43,6 +43,7 @@ pub struct Probes {
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
     threads: Option<BpfHashMap<MapData, u32, u64>>,
+    site_known: Option<BpfHashMap<MapData, u64, u8>>,
     pub attach_time: Duration,
     pub sites: usize,
 }
@@ -95,11 +96,15 @@ impl Probes {
         let threads = ebpf
             .take_map(MAP_THREADS)
             .and_then(|m| BpfHashMap::try_from(m).ok());
+        let site_known = ebpf
+            .take_map(MAP_SITE_KNOWN)
+            .and_then(|m| BpfHashMap::try_from(m).ok());
         Ok(Self {
             ebpf: Some(ebpf),
             ring,
             lost,
             threads,
+            site_known,
             attach_time: started.elapsed(),
             sites: plan.site_count(),
         })
@@ -134,6 +139,19 @@ impl Probes {
     /// Events the kernel could not queue because the ring was full (all CPUs).
     pub fn lost_events(&self) -> u64 {
         self.lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// Tells the kernel side which task vtables (process addresses) belong to futures
+    /// whose spawn site is named from the code: their spawns skip the stack copy. Returns
+    /// how many it took (the map's capacity bounds them; the rest keep their copies).
+    pub fn mark_sites_known(&mut self, vtables: impl IntoIterator<Item = u64>) -> usize {
+        let Some(map) = self.site_known.as_mut() else {
+            return 0;
+        };
+        vtables
+            .into_iter()
+            .filter(|v| map.insert(v, &1u8, 0).is_ok())
+            .count()
     }
 
     /// Target threads seen so far and their TLS pointers.

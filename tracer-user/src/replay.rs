@@ -48,6 +48,7 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
             Rec::Meta(_) => {}
             Rec::Task(ev) => {
                 last_ts = last_ts.max(ev.ts_ns);
+                agg.site_from_code(&ev, names.get(&ev.vtable).map(|n| &**n));
                 agg.ingest(&ev);
             }
             Rec::Site {

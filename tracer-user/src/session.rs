@@ -178,6 +178,7 @@ pub async fn trace(
     let agg = std::cell::RefCell::new(agg);
     let locator = std::cell::RefCell::new(locator);
     let mut futures: HashMap<u64, Option<Arc<str>>> = HashMap::new();
+    let mut sites_unmarked = plan.static_sites.iter().any(|s| !s.vtables.is_empty());
     // Live-task count for the status line, published by the sink.
     let alive = std::cell::Cell::new(0usize);
     // Set when the window closes: events after it (while the probes are being detached)
@@ -216,6 +217,8 @@ pub async fn trace(
                 }
                 futures.insert(ev.vtable, name);
             }
+            let future = futures.get(&ev.vtable).and_then(|n| n.as_deref());
+            agg.borrow_mut().site_from_code(&ev, future);
             if let Some(w) = recording.borrow_mut().as_mut() {
                 w.task(&ev);
             }
@@ -257,6 +260,13 @@ pub async fn trace(
     let ended_by = loop {
         tokio::select! {
             _ = tick.tick() => {
+                // Once the target's addresses are known (a launched command maps its
+                // binary only when it execs), spawns of those futures stop copying stacks.
+                if sites_unmarked && let Some(bias) = locator.borrow_mut().bias() {
+                    sites_unmarked = false;
+                    let vtables = plan.static_sites.iter().flat_map(|s| &s.vtables);
+                    probes.mark_sites_known(vtables.map(|v| v + bias));
+                }
                 events_seen += probes.drain(&mut sink) as u64;
                 if let Some(bar) = progress.as_ref().filter(|_| ticks.is_multiple_of(50)) {
                     let rate = (events_seen - events_at_last_update) * 2;

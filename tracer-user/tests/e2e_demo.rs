@@ -51,6 +51,40 @@ fn run_traces_demo_from_first_instruction_until_duration() {
     // this build, the calling function found by unwinding, as `function+0xoff`.
     assert_eq!(resolved, user, "{resolved} of {user} user spawns resolved");
     assert!(!report["spawn_sites"].as_array().unwrap().is_empty());
+    // The three `tokio::spawn(async …)` of `healthy_background` are each the only spawn of
+    // their future type: named from the code, with no spawn-call probe hit, at the exact
+    // Location tokio receives (where each `tokio::spawn(` call starts in the source).
+    assert!(
+        report["diagnostics"]["spawn_sites_from_code"].as_u64() >= Some(3),
+        "{}",
+        report["diagnostics"]
+    );
+    let source = std::fs::read_to_string(root().join("fixtures/demo/src/main.rs")).unwrap();
+    let start = source
+        .lines()
+        .position(|l| l.starts_with("fn healthy_background"))
+        .unwrap();
+    let calls: Vec<String> = source
+        .lines()
+        .enumerate()
+        .skip(start)
+        .filter(|(_, l)| l.trim_start().starts_with("tokio::spawn(async"))
+        .take(3)
+        .map(|(n, l)| {
+            format!(
+                "src/main.rs:{}:{}",
+                n + 1,
+                l.find("tokio::spawn(").unwrap() + 1
+            )
+        })
+        .collect();
+    for (i, call) in calls.iter().enumerate() {
+        let future = format!("fixture_demo::healthy_background::{{closure#{i}}}");
+        let spawned: Vec<&serde_json::Value> =
+            tasks.iter().filter(|t| t["future"] == *future).collect();
+        assert_eq!(spawned.len(), 1, "{future}");
+        assert_eq!(spawned[0]["spawned_at"], *call, "{future}");
+    }
     // Poll-time percentiles per site: ordered, and the 1.5 s poll's site shows it.
     for site in report["spawn_sites"].as_array().unwrap() {
         if site["polls"].as_u64() > Some(0) {

@@ -36,14 +36,47 @@ fn inspect_the_demo() {
     }
     assert_eq!(unavailable(&v), ["wakes"]);
     // `tokio::spawn` names the site: the multi-thread `bind_new_task` it calls is probed
-    // only for the 2 futures (JoinSet's, Handle::spawn's) no `spawn::spawn` instance has,
-    // not for all 14 (a second probe hit per spawn).
+    // only for futures no `spawn::spawn` instance has, not for all 14 (a second probe hit
+    // per spawn). Of the 12 `spawn::spawn` instances, the 6 of futures spawned from one
+    // place are named from the code and carry no probe; those of `spawn_at` (a generic
+    // `#[track_caller]` helper passing its caller's Location on) keep theirs. Each site
+    // named is where a spawn call starts (a method call's Location is at its name).
     let calls = &v["plan"]["spawn_call"];
-    assert_eq!(calls["tokio::task::spawn::spawn"], 12, "{calls}");
+    assert_eq!(calls["tokio::task::spawn::spawn"], 6, "{calls}");
     assert_eq!(
-        calls["tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task"], 2,
+        calls["tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task"], 1,
         "{calls}"
     );
+    let from_code = v["sites_from_code"].as_object().unwrap();
+    assert_eq!(from_code.len(), 10, "{from_code:?}");
+    let source = std::fs::read_to_string(root().join("fixtures/demo/src/main.rs")).unwrap();
+    let lines: Vec<&str> = source.lines().collect();
+    let helper = lines
+        .iter()
+        .position(|l| l.contains("let h = tokio::spawn(fut);"))
+        .unwrap();
+    for (future, site) in from_code {
+        let site = site.as_str().unwrap();
+        let mut parts = site.strip_prefix("src/main.rs:").unwrap().split(':');
+        let line: usize = parts.next().unwrap().parse().unwrap();
+        let col: usize = parts.next().unwrap().parse().unwrap();
+        assert_ne!(
+            line,
+            helper + 1,
+            "{future}: the helper's call is not a site"
+        );
+        let at = &lines[line - 1][col - 1..];
+        assert!(
+            ["tokio::spawn(", "tokio::task::spawn_local(", "spawn("]
+                .iter()
+                .any(|call| at.starts_with(call)),
+            "{future} at {site}: {at}"
+        );
+    }
+    for i in 0..3 {
+        let future = format!("fixture_demo::healthy_background::{{closure#{i}}}");
+        assert!(from_code.contains_key(&future), "{future}: {from_code:?}");
+    }
     // Where each probe runs: every one of the demo's on a kernel-emulated instruction.
     for (event, functions) in v["execution"].as_object().unwrap() {
         for (function, e) in functions.as_object().unwrap() {

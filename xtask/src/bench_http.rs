@@ -3,9 +3,10 @@
 //! trip per request) serves a fixed-concurrency `wrk` run; requests/s untraced, under
 //! `tasktrace record --mode lifecycle`, under `--mode full`, and as the console-subscriber
 //! build with a console client attached. A fresh server per run, interleaved rounds,
-//! medians, each variant's throughput loss against the untraced server, and the CPU time
-//! per request of the server and of the observer (far steadier than throughput on a noisy
-//! machine). A second scenario runs the same server without the task per request
+//! medians, each variant's throughput loss against the untraced server, the median and
+//! range of its per-round ratio to the untraced run of the same round (which cancels the
+//! machine's drift between rounds), and the CPU time per request of the server and of the
+//! observer. A second scenario runs the same server without the task per request
 //! (`--no-spawn-per-request`): lifecycle mode's cost is per spawned task, not per request.
 
 use std::{

@@ -36,6 +36,9 @@ pub struct Diagnostics {
     /// Stacks copied at spawn sites (fat LTO) and how many of them unwound to a caller.
     pub spawn_stacks: u64,
     pub spawn_stacks_resolved: u64,
+    /// Spawns whose site came from the code (the plan's `static_sites`, which `inspect`
+    /// lists), with no spawn-call probe hit.
+    pub spawn_sites_from_code: u64,
     /// Events received, by kind.
     pub by_kind: std::collections::BTreeMap<&'static str, u64>,
     /// Tasks found in the runtimes' lists at attach that no event had shown.
@@ -94,6 +97,8 @@ pub struct Aggregator {
     stacks: HashMap<u32, Vec<Frame>>,
     /// Per target thread, the spawn site of the spawn call in progress.
     pending_spawns: HashMap<u32, PendingSpawn>,
+    /// Future type → the one place the code spawns it from (the plan's `static_sites`).
+    sites_from_code: HashMap<Arc<str>, Arc<str>>,
     /// Runtime (owner id) → when it began shutting its tasks down.
     pub shutdown_began: HashMap<u64, u64>,
     pub long_polls: Vec<LongPoll>,
@@ -138,6 +143,7 @@ impl Aggregator {
             live: TaskIndex::new(|t| t.header),
             stacks: HashMap::new(),
             pending_spawns: HashMap::new(),
+            sites_from_code: HashMap::new(),
             shutdown_began: HashMap::new(),
             long_polls: Vec::new(),
             diagnostics: Diagnostics::default(),
@@ -169,6 +175,37 @@ impl Aggregator {
         self.poll_ends_inferred = plan["polls_probed"] == true && plan["poll_ends_probed"] == false;
         self.polls_sampled = plan["mode"] == "lifecycle";
         self.thresholds.lifecycle = self.polls_sampled;
+        self.sites_from_code = plan["static_sites"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                Some((
+                    Arc::from(s["future"].as_str()?),
+                    Arc::from(s["site"].as_str()?),
+                ))
+            })
+            .collect();
+    }
+
+    /// A spawn of a future type spawned from one place only (the plan's `static_sites`)
+    /// takes that place as its site, unless a spawn call on the thread already named one.
+    /// `future`: the type the event's task vtable belongs to. Call before [`Self::ingest`].
+    pub fn site_from_code(&mut self, ev: &TaskEvent, future: Option<&str>) {
+        if self.sites_from_code.is_empty()
+            || !matches!(
+                EventKind::from_u8(ev.kind),
+                Some(EventKind::Spawn | EventKind::SpawnLocal)
+            )
+            || self.has_pending_location(ev.tid)
+        {
+            return;
+        }
+        if let Some(site) = future.and_then(|f| self.sites_from_code.get(f)).cloned() {
+            self.diagnostics.spawn_sites_from_code += 1;
+            let p = self.pending_spawns.entry(ev.tid).or_default();
+            p.location = Some(site);
+        }
     }
 
     /// Poll durations of the tasks spawned at `site` (`None`: site unknown).

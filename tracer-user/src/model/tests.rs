@@ -522,3 +522,38 @@ fn a_task_record_stays_small() {
     let listed = std::mem::size_of::<LiveTask>();
     assert!(listed <= 64, "LiveTask is {listed} bytes");
 }
+
+/// Future types spawned from one place (the plan's `static_sites`) take that place as
+/// their site; a site a spawn call named wins; other kinds and futures take nothing.
+#[test]
+fn sites_named_from_the_code() {
+    let mut a = agg();
+    a.configure(&serde_json::json!({
+        "static_sites": [{"future": "app::serve::{closure#0}", "site": "src/main.rs:9:5", "vtables": [4096]}]
+    }));
+    let site_of = |a: &Aggregator, id: u64| {
+        let t = a.tasks.iter().find(|t| t.id == id).expect("task");
+        a.site_name(t.site).map(|s| s.to_string())
+    };
+    let spawn = ev(EventKind::Spawn, MS, 0x1000, 1, 1);
+    a.site_from_code(&spawn, Some("app::serve::{closure#0}"));
+    a.ingest(&spawn);
+    assert_eq!(site_of(&a, 1).as_deref(), Some("src/main.rs:9:5"));
+    // A spawn call on the thread named the site first: it stays.
+    a.spawn_call(1, Some("src/other.rs:1:1".into()), None);
+    let spawn = ev(EventKind::Spawn, 2 * MS, 0x2000, 2, 1);
+    a.site_from_code(&spawn, Some("app::serve::{closure#0}"));
+    a.ingest(&spawn);
+    assert_eq!(site_of(&a, 2).as_deref(), Some("src/other.rs:1:1"));
+    // Another future type, or an event that is not a spawn: nothing.
+    let spawn = ev(EventKind::Spawn, 3 * MS, 0x3000, 3, 1);
+    a.site_from_code(&spawn, Some("app::other::{closure#0}"));
+    a.ingest(&spawn);
+    assert_eq!(site_of(&a, 3), None);
+    a.site_from_code(
+        &ev(EventKind::PollStart, 4 * MS, 0x3000, 3, 1),
+        Some("app::serve::{closure#0}"),
+    );
+    assert!(!a.has_pending_location(1));
+    assert_eq!(a.diagnostics.spawn_sites_from_code, 1);
+}
