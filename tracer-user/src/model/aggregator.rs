@@ -120,7 +120,7 @@ pub struct Aggregator {
     /// No probe sees polls at all (lifecycle mode): the thread samples stand in for them.
     pub polls_sampled: bool,
     /// Task id → task, kept only when polls are sampled (samples name tasks by id).
-    by_id: TaskIndex,
+    pub(super) by_id: TaskIndex,
     sampled: HashMap<u32, SampledPoll>,
     /// Task-list readings so far, and the instant of the latest (a reading may come in
     /// several parts); each listed task is stamped with the count.
@@ -419,6 +419,7 @@ impl Aggregator {
                 }
                 let cancelled = ev.state & self.bits.cancelled != 0;
                 self.alive -= usize::from(!self.tasks[i].is_finished());
+                self.forget_id(i);
                 let t = &mut self.tasks[i];
                 t.completed_ns.set_if_none(ts);
                 t.cancelled |= cancelled;
@@ -443,6 +444,7 @@ impl Aggregator {
             EventKind::Dealloc => {
                 if let Some(i) = self.live.remove(ev.header, &self.tasks) {
                     self.alive -= usize::from(!self.tasks[i].is_finished());
+                    self.forget_id(i);
                     let t = &mut self.tasks[i];
                     if ev.task_id == 0 || t.id == 0 || t.id == ev.task_id {
                         t.freed_ns = Stamp::at(ts);
@@ -698,6 +700,7 @@ impl Aggregator {
             .collect();
         for i in gone {
             self.alive -= 1;
+            self.forget_id(i);
             let t = &mut self.tasks[i];
             let when = t.last_poll_end_ns.get().unwrap_or(at).min(at);
             t.completed_ns = Stamp::at(when);
@@ -755,9 +758,20 @@ impl Aggregator {
         i
     }
 
+    /// A finished task leaves the id index: samples only look for tasks that can still
+    /// run, and the index stays the size of the live population instead of growing with
+    /// every task a spawn-heavy target ever ran (its rehashes dominated the tracer's CPU).
+    fn forget_id(&mut self, i: usize) {
+        let id = self.tasks[i].id;
+        if self.polls_sampled && id != 0 && self.by_id.get(id, &self.tasks) == Some(i) {
+            self.by_id.remove(id, &self.tasks);
+        }
+    }
+
     /// The task at this address is gone although its dealloc was never seen.
     fn retire(&mut self, i: usize, ts: u64) {
         self.alive -= usize::from(!self.tasks[i].is_finished());
+        self.forget_id(i);
         let t = &mut self.tasks[i];
         t.freed_ns.set_if_none(ts);
         let header = t.header;

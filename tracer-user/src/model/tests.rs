@@ -557,3 +557,34 @@ fn sites_named_from_the_code() {
     assert!(!a.has_pending_location(1));
     assert_eq!(a.diagnostics.spawn_sites_from_code, 1);
 }
+
+/// Lifecycle mode indexes tasks by id for the thread samples; a finished task leaves
+/// that index, which stays the size of the live population however many tasks ran.
+#[test]
+fn the_id_index_holds_live_tasks_only() {
+    let mut a = agg();
+    a.configure(&serde_json::json!({"mode": "lifecycle", "completion_probed": false}));
+    for n in 0..1000u64 {
+        spawn(&mut a, n * MS, 0x10_0000 + 0x100 * n, n + 1);
+    }
+    assert_eq!(a.by_id.values().count(), 1000);
+    // The reading finds only task 1000: the others finished.
+    a.task_list(
+        &[listed(
+            0x10_0000 + 0x100 * 999,
+            1000,
+            Status::Idle,
+            2,
+            false,
+        )],
+        2 * S,
+        false,
+        Some(&[1]),
+    );
+    assert_eq!(a.tasks_alive(), 1);
+    assert_eq!(a.by_id.values().collect::<Vec<_>>(), [999]);
+    // A sample of a finished task's id is not a poll of it.
+    a.thread_samples(3 * S, &[(10, Some(5))]);
+    assert_eq!(a.tasks[4].polls, 0);
+    assert!(a.tasks[4].running_since.is_none());
+}
