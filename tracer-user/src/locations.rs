@@ -144,7 +144,7 @@ impl LocationTable {
         Some(u64::from_le_bytes(self.bytes(vaddr, 8)?.try_into().ok()?))
     }
 
-    fn u32_at(&self, vaddr: u64) -> Option<u32> {
+    pub fn u32_at(&self, vaddr: u64) -> Option<u32> {
         Some(u32::from_le_bytes(self.bytes(vaddr, 4)?.try_into().ok()?))
     }
 

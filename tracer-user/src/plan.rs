@@ -459,10 +459,12 @@ impl Plan {
             addrs.dedup();
         }
         let functions = table.function_ranges();
+        let read_u32 = |vaddr| table.u32_at(vaddr);
         let code = crate::static_sites::Code {
             vaddr: text,
             bytes,
             functions: &functions,
+            read_u32: &read_u32,
         };
         let lists: Vec<Vec<u64>> = groups.iter().map(|g| g.1.clone()).collect();
         let found = crate::static_sites::callers(&code, &lists, |a| {

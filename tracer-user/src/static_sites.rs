@@ -11,15 +11,14 @@ use std::collections::{HashMap, HashSet};
 use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpKind};
 use iced_x86::{Instruction, OpAccess, Register};
 
-/// Instructions looked at before a call for the register loads it depends on.
-const LOOKBACK: usize = 24;
-
 /// The binary's code: `.text` and its function symbols (start, size).
 pub struct Code<'a> {
     pub vaddr: u64,
     pub bytes: &'a [u8],
     /// Sorted by start.
     pub functions: &'a [(u64, u64)],
+    /// Reads 4 bytes of the file's data (jump tables).
+    pub read_u32: &'a dyn Fn(u64) -> Option<u32>,
 }
 
 /// What the code says of a set of functions (the instances of one future type's spawn
@@ -86,11 +85,7 @@ pub fn callers(
         let ins: Vec<Instruction> = Decoder::with_ip(64, body, start, DecoderOptions::NONE)
             .into_iter()
             .collect();
-        let targets: HashSet<u64> = ins
-            .iter()
-            .filter(|i| is_near_branch(i))
-            .map(|i| i.near_branch_target())
-            .collect();
+        let flow = Flow::of(&ins, code.read_u32);
         for (k, i) in ins.iter().enumerate() {
             let referenced = if is_near_branch(i) {
                 i.near_branch_target()
@@ -107,7 +102,9 @@ pub fn callers(
                 continue;
             }
             if i.flow_control() == FlowControl::Call {
-                let loaded = loaded_location(&ins[..k], &targets, &mut info, &is_location);
+                let loaded = flow
+                    .as_ref()
+                    .and_then(|flow| passed_location(&ins, flow, k, &mut info, &is_location));
                 out[g].calls.push(loaded);
             } else {
                 out[g].other_references += 1;
@@ -124,62 +121,185 @@ fn is_near_branch(i: &Instruction) -> bool {
     )
 }
 
-/// The one Location address that the straight-line code before a call leaves in an
-/// argument register; `None` when there is none or more than one.
-fn loaded_location(
-    before: &[Instruction],
-    branch_targets: &HashSet<u64>,
+/// Registers a call preserves: a value in one survives the calls in between.
+const CALLEE_SAVED: [Register; 6] = [
+    Register::RBX,
+    Register::RBP,
+    Register::R12,
+    Register::R13,
+    Register::R14,
+    Register::R15,
+];
+
+const ARGS: [Register; 6] = [
+    Register::RDI,
+    Register::RSI,
+    Register::RDX,
+    Register::RCX,
+    Register::R8,
+    Register::R9,
+];
+
+/// Instructions of the paths walked back from a call before giving up.
+const MAX_STEPS: usize = 4096;
+
+/// A function's control flow at instruction level: the predecessors of each instruction.
+struct Flow {
+    preds: Vec<Vec<usize>>,
+}
+
+/// Entries read from one candidate jump table at most.
+const MAX_TABLE: u64 = 4096;
+
+impl Flow {
+    /// `None` when the flow cannot be known whole: an indirect jump through an absolute
+    /// table, or a branch into the middle of an instruction. A `jmp reg` may go to any
+    /// entry of any jump table the function addresses (`lea reg, [rip + table]`, entries
+    /// 32-bit offsets from the table, as LLVM lays them out in position-independent
+    /// code): read until an entry leads outside the function's instructions, which
+    /// over-approximates the edges, never under.
+    fn of(ins: &[Instruction], read_u32: &dyn Fn(u64) -> Option<u32>) -> Option<Self> {
+        let index: HashMap<u64, usize> = ins.iter().enumerate().map(|(k, i)| (i.ip(), k)).collect();
+        let (lo, hi) = (ins.first()?.ip(), ins.last()?.next_ip());
+        let mut preds = vec![Vec::new(); ins.len()];
+        for (k, i) in ins.iter().enumerate() {
+            let falls_through = matches!(
+                i.flow_control(),
+                FlowControl::Next | FlowControl::ConditionalBranch | FlowControl::Call
+            );
+            if falls_through && k + 1 < ins.len() {
+                preds[k + 1].push(k);
+            }
+            match i.flow_control() {
+                FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch
+                    if is_near_branch(i) =>
+                {
+                    let t = i.near_branch_target();
+                    if (lo..hi).contains(&t) {
+                        preds[*index.get(&t)?].push(k);
+                    }
+                }
+                // `jmp [rip + …]` leaves the function (a tail call through the GOT);
+                // `jmp reg` goes through a jump table, below; `jmp [table + …]` cannot
+                // be followed.
+                FlowControl::IndirectBranch
+                    if !i.is_ip_rel_memory_operand() && i.op0_kind() != OpKind::Register =>
+                {
+                    return None;
+                }
+                _ => {}
+            }
+        }
+        let indirect: Vec<usize> = (0..ins.len())
+            .filter(|&k| {
+                ins[k].flow_control() == FlowControl::IndirectBranch
+                    && ins[k].op0_kind() == OpKind::Register
+            })
+            .collect();
+        if !indirect.is_empty() {
+            let tables = ins.iter().filter(|i| {
+                i.mnemonic() == Mnemonic::Lea
+                    && i.is_ip_rel_memory_operand()
+                    && !(lo..hi).contains(&i.ip_rel_memory_address())
+            });
+            for table in tables.map(|i| i.ip_rel_memory_address()) {
+                for e in 0..MAX_TABLE {
+                    let Some(entry) = read_u32(table + 4 * e) else {
+                        break;
+                    };
+                    let target = table.wrapping_add_signed(i64::from(entry as i32));
+                    let Some(&t) = index.get(&target) else {
+                        break;
+                    };
+                    preds[t].extend(&indirect);
+                }
+            }
+        }
+        Some(Self { preds })
+    }
+}
+
+/// The one Location address the call at `ins[call]` receives in an argument register,
+/// whichever way the code reaches it: every definition of the register that reaches the
+/// call must be the same `lea reg, [rip + Location]`, directly or through a callee-saved
+/// register (a Location hoisted out of a loop). `None` when no register or more than one
+/// holds a Location that way.
+fn passed_location(
+    ins: &[Instruction],
+    flow: &Flow,
+    call: usize,
     info: &mut InstructionInfoFactory,
     is_location: &impl Fn(u64) -> bool,
 ) -> Option<u64> {
-    const ARGS: [Register; 6] = [
-        Register::RDI,
-        Register::RSI,
-        Register::RDX,
-        Register::RCX,
-        Register::R8,
-        Register::R9,
-    ];
-    let mut decided = [false; 6];
+    let mut found = None;
+    for reg in ARGS {
+        if let Some(at) = reaching_lea(ins, flow, call, reg, info, 0).filter(|&a| is_location(a)) {
+            if found.is_some_and(|f| f != at) {
+                return None;
+            }
+            found = Some(at);
+        }
+    }
+    found
+}
+
+/// The address every definition of `reg` reaching `ins[at]` loads with a `lea [rip + …]`
+/// (or copies from a callee-saved register that such definitions reach); `None` if any
+/// path holds something else, or reaches the entry with the caller's value.
+fn reaching_lea(
+    ins: &[Instruction],
+    flow: &Flow,
+    at: usize,
+    reg: Register,
+    info: &mut InstructionInfoFactory,
+    depth: u8,
+) -> Option<u64> {
     let mut found: Option<u64> = None;
-    for i in before.iter().rev().take(LOOKBACK) {
-        if i.flow_control() != FlowControl::Next {
-            break;
+    let mut stack: Vec<usize> = flow.preds[at].clone();
+    if stack.is_empty() {
+        return None;
+    }
+    let mut seen = HashSet::new();
+    while let Some(j) = stack.pop() {
+        if !seen.insert(j) {
+            continue;
         }
-        for used in info.info(i).used_registers() {
-            if !matches!(
-                used.access(),
-                OpAccess::Write
-                    | OpAccess::CondWrite
-                    | OpAccess::ReadWrite
-                    | OpAccess::ReadCondWrite
-            ) {
-                continue;
-            }
-            let Some(r) = ARGS
-                .iter()
-                .position(|&a| a == used.register().full_register())
-            else {
-                continue;
-            };
-            if decided[r] {
-                continue;
-            }
-            // The last write before the call is what the callee sees.
-            decided[r] = true;
-            let is_lea = i.mnemonic() == Mnemonic::Lea
-                && i.op0_register() == ARGS[r]
-                && i.is_ip_rel_memory_operand();
-            if is_lea && is_location(i.ip_rel_memory_address()) {
-                if found.is_some_and(|f| f != i.ip_rel_memory_address()) {
-                    return None;
-                }
-                found = Some(i.ip_rel_memory_address());
-            }
+        if seen.len() > MAX_STEPS {
+            return None;
         }
-        // Code above a branch target may not run on the way to the call.
-        if branch_targets.contains(&i.ip()) {
-            break;
+        let i = &ins[j];
+        if i.flow_control() == FlowControl::Call && !CALLEE_SAVED.contains(&reg) {
+            return None;
+        }
+        let writes = info.info(i).used_registers().iter().any(|u| {
+            u.register().full_register() == reg
+                && !matches!(u.access(), OpAccess::Read | OpAccess::CondRead)
+        });
+        if !writes {
+            if flow.preds[j].is_empty() {
+                return None;
+            }
+            stack.extend(&flow.preds[j]);
+            continue;
+        }
+        let value = if i.mnemonic() == Mnemonic::Lea
+            && i.op0_register() == reg
+            && i.is_ip_rel_memory_operand()
+        {
+            Some(i.ip_rel_memory_address())
+        } else if i.mnemonic() == Mnemonic::Mov
+            && i.op0_register() == reg
+            && i.op1_kind() == OpKind::Register
+            && CALLEE_SAVED.contains(&i.op1_register())
+            && depth < 2
+        {
+            reaching_lea(ins, flow, j, i.op1_register(), info, depth + 1)
+        } else {
+            None
+        };
+        match value {
+            Some(v) if found.is_none_or(|f| f == v) => found = Some(v),
+            _ => return None,
         }
     }
     found
@@ -238,11 +358,19 @@ mod tests {
     }
 
     fn run(functions: &[Vec<&dyn Fn(u64) -> Vec<u8>>]) -> Callers {
+        run_with(functions, &|_| None)
+    }
+
+    fn run_with(
+        functions: &[Vec<&dyn Fn(u64) -> Vec<u8>>],
+        read_u32: &dyn Fn(u64) -> Option<u32>,
+    ) -> Callers {
         let (bytes, functions) = code_of(functions);
         let code = Code {
             vaddr: TEXT,
             bytes: &bytes,
             functions: &functions,
+            read_u32,
         };
         let mut out = callers(&code, &[vec![SPAWN]], |a| a == LOC_A || a == LOC_B);
         out.remove(0)
@@ -274,6 +402,62 @@ mod tests {
         let mov = |_| vec![0x48, 0x89, 0xde];
         let call = |at| call(at, SPAWN);
         let found = run(&[vec![&lea, &mov, &call]]);
+        assert_eq!(found.calls, [None]);
+    }
+
+    /// `lea r13, [rip + to]` at `at`.
+    fn lea_r13(at: u64, to: u64) -> Vec<u8> {
+        let d = (to as i64 - (at as i64 + 7)) as i32;
+        [vec![0x4c, 0x8d, 0x2d], d.to_le_bytes().to_vec()].concat()
+    }
+
+    #[test]
+    fn a_location_hoisted_out_of_a_loop_into_a_callee_saved_register() {
+        // push r13; lea r13, LOC_A; (loop:) mov rsi, r13; call; jmp loop; pop r13
+        let push = |_| vec![0x41, 0x55];
+        let lea = |at| lea_r13(at, LOC_A);
+        let mov = |_| vec![0x4c, 0x89, 0xee];
+        let call = |at| call(at, SPAWN);
+        let back = |at| jmp(at, TEXT + 9);
+        let pop = |_| vec![0x41, 0x5d];
+        let found = run(&[vec![&push, &lea, &mov, &call, &back, &pop]]);
+        assert_eq!(found.calls, [Some(LOC_A)]);
+        // The last load on the way is what the call gets.
+        let lea_b = |at| lea_r13(at, LOC_B);
+        let found = run(&[vec![&push, &lea, &lea_b, &mov, &call, &pop]]);
+        assert_eq!(found.calls, [Some(LOC_B)]);
+        // Two paths reach the call with different Locations: none is the answer.
+        // je over the second lea.
+        let skip = |_| vec![0x74, 0x07];
+        let found = run(&[vec![&push, &lea, &skip, &lea_b, &mov, &call, &pop]]);
+        assert_eq!(found.calls, [None]);
+        // Copied from an argument register (a helper passing its caller's Location on).
+        // mov r13, rsi
+        let from_arg = |_| vec![0x49, 0x89, 0xf5];
+        let found = run(&[vec![&push, &from_arg, &mov, &call, &pop]]);
+        assert_eq!(found.calls, [None]);
+    }
+
+    #[test]
+    fn a_jump_table_entry_between_the_load_and_the_call() {
+        // lea rcx, [rip + TABLE]; jmp rcx; lea rsi, LOC_A; lea rdi, [rsp+8]; call
+        const TABLE: u64 = 0x8000;
+        let table = |at: u64| {
+            let d = (TABLE as i64 - (at as i64 + 7)) as i32;
+            [vec![0x48, 0x8d, 0x0d], d.to_le_bytes().to_vec()].concat()
+        };
+        let jump = |_| vec![0xff, 0xe1];
+        let lea = |at| lea_rsi(at, LOC_A);
+        let rdi = |_| lea_rdi_stack();
+        let call = |at| call(at, SPAWN);
+        let f: Vec<&dyn Fn(u64) -> Vec<u8>> = vec![&table, &jump, &lea, &rdi, &call];
+        let entry =
+            |target: u64| move |a: u64| (a == TABLE).then(|| target.wrapping_sub(TABLE) as u32);
+        // The table leads to the load: every way to the call loads LOC_A.
+        let found = run_with(std::slice::from_ref(&f), &entry(TEXT + 9));
+        assert_eq!(found.calls, [Some(LOC_A)]);
+        // The table leads past it: one way reaches the call with the caller's rsi.
+        let found = run_with(std::slice::from_ref(&f), &entry(TEXT + 16));
         assert_eq!(found.calls, [None]);
     }
 
