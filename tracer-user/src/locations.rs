@@ -3,7 +3,7 @@
 //! data), and names the calling function from a return address when no location is found.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -248,18 +248,31 @@ impl LocationTable {
         self.functions.iter().map(|f| (f.0, f.1)).collect()
     }
 
-    /// Whether some relocated pointer in the file's data points at `target` (a function
-    /// whose address is taken). Non-PIE files keep no such list: always `true` there.
-    pub fn pointed_at_from_data(&self, target: u64) -> bool {
-        !self.pie || self.relative.values().any(|&a| a == target)
+    /// Those of `targets` that some relocated pointer in the file's data points at
+    /// (functions whose address is taken), in one pass over the relocations. Non-PIE
+    /// files keep no such list: all of them there.
+    pub fn pointed_at_from_data(&self, targets: &HashSet<u64>) -> HashSet<u64> {
+        if !self.pie {
+            return targets.clone();
+        }
+        self.relative
+            .values()
+            .filter(|a| targets.contains(a))
+            .copied()
+            .collect()
+    }
+
+    /// The first generic argument of the function at `vaddr`: the future type of a
+    /// spawn function's or `raw::poll`'s instance.
+    pub fn future_of_function(&self, vaddr: u64) -> Option<String> {
+        let (name, _) = self.function_at(vaddr)?;
+        first_generic_arg(&name).map(str::to_owned)
     }
 
     /// The future type a task vtable (at a file address) belongs to; see
     /// [`Locator::future_name`].
     pub fn future_of_vtable(&self, vtable: u64) -> Option<String> {
-        let poll_fn = self.pointer_at(vtable)?;
-        let (name, _) = self.function_at(poll_fn)?;
-        first_generic_arg(&name).map(str::to_owned)
+        self.future_of_function(self.pointer_at(vtable)?)
     }
 }
 

@@ -424,13 +424,8 @@ impl Plan {
     /// with one Location (`static_sites`): a hit per spawn saved. Only types a task vtable
     /// names qualify, since that is how a spawn event finds its site again.
     fn name_sites_from_code(&mut self, bin: &BinaryInfo, table: &LocationTable, k: &Knowledge) {
-        use crate::locations::first_generic_arg;
         let Some((text, bytes)) = table.text() else {
             return;
-        };
-        let future_of = |vaddr: u64| {
-            let (name, _) = table.function_at(vaddr)?;
-            first_generic_arg(&name).map(str::to_owned)
         };
         let mut vtables: HashMap<String, Vec<u64>> = HashMap::new();
         for v in table.task_vtables(bin.instances(k.symbols.raw_poll), &k.layout) {
@@ -447,7 +442,10 @@ impl Plan {
             .chain(crate::elf::SPAWN_PATHS.iter());
         for function in spawn_functions {
             for &vaddr in bin.instances(function) {
-                if let Some(f) = future_of(vaddr).filter(|f| vtables.contains_key(f)) {
+                if let Some(f) = table
+                    .future_of_function(vaddr)
+                    .filter(|f| vtables.contains_key(f))
+                {
                     groups.entry(f).or_default().push(vaddr);
                 }
             }
@@ -472,10 +470,11 @@ impl Plan {
                 .location_at(a)
                 .is_some_and(|l| !crate::locations::is_runtime_internal(&l))
         });
+        let instances: HashSet<u64> = lists.iter().flatten().copied().collect();
+        let address_taken = table.pointed_at_from_data(&instances);
         let mut skipped = HashSet::new();
         for ((future, addrs), callers) in groups.into_iter().zip(found) {
-            if callers.other_references > 0 || addrs.iter().any(|&a| table.pointed_at_from_data(a))
-            {
+            if callers.other_references > 0 || addrs.iter().any(|a| address_taken.contains(a)) {
                 continue;
             }
             let sites: Option<HashSet<String>> = callers

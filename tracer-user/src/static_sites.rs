@@ -70,7 +70,6 @@ pub fn callers(
             candidates.push(f);
         }
     }
-    candidates.dedup();
     let mut info = InstructionInfoFactory::new();
     for f in candidates {
         let (start, size) = code.functions[f];

@@ -99,6 +99,8 @@ pub struct Aggregator {
     pending_spawns: HashMap<u32, PendingSpawn>,
     /// Future type → the one place the code spawns it from (the plan's `static_sites`).
     sites_from_code: HashMap<Arc<str>, Arc<str>>,
+    /// The same, resolved once per task vtable: a spawn looks up a number, not a name.
+    vtable_sites: HashMap<u64, Option<Arc<str>>>,
     /// Runtime (owner id) → when it began shutting its tasks down.
     pub shutdown_began: HashMap<u64, u64>,
     pub long_polls: Vec<LongPoll>,
@@ -144,6 +146,7 @@ impl Aggregator {
             stacks: HashMap::new(),
             pending_spawns: HashMap::new(),
             sites_from_code: HashMap::new(),
+            vtable_sites: HashMap::new(),
             shutdown_began: HashMap::new(),
             long_polls: Vec::new(),
             diagnostics: Diagnostics::default(),
@@ -175,6 +178,7 @@ impl Aggregator {
         self.poll_ends_inferred = plan["polls_probed"] == true && plan["poll_ends_probed"] == false;
         self.polls_sampled = plan["mode"] == "lifecycle";
         self.thresholds.lifecycle = self.polls_sampled;
+        self.vtable_sites.clear();
         self.sites_from_code = plan["static_sites"]
             .as_array()
             .into_iter()
@@ -201,7 +205,15 @@ impl Aggregator {
         {
             return;
         }
-        if let Some(site) = future.and_then(|f| self.sites_from_code.get(f)).cloned() {
+        let site = match self.vtable_sites.get(&ev.vtable) {
+            Some(site) => site.clone(),
+            None => {
+                let site = future.and_then(|f| self.sites_from_code.get(f)).cloned();
+                self.vtable_sites.insert(ev.vtable, site.clone());
+                site
+            }
+        };
+        if let Some(site) = site {
             self.diagnostics.spawn_sites_from_code += 1;
             let p = self.pending_spawns.entry(ev.tid).or_default();
             p.location = Some(site);

@@ -546,7 +546,9 @@ fn sites_named_from_the_code() {
     a.ingest(&spawn);
     assert_eq!(site_of(&a, 2).as_deref(), Some("src/other.rs:1:1"));
     // Another future type, or an event that is not a spawn: nothing.
-    let spawn = ev(EventKind::Spawn, 3 * MS, 0x3000, 3, 1);
+    // (Each future type has its own task vtables.)
+    let mut spawn = ev(EventKind::Spawn, 3 * MS, 0x3000, 3, 1);
+    spawn.vtable = 0x6000;
     a.site_from_code(&spawn, Some("app::other::{closure#0}"));
     a.ingest(&spawn);
     assert_eq!(site_of(&a, 3), None);
