@@ -27,6 +27,13 @@ if ! have_toolchain "$EBPF_TOOLCHAIN" || ! rustup component list --toolchain "$E
   rustup toolchain install "$EBPF_TOOLCHAIN" --profile minimal -c rust-src
 fi
 
+for tc in $CORPUS_TOOLCHAINS; do
+  if ! have_toolchain "$tc"; then
+    say "installing Rust $tc (builds part of the real-program corpus)"
+    rustup toolchain install "$tc" --profile minimal
+  fi
+done
+
 # bpf-linker must link the same LLVM as the nightly: build it against the nightly's libLLVM.
 stamp_dir="$HOME/.cache/tasktrace"
 stamp="$stamp_dir/bpf-linker.stamp"

@@ -10,6 +10,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 started=$(date +%s)
 echo "== fixtures (release builds, one lockfile each)"
 cargo xtask fixtures
+echo "== real-program corpus (crates.io programs as their authors ship them; the ci subset)"
+cargo xtask corpus build --ci
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 # Default members: tracer-ebpf only builds for the BPF target (tracer-user's build.rs

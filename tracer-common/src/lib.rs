@@ -37,6 +37,10 @@ pub enum EventKind {
     /// A worker entered its scheduler's park or driver-yield path: whatever it was polling
     /// has ended (lets a poll cost one hit without stretching its end over idle time).
     Park = 13,
+    /// A spawn path drew a new task id from tokio's counter (`Id::next`, inlined into
+    /// every spawn path): the id is in `task_id`, the header is not allocated yet, and
+    /// `state` carries the probe site's index in the plan (which names the spawn site).
+    SpawnId = 14,
 }
 
 impl EventKind {
@@ -55,6 +59,7 @@ impl EventKind {
             Self::SpawnCall => "spawn_call",
             Self::SpawnStack => "spawn_stack",
             Self::Park => "park",
+            Self::SpawnId => "spawn_id",
         }
     }
 
@@ -73,6 +78,7 @@ impl EventKind {
             11 => Self::SpawnCall,
             12 => Self::SpawnStack,
             13 => Self::Park,
+            14 => Self::SpawnId,
             _ => return None,
         })
     }
@@ -95,6 +101,28 @@ pub enum HeaderArg {
 /// Packs a probe site's meaning into the `bpf_get_attach_cookie` value.
 pub const fn cookie(kind: EventKind, arg: HeaderArg) -> u64 {
     (kind as u64) | ((arg as u64) << 8)
+}
+
+/// The second cookie byte of a [`EventKind::SpawnId`] site: the x86_64 register number
+/// (0 rax, 1 rcx, 2 rdx, 3 rbx, 5 rbp, 6 rsi, 7 rdi, 8–15 r8–r15) that holds the new id,
+/// plus this base.
+pub const REG_ARG_BASE: u8 = 16;
+
+/// Set in the second cookie byte of a [`EventKind::SpawnId`] site whose draw is a whole
+/// function (`Id::next` out of line): the probe reads the return address at `[rsp]` into
+/// the event's `owner_id` (the spawn is the caller's).
+pub const REG_ARG_CALLER: u8 = 0x80;
+
+/// The cookie of a [`EventKind::SpawnId`] site: the id's register, whether to read the
+/// caller, and the site's index among the plan's id sites (bits 16 and up), which the
+/// event carries back.
+pub const fn id_cookie(reg: u8, caller: bool, site: u32) -> u64 {
+    let arg = (REG_ARG_BASE + reg) | if caller { REG_ARG_CALLER } else { 0 };
+    (EventKind::SpawnId as u64) | ((arg as u64) << 8) | ((site as u64) << 16)
+}
+
+pub const fn cookie_site(cookie: u64) -> u64 {
+    cookie >> 16
 }
 
 pub const fn cookie_kind(cookie: u64) -> u8 {
@@ -243,6 +271,14 @@ mod tests {
             Some(EventKind::SpawnBlocking)
         );
         assert_eq!(cookie_arg(c), HeaderArg::Arg1 as u8);
+        let c = id_cookie(12, false, 4242);
+        assert_eq!(cookie_kind(c), EventKind::SpawnId as u8);
+        assert_eq!(cookie_arg(c), REG_ARG_BASE + 12);
+        assert_eq!(
+            cookie_arg(id_cookie(15, true, 1)),
+            (REG_ARG_BASE + 15) | REG_ARG_CALLER
+        );
+        assert_eq!(cookie_site(c), 4242);
         for k in 0..=255u8 {
             if let Some(kind) = EventKind::from_u8(k) {
                 assert_eq!(kind as u8, k);

@@ -19,7 +19,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     CallEvent, EVENT_FLAG_UNREADABLE, EventKind, HeaderArg, HeaderLayout, MAX_SITE_KNOWN,
-    MAX_THREADS, STACK_COPY, StackEvent, TaskEvent, cookie_arg, cookie_kind,
+    MAX_THREADS, REG_ARG_BASE, REG_ARG_CALLER, STACK_COPY, StackEvent, TaskEvent, cookie_arg,
+    cookie_kind, cookie_site,
 };
 
 /// Process (tgid) to trace; set by userspace at load time.
@@ -80,6 +81,10 @@ pub fn task_entry(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let kind = cookie_kind(cookie(&ctx));
+    if kind == EventKind::SpawnId as u8 {
+        emit_id(&ctx);
+        return 0;
+    }
     // Read both registers unconditionally: the verifier rejects a context access whose
     // offset depends on a branch, which is what selecting the register first compiles to.
     let arg0 = ctx.arg::<u64>(0).unwrap_or(0);
@@ -225,6 +230,32 @@ fn emit_call(ctx: &ProbeContext) {
         }
         None => count_lost(),
     }
+}
+
+/// A spawn path drew a task id: the id is in the register the cookie names (read from
+/// the saved registers: every candidate is loaded, then one is picked, so the verifier
+/// sees constant context offsets); the site's index in the plan goes in `state`.
+#[inline(always)]
+fn emit_id(ctx: &ProbeContext) {
+    let c = cookie(ctx);
+    let Some(mut ev) = event(ctx, 0) else {
+        return;
+    };
+    // SAFETY: the context of a uprobe is the target thread's saved registers.
+    let regs = unsafe { &*ctx.regs };
+    let all = [
+        regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi, regs.r8,
+        regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
+    ];
+    let arg = cookie_arg(c);
+    let reg = (arg & !REG_ARG_CALLER).wrapping_sub(REG_ARG_BASE) as usize;
+    ev.task_id = if reg < all.len() { all[reg] } else { 0 };
+    ev.state = cookie_site(c);
+    if arg & REG_ARG_CALLER != 0 {
+        // SAFETY: bpf_probe_read_user reports faults instead of taking them.
+        ev.owner_id = unsafe { bpf_probe_read_user(regs.rsp as *const u64) }.unwrap_or(0);
+    }
+    submit(&ev);
 }
 
 /// Copies the top of the user stack with the registers an unwinder starts from. The copy

@@ -52,7 +52,8 @@ pub struct DumpSummary {
 #[derive(Debug, Serialize)]
 pub struct Group {
     pub future: Option<String>,
-    /// Always `null` in a dump: the spawn is not in memory (`record` sees spawns).
+    /// Where the group's tasks were spawned, where the code shows it for their task
+    /// vtable (`inspect`'s `task sites`); `null` otherwise.
     pub spawned_at: Option<String>,
     pub tasks: u64,
     pub by_status: BTreeMap<&'static str, u64>,
@@ -81,8 +82,9 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
     let (bin, table) = read_binary(&target.exe, &target.display, symbols)?;
     let selection = tokio_versions::select(bin.tokio_version).map_err(Error::UnsupportedTokio)?;
     let knowledge = selection.knowledge;
-    // The same checks as tracing (stripped, not tokio), with the same remedies.
-    Plan::choose(
+    // The same checks as tracing (stripped, not tokio), with the same remedies; the plan
+    // also says where each task vtable's tasks are spawned.
+    let plan = Plan::choose(
         std::path::Path::new(&target.display),
         &bin,
         &table,
@@ -93,18 +95,37 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
         },
     )?;
     let mut locator = Locator::new(table, pid, target.exe.clone());
+    locator.set_vtable_sites(
+        plan.vtable_sites
+            .iter()
+            .map(|v| (v.vtable, v.site.clone()))
+            .chain(
+                plan.static_sites
+                    .iter()
+                    .flat_map(|s| s.vtables.iter().map(move |&v| (v, s.site.clone()))),
+            ),
+    );
     let vtables = locator
         .task_vtables(bin.instances(knowledge.symbols.raw_poll), &knowledge.layout)
         .ok_or_else(|| Error::Launch(format!("cannot find where pid {pid} mapped its binary")))?;
     let snap = Reader::new(pid, knowledge, &vtables)?.snapshot(monotonic_ns())?;
 
     let mut names: HashMap<u64, Option<Arc<str>>> = HashMap::new();
+    let mut sites: HashMap<u64, Option<Arc<str>>> = HashMap::new();
     let mut summary = DumpSummary::default();
     let mut tasks = Vec::with_capacity(snap.tasks.len());
     for t in &snap.tasks {
         let future = names
             .entry(t.vtable)
             .or_insert_with(|| locator.future_name(t.vtable))
+            .as_deref()
+            .map(str::to_owned);
+        let spawned_at = sites
+            .entry(t.vtable)
+            .or_insert_with(|| {
+                let bias = locator.bias()?;
+                locator.vtable_site(t.vtable.checked_sub(bias)?)
+            })
             .as_deref()
             .map(str::to_owned);
         summary.tasks += 1;
@@ -127,15 +148,18 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
             stable: t.stable,
             definite_leak: t.no_way_to_run,
             future,
-            spawned_at: None,
+            spawned_at,
         });
     }
     tasks.sort_by_key(|t| (t.owner_id, t.id));
-    let mut groups: BTreeMap<Option<String>, Group> = BTreeMap::new();
+    // By spawn site and future: a legacy-mangled or stripped binary's tasks, nameless,
+    // still group by where they were spawned.
+    let mut groups: BTreeMap<(Option<String>, Option<String>), Group> = BTreeMap::new();
     for t in &tasks {
-        let g = groups.entry(t.future.clone()).or_insert_with(|| Group {
+        let key = (t.spawned_at.clone(), t.future.clone());
+        let g = groups.entry(key).or_insert_with(|| Group {
             future: t.future.clone(),
-            spawned_at: None,
+            spawned_at: t.spawned_at.clone(),
             tasks: 0,
             by_status: BTreeMap::new(),
             definite_leaks: 0,
@@ -192,17 +216,21 @@ pub fn render_text(d: &Dump) -> String {
     for w in &d.warnings {
         let _ = writeln!(out, "  warning: {w}");
     }
-    let _ = writeln!(out, "\n  tasks   idle  notif    run  definite  future");
+    let _ = writeln!(
+        out,
+        "\n  tasks   idle  notif    run  definite  spawned at · future"
+    );
     for g in &d.groups {
         let n = |k: &str| g.by_status.get(k).copied().unwrap_or(0);
         let _ = writeln!(
             out,
-            "  {:>5}  {:>5}  {:>5}  {:>5}  {:>8}  {}",
+            "  {:>5}  {:>5}  {:>5}  {:>5}  {:>8}  {} · {}",
             g.tasks,
             n("idle"),
             n("notified"),
             n("running"),
             g.definite_leaks,
+            g.spawned_at.as_deref().unwrap_or("(spawn site unknown)"),
             g.future.as_deref().unwrap_or("(unknown future)")
         );
     }
@@ -210,7 +238,7 @@ pub fn render_text(d: &Dump) -> String {
     for t in d.tasks.iter().take(TEXT_TASKS) {
         let _ = writeln!(
             out,
-            "  task {:>7} {:<8} refs {:<3} {:<14} {}{}",
+            "  task {:>7} {:<8} refs {:<3} {:<14} {}{} · {}",
             t.id,
             t.status.as_str(),
             t.refs,
@@ -224,6 +252,7 @@ pub fn render_text(d: &Dump) -> String {
             } else {
                 ""
             },
+            t.spawned_at.as_deref().unwrap_or("(spawn site unknown)"),
             t.future.as_deref().unwrap_or("(unknown future)")
         );
     }

@@ -39,6 +39,9 @@ pub struct BinaryInfo {
     pub tokio_tls: Vec<(String, u64, u64)>,
     /// The executable's TLS segment: (memory size, alignment).
     pub tls_segment: Option<(u64, u64)>,
+    /// Data symbols under `tokio::` (normalized name → address): tokio's statics, such as
+    /// its task-id counter.
+    pub tokio_data: HashMap<String, u64>,
 }
 
 /// What the build looks like from outside.
@@ -76,6 +79,7 @@ impl BinaryInfo {
         let mut has_symtab = false;
         let (mut v0, mut legacy, mut unwind, mut state_methods) = (0usize, 0usize, false, false);
         let mut tokio_tls = Vec::new();
+        let mut tokio_data = HashMap::new();
         let mut blocking_instances = std::collections::HashSet::new();
         for sym in file.symbols() {
             has_symtab = true;
@@ -92,6 +96,16 @@ impl BinaryInfo {
                 let name = format!("{:#}", rustc_demangle::demangle(raw));
                 if name.starts_with("tokio::") {
                     tokio_tls.push((name, sym.address(), sym.size()));
+                }
+                continue;
+            }
+            if sym.kind() == SymbolKind::Data
+                && sym.address() != 0
+                && let Ok(raw) = sym.name()
+            {
+                let name = normalize(&format!("{:#}", rustc_demangle::demangle(raw)));
+                if name.starts_with("tokio::") {
+                    tokio_data.insert(name, sym.address());
                 }
                 continue;
             }
@@ -148,6 +162,7 @@ impl BinaryInfo {
             tls_segment,
             blocking_instances,
             spawned_futures,
+            tokio_data,
         })
     }
 
@@ -193,6 +208,7 @@ impl BinaryInfo {
         };
         self.tokio_version = self.tokio_version.or(other.tokio_version);
         self.tokio_tls = other.tokio_tls;
+        self.tokio_data = other.tokio_data;
         self.blocking_instances = other.blocking_instances;
         self.spawned_futures = other.spawned_futures;
         Ok(self)

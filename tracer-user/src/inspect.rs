@@ -36,6 +36,13 @@ pub struct Inspection {
     /// Spawn sites named from the code (future type → site): their spawn calls carry no
     /// probe.
     pub sites_from_code: BTreeMap<String, String>,
+    /// Spawn paths by where their spawn event comes from: every path draws a task id
+    /// (`spawn_ids`); the draws no spawn probe covers are probed themselves.
+    pub id_draws: usize,
+    pub id_draws_probed: Vec<crate::spawn_ids::IdSite>,
+    /// Task vtables whose tasks' spawn site the code shows (tasks alive before attach
+    /// and spawns no probe saw get it): vtable address → site.
+    pub vtable_sites: BTreeMap<String, String>,
     pub unavailable: Vec<Unavailable>,
     pub warnings: Vec<String>,
 }
@@ -73,6 +80,9 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
         probe_sites: 0,
         absent_optional: Vec::new(),
         sites_from_code: BTreeMap::new(),
+        id_draws: 0,
+        id_draws_probed: Vec::new(),
+        vtable_sites: BTreeMap::new(),
         unavailable: Vec::new(),
         warnings: Vec::new(),
     };
@@ -163,6 +173,13 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
                 .static_sites
                 .iter()
                 .map(|s| (s.future.clone(), s.site.clone()))
+                .collect();
+            out.id_draws = plan.id_draws;
+            out.id_draws_probed = plan.id_sites.clone();
+            out.vtable_sites = plan
+                .vtable_sites
+                .iter()
+                .map(|v| (format!("{:#x}", v.vtable), v.site.clone()))
                 .collect();
             if plan.tier == "symbols" && !out.plan.contains_key("spawn_call") {
                 out.warnings.push(
@@ -290,6 +307,39 @@ pub fn render_text(i: &Inspection) -> String {
         for (future, site) in &i.sites_from_code {
             let _ = writeln!(s, "  {site:<31} {future}");
         }
+    }
+    if i.id_draws > 0 {
+        let _ = writeln!(
+            s,
+            "spawn paths:   {} task-id draws; {} covered by the spawn probes above, {} probed at the draw (spawn path inlined past every spawn probe)",
+            i.id_draws,
+            i.id_draws - i.id_draws_probed.len().min(i.id_draws),
+            i.id_draws_probed.len()
+        );
+        for d in &i.id_draws_probed {
+            let site = if d.callers.is_empty() {
+                d.site.as_deref().unwrap_or("site unknown").to_owned()
+            } else {
+                format!(
+                    "out of line, the spawn is its caller's: {} call sites, {} named from the code",
+                    d.callers.len(),
+                    d.callers.iter().filter(|c| c.1.is_some()).count()
+                )
+            };
+            let _ = writeln!(
+                s,
+                "  {:#x} in {} → {site}",
+                d.vaddr,
+                d.function.as_deref().unwrap_or("(no symbol)"),
+            );
+        }
+    }
+    if !i.vtable_sites.is_empty() {
+        let _ = writeln!(
+            s,
+            "task sites:    {} task vtables name where their tasks are spawned (tasks alive before attach included)",
+            i.vtable_sites.len()
+        );
     }
     if i.unavailable.is_empty() {
         let _ = writeln!(s, "verdicts:      all available");

@@ -26,6 +26,9 @@ pub struct LocationTable {
     relative: HashMap<u64, u64>,
     /// Function symbols sorted by address: (start, size, demangled name).
     functions: Vec<(u64, u64, Arc<str>)>,
+    /// Without symbols: function bounds from the unwind tables (`.eh_frame` FDEs, which
+    /// survive stripping), sorted: (start, end).
+    fde_functions: Vec<(u64, u64)>,
     /// The file is position-independent (its addresses move by a load bias).
     pie: bool,
     /// Unwind information and code, for stack unwinding: (section vaddr range, bytes).
@@ -34,6 +37,34 @@ pub struct LocationTable {
     /// directories of its units.
     lines: Option<Lines>,
     comp_dirs: Vec<String>,
+}
+
+/// Function bounds from `.eh_frame`: one FDE per function (LLVM emits them for every
+/// function, with or without panic unwinding), sorted by start.
+fn fde_functions(unwind: &UnwindSections) -> Vec<(u64, u64)> {
+    use gimli::{BaseAddresses, CieOrFde, EhFrame, LittleEndian, UnwindSection};
+    let (Some((eh_range, eh)), Some((text_range, _))) = (&unwind.eh_frame, &unwind.text) else {
+        return Vec::new();
+    };
+    let section = EhFrame::new(eh, LittleEndian);
+    let mut bases = BaseAddresses::default()
+        .set_eh_frame(eh_range.start)
+        .set_text(text_range.start);
+    if let Some((hdr, _)) = &unwind.eh_frame_hdr {
+        bases = bases.set_eh_frame_hdr(hdr.start);
+    }
+    let mut out = Vec::new();
+    let mut entries = section.entries(&bases);
+    while let Ok(Some(entry)) = entries.next() {
+        if let CieOrFde::Fde(partial) = entry
+            && let Ok(fde) = partial.parse(|s, b, o| s.cie_from_offset(b, o))
+            && fde.len() > 0
+        {
+            out.push((fde.initial_address(), fde.initial_address() + fde.len()));
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 type Lines = addr2line::Context<gimli::EndianArcSlice<gimli::RunTimeEndian>>;
@@ -56,6 +87,7 @@ impl LocationTable {
             data_rel_ro: Vec::new(),
             relative: HashMap::new(),
             functions: Vec::new(),
+            fde_functions: Vec::new(),
             pie: false,
             unwind: UnwindSections::default(),
             lines: None,
@@ -111,6 +143,9 @@ impl LocationTable {
                 }
             }
             table.functions.sort_by_key(|f| f.0);
+            if table.functions.is_empty() {
+                table.fde_functions = fde_functions(&table.unwind);
+            }
             if let Some((lines, dirs)) = load_lines(&file) {
                 table.lines = Some(lines);
                 table.comp_dirs = dirs;
@@ -243,8 +278,39 @@ impl LocationTable {
             .map(|(range, bytes)| (range.start, bytes.as_slice()))
     }
 
+    /// The pointer stored at `vaddr` once relocated (a GOT slot's target).
+    pub fn relocated_pointer(&self, vaddr: u64) -> Option<u64> {
+        self.pointer_at(vaddr)
+    }
+
+    /// The function containing `vaddr`: (start, end), from its symbol, or in a stripped
+    /// binary from its unwind table entry.
+    pub fn function_bounds(&self, vaddr: u64) -> Option<(u64, u64)> {
+        if self.functions.is_empty() {
+            let i = self
+                .fde_functions
+                .partition_point(|f| f.0 <= vaddr)
+                .checked_sub(1)?;
+            let (start, end) = self.fde_functions[i];
+            return (vaddr < end).then_some((start, end));
+        }
+        let i = self
+            .functions
+            .partition_point(|f| f.0 <= vaddr)
+            .checked_sub(1)?;
+        let (start, size, _) = self.functions[i];
+        (size > 0 && vaddr < start + size).then_some((start, start + size))
+    }
+
     /// Function symbols as (start, size), sorted by start.
     pub fn function_ranges(&self) -> Vec<(u64, u64)> {
+        if self.functions.is_empty() {
+            return self
+                .fde_functions
+                .iter()
+                .map(|f| (f.0, f.1 - f.0))
+                .collect();
+        }
         self.functions.iter().map(|f| (f.0, f.1)).collect()
     }
 
@@ -360,9 +426,14 @@ impl LocationTable {
         let imm = (ref_one as u32).to_le_bytes();
         // mov r32, imm32 (b8+r) with REF_ONE, then lock xadd [rdi], r64 (f0 48 0f c1 /r,
         // mod 00, rm 111).
+        // or, optimised for size (`opt-level = "z"`), push imm8; pop r64 (6a ib, 58+r).
         let loads_ref_one = body
             .windows(5)
-            .any(|w| (0xb8..=0xbf).contains(&w[0]) && w[1..] == imm);
+            .any(|w| (0xb8..=0xbf).contains(&w[0]) && w[1..] == imm)
+            || (ref_one < 0x80
+                && body.windows(3).any(|w| {
+                    w[0] == 0x6a && u64::from(w[1]) == ref_one && (0x58..=0x5f).contains(&w[2])
+                }));
         let xadd_rdi = body
             .windows(5)
             .any(|w| w[..4] == [0xf0, 0x48, 0x0f, 0xc1] && w[4] & 0xc7 == 0x07);
@@ -470,6 +541,20 @@ pub struct Locator {
     /// DWARF source lines by code address.
     lines: HashMap<u64, Option<Arc<str>>>,
     unwinder: Option<StackUnwinder>,
+    /// Task vtable (file address) → where its tasks are spawned, from the code.
+    vtable_sites: HashMap<u64, Arc<str>>,
+}
+
+impl Locator {
+    /// Sites the plan found for task vtables (file addresses).
+    pub fn set_vtable_sites(&mut self, sites: impl IntoIterator<Item = (u64, String)>) {
+        self.vtable_sites = sites.into_iter().map(|(v, s)| (v, Arc::from(s))).collect();
+    }
+
+    /// Where the code says the tasks of a task vtable (file address) are spawned.
+    pub fn vtable_site(&self, vtable: u64) -> Option<Arc<str>> {
+        self.vtable_sites.get(&vtable).cloned()
+    }
 }
 
 impl Locator {
@@ -482,6 +567,7 @@ impl Locator {
             cache: HashMap::new(),
             lines: HashMap::new(),
             unwinder: None,
+            vtable_sites: HashMap::new(),
         }
     }
 

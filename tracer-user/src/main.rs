@@ -16,6 +16,7 @@ mod replay;
 mod report;
 mod sampler;
 mod session;
+mod spawn_ids;
 mod static_sites;
 mod target;
 mod tasklist;

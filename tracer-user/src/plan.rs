@@ -118,6 +118,21 @@ pub struct Plan {
     pub absent: Vec<&'static str>,
     /// Spawn sites named from the code, whose spawn calls need no probe.
     pub static_sites: Vec<StaticSite>,
+    /// Probed task-id draws (`spawn_ids`), indexed by the site number their events carry:
+    /// spawn paths no other spawn probe covers.
+    pub id_sites: Vec<crate::spawn_ids::IdSite>,
+    /// Task-id draws found in the code: one per spawn path instance.
+    pub id_draws: usize,
+    /// Task vtables whose spawn site the code shows (`spawn_ids::vtable_sites`): names
+    /// the site of tasks no spawn probe saw, those alive before attach included.
+    pub vtable_sites: Vec<VtableSite>,
+}
+
+/// A task vtable (file address) and where its tasks are spawned.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct VtableSite {
+    pub vtable: u64,
+    pub site: String,
 }
 
 impl Plan {
@@ -416,6 +431,26 @@ impl Plan {
         if plan.stack_bytes > 0 && bin.has_symtab {
             plan.name_sites_from_code(bin, table, k);
         }
+        plan.add_id_sites(bin, table, k);
+        // Stripped: where the code names some spawn sites, say which are missing instead.
+        let named = plan
+            .id_sites
+            .iter()
+            .any(|s| s.site.is_some() || s.callers.iter().any(|c| c.1.is_some()))
+            || !plan.vtable_sites.is_empty();
+        if plan.tier == "vtable scan" && named {
+            for u in plan
+                .unavailable
+                .iter_mut()
+                .filter(|u| u.what == "spawn sites")
+            {
+                u.what = "some spawn sites".into();
+                u.why = "the binary is stripped: a spawn's site is named where the code shows \
+                         it (the Location its inlined spawn path loads next to the task-id \
+                         draw, `inspect` lists them); other spawns have none"
+                    .into();
+            }
+        }
         plan.place(table);
         Ok(plan)
     }
@@ -498,6 +533,67 @@ impl Plan {
         });
     }
 
+    /// Probes the task-id draws of spawn paths that no spawn probe covers (inlined all the
+    /// way into their caller, or every path in a stripped binary): every spawn then has
+    /// a spawn event, whatever the compiler inlined.
+    fn add_id_sites(&mut self, bin: &BinaryInfo, table: &LocationTable, k: &Knowledge) {
+        let counter = bin.tokio_data.get(k.symbols.id_counter).copied();
+        let draws = crate::spawn_ids::find(table, counter, k.symbols.id_draw_retries);
+        self.id_draws = draws.len();
+        let is_spawn = |s: &Site| {
+            matches!(
+                EventKind::from_u8(tracer_common::cookie_kind(s.cookie)),
+                Some(EventKind::Spawn | EventKind::SpawnBlocking | EventKind::SpawnLocal)
+            )
+        };
+        let probed: HashSet<u64> = self
+            .entry
+            .iter()
+            .chain(&self.ret)
+            .filter(|s| is_spawn(s))
+            .map(|s| s.vaddr)
+            .collect();
+        // Every draw's site, probed or not: the vtables its path stores are named by it.
+        let vtables: Vec<u64> = if bin.has_symtab {
+            table.task_vtables(bin.instances(k.symbols.raw_poll), &k.layout)
+        } else {
+            table.scan_task_vtables(&k.layout)
+        }
+        .iter()
+        .map(|v| v.vaddr)
+        .collect();
+        let vtable_set: HashSet<u64> = vtables.iter().copied().collect();
+        let (described, points) = crate::spawn_ids::describe_all(table, &draws, &vtable_set);
+        self.vtable_sites = crate::spawn_ids::vtable_sites(table, &points, &vtables)
+            .into_iter()
+            .map(|(vtable, site)| VtableSite { vtable, site })
+            .collect();
+        let uncovered: HashSet<u64> = crate::spawn_ids::uncovered(table, draws.clone(), &probed)
+            .iter()
+            .map(|d| d.vaddr)
+            .collect();
+        for (d, site) in draws.into_iter().zip(described) {
+            if !uncovered.contains(&d.vaddr) {
+                continue;
+            }
+            let Some(file_offset) = bin.file_offset(d.vaddr) else {
+                continue;
+            };
+            self.entry.push(Site {
+                function: "task-id draw (spawn path inlined)",
+                vaddr: d.vaddr,
+                file_offset,
+                cookie: tracer_common::id_cookie(
+                    d.reg,
+                    d.out_of_line.is_some(),
+                    self.id_sites.len() as u32,
+                ),
+                placement: None,
+            });
+            self.id_sites.push(site);
+        }
+    }
+
     /// Moves each entry probe to the cheapest instruction that still sees what it reads
     /// (`placement`); return probes stay at the entry (they read the return address).
     fn place(&mut self, table: &LocationTable) {
@@ -518,7 +614,7 @@ impl Plan {
                 // Spawn calls read every argument register and [rsp]; a stack copy wants
                 // the entry's frame; return probes hook the return address at [rsp].
                 let movable = !is_return
-                    && kind != Some(EventKind::SpawnCall)
+                    && !matches!(kind, Some(EventKind::SpawnCall | EventKind::SpawnId))
                     && !(stack_copy
                         && matches!(kind, Some(EventKind::Spawn | EventKind::SpawnBlocking)));
                 let p = crate::placement::place(code, site.vaddr, keeps, movable);
@@ -658,7 +754,8 @@ impl Plan {
             (
                 "spawn sites",
                 format!(
-                    "{no_symbols}: spawns are not observable (no spawn function is in a vtable)"
+                    "{no_symbols}: spawns are seen where they draw their task id, but the code \
+                     shows no site for them"
                 ),
             ),
             (

@@ -53,23 +53,43 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
             }
             Rec::Site {
                 tid,
+                caller,
+                stack: true,
+                ..
+            } => agg.spawn_stack(tid, caller.as_deref().map(Arc::from)),
+            Rec::Site {
+                tid,
+                location,
+                code: true,
+                ..
+            } => agg.spawn_code_site(tid, location.as_deref().map(Arc::from)),
+            Rec::Site {
+                tid,
                 location,
                 caller,
+                ..
             } => agg.spawn_call(
                 tid,
                 location.as_deref().map(Arc::from),
                 caller.as_deref().map(Arc::from),
             ),
-            Rec::Future { vtable, name } => {
-                names.insert(vtable, Arc::from(name.as_str()));
+            Rec::Future { vtable, name, site } => {
+                if !name.is_empty() {
+                    names.insert(vtable, Arc::from(name.as_str()));
+                }
+                agg.vtable_site(vtable, site.as_deref().map(Arc::from));
             }
             Rec::TaskList {
                 at_ns,
                 attach,
                 tasks,
                 complete_owners,
+                until_ns,
             } => {
                 last_ts = last_ts.max(at_ns);
+                if let Some(until) = until_ns {
+                    agg.reading_until(until);
+                }
                 agg.task_list(&tasks, at_ns, attach, complete_owners.as_deref());
             }
             Rec::Samples { at_ns, samples } => {
@@ -216,6 +236,7 @@ mod tests {
                 no_way_to_run: true,
             }],
             Some(&[2]),
+            Some(5_500),
         );
         w.task(&ev(EventKind::WakeByVal, 60_000_000_000, 0x99, 2));
         if with_end {

@@ -95,6 +95,16 @@ pub async fn trace(
     )?;
     let mut warnings: Vec<String> = selection.warning.into_iter().collect();
     let mut locator = Locator::new(table, target.pid, target.exe.clone());
+    locator.set_vtable_sites(
+        plan.vtable_sites
+            .iter()
+            .map(|v| (v.vtable, v.site.clone()))
+            .chain(
+                plan.static_sites
+                    .iter()
+                    .flat_map(|s| s.vtables.iter().map(move |&v| (v, s.site.clone()))),
+            ),
+    );
     let target_info = TargetInfo {
         pid: target.pid,
         binary: target.display.clone(),
@@ -178,7 +188,15 @@ pub async fn trace(
     let agg = std::cell::RefCell::new(agg);
     let locator = std::cell::RefCell::new(locator);
     let mut futures: HashMap<u64, Option<Arc<str>>> = HashMap::new();
-    let mut sites_unmarked = plan.static_sites.iter().any(|s| !s.vtables.is_empty());
+    // Out-of-line id draws: the spawn site at each call site (return address, file address).
+    let caller_sites: HashMap<u64, Arc<str>> = plan
+        .id_sites
+        .iter()
+        .flat_map(|s| &s.callers)
+        .filter_map(|(ret, site)| Some((*ret, Arc::from(site.as_deref()?))))
+        .collect();
+    let mut sites_unmarked =
+        plan.static_sites.iter().any(|s| !s.vtables.is_empty()) || !plan.vtable_sites.is_empty();
     // Live-task count for the status line, published by the sink.
     let alive = std::cell::Cell::new(0usize);
     // Set when the window closes: events after it (while the probes are being detached)
@@ -204,21 +222,37 @@ pub async fn trace(
             agg.borrow_mut().diagnostics.spawn_stacks += 1;
             agg.borrow_mut().diagnostics.spawn_stacks_resolved += u64::from(caller.is_some());
             if let Some(w) = recording.borrow_mut().as_mut() {
-                w.site(st.tid, None, caller.as_deref());
+                w.stack_site(st.tid, caller.as_deref());
             }
-            agg.borrow_mut().spawn_call(st.tid, None, caller);
+            agg.borrow_mut().spawn_stack(st.tid, caller);
         }
         Record::Task(ev) => {
             alive.set(agg.borrow_mut().tasks_alive());
             if ev.vtable != 0 && !futures.contains_key(&ev.vtable) {
                 let name = locator.borrow_mut().future_name(ev.vtable);
-                if let (Some(w), Some(n)) = (recording.borrow_mut().as_mut(), name.as_deref()) {
-                    w.future(ev.vtable, n);
+                let site = vtable_site(&mut locator.borrow_mut(), ev.vtable);
+                if let Some(w) = recording.borrow_mut().as_mut()
+                    && (name.is_some() || site.is_some())
+                {
+                    w.vtable(ev.vtable, name.as_deref(), site.as_deref());
                 }
+                agg.borrow_mut().vtable_site(ev.vtable, site);
                 futures.insert(ev.vtable, name);
             }
             let future = futures.get(&ev.vtable).and_then(|n| n.as_deref());
             agg.borrow_mut().site_from_code(&ev, future);
+            // An out-of-line id draw: its caller (the return address the probe read) is
+            // the spawn, and the code there names it.
+            if ev.kind == tracer_common::EventKind::SpawnId as u8
+                && ev.owner_id != 0
+                && let Some(bias) = locator.borrow_mut().bias()
+                && let Some(site) = caller_sites.get(&ev.owner_id.wrapping_sub(bias))
+            {
+                if let Some(w) = recording.borrow_mut().as_mut() {
+                    w.code_site(ev.tid, site);
+                }
+                agg.borrow_mut().spawn_code_site(ev.tid, Some(site.clone()));
+            }
             if let Some(w) = recording.borrow_mut().as_mut() {
                 w.task(&ev);
             }
@@ -264,7 +298,11 @@ pub async fn trace(
                 // binary only when it execs), spawns of those futures stop copying stacks.
                 if sites_unmarked && let Some(bias) = locator.borrow_mut().bias() {
                     sites_unmarked = false;
-                    let vtables = plan.static_sites.iter().flat_map(|s| &s.vtables);
+                    let vtables = plan
+                        .static_sites
+                        .iter()
+                        .flat_map(|s| s.vtables.iter().copied())
+                        .chain(plan.vtable_sites.iter().map(|v| v.vtable));
                     probes.mark_sites_known(vtables.map(|v| v + bias));
                 }
                 events_seen += probes.drain(&mut sink) as u64;
@@ -282,7 +320,11 @@ pub async fn trace(
                     sample_threads(sampler, &probes, &agg, &recording);
                 }
                 if periodic_readings && tokio::time::Instant::now() >= next_reading {
-                    let read = lists.read(&mut locator.borrow_mut(), &agg.borrow().owners);
+                    let owners = agg.borrow().owners.clone();
+                    let read = lists.read(&mut locator.borrow_mut(), &owners);
+                    // Everything that happened while the lists were walked goes in first:
+                    // the reading is then never newer than the model it is applied to.
+                    events_seen += probes.drain(&mut sink) as u64;
                     let took = read.as_ref().map_or(0.0, |s| s.read_ms);
                     next_reading = tokio::time::Instant::now()
                         + READ_EVERY.max(Duration::from_secs_f64(took * 20.0 / 1e3));
@@ -324,7 +366,9 @@ pub async fn trace(
         if let Some(sampler) = sampler.as_ref() {
             sample_threads(sampler, &probes, &agg, &recording);
         }
-        let read = lists.read(&mut locator.borrow_mut(), &agg.borrow().owners);
+        let owners = agg.borrow().owners.clone();
+        let read = lists.read(&mut locator.borrow_mut(), &owners);
+        probes.drain(&mut sink);
         apply_task_list(
             read,
             Reading::End,
@@ -342,13 +386,19 @@ pub async fn trace(
     let agg = agg.into_inner();
     // Tasks known only from the task lists sent no event that named their future.
     let mut locator = locator.into_inner();
-    for t in &agg.tasks {
-        if t.vtable != 0 && !futures.contains_key(&t.vtable) {
-            let name = locator.future_name(t.vtable);
-            if let (Some(w), Some(n)) = (recording.borrow_mut().as_mut(), name.as_deref()) {
-                w.future(t.vtable, n);
+    let mut agg = agg;
+    let vtables: Vec<u64> = agg.tasks.iter().map(|t| t.vtable).collect();
+    for vtable in vtables {
+        if vtable != 0 && !futures.contains_key(&vtable) {
+            let name = locator.future_name(vtable);
+            let site = vtable_site(&mut locator, vtable);
+            if let Some(w) = recording.borrow_mut().as_mut()
+                && (name.is_some() || site.is_some())
+            {
+                w.vtable(vtable, name.as_deref(), site.as_deref());
             }
-            futures.insert(t.vtable, name);
+            agg.vtable_site(vtable, site);
+            futures.insert(vtable, name);
         }
     }
     let lost = probes.lost_events();
@@ -403,6 +453,13 @@ pub async fn trace(
             .collect(),
     };
     Ok(Report::build(agg, meta))
+}
+
+/// Where the code says a task vtable's tasks are spawned (`Plan::vtable_sites`), for a
+/// vtable at its address in the target.
+fn vtable_site(locator: &mut Locator, vtable: u64) -> Option<Arc<str>> {
+    let bias = locator.bias()?;
+    locator.vtable_site(vtable.checked_sub(bias)?)
 }
 
 /// Thread-sampler period, in drain ticks (100 ms): polls' ends inferred from it are lower
@@ -572,8 +629,15 @@ fn apply_task_list(
         part.reverse();
         rest.shrink_to_fit();
         let owners = rest.is_empty().then_some(&whole[..]);
+        // What the walk found holds somewhere in [taken, until]: the target ran meanwhile.
+        let until = rest
+            .is_empty()
+            .then(|| snap.taken_ns + (snap.read_ms * 1e6) as u64);
         if let Some(w) = recording.as_mut() {
-            w.task_list(snap.taken_ns, attach, &part, owners);
+            w.task_list(snap.taken_ns, attach, &part, owners, until);
+        }
+        if let Some(until) = until {
+            agg.reading_until(until);
         }
         agg.task_list(&part, snap.taken_ns, attach, owners);
         if rest.is_empty() {

@@ -27,6 +27,8 @@ pub struct Code<'a> {
 pub struct Callers {
     /// Per direct call from outside the set: the Location it passes, if one was found.
     pub calls: Vec<Option<u64>>,
+    /// The function (its start) each of `calls` is made from.
+    pub call_functions: Vec<u64>,
     /// References other than a direct call from outside the set (a tail jump, a function
     /// pointer taken): such a caller's Location cannot be read from the code.
     pub other_references: usize,
@@ -105,6 +107,7 @@ pub fn callers(
                     .as_ref()
                     .and_then(|flow| passed_location(&ins, flow, k, &mut info, &is_location));
                 out[g].calls.push(loaded);
+                out[g].call_functions.push(start);
             } else {
                 out[g].other_references += 1;
             }

@@ -68,6 +68,12 @@ struct SiteRecord {
     tid: u32,
     location: Option<String>,
     caller: Option<String>,
+    /// The caller came from a stack copy unwound (not from a spawn call's return address).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    stack: bool,
+    /// The location came from the code at the caller of an out-of-line id draw.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    code: bool,
 }
 
 /// Part of one reading of the runtimes' task lists (`tasklist`).
@@ -80,6 +86,10 @@ struct TaskListRecord {
     /// In the last part of a reading: the lists it read whole.
     #[serde(default)]
     complete_owners: Option<Vec<u64>>,
+    /// In the last part: when the walk of the lists ended (it takes time while the
+    /// target runs; what it found holds somewhere between `at_ns` and this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    until_ns: Option<u64>,
 }
 
 /// One round of the thread sampler.
@@ -93,7 +103,12 @@ struct SamplesRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct FutureRecord {
     vtable: u64,
+    /// The future type (empty when the symbols do not say).
+    #[serde(default)]
     name: String,
+    /// Where the code says this vtable's tasks are spawned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    site: Option<String>,
 }
 
 /// One record of the stream, in the order the aggregator saw it.
@@ -106,10 +121,13 @@ pub enum Rec {
         tid: u32,
         location: Option<String>,
         caller: Option<String>,
+        stack: bool,
+        code: bool,
     },
     Future {
         vtable: u64,
         name: String,
+        site: Option<String>,
     },
     TaskList {
         at_ns: u64,
@@ -117,6 +135,7 @@ pub enum Rec {
         /// Each with the kind of list it was found in (`LiveTask::list`).
         tasks: Vec<LiveTask>,
         complete_owners: Option<Vec<u64>>,
+        until_ns: Option<u64>,
     },
     Samples {
         at_ns: u64,
@@ -171,16 +190,53 @@ impl Writer {
                 tid,
                 location: location.map(str::to_owned),
                 caller: caller.map(str::to_owned),
+                stack: false,
+                code: false,
             },
         );
     }
 
+    /// A spawn's caller found by unwinding a stack copy.
+    pub fn stack_site(&mut self, tid: u32, caller: Option<&str>) {
+        self.json(
+            KIND_SITE,
+            &SiteRecord {
+                tid,
+                location: None,
+                caller: caller.map(str::to_owned),
+                stack: true,
+                code: false,
+            },
+        );
+    }
+
+    /// A spawn's location read from the code where its (out-of-line) id draw returns.
+    pub fn code_site(&mut self, tid: u32, location: &str) {
+        self.json(
+            KIND_SITE,
+            &SiteRecord {
+                tid,
+                location: Some(location.to_owned()),
+                caller: None,
+                stack: false,
+                code: true,
+            },
+        );
+    }
+
+    #[cfg(test)]
     pub fn future(&mut self, vtable: u64, name: &str) {
+        self.vtable(vtable, Some(name), None);
+    }
+
+    /// What the binary says of a task vtable: its future type, its tasks' spawn site.
+    pub fn vtable(&mut self, vtable: u64, name: Option<&str>, site: Option<&str>) {
         self.json(
             KIND_FUTURE,
             &FutureRecord {
                 vtable,
-                name: name.to_owned(),
+                name: name.unwrap_or_default().to_owned(),
+                site: site.map(str::to_owned),
             },
         );
     }
@@ -191,6 +247,7 @@ impl Writer {
         attach: bool,
         tasks: &[LiveTask],
         complete_owners: Option<&[u64]>,
+        until_ns: Option<u64>,
     ) {
         let chunks: Vec<&[LiveTask]> = if tasks.is_empty() {
             vec![&[]]
@@ -206,6 +263,7 @@ impl Writer {
                     attach,
                     tasks: chunk.iter().map(|t| (t.list, t.clone())).collect(),
                     complete_owners: complete_owners.filter(|_| i == last).map(<[u64]>::to_vec),
+                    until_ns: until_ns.filter(|_| i == last),
                 },
             );
         }
@@ -361,6 +419,8 @@ pub fn stream(
                     tid: s.tid,
                     location: s.location,
                     caller: s.caller,
+                    stack: s.stack,
+                    code: s.code,
                 });
             }
             KIND_FUTURE => {
@@ -368,6 +428,7 @@ pub fn stream(
                 on_record(Rec::Future {
                     vtable: f.vtable,
                     name: f.name,
+                    site: f.site,
                 });
             }
             KIND_TASKLIST => {
@@ -381,6 +442,7 @@ pub fn stream(
                         .map(|(list, task)| LiveTask { list, ..task })
                         .collect(),
                     complete_owners: t.complete_owners,
+                    until_ns: t.until_ns,
                 });
             }
             KIND_SAMPLES => {

@@ -102,7 +102,29 @@ fn inspect_says_what_a_stripped_build_hides() {
     );
     assert_eq!(v["traits"]["symbols"], false);
     assert_eq!(v["tier"], "vtable scan");
-    assert_eq!(unavailable(&v), ["spawn sites", "futures"]);
+    // Spawns are seen at their task-id draws (the same as the symbols find), and the code
+    // names many of their sites; the others are said to be missing.
+    assert_eq!(unavailable(&v), ["some spawn sites", "futures"]);
+    let full_draws = inspect_json(&[fixture("demo").as_os_str()])["id_draws"].clone();
+    assert_eq!(
+        v["id_draws"], full_draws,
+        "the same task-id draws as the symbols find"
+    );
+    let source = std::fs::read_to_string(root().join("fixtures/demo/src/main.rs")).unwrap();
+    let mut named = 0;
+    for d in v["id_draws_probed"].as_array().unwrap() {
+        let Some(site) = d["site"].as_str() else {
+            continue;
+        };
+        let line: usize = site
+            .strip_prefix("src/main.rs:")
+            .and_then(|r| r.split(':').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{site} is not a line of the demo"));
+        let text = source.lines().nth(line - 1).unwrap();
+        assert!(text.contains("spawn"), "{site} is not a spawn call: {text}");
+        named += 1;
+    }
+    assert!(named >= 10, "only {named} draws named from the code: {v}");
     // The pattern scan finds exactly the vtables the unstripped build's symbols name.
     let full = inspect_json(&[fixture("demo").as_os_str()]);
     assert_eq!(full["task_vtables"]["scan_matches_symbols"], true);

@@ -21,6 +21,9 @@
 //!   request and for one that spawns per connection only (`fixtures/bench/http`, built
 //!   only for this bench).
 //! - `bench` or `bench all [OPTIONS]`: poll, http, report, memory and attach in turn.
+//! - `corpus [build] [--ci] [NAME…]`: build the real-program corpus (`fixtures/corpus/`,
+//!   crates.io programs as their authors ship them) and trace each, checking the oracle
+//!   of `tests/e2e_corpus.rs`; `build` only builds; `--ci`: the programs `.ci/run` traces.
 //! - `demo`: build tasktrace and the demo, trace the demo, print the verdicts, write
 //!   `tasktrace-demo.json`, and check the verdicts against the demo's own ground truth.
 
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Some("fixtures") => build_fixtures(),
         Some("demo") => demo(),
         Some("bench") => bench(&args[1..]),
+        Some("corpus") => corpus::run(&root(), &args[1..]),
         Some("fixture-path") => match args.get(1) {
             Some(name) => {
                 println!("{}", fixture_binary(name).display());
@@ -43,7 +47,7 @@ fn main() -> ExitCode {
             None => Err("usage: cargo xtask fixture-path NAME".into()),
         },
         _ => Err(
-            "usage: cargo xtask <fixtures | fixture-path NAME | demo | bench [all | report [--events N] | spawn | poll | http | attach | dump [--tasks N] | memory [--tasks N]]>"
+            "usage: cargo xtask <fixtures | fixture-path NAME | demo | corpus [build] [--ci] [NAME…] | bench [all | report [--events N] | spawn | poll | http | attach | dump [--tasks N] | memory [--tasks N]]>"
                 .into(),
         ),
     };
@@ -92,6 +96,7 @@ fn fixture_binary(name: &str) -> PathBuf {
 
 mod bench;
 mod bench_http;
+mod corpus;
 
 /// What `cargo xtask bench` (or `bench all`) runs, in this order.
 const ALL_BENCHES: [&str; 5] = ["poll", "http", "report", "memory", "attach"];

@@ -9,7 +9,7 @@ use tracer_common::{EVENT_FLAG_UNREADABLE, EventKind, TaskEvent};
 use super::{
     PollTimes,
     index::TaskIndex,
-    task::{LongPoll, Stamp, Task, TaskKind},
+    task::{LongPoll, SiteSource, Stamp, Task, TaskKind},
 };
 use crate::{
     tasklist::{ListKind, LiveTask, Status},
@@ -46,6 +46,36 @@ pub struct Diagnostics {
     /// A task a list reading had proven unable to run was then polled or woken: the
     /// proof was wrong. Zero unless tokio's reference counting changed.
     pub definite_contradicted: u64,
+    /// Spawns seen at a task-id draw (a spawn path no other spawn probe covers), how many
+    /// of them were joined to their task when it showed up, and how many never showed up
+    /// (finished before any poll or reading saw them: lifecycle mode, blocking tasks).
+    pub spawn_ids: u64,
+    pub spawn_ids_joined: u64,
+    pub spawn_ids_unjoined: u64,
+    /// Tasks a reading listed at an address the events show a newer task at (the reading
+    /// saw the address before it changed): not taken.
+    pub stale_listings: u64,
+    /// Events about a task a task-list reading had already replaced at its address (they
+    /// were still in the ring when the reading was applied): applied to that task.
+    pub events_after_reading: u64,
+    /// The model's live set against the last complete task-list reading (`null`: no
+    /// complete reading, e.g. the target exited first).
+    pub alive_check: Option<AliveCheck>,
+}
+
+/// The model's live set against the final task-list reading (`Aggregator::alive_check`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AliveCheck {
+    /// When the walk of the lists began and ended (monotonic ns; reports make them
+    /// relative).
+    pub at_ns: u64,
+    pub until_ns: u64,
+    /// Tasks the reading listed, and tasks the model held alive all through its walk.
+    pub listed: u64,
+    pub model_alive: u64,
+    /// Ids alive in the model but in no list, and listed but finished in the model.
+    pub alive_not_listed: Vec<u64>,
+    pub listed_not_alive: Vec<u64>,
 }
 
 /// What the spawn calls on one thread said since its last task was bound.
@@ -53,6 +83,19 @@ pub struct Diagnostics {
 struct PendingSpawn {
     location: Option<Arc<str>>,
     caller: Option<Arc<str>>,
+    location_source: SiteSource,
+    caller_source: SiteSource,
+}
+
+impl PendingSpawn {
+    /// The best answer: the exact location, else the calling function.
+    fn site(self) -> (Option<Arc<str>>, SiteSource) {
+        match (self.location, self.caller) {
+            (Some(l), _) => (Some(l), self.location_source),
+            (None, Some(c)) => (Some(c), self.caller_source),
+            _ => (None, SiteSource::None),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -101,6 +144,25 @@ pub struct Aggregator {
     sites_from_code: HashMap<Arc<str>, Arc<str>>,
     /// The same, resolved once per task vtable: a spawn looks up a number, not a name.
     vtable_sites: HashMap<u64, Option<Arc<str>>>,
+    /// Spawns seen at a task-id draw whose task has not shown up yet: id → (when, site).
+    pending_ids: HashMap<u64, (u64, u32, SiteSource)>,
+    /// The plan's id sites' spawn sites, by the site number id events carry.
+    id_sites: Vec<Option<Arc<str>>>,
+    /// Tasks a reading found replaced at their address (a new task there) while the model
+    /// still held them: their last events, still in the ring, find them by id. Id → task.
+    replaced_by_reading: HashMap<u64, usize>,
+    /// When the reading at attach was taken (`record`; none for a launched command).
+    attach_reading_at: Option<u64>,
+    /// The smallest task id a spawn event named (ids only grow: a task with a smaller id
+    /// was spawned before the probes went in).
+    min_spawned_id: u64,
+    /// The latest reading that ended (its number, start, end, and the lists it read
+    /// whole), and the end of the reading being applied (`reading_until`).
+    last_reading: Option<(u32, u64, u64, Vec<u64>)>,
+    until: Option<u64>,
+    /// Tasks the current task-list reading found before any event: their id draw may
+    /// still be in the ring (drawn after the last drain). Id → task.
+    listed_unspawned: HashMap<u64, usize>,
     /// Runtime (owner id) → when it began shutting its tasks down.
     pub shutdown_began: HashMap<u64, u64>,
     pub long_polls: Vec<LongPoll>,
@@ -147,6 +209,14 @@ impl Aggregator {
             pending_spawns: HashMap::new(),
             sites_from_code: HashMap::new(),
             vtable_sites: HashMap::new(),
+            pending_ids: HashMap::new(),
+            id_sites: Vec::new(),
+            listed_unspawned: HashMap::new(),
+            last_reading: None,
+            until: None,
+            attach_reading_at: None,
+            min_spawned_id: u64::MAX,
+            replaced_by_reading: HashMap::new(),
             shutdown_began: HashMap::new(),
             long_polls: Vec::new(),
             diagnostics: Diagnostics::default(),
@@ -179,6 +249,12 @@ impl Aggregator {
         self.polls_sampled = plan["mode"] == "lifecycle";
         self.thresholds.lifecycle = self.polls_sampled;
         self.vtable_sites.clear();
+        self.id_sites = plan["id_sites"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s["site"].as_str().map(Arc::from))
+            .collect();
         self.sites_from_code = plan["static_sites"]
             .as_array()
             .into_iter()
@@ -196,12 +272,10 @@ impl Aggregator {
     /// takes that place as its site, unless a spawn call on the thread already named one.
     /// `future`: the type the event's task vtable belongs to. Call before [`Self::ingest`].
     pub fn site_from_code(&mut self, ev: &TaskEvent, future: Option<&str>) {
-        if self.sites_from_code.is_empty()
-            || !matches!(
-                EventKind::from_u8(ev.kind),
-                Some(EventKind::Spawn | EventKind::SpawnLocal)
-            )
-            || self.has_pending_location(ev.tid)
+        if !matches!(
+            EventKind::from_u8(ev.kind),
+            Some(EventKind::Spawn | EventKind::SpawnLocal)
+        ) || self.has_pending_location(ev.tid)
         {
             return;
         }
@@ -217,6 +291,16 @@ impl Aggregator {
             self.diagnostics.spawn_sites_from_code += 1;
             let p = self.pending_spawns.entry(ev.tid).or_default();
             p.location = Some(site);
+            p.location_source = SiteSource::Code;
+        }
+    }
+
+    /// Where the code says a task vtable's tasks are spawned (the plan's `vtable_sites`,
+    /// resolved to the target's addresses): their spawns and the tasks no spawn probe
+    /// saw take it.
+    pub fn vtable_site(&mut self, vtable: u64, site: Option<Arc<str>>) {
+        if let Some(site) = site {
+            self.vtable_sites.insert(vtable, Some(site));
         }
     }
 
@@ -280,13 +364,35 @@ impl Aggregator {
     /// `JoinSet::spawn` → `bind_new_task`): the outermost answer is kept until the task
     /// is bound on the same thread.
     pub fn spawn_call(&mut self, tid: u32, location: Option<Arc<str>>, caller: Option<Arc<str>>) {
+        self.spawn_answer(tid, location, caller, SiteSource::Probe);
+    }
+
+    /// The code at the caller of an out-of-line id draw on `tid` names the spawn.
+    pub fn spawn_code_site(&mut self, tid: u32, location: Option<Arc<str>>) {
+        self.spawn_answer(tid, location, None, SiteSource::Code);
+    }
+
+    /// A stack copied at a spawn on `tid` unwound to `caller`.
+    pub fn spawn_stack(&mut self, tid: u32, caller: Option<Arc<str>>) {
+        self.spawn_answer(tid, None, caller, SiteSource::Stack);
+    }
+
+    fn spawn_answer(
+        &mut self,
+        tid: u32,
+        location: Option<Arc<str>>,
+        caller: Option<Arc<str>>,
+        source: SiteSource,
+    ) {
         self.diagnostics.events += 1;
         let p = self.pending_spawns.entry(tid).or_default();
-        if p.location.is_none() {
+        if p.location.is_none() && location.is_some() {
             p.location = location;
+            p.location_source = source;
         }
-        if p.caller.is_none() {
+        if p.caller.is_none() && caller.is_some() {
             p.caller = caller;
+            p.caller_source = source;
         }
     }
 
@@ -309,6 +415,16 @@ impl Aggregator {
         };
         // Counted in an array: a map keyed by name costs a string compare per event.
         self.kind_counts[kind as usize % KINDS] += 1;
+        if matches!(
+            kind,
+            EventKind::Spawn
+                | EventKind::SpawnBlocking
+                | EventKind::SpawnLocal
+                | EventKind::SpawnId
+        ) && ev.task_id != 0
+        {
+            self.min_spawned_id = self.min_spawned_id.min(ev.task_id);
+        }
         let ts = ev.ts_ns;
         match kind {
             EventKind::Spawn | EventKind::SpawnBlocking | EventKind::SpawnLocal => {
@@ -326,11 +442,12 @@ impl Aggregator {
                         t.kind = task_kind;
                         // Read in the attach-time list, but spawned after the probes went in.
                         t.before_attach = false;
-                        let site = self
+                        let (site, source) = self
                             .pending_spawns
                             .remove(&ev.tid)
-                            .and_then(|p| p.location.or(p.caller));
+                            .map_or((None, SiteSource::None), PendingSpawn::site);
                         self.tasks[old].site = self.intern_site(site);
+                        self.tasks[old].site_source = source;
                         return;
                     }
                     self.retire(old, ts);
@@ -338,16 +455,19 @@ impl Aggregator {
                 let mut task = Task::new(ev.task_id, ev.header, task_kind, Some(ts), ts);
                 task.owner_id = ev.owner_id;
                 task.vtable = ev.vtable;
-                let site = self
+                let (site, source) = self
                     .pending_spawns
                     .remove(&ev.tid)
-                    .and_then(|p| p.location.or(p.caller));
+                    .map_or((None, SiteSource::None), PendingSpawn::site);
                 task.site = self.intern_site(site);
+                task.site_source = source;
                 let i = self.insert(task);
                 self.instant(i, ts, "spawn");
             }
             EventKind::PollStart => {
-                let i = self.task_for(ev);
+                let Some(i) = self.task_for(ev) else {
+                    return;
+                };
                 if self.poll_ends_inferred {
                     // The thread's previous poll ended before this one began, unless this
                     // one runs inside it (a blocking task hosting a worker).
@@ -397,7 +517,9 @@ impl Aggregator {
                 self.end_poll(ev.tid, ts);
             }
             EventKind::WakeByVal | EventKind::WakeByRef => {
-                let i = self.task_for(ev);
+                let Some(i) = self.task_for(ev) else {
+                    return;
+                };
                 let t = &mut self.tasks[i];
                 if t.is_finished() {
                     return;
@@ -414,7 +536,9 @@ impl Aggregator {
                 self.instant(i, ts, "wake");
             }
             EventKind::Complete => {
-                let i = self.task_for(ev);
+                let Some(i) = self.task_for(ev) else {
+                    return;
+                };
                 // Completing (not by cancellation) takes a poll.
                 if self.polls_sampled && ev.state & self.bits.cancelled == 0 {
                     self.tasks[i].polls = self.tasks[i].polls.max(1);
@@ -441,7 +565,9 @@ impl Aggregator {
             }
             EventKind::Shutdown => {
                 let began = *self.shutdown_began.entry(ev.owner_id).or_insert(ts);
-                let i = self.task_for(ev);
+                let Some(i) = self.task_for(ev) else {
+                    return;
+                };
                 let thresholds = self.thresholds;
                 let t = &mut self.tasks[i];
                 if t.rare().shutdown_ns.is_none() && !t.is_finished() {
@@ -452,6 +578,26 @@ impl Aggregator {
                 }
             }
             EventKind::Park => self.end_async_polls(ev.tid, ts),
+            EventKind::SpawnId => {
+                self.diagnostics.spawn_ids += 1;
+                // Best first: the Location a spawn call on this thread just received, the
+                // site the code shows at the draw, the spawn call's caller.
+                let from_code = self.id_sites.get(ev.state as usize).cloned().flatten();
+                let p = self.pending_spawns.remove(&ev.tid).unwrap_or_default();
+                let (site, source) = match (p.location, from_code, p.caller) {
+                    (Some(l), _, _) => (Some(l), p.location_source),
+                    (None, Some(c), _) => (Some(c), SiteSource::Code),
+                    (None, None, Some(c)) => (Some(c), p.caller_source),
+                    _ => (None, SiteSource::None),
+                };
+                let site = self.intern_site(site);
+                match self.listed_unspawned.remove(&ev.task_id) {
+                    Some(i) => self.join_spawn(i, ts, site, source),
+                    None => {
+                        self.pending_ids.insert(ev.task_id, (ts, site, source));
+                    }
+                }
+            }
             EventKind::SpawnCall | EventKind::SpawnStack => self.diagnostics.unknown_events += 1,
             EventKind::Dealloc => {
                 if let Some(i) = self.live.remove(ev.header, &self.tasks) {
@@ -513,6 +659,18 @@ impl Aggregator {
         if let Some(tl) = self.timeline.as_mut() {
             tl.polls.push((frame.task, start, ts, tid));
         }
+        // A blocking task runs its closure to the end in its one poll: where no probe sees
+        // completions (stripped), the end of that poll is its completion.
+        let t = &self.tasks[frame.task];
+        if self.completion_from_lists && t.kind == TaskKind::Blocking && !t.is_finished() {
+            self.alive -= 1;
+            self.forget_id(frame.task);
+            let t = &mut self.tasks[frame.task];
+            t.completed_ns = Stamp::at(ts);
+            t.scheduled_since = Stamp::NONE;
+            self.instant(frame.task, ts, "complete");
+        }
+        let t = &mut self.tasks[frame.task];
         if dur >= stuck_after && t.kind != TaskKind::Blocking {
             self.long_polls.push(LongPoll {
                 task_id: t.id,
@@ -606,9 +764,14 @@ impl Aggregator {
         attach: bool,
         complete_owners: Option<&[u64]>,
     ) {
+        if attach {
+            self.attach_reading_at = Some(at);
+        }
         if self.reading_at != at || self.readings == 0 {
             self.readings += 1;
             self.reading_at = at;
+            self.listed_unspawned.clear();
+            self.replaced_by_reading.clear();
         }
         for lt in tasks {
             if lt.status == Status::Complete {
@@ -616,8 +779,14 @@ impl Aggregator {
             }
             let i = match self.live.get(lt.header, &self.tasks) {
                 Some(i) if self.tasks[i].id == lt.id => i,
+                Some(old) if self.listing_is_stale(old, lt.id) => {
+                    self.diagnostics.stale_listings += 1;
+                    continue;
+                }
                 found => {
                     if let Some(old) = found {
+                        // Its last events may still be in the ring: they find it by id.
+                        self.replaced_by_reading.insert(self.tasks[old].id, old);
                         self.retire(old, at);
                     }
                     let kind = match lt.list {
@@ -638,7 +807,11 @@ impl Aggregator {
                         Status::Complete => {}
                     }
                     self.diagnostics.listed_before_attach += u64::from(attach);
-                    self.insert(task)
+                    let i = self.insert(task);
+                    if !attach {
+                        self.listed_unspawned.insert(lt.id, i);
+                    }
+                    i
                 }
             };
             let t = &mut self.tasks[i];
@@ -651,7 +824,7 @@ impl Aggregator {
             if lt.list == ListKind::LocalSet && t.kind == TaskKind::Async {
                 t.kind = TaskKind::Local;
             }
-            t.refs = Some(lt.refs);
+            t.set_refs(lt.refs);
             t.join_handle = Some(lt.join_handle);
             if t.is_finished() {
                 continue;
@@ -687,11 +860,25 @@ impl Aggregator {
                 t.rare_mut().no_way_to_run_at.set_if_none(at);
             }
         }
+        if let Some(owners) = complete_owners {
+            self.prune_pending_ids(at);
+            let until = self.until.take().unwrap_or(at).max(at);
+            self.last_reading = Some((self.readings, at, until, owners.to_vec()));
+        }
         if let Some(owners) = complete_owners
             && self.completion_from_lists
         {
             self.finish_unlisted(owners, at);
         }
+    }
+
+    /// A reading walks the lists over some milliseconds while the target runs, so what it
+    /// found at an address can be older than what the events (all ingested up to the
+    /// reading's end) say is there now. Task ids only grow: a listed task with a smaller
+    /// id than the model's task at its address was that address's earlier occupant, seen
+    /// before the newer one replaced it.
+    fn listing_is_stale(&self, old: usize, listed: u64) -> bool {
+        listed < self.tasks[old].id
     }
 
     /// Tasks of fully read lists that the reading did not find have finished (at their
@@ -723,14 +910,22 @@ impl Aggregator {
     }
 
     /// The task an event is about, created on first sight (tasks that predate tracing).
-    fn task_for(&mut self, ev: &TaskEvent) -> usize {
+    /// `None`: the event is about a task a task-list reading already replaced at that
+    /// address and that is no longer known (the event was still in the ring).
+    fn task_for(&mut self, ev: &TaskEvent) -> Option<usize> {
         if let Some(i) = self.live.get(ev.header, &self.tasks) {
             let t = &mut self.tasks[i];
             if t.id == 0 {
                 t.id = ev.task_id;
             }
             if ev.task_id == 0 || t.id == ev.task_id {
-                return i;
+                return Some(i);
+            }
+            // Older than the task a reading found at this address: about the address's
+            // previous occupant, which that reading retired.
+            if ev.ts_ns < t.first_seen_ns {
+                self.diagnostics.events_after_reading += 1;
+                return self.replaced_by_reading.get(&ev.task_id).copied();
             }
             // Reuse after completion is normal (most frees bypass the probed dealloc); reuse
             // of a task that never finished means its end was lost.
@@ -746,13 +941,132 @@ impl Aggregator {
         let mut task = Task::new(ev.task_id, ev.header, kind, None, ev.ts_ns);
         task.owner_id = ev.owner_id;
         task.vtable = ev.vtable;
-        self.insert(task)
+        Some(self.insert(task))
     }
 
     fn instant(&mut self, task: usize, ts: u64, what: &'static str) {
         if let Some(tl) = self.timeline.as_mut() {
             tl.instants.push((task, ts, what));
         }
+    }
+
+    /// A task's id draw, seen before or after the task showed up: that was its spawn.
+    fn join_spawn(&mut self, i: usize, ts: u64, site: u32, source: SiteSource) {
+        self.diagnostics.spawn_ids_joined += 1;
+        let t = &mut self.tasks[i];
+        if t.spawned_ns.get().is_none_or(|s| ts < s) {
+            t.spawned_ns = Stamp::at(ts);
+        }
+        t.before_attach = false;
+        if t.site == 0 && site != 0 {
+            t.site = site;
+            t.site_source = source;
+        }
+    }
+
+    /// Tasks whose site no spawn event named (first seen in a poll or a task-list
+    /// reading, alive before attach): where their future type is spawned from one place
+    /// only (`static_sites`), that place. `futures`: task vtable → future type.
+    pub fn sites_from_code_by_vtable(&mut self, futures: &HashMap<u64, Arc<str>>) {
+        for i in 0..self.tasks.len() {
+            let t = &self.tasks[i];
+            if t.site != 0 || t.vtable == 0 {
+                continue;
+            }
+            let site = match self.vtable_sites.get(&t.vtable) {
+                Some(Some(site)) => Some(site.clone()),
+                _ => futures
+                    .get(&t.vtable)
+                    .and_then(|f| self.sites_from_code.get(f))
+                    .cloned(),
+            };
+            let Some(site) = site else { continue };
+            let slot = self.intern_site(Some(site));
+            let t = &mut self.tasks[i];
+            t.site = slot;
+            t.site_source = SiteSource::Code;
+        }
+    }
+
+    /// Id draws whose task no reading found by `at` (with a margin for a spawn racing
+    /// the reading): their task finished unseen. Keeps the map as small as the spawn
+    /// rate times the reading period.
+    fn prune_pending_ids(&mut self, at: u64) {
+        const MARGIN_NS: u64 = 2_000_000_000;
+        let before = self.pending_ids.len();
+        self.pending_ids
+            .retain(|_, (ts, _, _)| ts.saturating_add(MARGIN_NS) >= at);
+        self.diagnostics.spawn_ids_unjoined += (before - self.pending_ids.len()) as u64;
+    }
+
+    /// The end of the walk of the reading about to be applied (its last part): what it
+    /// found holds somewhere between its start and this.
+    pub fn reading_until(&mut self, until: u64) {
+        self.until = Some(until);
+    }
+
+    /// The model's live tasks against the runtimes' own lists at the last complete
+    /// reading, which walked them over `[start, end]` while the target ran: a task the
+    /// model holds alive all through it that the lists did not have lost its completion;
+    /// a listed task the model holds finished or unborn all through it was ended (or
+    /// begun) by a wrong inference. Tasks of lists not read whole and blocking tasks (in
+    /// no list) are left out.
+    pub fn alive_check(&self) -> Option<AliveCheck> {
+        let (number, start, end, owners) = self.last_reading.as_ref()?;
+        let (start, end) = (*start, *end);
+        let mut check = AliveCheck {
+            at_ns: start,
+            until_ns: end,
+            ..Default::default()
+        };
+        for t in &self.tasks {
+            if t.kind == TaskKind::Blocking || !owners.contains(&t.owner_id) {
+                continue;
+            }
+            let born = t.spawned_ns.get().unwrap_or(t.first_seen_ns);
+            let ended = t
+                .completed_ns
+                .get()
+                .into_iter()
+                .chain(t.freed_ns.get())
+                .min()
+                .unwrap_or(u64::MAX);
+            // Alive throughout the walk (it must be listed), at some point of it (it may).
+            let must = born < start && ended > end;
+            let may = born <= end && ended > start;
+            let listed = t.listed_in == *number;
+            check.listed += u64::from(listed);
+            check.model_alive += u64::from(must);
+            if must && !listed {
+                check.alive_not_listed.push(t.id);
+            }
+            if listed && !may {
+                check.listed_not_alive.push(t.id);
+            }
+        }
+        Some(check)
+    }
+
+    /// Attached to a running process: a task no spawn event named whose id is smaller
+    /// than every id a spawn event named was spawned before the probes went in (ids only
+    /// grow) — a blocking task (in no list), or one that ended before the attach-time
+    /// reading saw it. It existed before tracing began, as the listed ones did.
+    pub fn mark_spawned_before_attach(&mut self) {
+        if self.attach_reading_at.is_none() {
+            return;
+        }
+        let first = self.min_spawned_id;
+        for t in &mut self.tasks {
+            if t.spawned_ns.is_none() && !t.before_attach && t.id != 0 && t.id < first {
+                t.before_attach = true;
+            }
+        }
+    }
+
+    /// Id draws never joined to a task by the end of the window.
+    pub fn finish_pending_ids(&mut self) {
+        self.diagnostics.spawn_ids_unjoined += self.pending_ids.len() as u64;
+        self.pending_ids.clear();
     }
 
     fn insert(&mut self, task: Task) -> usize {
@@ -767,6 +1081,9 @@ impl Aggregator {
             self.by_id.insert(i, &self.tasks);
         }
         self.live.insert(i, &self.tasks);
+        if let Some((ts, site, source)) = self.pending_ids.remove(&self.tasks[i].id) {
+            self.join_spawn(i, ts, site, source);
+        }
         i
     }
 

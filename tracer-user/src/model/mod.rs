@@ -8,7 +8,7 @@ mod task;
 
 pub use aggregator::{Aggregator, Diagnostics};
 pub use poll_times::PollTimes;
-pub use task::{LongPoll, Stamp, Task, TaskKind, TaskState};
+pub use task::{LongPoll, SiteSource, Stamp, Task, TaskKind, TaskState};
 
 #[cfg(test)]
 mod tests;

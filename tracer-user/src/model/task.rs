@@ -130,6 +130,41 @@ static NO_RARE: Rare = Rare {
     frozen: None,
 };
 
+/// How a task's spawn site was found (reports say it per task: `site_source`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SiteSource {
+    #[default]
+    None,
+    /// A probe at the spawn: the `Location` a spawn call received, or its caller.
+    Probe,
+    /// The code: the one place its future type is spawned from, or the Location the
+    /// spawning code loads next to its id draw (`static_sites`, `spawn_ids`).
+    Code,
+    /// A copy of the stack at the spawn, unwound to the first frame outside tokio and std.
+    Stack,
+}
+
+/// `null` when unknown, else its name: one byte in the report's per-task record.
+impl serde::Serialize for SiteSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.as_str() {
+            Some(name) => s.serialize_str(name),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+impl SiteSource {
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            SiteSource::None => None,
+            SiteSource::Probe => Some("probe"),
+            SiteSource::Code => Some("code"),
+            SiteSource::Stack => Some("stack"),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Task {
     pub id: u64,
@@ -157,11 +192,14 @@ pub struct Task {
     pub running_tid: u32,
     /// Where it was spawned, as an index into the aggregator's site names (0: unknown).
     pub site: u32,
-    /// Reference count and JoinHandle presence at the last reading of its state word.
-    pub refs: Option<u32>,
+    /// Reference count at the last reading of its state word (`u32::MAX`: never read;
+    /// see [`Task::refs`]); a plain word keeps the record within its size.
+    refs_read: u32,
     /// The task-list reading (by count) that last listed it.
     pub listed_in: u32,
     pub kind: TaskKind,
+    /// How its spawn site was found.
+    pub site_source: SiteSource,
     pub cancelled: bool,
     /// Found in its runtime's task list when tasktrace attached: alive before attach.
     pub before_attach: bool,
@@ -192,9 +230,10 @@ impl Task {
             rare: None,
             running_tid: 0,
             site: 0,
-            refs: None,
+            refs_read: u32::MAX,
             listed_in: 0,
             kind,
+            site_source: SiteSource::None,
             cancelled: false,
             before_attach: false,
             join_handle: None,
@@ -229,6 +268,15 @@ impl Task {
     pub fn is_plumbing(&self) -> bool {
         self.kind == TaskKind::Blocking && self.rare().hosted_polls > 0
     }
+    /// Reference count at the last reading of its state word.
+    pub fn refs(&self) -> Option<u32> {
+        (self.refs_read != u32::MAX).then_some(self.refs_read)
+    }
+
+    pub fn set_refs(&mut self, refs: u32) {
+        self.refs_read = refs.min(u32::MAX - 1);
+    }
+
     pub fn is_finished(&self) -> bool {
         self.completed_ns.is_some() || self.freed_ns.is_some()
     }

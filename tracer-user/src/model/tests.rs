@@ -590,3 +590,126 @@ fn the_id_index_holds_live_tasks_only() {
     assert_eq!(a.tasks[4].polls, 0);
     assert!(a.tasks[4].running_since.is_none());
 }
+
+// Spawns seen at their task-id draw (`spawn_ids`): the header comes later.
+
+fn draw(a: &mut Aggregator, ts: u64, id: u64, site: u64, tid: u32) {
+    let mut e = ev(EventKind::SpawnId, ts, 0, id, tid);
+    e.state = site;
+    e.owner_id = 0;
+    a.ingest(&e);
+}
+
+fn plan_with_id_site(site: &str) -> serde_json::Value {
+    serde_json::json!({ "id_sites": [ { "vaddr": 1, "function": null, "site": site } ] })
+}
+
+/// The draw comes first, the task's first poll names its header: one task, spawned at the
+/// draw, at the draw's site; a draw whose task never shows up is counted, not a task.
+#[test]
+fn an_id_draw_is_the_spawn_of_the_task_that_shows_up_with_its_id() {
+    let mut a = agg();
+    a.configure(&plan_with_id_site("src/server.rs:276:13"));
+    draw(&mut a, 5 * MS, 42, 0, 3);
+    draw(&mut a, 6 * MS, 43, 0, 3);
+    poll(&mut a, 7 * MS, 8 * MS, 0x1000, 42, 10);
+    assert_eq!(a.tasks.len(), 1);
+    let t = &a.tasks[0];
+    assert_eq!(t.spawned_ns.get(), Some(5 * MS));
+    assert_eq!(
+        a.site_name(t.site).map(|s| &**s),
+        Some("src/server.rs:276:13")
+    );
+    assert_eq!(t.site_source, super::SiteSource::Code);
+    a.finish_pending_ids();
+    assert_eq!(a.diagnostics.spawn_ids, 2);
+    assert_eq!(a.diagnostics.spawn_ids_joined, 1);
+    assert_eq!(a.diagnostics.spawn_ids_unjoined, 1);
+}
+
+/// A reading can find a task whose draw is still in the ring: the draw, when it comes,
+/// still spawns that task (and a spawn call's exact Location beats the draw's site).
+#[test]
+fn a_draw_after_the_reading_that_listed_its_task_joins_it() {
+    let mut a = agg();
+    a.configure(&plan_with_id_site("app::f+0x10"));
+    a.task_list(
+        &[listed(0x2000, 9, Status::Notified, 2, true)],
+        S,
+        false,
+        None,
+    );
+    assert!(a.tasks[0].spawned_ns.get() == Some(S));
+    a.spawn_call(4, Some("src/app.rs:3:5".into()), None);
+    draw(&mut a, S - 2 * MS, 9, 0, 4);
+    let t = &a.tasks[0];
+    assert_eq!(
+        t.spawned_ns.get(),
+        Some(S - 2 * MS),
+        "the draw is earlier than the reading"
+    );
+    assert_eq!(a.site_name(t.site).map(|s| &**s), Some("src/app.rs:3:5"));
+    assert_eq!(t.site_source, super::SiteSource::Probe);
+}
+
+/// Task ids only grow: a reading that walked past an address before a newer task took it
+/// lists the older id there; that listing is stale and changes nothing.
+#[test]
+fn a_listing_older_than_the_task_at_its_address_is_stale() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0x1000, 7);
+    a.ingest(&ev(EventKind::Complete, MS, 0x1000, 7, 1));
+    spawn(&mut a, 2 * MS, 0x1000, 8);
+    a.task_list(
+        &[listed(0x1000, 7, Status::Idle, 1, false)],
+        MS / 2,
+        false,
+        None,
+    );
+    assert_eq!(a.tasks.len(), 2);
+    assert_eq!(a.diagnostics.stale_listings, 1);
+    assert!(!a.tasks[1].is_finished(), "the newer task is untouched");
+}
+
+/// The model's live set against a complete reading walked over [start, end]: a task
+/// alive all through it must be listed, a listed one must have lived during it.
+#[test]
+fn the_alive_check_compares_over_the_walk_of_the_reading() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0x1000, 1); // alive throughout, listed
+    spawn(&mut a, 0, 0x2000, 2); // alive throughout, not listed: a lost completion
+    spawn(&mut a, 0, 0x3000, 3); // ends during the walk: may be missing
+    a.ingest(&ev(EventKind::Complete, S + MS, 0x3000, 3, 1));
+    a.reading_until(S + 5 * MS);
+    a.task_list(
+        &[listed(0x1000, 1, Status::Idle, 2, true)],
+        S,
+        false,
+        Some(&[1]),
+    );
+    let c = a.alive_check().expect("a complete reading");
+    assert_eq!(c.alive_not_listed, vec![2]);
+    assert!(c.listed_not_alive.is_empty());
+    assert_eq!((c.listed, c.model_alive), (1, 2));
+}
+
+/// Attached late: a task no spawn event named, with an id older than every spawn seen,
+/// was spawned before the probes went in (a blocking task, in no task list).
+#[test]
+fn a_task_older_than_every_spawn_seen_existed_before_attach() {
+    let mut a = agg();
+    a.task_list(&[], 0, true, Some(&[1]));
+    let mut blocking = ev(EventKind::PollStart, MS, 0x9000, 3, 5);
+    blocking.owner_id = 0;
+    a.ingest(&blocking);
+    spawn(&mut a, 2 * MS, 0x1000, 10);
+    poll(&mut a, 3 * MS, 4 * MS, 0x2000, 12, 6); // newer than the first spawn: not marked
+    a.mark_spawned_before_attach();
+    let by_id = |id| a.tasks.iter().find(|t| t.id == id).unwrap().before_attach;
+    assert!(by_id(3));
+    assert!(!by_id(10));
+    assert!(
+        !by_id(12),
+        "a task newer than a spawn seen and without its own is a gap"
+    );
+}

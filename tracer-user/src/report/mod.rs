@@ -151,6 +151,10 @@ pub struct TaskReport {
     pub spawned_at_ns: Stamp,
     /// Where it was spawned: `file:line:col`, `function+0xoff`, or `null` when unknown.
     pub spawned_at: Option<std::sync::Arc<str>>,
+    /// How `spawned_at` was found: `probe` (a spawn call's Location or caller), `code`
+    /// (the place the code spawns its future type from, or the Location the spawning code
+    /// loads), `stack` (a stack copy unwound); `null` when unknown.
+    pub site_source: crate::model::SiteSource,
     /// The future's type (`myapp::handlers::analytics::{closure#0}`), when the binary's
     /// symbols carry it.
     pub future: Option<std::sync::Arc<str>>,
@@ -162,7 +166,9 @@ pub struct TaskReport {
     pub cancelled: bool,
     pub cancelled_by_shutdown: bool,
     pub runtime_plumbing: bool,
-    /// Found in its runtime's task list at attach: it existed before tracing began.
+    /// It existed before tracing began: found in its runtime's task list at attach, or
+    /// (a blocking task, in no list, or one that ended before that reading) its id is
+    /// older than every spawn the probes saw.
     pub alive_before_attach: bool,
     /// From the last reading of its state word (`null` if none was read): its reference
     /// count, and whether a JoinHandle still holds it.
@@ -210,6 +216,14 @@ impl Report {
     /// Consumes the aggregator: each task is turned into its report entry and dropped, so
     /// the peak holds one copy of every task, not two (a million tasks cost ~160 MiB each).
     pub fn build(mut agg: Aggregator, meta: Meta) -> Self {
+        agg.finish_pending_ids();
+        agg.mark_spawned_before_attach();
+        agg.sites_from_code_by_vtable(&meta.futures);
+        agg.diagnostics.alive_check = agg.alive_check().map(|mut c| {
+            c.at_ns = c.at_ns.saturating_sub(meta.start_ns);
+            c.until_ns = c.until_ns.saturating_sub(meta.start_ns);
+            c
+        });
         let th: Thresholds = *agg.thresholds();
         let rel = |ns: u64| ns.saturating_sub(meta.start_ns);
         let mut summary = Summary {
@@ -285,6 +299,7 @@ impl Report {
                 spawned_at_ns: t.spawned_ns.map(rel),
                 // Shared with the model: a million tasks of one site hold one string.
                 spawned_at: agg.site_name(t.site).cloned(),
+                site_source: t.site_source,
                 future: meta.futures.get(&t.vtable).cloned(),
                 first_seen_ns: rel(t.first_seen_ns),
                 last_poll_end_ns: t.last_poll_end_ns.map(rel),
@@ -295,7 +310,7 @@ impl Report {
                 cancelled_by_shutdown: t.rare().shutdown_ns.is_some(),
                 runtime_plumbing: t.is_plumbing(),
                 alive_before_attach: t.before_attach,
-                refs: t.refs,
+                refs: t.refs(),
                 join_handle: t.join_handle,
             });
         }

@@ -141,6 +141,13 @@ pub struct SymbolNames {
     /// alternatives best first (outer functions call inner ones); the first alternative
     /// the binary kept any function of is probed, all of its kept functions.
     pub parks: &'static [&'static [&'static [&'static str]]],
+    /// tokio's task-id counter (`Id::next`'s static), a data symbol: every spawn path draws
+    /// one id from it, in an inlined retry loop (`spawn_ids`).
+    pub id_counter: &'static str,
+    /// Ids are non-zero and `Id::next` is a retry loop (`lock xadd; test; je retry`): the
+    /// loop's shape finds the counter without its symbol. Without it (plain `fetch_add`)
+    /// only the symbol does.
+    pub id_draw_retries: bool,
     /// `#[track_caller]` spawn paths: each receives the caller's `&'static Location`
     /// (passed down unchanged from the outermost one), whichever survive inlining.
     pub spawn_calls: &'static [&'static str],

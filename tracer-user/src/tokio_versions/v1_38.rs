@@ -110,6 +110,9 @@ pub(super) const SYMBOLS: SymbolNames = SymbolNames {
             ],
         ],
     ],
+    id_counter: "tokio::runtime::task::id::Id::next::NEXT_ID",
+    // `Id(u64)`: a plain `fetch_add`, no retry loop (so no shape to find it by).
+    id_draw_retries: false,
     spawn_calls: &[
         "tokio::task::spawn::spawn",
         "tokio::task::spawn::spawn_inner",

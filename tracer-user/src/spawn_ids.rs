@@ -1,0 +1,918 @@
+//! Spawns seen where tokio draws the new task's id. Every spawn path (`tokio::spawn`,
+//! `Handle::spawn`, `spawn_blocking`, `spawn_local`, `JoinSet`…) takes exactly one id from
+//! tokio's task-id counter, and that counter's `fetch_add` is inlined into each path as a
+//! retry loop (`mov r, 1; lock xadd [counter], r; test r, r; je retry`), however much of
+//! the path the compiler inlined into the caller. A probe on the loop's `je` (an emulated
+//! instruction) sees the new id in `r`: a spawn event that no inlining decision can hide,
+//! even where `bind_inner` and everything around it were inlined into user code, and in
+//! stripped binaries (the loop's shape finds the counter without its symbol).
+//!
+//! The header does not exist yet at that point: the aggregator joins the id to the task
+//! when the task first shows up (its first poll, a task-list reading).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
+use serde::Serialize;
+
+use crate::locations::{LocationTable, is_runtime_internal};
+
+/// One inlined copy of the id counter's `fetch_add`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdDraw {
+    /// The `je` that follows `test r, r`: the probe address (the new id is in `r` there).
+    pub vaddr: u64,
+    /// x86_64 register number of `r` (0 rax … 15 r15).
+    pub reg: u8,
+    /// The counter's address (file address).
+    pub counter: u64,
+    /// The draw is `Id::next` kept out of line (a small function returning the id): its
+    /// start. Its spawn is its caller's, found from the return address at `[rsp]`.
+    pub out_of_line: Option<u64>,
+}
+
+/// An id draw the plan probes, and what the code says about the spawn it belongs to.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct IdSite {
+    pub vaddr: u64,
+    /// The function the draw sits in (`None` in a stripped binary).
+    pub function: Option<String>,
+    /// Where the spawn is in the source, when the code says: `file:line:col` from the line
+    /// tables, or the one `#[track_caller]` Location the spawning function loads, or the
+    /// spawning function itself (`function+0xoff`).
+    pub site: Option<String>,
+    /// An out-of-line draw: each call site's return address (file address) and the site
+    /// the code shows there. The probe reads the return address; the caller names the
+    /// spawn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callers: Vec<(u64, Option<String>)>,
+}
+
+/// Every id draw in `.text`. `counter`: the counter's address from its symbol; without
+/// one (stripped), the retry-loop counter with the most draws (every spawn path of every
+/// future type has one; tokio's other retry-loop counter, the owned-list id, has a
+/// handful), and none when two counters tie. `retries`: the version's `Id::next` is a
+/// retry loop (1.39+); before, a plain `fetch_add` that only the symbol can identify,
+/// probed at the instruction after it.
+pub fn find(table: &LocationTable, counter: Option<u64>, retries: bool) -> Vec<IdDraw> {
+    if !retries && counter.is_none() {
+        return Vec::new();
+    }
+    let Some((text, bytes)) = table.text() else {
+        return Vec::new();
+    };
+    let mut draws = find_in(text, bytes, &|slot| table.relocated_pointer(slot), retries);
+    for d in &mut draws {
+        d.out_of_line = out_of_line(table, d.vaddr);
+    }
+    // An out-of-line `Id::next` is one draw serving every spawn path: weigh it by its
+    // callers.
+    let weight = |d: &IdDraw| match d.out_of_line {
+        Some(f) => call_sites(text, bytes, f).len().max(1),
+        None => 1,
+    };
+    choose(draws, counter, &weight)
+}
+
+/// The draw at `vaddr` (its `je`) is a whole small function that returns right after it
+/// (`Id::next` not inlined, as `opt-level = "z"` leaves it): that function's start.
+fn out_of_line(table: &LocationTable, vaddr: u64) -> Option<u64> {
+    let (start, end) = table.function_bounds(vaddr)?;
+    if end - start > 64 {
+        return None;
+    }
+    let code = table.code(vaddr, 16)?;
+    let mut dec = Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE);
+    let _je = dec.decode();
+    (dec.decode().flow_control() == FlowControl::Return).then_some(start)
+}
+
+/// Return addresses of the direct calls of `target` in `.text`.
+pub fn call_sites(text: u64, bytes: &[u8], target: u64) -> Vec<u64> {
+    (0..bytes.len().saturating_sub(4))
+        .filter(|&p| bytes[p] == 0xe8)
+        .filter_map(|p| {
+            let d = i32::from_le_bytes([bytes[p + 1], bytes[p + 2], bytes[p + 3], bytes[p + 4]]);
+            let ret = text + p as u64 + 5;
+            (ret.wrapping_add_signed(d as i64) == target).then_some(ret)
+        })
+        .collect()
+}
+
+/// The draws of one counter: the symbol's, or without one the counter whose draws weigh
+/// the most, none on a tie.
+fn choose(
+    mut draws: Vec<IdDraw>,
+    counter: Option<u64>,
+    weight: &dyn Fn(&IdDraw) -> usize,
+) -> Vec<IdDraw> {
+    let chosen = match counter {
+        Some(c) => Some(c),
+        None => {
+            let mut counts: HashMap<u64, usize> = HashMap::new();
+            for d in &draws {
+                *counts.entry(d.counter).or_default() += weight(d);
+            }
+            let mut ranked: Vec<(usize, u64)> = counts.into_iter().map(|(c, n)| (n, c)).collect();
+            ranked.sort_unstable_by(|a, b| b.cmp(a));
+            match ranked.as_slice() {
+                [(n, c), (m, _), ..] if n > m => Some(*c),
+                [(_, c)] => Some(*c),
+                _ => None,
+            }
+        }
+    };
+    draws.retain(|d| Some(d.counter) == chosen);
+    draws
+}
+
+/// [`find`] on `.text` bytes at `text`; `relocated` reads a GOT slot's target.
+fn find_in(
+    text: u64,
+    bytes: &[u8],
+    relocated: &dyn Fn(u64) -> Option<u64>,
+    retries: bool,
+) -> Vec<IdDraw> {
+    let mut draws = Vec::new();
+    for p in 0..bytes.len().saturating_sub(5) {
+        // lock (REX.W) xadd r/m64, r64
+        if bytes[p] != 0xf0 || bytes[p + 1] & 0xf8 != 0x48 || bytes[p + 2..p + 4] != [0x0f, 0xc1] {
+            continue;
+        }
+        if let Some(d) = draw_at(relocated, text, bytes, p, retries) {
+            draws.push(d);
+        }
+    }
+    draws
+}
+
+/// The id draw whose `lock xadd` starts at `.text` offset `p`, if it is one.
+fn draw_at(
+    relocated: &dyn Fn(u64) -> Option<u64>,
+    text: u64,
+    bytes: &[u8],
+    p: usize,
+    retries: bool,
+) -> Option<IdDraw> {
+    let vaddr = text + p as u64;
+    let mut dec = Decoder::with_ip(64, &bytes[p..], vaddr, DecoderOptions::NONE);
+    let xadd = dec.decode();
+    if xadd.mnemonic() != Mnemonic::Xadd
+        || !xadd.has_lock_prefix()
+        || xadd.op0_kind() != OpKind::Memory
+        || xadd.op1_kind() != OpKind::Register
+    {
+        return None;
+    }
+    let reg = xadd.op1_register();
+    let counter = if xadd.is_ip_rel_memory_operand() {
+        xadd.ip_rel_memory_address()
+    } else if xadd.memory_index() == Register::None && xadd.memory_displacement64() == 0 {
+        // PIE with an exported counter: its address comes from a GOT slot loaded before.
+        got_load_before(relocated, text, bytes, p, xadd.memory_base())?
+    } else {
+        return None;
+    };
+    if !retries {
+        let next = dec.decode();
+        return (!next.is_invalid()).then_some(IdDraw {
+            vaddr: next.ip(),
+            reg: reg_number(reg)?,
+            counter,
+            out_of_line: None,
+        });
+    }
+    // test r, r; je <retry> (zero is not an id: draw again)
+    let test = dec.decode();
+    if test.mnemonic() != Mnemonic::Test
+        || test.op0_kind() != OpKind::Register
+        || test.op0_register() != reg
+        || test.op1_kind() != OpKind::Register
+        || test.op1_register() != reg
+    {
+        return None;
+    }
+    let je = dec.decode();
+    if je.mnemonic() != Mnemonic::Je
+        || je.flow_control() != FlowControl::ConditionalBranch
+        || je.near_branch_target() > vaddr
+    {
+        return None;
+    }
+    Some(IdDraw {
+        vaddr: je.ip(),
+        reg: reg_number(reg)?,
+        counter,
+        out_of_line: None,
+    })
+}
+
+/// The pointer a `mov base, [rip + slot]` shortly before `p` loads (the slot's relocated
+/// value), when decoding from it reaches `p` exactly without writing `base` again.
+fn got_load_before(
+    relocated: &dyn Fn(u64) -> Option<u64>,
+    text: u64,
+    bytes: &[u8],
+    p: usize,
+    base: Register,
+) -> Option<u64> {
+    for back in 7..=48usize {
+        let Some(start) = p.checked_sub(back) else {
+            break;
+        };
+        // REX.W mov r64, [rip + disp32]
+        if bytes[start] & 0xf8 != 0x48 || bytes[start + 1] != 0x8b || bytes[start + 2] & 0xc7 != 5 {
+            continue;
+        }
+        let mut dec = Decoder::with_ip(
+            64,
+            &bytes[start..p],
+            text + start as u64,
+            DecoderOptions::NONE,
+        );
+        let mov = dec.decode();
+        if mov.mnemonic() != Mnemonic::Mov
+            || mov.op0_register() != base
+            || !mov.is_ip_rel_memory_operand()
+        {
+            continue;
+        }
+        // Nothing in between may write `base` (only a few register moves and nops).
+        let mut ok = true;
+        while dec.can_decode() {
+            let i = dec.decode();
+            if i.is_invalid() || writes(&i, base) {
+                ok = false;
+                break;
+            }
+        }
+        if ok && dec.position() == back {
+            return relocated(mov.ip_rel_memory_address());
+        }
+    }
+    None
+}
+
+fn writes(i: &Instruction, reg: Register) -> bool {
+    i.op_count() > 0
+        && i.op0_kind() == OpKind::Register
+        && i.op0_register().full_register() == reg.full_register()
+        && i.mnemonic() != Mnemonic::Nop
+        && !(i.mnemonic() == Mnemonic::Xchg && i.op0_register() == i.op1_register())
+}
+
+fn reg_number(r: Register) -> Option<u8> {
+    const ORDER: [Register; 16] = [
+        Register::RAX,
+        Register::RCX,
+        Register::RDX,
+        Register::RBX,
+        Register::RSP,
+        Register::RBP,
+        Register::RSI,
+        Register::RDI,
+        Register::R8,
+        Register::R9,
+        Register::R10,
+        Register::R11,
+        Register::R12,
+        Register::R13,
+        Register::R14,
+        Register::R15,
+    ];
+    // rsp never holds an id (and the kernel side does not read it as one).
+    ORDER
+        .iter()
+        .position(|&x| x == r && r != Register::RSP)
+        .map(|i| i as u8)
+}
+
+/// The draws no spawn probe covers: those whose function reaches none of `probed`
+/// (function addresses with a spawn probe) through direct calls and jumps, a few levels
+/// deep. A covered draw would only add a second hit per spawn for what the spawn probe
+/// already says. Without function symbols nothing is known to be covered.
+pub fn uncovered(table: &LocationTable, draws: Vec<IdDraw>, probed: &HashSet<u64>) -> Vec<IdDraw> {
+    if probed.is_empty() {
+        return draws;
+    }
+    let mut reaches: HashMap<u64, bool> = HashMap::new();
+    draws
+        .into_iter()
+        .filter(|d| {
+            let Some((start, _)) = table.function_bounds(d.vaddr) else {
+                return true;
+            };
+            !*reaches
+                .entry(start)
+                .or_insert_with(|| reaches_probe(table, start, probed))
+        })
+        .collect()
+}
+
+fn reaches_probe(table: &LocationTable, start: u64, probed: &HashSet<u64>) -> bool {
+    const DEPTH: usize = 4;
+    let mut seen = HashSet::from([start]);
+    let mut level = vec![start];
+    for _ in 0..DEPTH {
+        let mut next = Vec::new();
+        for f in level {
+            for callee in direct_callees(table, f) {
+                if probed.contains(&callee) {
+                    return true;
+                }
+                if seen.insert(callee) {
+                    next.push(callee);
+                }
+            }
+        }
+        level = next;
+    }
+    false
+}
+
+/// Targets of the direct calls and jumps leaving the function that starts at `start`.
+fn direct_callees(table: &LocationTable, start: u64) -> Vec<u64> {
+    let Some((start, end)) = table.function_bounds(start) else {
+        return Vec::new();
+    };
+    let Some(code) = table.code(start, end - start) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut dec = Decoder::with_ip(64, code, start, DecoderOptions::NONE);
+    while dec.can_decode() {
+        let i = dec.decode();
+        let t = match i.flow_control() {
+            FlowControl::Call | FlowControl::UnconditionalBranch
+                if i.op0_kind() == OpKind::NearBranch64 =>
+            {
+                i.near_branch_target()
+            }
+            // A call through the GOT (PIE calling an exported function): the slot's target.
+            FlowControl::IndirectCall | FlowControl::IndirectBranch
+                if i.is_ip_rel_memory_operand() =>
+            {
+                match table.relocated_pointer(i.ip_rel_memory_address()) {
+                    Some(t) => t,
+                    None => continue,
+                }
+            }
+            _ => continue,
+        };
+        if !(start..end).contains(&t) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// What the code shows along the paths leaving one id draw (breadth first, nearest in
+/// instructions first): per basic block, the function addresses it loads (`lea r,
+/// [rip + f]`, f in `.text`) and the user `Location`s it loads, in order.
+struct Paths {
+    blocks: Vec<Vec<Load>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Load {
+    Function(u64),
+    Location(String),
+    /// A task vtable: the spawn path storing it into the new task.
+    Vtable(u64),
+}
+
+/// Follows the code from `vaddr` within its function, breadth first, for a bounded number
+/// of instructions.
+/// Stops at another draw (`stop`): what follows belongs to that spawn.
+fn paths_from(
+    table: &LocationTable,
+    vaddr: u64,
+    vtables: &HashSet<u64>,
+    stop: &HashSet<u64>,
+) -> Option<Paths> {
+    const BUDGET: usize = 3000;
+    let (start, end) = table.function_bounds(vaddr)?;
+    let code = table.code(start, end - start)?;
+    let text = table.text().map(|(a, b)| a..a + b.len() as u64)?;
+    let mut queue = std::collections::VecDeque::from([vaddr]);
+    let mut seen = HashSet::new();
+    let mut visited = 0usize;
+    let mut blocks = Vec::new();
+    while let Some(block) = queue.pop_front() {
+        if visited >= BUDGET || !seen.insert(block) || !(start..end).contains(&block) {
+            continue;
+        }
+        let off = (block - start) as usize;
+        let mut dec = Decoder::with_ip(64, &code[off..], block, DecoderOptions::NONE);
+        let mut loads = Vec::new();
+        while dec.can_decode() && visited < BUDGET {
+            let i = dec.decode();
+            visited += 1;
+            if i.is_invalid() || (i.ip() != vaddr && stop.contains(&i.ip())) {
+                break;
+            }
+            if i.mnemonic() == Mnemonic::Lea && i.is_ip_rel_memory_operand() {
+                let a = i.ip_rel_memory_address();
+                if vtables.contains(&a) {
+                    loads.push(Load::Vtable(a));
+                } else if text.contains(&a) {
+                    loads.push(Load::Function(a));
+                } else if let Some(loc) = table.location_at(a)
+                    && !is_runtime_internal(&loc)
+                {
+                    loads.push(Load::Location(loc));
+                }
+            }
+            match i.flow_control() {
+                FlowControl::ConditionalBranch => queue.push_back(i.near_branch_target()),
+                FlowControl::UnconditionalBranch => {
+                    if i.op0_kind() == OpKind::NearBranch64 {
+                        queue.push_back(i.near_branch_target());
+                    }
+                    break;
+                }
+                FlowControl::Return
+                | FlowControl::IndirectBranch
+                | FlowControl::Interrupt
+                | FlowControl::Exception => break,
+                _ => {}
+            }
+            // A block ends at a branch target too: keep blocks short so that a load is
+            // attributed to the block that makes it.
+            if seen.contains(&dec.ip()) {
+                break;
+            }
+        }
+        blocks.push(loads);
+    }
+    Some(Paths { blocks })
+}
+
+/// Names the spawn site of every draw from the code. Right after drawing its id, a spawn
+/// looks up the current runtime and, when there is none, panics with "must be called from
+/// the context of a Tokio runtime" at the caller's `#[track_caller]` Location: with the
+/// spawn path inlined into the spawning function, that panic block loads the runtime
+/// error's `Display::fmt` and the caller's Location, a few branches from the draw. The
+/// formatter is the same function for every spawn path, so it is the function address
+/// the paths of most draws load; each draw's site is the first user Location loaded with
+/// it on those paths. Without line tables, symbols or such a block (a spawn path kept out
+/// of line receives the Location as an argument), the site stays unknown rather than
+/// guessed; with line tables, the draw's own line names it.
+/// An out-of-line draw (`Id::next` kept whole) is described at each of its call sites: the
+/// spawn path continues there.
+pub fn describe_all(
+    table: &LocationTable,
+    draws: &[IdDraw],
+    vtables: &HashSet<u64>,
+) -> (Vec<IdSite>, Vec<SpawnPoint>) {
+    // Where each spawn path continues after its draw: the draw itself, or the return
+    // addresses of an out-of-line draw.
+    let (text, bytes) = table.text().unwrap_or((0, &[]));
+    let points: Vec<(usize, u64)> = draws
+        .iter()
+        .enumerate()
+        .flat_map(|(i, d)| match d.out_of_line {
+            Some(f) => call_sites(text, bytes, f)
+                .into_iter()
+                .map(|r| (i, r))
+                .collect(),
+            None => vec![(i, d.vaddr)],
+        })
+        .collect();
+    let stop: HashSet<u64> = points.iter().map(|p| p.1).collect();
+    let paths: Vec<Option<Paths>> = points
+        .iter()
+        .map(|&(_, at)| paths_from(table, at, vtables, &stop))
+        .collect();
+    let mut counts: HashMap<u64, usize> = HashMap::new();
+    for p in paths.iter().flatten() {
+        // Function addresses loaded in a block that then loads a Location: a panic's
+        // formatter and its Location (other blocks load thread-local destructors, drops…).
+        let fns: HashSet<u64> = p
+            .blocks
+            .iter()
+            .flat_map(|b| {
+                b.iter().enumerate().filter_map(|(i, l)| match l {
+                    Load::Function(f) if b[i..].iter().any(|x| matches!(x, Load::Location(_))) => {
+                        Some(*f)
+                    }
+                    _ => None,
+                })
+            })
+            .collect();
+        for f in fns {
+            *counts.entry(f).or_default() += 1;
+        }
+    }
+    // The formatter: loaded near the most spawn paths, and near at least two (or the one).
+    let formatter = counts
+        .iter()
+        .filter(|&(_, &n)| n >= 2.min(points.len()))
+        .max_by_key(|&(&f, &n)| (n, std::cmp::Reverse(f)))
+        .map(|(&f, _)| f);
+    // Points inside tokio's own out-of-line spawn functions (by name, or nameless in a
+    // stripped binary) take their callers' Location: one pass over the code for all.
+    let in_runtime: Vec<(Option<Named>, bool)> = points
+        .iter()
+        .map(|&(_, at)| {
+            let f = table.function_at(at);
+            let internal = f.as_ref().is_some_and(|(n, _)| is_runtime_internal(n));
+            (f, internal)
+        })
+        .collect();
+    let needs_callers: Vec<u64> = points
+        .iter()
+        .zip(&in_runtime)
+        .filter(|(_, (f, internal))| *internal || f.is_none())
+        .map(|(&(_, at), _)| at)
+        .collect();
+    let from_callers: HashMap<u64, Option<String>> = needs_callers
+        .iter()
+        .copied()
+        .zip(passed_by_callers(table, &needs_callers))
+        .collect();
+    let spawn_points: Vec<SpawnPoint> = points
+        .iter()
+        .zip(&paths)
+        .zip(&in_runtime)
+        .map(|((&(_, at), p), (function, in_runtime))| {
+            let in_runtime = *in_runtime;
+            let from_panic = || {
+                let f = formatter?;
+                p.as_ref()?.blocks.iter().find_map(|b| {
+                    let i = b.iter().position(|l| *l == Load::Function(f))?;
+                    b[i..].iter().find_map(|l| match l {
+                        Load::Location(loc) => Some(loc.clone()),
+                        _ => None,
+                    })
+                })
+            };
+            let site = table
+                .source_line_at(at)
+                .or_else(|| if in_runtime { None } else { from_panic() })
+                .or_else(|| from_callers.get(&at).cloned().flatten())
+                .or_else(|| {
+                    let (name, off) = function.as_ref()?;
+                    (!in_runtime).then(|| format!("{name}+{off:#x}"))
+                });
+            let stored = p
+                .iter()
+                .flat_map(|p| p.blocks.iter().flatten())
+                .filter_map(|l| match l {
+                    Load::Vtable(v) => Some(*v),
+                    _ => None,
+                })
+                .collect();
+            SpawnPoint {
+                vaddr: at,
+                site,
+                stored,
+            }
+        })
+        .collect();
+    let sites = draws
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let mine = points
+                .iter()
+                .zip(&spawn_points)
+                .filter(|((k, _), _)| *k == i);
+            let (site, callers) = match d.out_of_line {
+                Some(_) => (
+                    None,
+                    mine.map(|(_, sp)| (sp.vaddr, sp.site.clone())).collect(),
+                ),
+                None => (
+                    mine.map(|(_, sp)| sp.site.clone()).next().flatten(),
+                    Vec::new(),
+                ),
+            };
+            IdSite {
+                vaddr: d.vaddr,
+                function: table.function_at(d.vaddr).map(|(n, _)| n.to_string()),
+                site,
+                callers,
+            }
+        })
+        .collect();
+    (sites, spawn_points)
+}
+
+/// A function's name and an offset in it.
+type Named = (Arc<str>, u64);
+
+/// Where a spawn path continues after its id draw (the draw, or a call site of an
+/// out-of-line draw): the site the code shows there and the task vtables it stores.
+pub struct SpawnPoint {
+    pub vaddr: u64,
+    pub site: Option<String>,
+    pub stored: HashSet<u64>,
+}
+
+/// Draws inside tokio's own spawn functions kept out of line: the spawn's Location is that
+/// function's argument, loaded by its callers. Where every direct call of such a function
+/// passes the same user Location and nothing else refers to it, that is the site
+/// (`static_sites`' analysis, one pass over the code for all of them). A call passing
+/// its own caller's Location on (a `#[track_caller]` function in between, kept out of line
+/// too) is followed to that function's callers, a few levels up. Per point: its
+/// function's answer.
+fn passed_by_callers(table: &LocationTable, points: &[u64]) -> Vec<Option<String>> {
+    let starts: Vec<Option<u64>> = points
+        .iter()
+        .map(|&p| table.function_bounds(p).map(|b| b.0))
+        .collect();
+    let mut wanted: Vec<u64> = starts.iter().flatten().copied().collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let answers = locations_passed(table, &wanted, 3);
+    starts
+        .iter()
+        .map(|f| f.and_then(|f| answers.get(&f).cloned().flatten()))
+        .collect()
+}
+
+/// The one user Location every direct call of each of `functions` passes (`None`: none,
+/// or several), following pass-through callers `depth` levels up.
+fn locations_passed(
+    table: &LocationTable,
+    functions: &[u64],
+    depth: usize,
+) -> HashMap<u64, Option<String>> {
+    let Some((text, bytes)) = table.text().filter(|_| !functions.is_empty()) else {
+        return HashMap::new();
+    };
+    let ranges = table.function_ranges();
+    let read_u32 = |a| table.u32_at(a);
+    let code = crate::static_sites::Code {
+        vaddr: text,
+        bytes,
+        functions: &ranges,
+        read_u32: &read_u32,
+    };
+    let groups: Vec<Vec<u64>> = functions.iter().map(|&f| vec![f]).collect();
+    let found = crate::static_sites::callers(&code, &groups, |a| {
+        table
+            .location_at(a)
+            .is_some_and(|l| !is_runtime_internal(&l))
+    });
+    // Calls that pass no Location of their own: their functions, resolved a level up.
+    let mut unknown: Vec<u64> = found
+        .iter()
+        .flat_map(|c| {
+            c.calls
+                .iter()
+                .zip(&c.call_functions)
+                .filter(|(l, _)| l.is_none())
+                .map(|(_, &f)| f)
+        })
+        .filter(|f| !functions.contains(f))
+        // Only a function that may be a pass-through spawn helper: tokio's own, or a
+        // nameless one (stripped). A named user function's callers passed no Location
+        // for this spawn.
+        .filter(|&f| {
+            table
+                .function_at(f)
+                .is_none_or(|(name, _)| is_runtime_internal(&name))
+        })
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    let above = if depth > 0 {
+        locations_passed(table, &unknown, depth - 1)
+    } else {
+        HashMap::new()
+    };
+    functions
+        .iter()
+        .zip(found)
+        .map(|(&f, callers)| {
+            if callers.other_references > 0 || callers.calls.is_empty() {
+                return (f, None);
+            }
+            let sites: Option<HashSet<String>> = callers
+                .calls
+                .iter()
+                .zip(&callers.call_functions)
+                .map(|(l, from)| match l {
+                    Some(a) => table.location_at(*a),
+                    None => above.get(from).cloned().flatten(),
+                })
+                .collect();
+            let site = sites
+                .filter(|s| s.len() == 1)
+                .and_then(|s| s.into_iter().next());
+            (f, site)
+        })
+        .collect()
+}
+
+/// The spawn site of each task vtable's tasks, where the code shows it: a vtable is
+/// stored into a new task by code that its spawn path reaches from its id draw (the same
+/// function once the path is inlined, a few direct calls further otherwise). When every
+/// draw that reaches code storing the vtable names the same exact `file:line:col`, the
+/// vtable's tasks were spawned there — tasks alive before attach included, whose spawn no
+/// probe saw. `points`: what [`describe_all`] found where each spawn path continues.
+pub fn vtable_sites(
+    table: &LocationTable,
+    points: &[SpawnPoint],
+    vtables: &[u64],
+) -> Vec<(u64, String)> {
+    let Some((text, bytes)) = table.text() else {
+        return Vec::new();
+    };
+    let wanted: HashSet<u64> = vtables.iter().copied().collect();
+    let (Some(&lo), Some(&hi)) = (wanted.iter().min(), wanted.iter().max()) else {
+        return Vec::new();
+    };
+    // Functions that load each vtable's address (a 32-bit displacement reaching it).
+    let mut storers: HashMap<u64, HashSet<u64>> = HashMap::new();
+    for p in 0..bytes.len().saturating_sub(3) {
+        let d = i32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]]);
+        let target = (text + p as u64 + 4).wrapping_add_signed(d as i64);
+        if target < lo || target > hi || !wanted.contains(&target) {
+            continue;
+        }
+        if let Some((f, _)) = table.function_bounds(text + p as u64) {
+            storers.entry(target).or_default().insert(f);
+        }
+    }
+    // What each draw's function reaches through direct calls, a few levels deep.
+    let mut callees: HashMap<u64, Vec<u64>> = HashMap::new();
+    let reach: Vec<HashSet<u64>> = points
+        .iter()
+        .map(|d| {
+            let Some((start, _)) = table.function_bounds(d.vaddr) else {
+                return HashSet::new();
+            };
+            let mut seen = HashSet::from([start]);
+            let mut level = vec![start];
+            for _ in 0..4 {
+                let mut next = Vec::new();
+                for f in level {
+                    let out = callees
+                        .entry(f)
+                        .or_insert_with(|| direct_callees(table, f))
+                        .clone();
+                    for c in out {
+                        if seen.insert(c) {
+                            next.push(c);
+                        }
+                    }
+                }
+                level = next;
+            }
+            seen
+        })
+        .collect();
+    let mut out = Vec::new();
+    for &v in vtables {
+        // The draws whose own paths store it (the spawn path inlined with its draw), else
+        // those whose function reaches a function that stores it.
+        let mut found: Vec<Option<&String>> = points
+            .iter()
+            .filter(|p| p.stored.contains(&v))
+            .map(|p| p.site.as_ref())
+            .collect();
+        if found.is_empty() {
+            let Some(fs) = storers.get(&v) else { continue };
+            found = reach
+                .iter()
+                .zip(points)
+                .filter(|(r, _)| fs.iter().any(|f| r.contains(f)))
+                .map(|(_, p)| p.site.as_ref())
+                .collect();
+        }
+        let distinct: HashSet<Option<&String>> = found.iter().copied().collect();
+        if let [Some(site)] = distinct.into_iter().collect::<Vec<_>>()[..]
+            && is_exact(site)
+        {
+            out.push((v, site.clone()));
+        }
+    }
+    out
+}
+
+/// `file.rs:line:col`, not `function+0xoff`.
+fn is_exact(site: &str) -> bool {
+    let mut it = site.rsplitn(3, ':');
+    let col = it.next().is_some_and(|c| c.parse::<u32>().is_ok());
+    let line = it.next().is_some_and(|l| l.parse::<u32>().is_ok());
+    col && line && it.next().is_some_and(|f| f.ends_with(".rs"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: u64 = 0x1000;
+
+    /// `mov r, 1; lock xadd [rip + counter], r; test r, r; je back` at TEXT + 0x10.
+    fn retry_loop(counter_disp: i32) -> Vec<u8> {
+        let mut code = vec![0x90; 0x10];
+        code.extend([0xb9, 1, 0, 0, 0]); // mov ecx, 1
+        code.extend([0xf0, 0x48, 0x0f, 0xc1, 0x0d]); // lock xadd [rip+disp], rcx
+        code.extend(counter_disp.to_le_bytes());
+        code.extend([0x48, 0x85, 0xc9]); // test rcx, rcx
+        code.extend([0x74, 0xed]); // je back to the mov
+        code.extend([0xc3]);
+        code
+    }
+
+    #[test]
+    fn finds_a_retry_loop_on_a_rip_relative_counter() {
+        let code = retry_loop(0x1000);
+        let none = |_| None;
+        let draws = choose(find_in(TEXT, &code, &none, true), None, &|_| 1);
+        assert_eq!(draws.len(), 1, "{draws:?}");
+        let d = &draws[0];
+        // The xadd ends at 0x1000 + 0x10 + 5 + 9 = 0x101e: the counter is 0x1000 past it.
+        assert_eq!(d.counter, 0x101e + 0x1000);
+        assert_eq!(d.reg, 1, "the id is in rcx");
+        // The probe sits on the `je`, after the 3-byte test.
+        assert_eq!(d.vaddr, 0x101e + 3);
+        // The symbol says which counter: another one is not this.
+        assert!(choose(find_in(TEXT, &code, &none, true), Some(0x42), &|_| 1).is_empty());
+    }
+
+    #[test]
+    fn follows_a_got_load_of_an_exported_counter() {
+        let mut code = vec![0x90; 0x10];
+        code.extend([0x48, 0x8b, 0x05, 0x00, 0x01, 0x00, 0x00]); // mov rax, [rip+0x100]
+        code.extend([0x66, 0x90]); // xchg ax, ax (a nop)
+        code.extend([0xb9, 1, 0, 0, 0]); // mov ecx, 1
+        code.extend([0xf0, 0x48, 0x0f, 0xc1, 0x08]); // lock xadd [rax], rcx
+        code.extend([0x48, 0x85, 0xc9]); // test rcx, rcx
+        code.extend([0x74, 0xf1]); // je back to the mov ecx
+        let slot = TEXT + 0x10 + 7 + 0x100;
+        let got = move |a| (a == slot).then_some(0x9000);
+        let draws = find_in(TEXT, &code, &got, true);
+        assert_eq!(draws.len(), 1, "{draws:?}");
+        assert_eq!(draws[0].counter, 0x9000);
+        // The base register rewritten between the load and the xadd: not a draw.
+        let mut broken = code.clone();
+        broken[0x17..0x19].copy_from_slice(&[0x31, 0xc0]); // xor eax, eax
+        assert!(find_in(TEXT, &broken, &got, true).is_empty());
+    }
+
+    #[test]
+    fn a_plain_fetch_add_is_probed_right_after_it() {
+        // tokio 1.38: `lock xadd [rip + counter], rcx` then anything.
+        let mut code = vec![0x90; 0x10];
+        code.extend([0xf0, 0x48, 0x0f, 0xc1, 0x0d, 0, 0x10, 0, 0]);
+        code.extend([0x48, 0x89, 0xc8]); // mov rax, rcx
+        let none = |_| None;
+        let counter = 0x1019 + 0x1000;
+        let draws = find_in(TEXT, &code, &none, false);
+        assert_eq!(draws.len(), 1);
+        assert_eq!(draws[0].vaddr, 0x1019, "probed after the xadd");
+        assert_eq!(draws[0].counter, counter);
+        // And without the retry loop, the 1.39+ shape does not match it.
+        assert!(find_in(TEXT, &code, &none, true).is_empty());
+    }
+
+    #[test]
+    fn two_counters_with_as_many_draws_choose_none() {
+        let mut code = retry_loop(0x1000);
+        let mut other = retry_loop(0x2000);
+        // Shift the second loop's code so that its counter differs from the first one's.
+        code.append(&mut other);
+        let none = |_| None;
+        let draws = choose(find_in(TEXT, &code, &none, true), None, &|_| 1);
+        assert!(draws.is_empty(), "a tie is no evidence: {draws:?}");
+        let mut three = code.clone();
+        three.extend(retry_loop(0x1000 - 0x48)); // the first loop's counter
+        let draws = choose(find_in(TEXT, &three, &none, true), None, &|_| 1);
+        assert_eq!(draws.len(), 2, "the counter with the most draws: {draws:?}");
+        // One out-of-line draw called from many places outweighs two inlined ones.
+        let all = find_in(TEXT, &three, &none, true);
+        let lone = all
+            .iter()
+            .find(|d| d.counter != draws[0].counter)
+            .unwrap()
+            .counter;
+        let heavy = move |d: &IdDraw| if d.counter == lone { 5 } else { 1 };
+        let draws = choose(all, None, &heavy);
+        assert!(draws.iter().all(|d| d.counter == lone));
+    }
+
+    #[test]
+    fn exact_sites_are_file_line_col() {
+        assert!(is_exact("src/main.rs:12:5"));
+        assert!(is_exact(
+            "/r/.cargo/registry/src/x/oha-1.16.0/src/client.rs:329:21"
+        ));
+        assert!(!is_exact("app::main+0x40"));
+        assert!(!is_exact("src/main.rs:12"));
+    }
+
+    #[test]
+    fn register_numbers_follow_the_x86_encoding() {
+        assert_eq!(reg_number(Register::RCX), Some(1));
+        assert_eq!(reg_number(Register::R12), Some(12));
+        assert_eq!(reg_number(Register::RSP), None);
+    }
+}
