@@ -425,6 +425,15 @@ fn paths_from(
                 {
                     loads.push(Load::Location(loc));
                 }
+            } else if i.mnemonic() == Mnemonic::Mov
+                && i.op0_kind() == OpKind::Register
+                && i.is_ip_rel_memory_operand()
+                && let Some(f) = table
+                    .relocated_pointer(i.ip_rel_memory_address())
+                    .filter(|f| text.contains(f))
+            {
+                // A function's address through the GOT (PIE, an exported function).
+                loads.push(Load::Function(f));
             }
             match i.flow_control() {
                 FlowControl::ConditionalBranch => queue.push_back(i.near_branch_target()),

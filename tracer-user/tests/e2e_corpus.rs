@@ -598,7 +598,7 @@ impl Figures {
     fn row(&self) -> String {
         let alive = match &self.alive_check {
             Some((listed, alive, a, b)) if a.is_empty() && b.is_empty() => {
-                format!("yes ({listed} = {alive})")
+                format!("yes ({listed} listed, {alive} alive)")
             }
             Some((listed, alive, a, b)) => format!(
                 "NO ({listed} listed, {alive} alive; +{} -{})",
