@@ -130,7 +130,8 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
 
 /// `dump` of a running cell: the version's list layout is found and walked. The fixture's
 /// leaks are idle, its undriven runtime's tasks notified, its blocking task running.
-fn dump_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
+/// `nameless`: the binary names no future type (stripped, or legacy-mangled).
+fn dump_counts(cell: &str, bin: &Path, extra: &[&str], nameless: bool) {
     let (target, truth) = start_with_truth(bin, &[]);
     let out = tasktrace()
         .args(["dump", "--json", "-", "--pid"])
@@ -157,7 +158,7 @@ fn dump_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
     assert!(s["running"].as_u64() >= Some(1), "{cell}: {s}");
     assert_eq!(s["definite_leaks"], 0, "{cell}");
     for t in d["tasks"].as_array().unwrap() {
-        assert_eq!(t["future"].is_string(), !stripped, "{cell}: {t}");
+        assert_eq!(t["future"].is_string(), !nameless, "{cell}: {t}");
     }
 }
 
@@ -279,4 +280,28 @@ fn tokio_1_47() {
 #[test]
 fn tokio_1_54() {
     cells("1.54");
+}
+
+/// The 1.54 cell built by rustc 1.95, as binaries built before v0 mangling became the
+/// default are (legacy names carry no generic arguments: no future types, no spawn sites
+/// named by future type; `drop_in_place` rather than `drop_glue`): the ground truth's
+/// verdict counts, every spawn seen, ≥ 95 % of async spawns named outside tokio and std.
+#[test]
+fn tokio_1_54_legacy_mangling() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let bin = root().join("fixtures/matrix/tokio-1.54/target-legacy/release/fixture-matrix");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo xtask fixtures` builds it",
+        bin.display()
+    );
+    let i = inspect(&bin, &[]);
+    assert_eq!(i["traits"]["mangling"], "legacy", "{i}");
+    assert!(i["id_draws"].as_u64() > Some(0), "{i}");
+    trace_counts("1.54/legacy", &bin, &[], false);
+    // Legacy names carry no future types: the dump names none, as for a stripped cell.
+    dump_counts("1.54/legacy", &bin, &[], true);
 }

@@ -231,7 +231,57 @@ fn build_fixtures() -> Result<(), String> {
             build_fixture(&dir, profile)?;
         }
     }
-    Ok(())
+    build_matrix_legacy()
+}
+
+/// The toolchain of the legacy-mangled matrix cell: a stable from before v0 mangling
+/// became the default (1.97), installed by scripts/setup.sh.
+pub const LEGACY_TOOLCHAIN: &str = "1.95.0";
+
+/// The newest matrix version built by an older rustc, as binaries built a while ago are:
+/// legacy symbol mangling (no generic arguments in names, so no future types),
+/// `drop_in_place` rather than `drop_glue`. Its own target dir: `target-legacy/`.
+fn build_matrix_legacy() -> Result<(), String> {
+    let dir = root().join("fixtures/matrix/tokio-1.54");
+    eprintln!(
+        "xtask: building {} (release, Rust {LEGACY_TOOLCHAIN}: legacy mangling)",
+        dir.display()
+    );
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run",
+        LEGACY_TOOLCHAIN,
+        "cargo",
+        "build",
+        "--quiet",
+        "--release",
+        "--locked",
+    ])
+    .arg("--manifest-path")
+    .arg(dir.join("Cargo.toml"))
+    .arg("--target-dir")
+    .arg(dir.join("target-legacy"));
+    for var in [
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run rustup: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "building {} with Rust {LEGACY_TOOLCHAIN} failed",
+            dir.display()
+        ))
+    }
 }
 
 fn build_fixture(dir: &Path, profile: &str) -> Result<(), String> {
