@@ -116,6 +116,25 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
             "{cell}: {site}"
         );
     }
+    // Fat LTO keeps no spawn function, yet the inlined spawn's runtime-lookup panic block
+    // holds the caller's Location: every `tokio::spawn` is exact. Only spawns through a
+    // runtime handle (which look nothing up, and keep no Location without tokio_unstable)
+    // are named by their function.
+    if cell.ends_with("/fat") {
+        let exact = user
+            .iter()
+            .filter(|t| {
+                t["spawned_at"]
+                    .as_str()
+                    .is_some_and(|s| s.split(':').count() == 3 && s.contains(".rs:"))
+            })
+            .count();
+        assert!(
+            exact + 2 >= user.len(),
+            "{cell}: only {exact} of {} async spawns exact",
+            user.len()
+        );
+    }
     let polled_ok = report["tasks"]
         .as_array()
         .unwrap()
