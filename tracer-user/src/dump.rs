@@ -95,16 +95,7 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
         },
     )?;
     let mut locator = Locator::new(table, pid, target.exe.clone());
-    locator.set_vtable_sites(
-        plan.vtable_sites
-            .iter()
-            .map(|v| (v.vtable, v.site.clone()))
-            .chain(
-                plan.static_sites
-                    .iter()
-                    .flat_map(|s| s.vtables.iter().map(move |&v| (v, s.site.clone()))),
-            ),
-    );
+    locator.set_vtable_sites(plan.code_sites());
     let vtables = locator
         .task_vtables(bin.instances(knowledge.symbols.raw_poll), &knowledge.layout)
         .ok_or_else(|| Error::Launch(format!("cannot find where pid {pid} mapped its binary")))?;

@@ -136,6 +136,19 @@ pub struct VtableSite {
 }
 
 impl Plan {
+    /// Task vtables (file addresses) whose tasks' spawn site the code shows: the vtable
+    /// sites and the future types spawned from one place.
+    pub fn code_sites(&self) -> impl Iterator<Item = (u64, String)> + '_ {
+        self.vtable_sites
+            .iter()
+            .map(|v| (v.vtable, v.site.clone()))
+            .chain(
+                self.static_sites
+                    .iter()
+                    .flat_map(|s| s.vtables.iter().map(move |&v| (v, s.site.clone()))),
+            )
+    }
+
     pub fn site_count(&self) -> usize {
         self.entry.len() + self.ret.len()
     }
@@ -459,9 +472,9 @@ impl Plan {
     /// with one Location (`static_sites`): a hit per spawn saved. Only types a task vtable
     /// names qualify, since that is how a spawn event finds its site again.
     fn name_sites_from_code(&mut self, bin: &BinaryInfo, table: &LocationTable, k: &Knowledge) {
-        let Some((text, bytes)) = table.text() else {
+        if table.text().is_none() {
             return;
-        };
+        }
         let mut vtables: HashMap<String, Vec<u64>> = HashMap::new();
         for v in table.task_vtables(bin.instances(k.symbols.raw_poll), &k.layout) {
             if let Some(f) = table.future_of_vtable(v.vaddr) {
@@ -491,20 +504,8 @@ impl Plan {
             addrs.sort_unstable();
             addrs.dedup();
         }
-        let functions = table.function_ranges();
-        let read_u32 = |vaddr| table.u32_at(vaddr);
-        let code = crate::static_sites::Code {
-            vaddr: text,
-            bytes,
-            functions: &functions,
-            read_u32: &read_u32,
-        };
         let lists: Vec<Vec<u64>> = groups.iter().map(|g| g.1.clone()).collect();
-        let found = crate::static_sites::callers(&code, &lists, |a| {
-            table
-                .location_at(a)
-                .is_some_and(|l| !crate::locations::is_runtime_internal(&l))
-        });
+        let found = crate::static_sites::callers_in(table, &lists);
         let instances: HashSet<u64> = lists.iter().flatten().copied().collect();
         let address_taken = table.pointed_at_from_data(&instances);
         let mut skipped = HashSet::new();

@@ -95,16 +95,7 @@ pub async fn trace(
     )?;
     let mut warnings: Vec<String> = selection.warning.into_iter().collect();
     let mut locator = Locator::new(table, target.pid, target.exe.clone());
-    locator.set_vtable_sites(
-        plan.vtable_sites
-            .iter()
-            .map(|v| (v.vtable, v.site.clone()))
-            .chain(
-                plan.static_sites
-                    .iter()
-                    .flat_map(|s| s.vtables.iter().map(move |&v| (v, s.site.clone()))),
-            ),
-    );
+    locator.set_vtable_sites(plan.code_sites());
     let target_info = TargetInfo {
         pid: target.pid,
         binary: target.display.clone(),

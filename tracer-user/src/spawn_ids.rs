@@ -651,23 +651,11 @@ fn locations_passed(
     functions: &[u64],
     depth: usize,
 ) -> HashMap<u64, Option<String>> {
-    let Some((text, bytes)) = table.text().filter(|_| !functions.is_empty()) else {
+    if functions.is_empty() {
         return HashMap::new();
-    };
-    let ranges = table.function_ranges();
-    let read_u32 = |a| table.u32_at(a);
-    let code = crate::static_sites::Code {
-        vaddr: text,
-        bytes,
-        functions: &ranges,
-        read_u32: &read_u32,
-    };
+    }
     let groups: Vec<Vec<u64>> = functions.iter().map(|&f| vec![f]).collect();
-    let found = crate::static_sites::callers(&code, &groups, |a| {
-        table
-            .location_at(a)
-            .is_some_and(|l| !is_runtime_internal(&l))
-    });
+    let found = crate::static_sites::callers_in(table, &groups);
     // Calls that pass no Location of their own: their functions, resolved a level up.
     let mut unknown: Vec<u64> = found
         .iter()

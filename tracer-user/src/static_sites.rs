@@ -34,6 +34,27 @@ pub struct Callers {
     pub other_references: usize,
 }
 
+/// [`callers`] over a binary's whole `.text`, counting user `Location`s (not tokio's or
+/// std's): what the plan and the id-draw analysis ask.
+pub fn callers_in(table: &crate::locations::LocationTable, groups: &[Vec<u64>]) -> Vec<Callers> {
+    let Some((text, bytes)) = table.text() else {
+        return groups.iter().map(|_| Callers::default()).collect();
+    };
+    let functions = table.function_ranges();
+    let read_u32 = |a| table.u32_at(a);
+    let code = Code {
+        vaddr: text,
+        bytes,
+        functions: &functions,
+        read_u32: &read_u32,
+    };
+    callers(&code, groups, |a| {
+        table
+            .location_at(a)
+            .is_some_and(|l| !crate::locations::is_runtime_internal(&l))
+    })
+}
+
 /// For each group of function addresses, who refers to them in `code`. `rodata_location`
 /// tells whether an address holds a `Location` (the loads that count).
 pub fn callers(

@@ -87,19 +87,8 @@ pub fn build(root: &Path, programs: &[Program]) -> Result<(), String> {
         if bin.exists() {
             continue;
         }
-        // The program's own toolchain, through rustup: not the one running xtask.
-        let mut cmd = Command::new("rustup");
-        cmd.args(["run", &p.toolchain, "cargo"]);
-        for var in [
-            "CARGO",
-            "RUSTC",
-            "RUSTDOC",
-            "RUSTUP_TOOLCHAIN",
-            "RUSTFLAGS",
-            "CARGO_TARGET_DIR",
-        ] {
-            cmd.env_remove(var);
-        }
+        // The program's own toolchain.
+        let mut cmd = crate::rustup_cargo(&p.toolchain);
         match (&p.krate, &p.path) {
             (Some((krate, version)), _) => {
                 eprintln!(

@@ -206,6 +206,24 @@ fn build_tasktrace_release() -> Result<(), String> {
     }
 }
 
+/// `cargo` of another toolchain, through rustup: not the one running xtask (whose
+/// `CARGO`, `RUSTC` and `RUSTUP_TOOLCHAIN` would win).
+pub fn rustup_cargo(toolchain: &str) -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", toolchain, "cargo"]);
+    for var in [
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
@@ -247,31 +265,12 @@ fn build_matrix_legacy() -> Result<(), String> {
         "xtask: building {} (release, Rust {LEGACY_TOOLCHAIN}: legacy mangling)",
         dir.display()
     );
-    let mut cmd = Command::new("rustup");
-    cmd.args([
-        "run",
-        LEGACY_TOOLCHAIN,
-        "cargo",
-        "build",
-        "--quiet",
-        "--release",
-        "--locked",
-    ])
-    .arg("--manifest-path")
-    .arg(dir.join("Cargo.toml"))
-    .arg("--target-dir")
-    .arg(dir.join("target-legacy"));
-    for var in [
-        "CARGO",
-        "RUSTC",
-        "RUSTDOC",
-        "RUSTUP_TOOLCHAIN",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-    ] {
-        cmd.env_remove(var);
-    }
-    let status = cmd
+    let status = rustup_cargo(LEGACY_TOOLCHAIN)
+        .args(["build", "--quiet", "--release", "--locked"])
+        .arg("--manifest-path")
+        .arg(dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(dir.join("target-legacy"))
         .status()
         .map_err(|e| format!("cannot run rustup: {e}"))?;
     if status.success() {
