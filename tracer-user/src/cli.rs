@@ -155,7 +155,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("`{s}` is not a valid duration"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    // Deadlines are instants: a duration past them would overflow (and mean "forever",
+    // which is what leaving the option out says).
+    const LONGEST: f64 = 10.0 * 365.0 * 86_400.0;
+    if secs > LONGEST {
+        return Err(format!(
+            "`{s}` is longer than ten years; leave the option out to wait without a limit"
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
 }
 
 fn parse_verdict(s: &str) -> Result<Verdict, String> {
@@ -195,6 +203,18 @@ mod tests {
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+        // Absurd values are refused with a message, never a panic.
+        for bad in [
+            "99999999999999999999999h",
+            "1e400",
+            "-1s",
+            "",
+            "NaN",
+            "11000d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_duration("87600h").is_ok(), "ten years is the limit");
     }
 
     #[test]
