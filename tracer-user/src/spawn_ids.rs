@@ -298,39 +298,50 @@ pub fn uncovered(table: &LocationTable, draws: Vec<IdDraw>, probed: &HashSet<u64
     if probed.is_empty() {
         return draws;
     }
-    let mut reaches: HashMap<u64, bool> = HashMap::new();
+    let mut reach = Reach::default();
+    let mut covered: HashMap<u64, bool> = HashMap::new();
     draws
         .into_iter()
         .filter(|d| {
             let Some((start, _)) = table.function_bounds(d.vaddr) else {
                 return true;
             };
-            !*reaches
-                .entry(start)
-                .or_insert_with(|| reaches_probe(table, start, probed))
+            !*covered.entry(start).or_insert_with(|| {
+                reach
+                    .from(table, start)
+                    .iter()
+                    .any(|f| *f != start && probed.contains(f))
+            })
         })
         .collect()
 }
 
-fn reaches_probe(table: &LocationTable, start: u64, probed: &HashSet<u64>) -> bool {
+/// The functions a function reaches through direct (and GOT) calls and jumps, a few
+/// levels deep, itself included; each function's callees decoded once.
+#[derive(Default)]
+struct Reach {
+    callees: HashMap<u64, Vec<u64>>,
+}
+
+impl Reach {
     const DEPTH: usize = 4;
-    let mut seen = HashSet::from([start]);
-    let mut level = vec![start];
-    for _ in 0..DEPTH {
-        let mut next = Vec::new();
-        for f in level {
-            for callee in direct_callees(table, f) {
-                if probed.contains(&callee) {
-                    return true;
-                }
-                if seen.insert(callee) {
-                    next.push(callee);
-                }
+
+    fn from(&mut self, table: &LocationTable, start: u64) -> HashSet<u64> {
+        let mut seen = HashSet::from([start]);
+        let mut level = vec![start];
+        for _ in 0..Self::DEPTH {
+            let mut next = Vec::new();
+            for f in level {
+                let out = self
+                    .callees
+                    .entry(f)
+                    .or_insert_with(|| direct_callees(table, f));
+                next.extend(out.iter().copied().filter(|&c| seen.insert(c)));
             }
+            level = next;
         }
-        level = next;
+        seen
     }
-    false
 }
 
 /// Targets of the direct calls and jumps leaving the function that starts at `start`.
@@ -737,32 +748,13 @@ pub fn vtable_sites(
             storers.entry(target).or_default().insert(f);
         }
     }
-    // What each draw's function reaches through direct calls, a few levels deep.
-    let mut callees: HashMap<u64, Vec<u64>> = HashMap::new();
+    // What each spawn point's function reaches through direct calls.
+    let mut reacher = Reach::default();
     let reach: Vec<HashSet<u64>> = points
         .iter()
-        .map(|d| {
-            let Some((start, _)) = table.function_bounds(d.vaddr) else {
-                return HashSet::new();
-            };
-            let mut seen = HashSet::from([start]);
-            let mut level = vec![start];
-            for _ in 0..4 {
-                let mut next = Vec::new();
-                for f in level {
-                    let out = callees
-                        .entry(f)
-                        .or_insert_with(|| direct_callees(table, f))
-                        .clone();
-                    for c in out {
-                        if seen.insert(c) {
-                            next.push(c);
-                        }
-                    }
-                }
-                level = next;
-            }
-            seen
+        .map(|d| match table.function_bounds(d.vaddr) {
+            Some((start, _)) => reacher.from(table, start),
+            None => HashSet::new(),
         })
         .collect();
     let mut out = Vec::new();
