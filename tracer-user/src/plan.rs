@@ -459,8 +459,9 @@ impl Plan {
             {
                 u.what = "some spawn sites".into();
                 u.why = "the binary is stripped: a spawn's site is named where the code shows \
-                         it (the Location its inlined spawn path loads next to the task-id \
-                         draw, `inspect` lists them); other spawns have none"
+                         it (the Location its inlined spawn path loads, or its callers pass; \
+                         `inspect` lists them); other spawns name the spawning code's file \
+                         address (`stripped+0x…`: addr2line or --symbols on an unstripped copy)"
                     .into();
             }
         }

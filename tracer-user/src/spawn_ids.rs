@@ -575,8 +575,16 @@ pub fn describe_all(
                 .or_else(|| if in_runtime { None } else { from_panic() })
                 .or_else(|| from_callers.get(&at).cloned().flatten())
                 .or_else(|| {
-                    let (name, off) = function.as_ref()?;
-                    (!in_runtime).then(|| format!("{name}+{off:#x}"))
+                    (!in_runtime)
+                        .then(|| repeated_location(table, at))
+                        .flatten()
+                })
+                .or_else(|| match function {
+                    Some((name, off)) => (!in_runtime).then(|| format!("{name}+{off:#x}")),
+                    // Stripped, and no Location in the code (a `LocalSet::spawn_local`
+                    // has no panic path to load one): the file address of the spawning
+                    // code, for addr2line or `--symbols` on an unstripped copy.
+                    None => Some(format!("stripped+{at:#x}")),
                 });
             let stored = p
                 .iter()
@@ -620,6 +628,44 @@ pub fn describe_all(
         })
         .collect();
     (sites, spawn_points)
+}
+
+/// The spawn site of a `spawn_local` inlined into the spawning function (a `LocalSet`,
+/// actix-rt) up to the out-of-line part of the spawn at `at`: the context checks come
+/// before that call, and each of their panics ("called from outside of a LocalSet", "only
+/// from the thread the runtime was created on") reports the caller's `#[track_caller]`
+/// Location, so the spawning function loads that Location once per panic block. The
+/// user Location it loads more often than any other, at least twice, is the site; a tie
+/// (two spawns in one function) names none rather than guessing.
+fn repeated_location(table: &LocationTable, at: u64) -> Option<String> {
+    let (start, end) = table.function_bounds(at)?;
+    most_loaded_location(table.code(start, end - start)?, start, |a| {
+        table.location_at(a)
+    })
+}
+
+/// [`repeated_location`] over one function's code; `location_at` reads a Location.
+fn most_loaded_location(
+    code: &[u8],
+    start: u64,
+    location_at: impl Fn(u64) -> Option<String>,
+) -> Option<String> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for i in Decoder::with_ip(64, code, start, DecoderOptions::NONE) {
+        if i.mnemonic() == Mnemonic::Lea
+            && i.is_ip_rel_memory_operand()
+            && let Some(loc) = location_at(i.ip_rel_memory_address())
+            && !is_runtime_internal(&loc)
+        {
+            *counts.entry(loc).or_default() += 1;
+        }
+    }
+    let most = *counts.values().max()?;
+    let mut at_most = counts.into_iter().filter(|&(_, n)| n == most);
+    match (at_most.next(), at_most.next()) {
+        (Some((loc, n)), None) if n >= 2 => Some(loc),
+        _ => None,
+    }
 }
 
 /// A function's name and an offset in it.
@@ -707,7 +753,10 @@ fn locations_passed(
                 .zip(&callers.call_functions)
                 .map(|(l, from)| match l {
                     Some(a) => table.location_at(*a),
-                    None => above.get(from).cloned().flatten(),
+                    // No Location passed: the caller may have `spawn_local`'s checks
+                    // inlined (their panics load its Location), or pass its own on.
+                    None => repeated_location(table, *from)
+                        .or_else(|| above.get(from).cloned().flatten()),
                 })
                 .collect();
             let site = sites
@@ -776,21 +825,13 @@ pub fn vtable_sites(
                 .collect();
         }
         let distinct: HashSet<Option<&String>> = found.iter().copied().collect();
-        if let [Some(site)] = distinct.into_iter().collect::<Vec<_>>()[..]
-            && is_exact(site)
-        {
+        // The one site its spawns would name live (exact, or the code address where the
+        // code holds no Location): a task alive before attach gets the same name.
+        if let [Some(site)] = distinct.into_iter().collect::<Vec<_>>()[..] {
             out.push((v, site.clone()));
         }
     }
     out
-}
-
-/// `file.rs:line:col`, not `function+0xoff`.
-fn is_exact(site: &str) -> bool {
-    let mut it = site.rsplitn(3, ':');
-    let col = it.next().is_some_and(|c| c.parse::<u32>().is_ok());
-    let line = it.next().is_some_and(|l| l.parse::<u32>().is_ok());
-    col && line && it.next().is_some_and(|f| f.ends_with(".rs"))
 }
 
 #[cfg(test)]
@@ -888,14 +929,38 @@ mod tests {
         assert!(draws.iter().all(|d| d.counter == lone));
     }
 
+    /// `lea rdx, [rip + target]` for each target, laid out from TEXT.
+    fn location_loads(targets: &[u64]) -> Vec<u8> {
+        let mut code = Vec::new();
+        for &t in targets {
+            let next = TEXT + code.len() as u64 + 7;
+            code.extend([0x48, 0x8d, 0x15]);
+            code.extend(((t as i64 - next as i64) as i32).to_le_bytes());
+        }
+        code
+    }
+
     #[test]
-    fn exact_sites_are_file_line_col() {
-        assert!(is_exact("src/main.rs:12:5"));
-        assert!(is_exact(
-            "/r/.cargo/registry/src/x/oha-1.16.0/src/client.rs:329:21"
-        ));
-        assert!(!is_exact("app::main+0x40"));
-        assert!(!is_exact("src/main.rs:12"));
+    fn an_inlined_spawn_local_names_the_location_its_panics_load() {
+        let at = |a: u64| match a {
+            0x9000 => Some("/c/actix-server-2.6.0/src/service.rs:74:17".to_owned()),
+            0x9100 => Some("/c/actix-server-2.6.0/src/worker.rs:432:31".to_owned()),
+            0x9200 => Some("/c/tokio-1.51.1/src/task/local.rs:445:29".to_owned()),
+            _ => None,
+        };
+        // Both panics of the inlined checks load the spawn's Location; tokio's own
+        // unwraps do not count, nor does one other user panic.
+        let code = location_loads(&[0x9000, 0x9200, 0x9200, 0x9200, 0x9100, 0x9000]);
+        assert_eq!(
+            most_loaded_location(&code, TEXT, at).as_deref(),
+            Some("/c/actix-server-2.6.0/src/service.rs:74:17")
+        );
+        // Two spawns in one function: a tie names neither.
+        let code = location_loads(&[0x9000, 0x9100, 0x9000, 0x9100]);
+        assert_eq!(most_loaded_location(&code, TEXT, at), None);
+        // One load is an ordinary panic (an unwrap), not a spawn's checks.
+        let code = location_loads(&[0x9100, 0x9200]);
+        assert_eq!(most_loaded_location(&code, TEXT, at), None);
     }
 
     #[test]
