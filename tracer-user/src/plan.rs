@@ -43,14 +43,16 @@ pub struct StaticSite {
 }
 
 /// A verdict or signal this binary cannot give, and why.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Unavailable {
     pub what: String,
     pub why: String,
 }
 
 /// How much tasktrace watches, traded against what it costs the target.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Every poll (one probe hit per poll where the thread sampler can tell when a poll
@@ -135,7 +137,48 @@ pub struct VtableSite {
     pub site: String,
 }
 
+/// What the model and the report need of a plan, typed: recorded in the trace file's
+/// metadata, so that a replay configures the model exactly as the live window did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PlanSummary {
+    pub mode: Mode,
+    /// Completions are probed; when not (stripped), a task that leaves its runtime's list
+    /// between two readings has finished.
+    pub completion_probed: bool,
+    pub polls_probed: bool,
+    /// When polls are probed but not their ends, a poll ends at the thread's next event.
+    pub poll_ends_probed: bool,
+    /// Per probed task-id draw (the site number its events carry): the site the code
+    /// shows there.
+    pub id_sites: Vec<Option<String>>,
+    /// Future type → its one spawn site, for types spawned from one place.
+    pub static_sites: Vec<(String, String)>,
+    /// Probe sites run emulated / single-stepped.
+    pub emulated: usize,
+    pub single_stepped: usize,
+    pub unavailable: Vec<Unavailable>,
+}
+
 impl Plan {
+    pub fn summary(&self) -> PlanSummary {
+        let (emulated, single_stepped) = self.execution_counts();
+        PlanSummary {
+            mode: self.mode,
+            completion_probed: self.completion_probed,
+            polls_probed: self.polls_probed,
+            poll_ends_probed: self.poll_ends_probed,
+            id_sites: self.id_sites.iter().map(|s| s.site.clone()).collect(),
+            static_sites: self
+                .static_sites
+                .iter()
+                .map(|s| (s.future.clone(), s.site.clone()))
+                .collect(),
+            emulated,
+            single_stepped,
+            unavailable: self.unavailable.clone(),
+        }
+    }
+
     /// Task vtables (file addresses) whose tasks' spawn site the code shows: the vtable
     /// sites and the future types spawned from one place.
     pub fn code_sites(&self) -> impl Iterator<Item = (u64, String)> + '_ {

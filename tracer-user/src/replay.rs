@@ -1,13 +1,13 @@
 //! `tasktrace report FILE`: replays a trace file through the same aggregator and
 //! detectors as a live window, so a recording reports exactly what the live run did.
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::path::Path;
 
 use crate::{
     error::Result,
     model::Aggregator,
     report::{Meta, ProbeInfo, Report},
-    tracefile::{self, Rec},
+    tracefile::{self, EndedBy, Rec},
     verdict::Thresholds,
 };
 
@@ -30,73 +30,20 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
         None => Box::new(file),
     };
     let mut agg: Option<Aggregator> = None;
-    let mut names: HashMap<u64, Arc<str>> = HashMap::new();
     let mut last_ts = 0;
     let info = tracefile::stream(path, reader, |rec| {
-        if let Rec::Meta(meta) = &rec {
-            let mut a = Aggregator::new(meta.state_bits, thresholds);
-            a.configure(&meta.plan);
-            if timeline {
-                a.timeline = Some(Default::default());
+        match &rec {
+            Rec::Meta(meta) => {
+                agg = Some(Aggregator::for_window(meta, thresholds, timeline));
+                last_ts = meta.start_ns;
             }
-            agg = Some(a);
-            last_ts = meta.start_ns;
-            return;
+            Rec::Task(ev) => last_ts = last_ts.max(ev.ts_ns),
+            Rec::TaskList { at_ns, .. } | Rec::Samples { at_ns, .. } => {
+                last_ts = last_ts.max(*at_ns)
+            }
+            Rec::Site { .. } | Rec::Future { .. } => {}
         }
-        let agg = agg.as_mut().expect("metadata comes first");
-        match rec {
-            Rec::Meta(_) => {}
-            Rec::Task(ev) => {
-                last_ts = last_ts.max(ev.ts_ns);
-                agg.site_from_code(&ev, names.get(&ev.vtable).map(|n| &**n));
-                agg.ingest(&ev);
-            }
-            Rec::Site {
-                tid,
-                caller,
-                stack: true,
-                ..
-            } => agg.spawn_stack(tid, caller.as_deref().map(Arc::from)),
-            Rec::Site {
-                tid,
-                location,
-                code: true,
-                ..
-            } => agg.spawn_code_site(tid, location.as_deref().map(Arc::from)),
-            Rec::Site {
-                tid,
-                location,
-                caller,
-                ..
-            } => agg.spawn_call(
-                tid,
-                location.as_deref().map(Arc::from),
-                caller.as_deref().map(Arc::from),
-            ),
-            Rec::Future { vtable, name, site } => {
-                if !name.is_empty() {
-                    names.insert(vtable, Arc::from(name.as_str()));
-                }
-                agg.vtable_site(vtable, site.as_deref().map(Arc::from));
-            }
-            Rec::TaskList {
-                at_ns,
-                attach,
-                tasks,
-                complete_owners,
-                until_ns,
-            } => {
-                last_ts = last_ts.max(at_ns);
-                if let Some(until) = until_ns {
-                    agg.reading_until(until);
-                }
-                agg.task_list(&tasks, at_ns, attach, complete_owners.as_deref());
-            }
-            Rec::Samples { at_ns, samples } => {
-                last_ts = last_ts.max(at_ns);
-                agg.thread_samples(at_ns, &samples);
-            }
-        }
+        agg.as_mut().expect("metadata comes first").apply(rec);
     })?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -110,7 +57,7 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
             agg.diagnostics.after_window = end.after_window;
             (
                 end.end_ns,
-                end_ended_by(&end.ended_by),
+                end.ended_by.as_str(),
                 end.lost_events,
                 end.detach_ms,
             )
@@ -120,9 +67,10 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
                 "the recording has no end record (the tracer was stopped abruptly){}; verdicts are judged at its last event",
                 trace.truncated_at.map(|o| format!(", and its last record is cut at byte {o}")).unwrap_or_default()
             ));
-            (last_ts, "truncated", 0, 0.0)
+            (last_ts, EndedBy::Truncated.as_str(), 0, 0.0)
         }
     };
+    let summary = &trace.meta.summary;
     let meta = Meta {
         target: trace.meta.target.clone(),
         start_ns: trace.meta.start_ns,
@@ -132,39 +80,15 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
             sites: trace.meta.probe_sites,
             attach_ms: trace.meta.attach_ms,
             detach_ms,
-            mode: trace.meta.plan["mode"]
-                .as_str()
-                .unwrap_or("full")
-                .to_owned(),
-            emulated: count_sites(&trace.meta.plan, "emulated"),
-            single_stepped: count_sites(&trace.meta.plan, "single_stepped"),
+            mode: summary.mode.as_str().into(),
+            emulated: summary.emulated,
+            single_stepped: summary.single_stepped,
         },
         lost_events: lost,
         warnings,
-        unavailable: serde_json::from_value(trace.meta.plan["unavailable"].clone())
-            .unwrap_or_default(),
-        futures: names,
+        unavailable: summary.unavailable.clone(),
     };
     Ok(Report::build(agg, meta))
-}
-
-/// Sites of the recorded plan whose placement says `execution`.
-fn count_sites(plan: &serde_json::Value, execution: &str) -> usize {
-    ["entry", "return"]
-        .iter()
-        .filter_map(|list| plan[list].as_array())
-        .flatten()
-        .filter(|s| s["placement"]["execution"] == execution)
-        .count()
-}
-
-fn end_ended_by(s: &str) -> &'static str {
-    match s {
-        "duration" => "duration",
-        "target_exit" => "target_exit",
-        "interrupted" => "interrupted",
-        _ => "unknown",
-    }
 }
 
 #[cfg(test)]
@@ -191,6 +115,12 @@ mod tests {
             start_unix_s: 0.0,
             state_bits: tokio_versions::select(None).unwrap().knowledge.state,
             probe_sites: 3,
+            summary: crate::plan::PlanSummary {
+                completion_probed: true,
+                polls_probed: true,
+                poll_ends_probed: true,
+                ..Default::default()
+            },
             plan: serde_json::Value::Null,
             attach_ms: 1.0,
             warnings: vec![],
@@ -212,16 +142,26 @@ mod tests {
     fn write_sample(path: &Path, with_end: bool) {
         let mut w = Writer::create(path).unwrap();
         w.meta(&meta());
-        w.site(7, Some("src/app.rs:3:5"), None);
+        w.record(&Rec::Site {
+            tid: 7,
+            location: Some("src/app.rs:3:5".into()),
+            caller: None,
+            stack: false,
+            code: false,
+        });
         w.task(&ev(EventKind::Spawn, 2_000, 0x10, 1));
         w.task(&ev(EventKind::PollStart, 3_000, 0x10, 1));
         w.task(&ev(EventKind::PollEnd, 4_000, 0, 0));
-        w.future(0, "app::f");
+        w.record(&Rec::Future {
+            vtable: 0,
+            name: "app::f".into(),
+            site: None,
+        });
         // A task found in a LocalSet's list at attach, unable to ever run again.
-        w.task_list(
-            5_000,
-            true,
-            &[crate::tasklist::LiveTask {
+        w.record(&Rec::TaskList {
+            at_ns: 5_000,
+            attach: true,
+            tasks: vec![crate::tasklist::LiveTask {
                 header: 0x30,
                 id: 3,
                 owner_id: 2,
@@ -235,14 +175,14 @@ mod tests {
                 join_handle: false,
                 no_way_to_run: true,
             }],
-            Some(&[2]),
-            Some(5_500),
-        );
+            complete_owners: Some(vec![2]),
+            until_ns: Some(5_500),
+        });
         w.task(&ev(EventKind::WakeByVal, 60_000_000_000, 0x99, 2));
         if with_end {
             w.end(&EndRecord {
                 end_ns: 61_000_000_000,
-                ended_by: "duration".into(),
+                ended_by: tracefile::EndedBy::Duration,
                 lost_events: 0,
                 detach_ms: 1.0,
                 after_window: 0,

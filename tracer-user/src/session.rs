@@ -1,9 +1,7 @@
-//! One trace window, start to finish: read the binary, plan, attach, stream events into
-//! the aggregator until the window ends, detach, and build the report.
+//! One trace window, start to finish (`Session`): read the binary, plan, attach, stream
+//! records into the model until the window ends, detach, and build the report.
 
-use std::time::Duration;
-
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use crate::{
     elf::BinaryInfo,
@@ -16,7 +14,7 @@ use crate::{
     target::{Launched, Target},
     tasklist::{self, Reader, Snapshot},
     tokio_versions,
-    tracefile::{EndRecord, MetaRecord, Writer},
+    tracefile::{EndRecord, EndedBy, MetaRecord, Rec, Writer},
     verdict::Thresholds,
 };
 
@@ -74,57 +72,214 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Traces one window of `target` and reports it.
 pub async fn trace(
     target: Target,
-    mut launched: Option<Launched>,
+    launched: Option<Launched>,
     opts: &WindowOpts,
-    mut recording: Option<Writer>,
+    recording: Option<Writer>,
 ) -> Result<Report> {
-    let (bin, table) = read_binary(&target.exe, &target.display, opts.symbols.as_deref())?;
-    let selection = tokio_versions::select(bin.tokio_version).map_err(Error::UnsupportedTokio)?;
-    let knowledge = selection.knowledge;
-    let plan = Plan::choose(
-        std::path::Path::new(&target.display),
-        &bin,
-        &table,
-        knowledge,
-        crate::plan::PlanOpts {
-            spawn_sites: opts.spawn_sites,
-            mode: opts.mode,
-        },
-    )?;
-    let mut warnings: Vec<String> = selection.warning.into_iter().collect();
-    let mut locator = Locator::new(table, target.pid, target.exe.clone());
-    locator.set_vtable_sites(plan.code_sites());
-    let target_info = TargetInfo {
-        pid: target.pid,
-        binary: target.display.clone(),
-        build_id: bin.build_id.clone(),
-        tokio_version: bin.tokio_version.map(|v| v.to_string()),
-    };
+    let mut session = Session::attach(target, launched, opts, recording)?;
+    let ended_by = session.run().await?;
+    Ok(session.close(ended_by).await)
+}
 
-    let mut probes = Probes::attach(
-        &target.exe,
-        &plan,
-        target.pid,
-        &knowledge.layout,
-        opts.ring_bytes,
-    )?;
-    let start_ns = monotonic_ns();
-    let attach_ms = probes.attach_time.as_secs_f64() * 1e3;
-    if !opts.quiet {
-        eprintln!(
-            "tasktrace: attached {} probe sites to pid {} in {attach_ms:.1} ms; {}",
-            probes.sites,
-            target.pid,
-            match opts.duration {
-                Some(d) => format!("tracing for {:.1}s (Ctrl-C ends early)", d.as_secs_f64()),
-                None => "tracing until the target exits or Ctrl-C".into(),
-            }
-        );
+/// One window on one process: attach, tick (drain the ring, sample threads, read the
+/// task lists, off the event loop), close (detach, report). Every record the probes and
+/// the readings produce goes through [`Feed::emit`], so the trace file holds exactly what
+/// the model was given.
+pub struct Session<'o> {
+    opts: &'o WindowOpts,
+    target: Target,
+    launched: Option<Launched>,
+    plan: Plan,
+    probes: Probes,
+    live: Live,
+    /// `None` while a reading walks the lists on a blocking thread.
+    lists: Option<ListReader>,
+    sampler: Option<crate::sampler::Sampler>,
+    warnings: Vec<String>,
+    target_info: TargetInfo,
+    start_ns: u64,
+    attach_ms: f64,
+    /// Readings during the window stand in for what no probe sees: completions
+    /// (stripped), wakes (one-hit polls) or polls (lifecycle). They back off when slow.
+    periodic_readings: bool,
+    next_reading: tokio::time::Instant,
+    /// Task vtables whose spawns need no stack copy, once the load address is known.
+    sites_unmarked: bool,
+    ticks: u64,
+    events_seen: u64,
+    events_at_last_update: u64,
+}
+
+/// The live side of the stream: what turns the probes' raw records into the stream's
+/// records (resolving addresses to sites and future names in the target), and the feed
+/// that writes and applies them.
+struct Live {
+    feed: Feed,
+    locator: Locator,
+    /// Task vtables described so far (future name, if the symbols say).
+    futures: HashMap<u64, Option<Arc<str>>>,
+    /// Out-of-line id draws: the spawn site at each call site (return address, file
+    /// address).
+    caller_sites: HashMap<u64, Arc<str>>,
+    /// Set when the window closes: events after it (while the probes are being detached)
+    /// are outside the window and would only add half-seen polls.
+    cutoff: u64,
+}
+
+/// Writes each record to the trace file (when recording), then applies it to the model:
+/// a replay of the file applies the same records in the same order.
+struct Feed {
+    agg: Aggregator,
+    recording: Option<Writer>,
+}
+
+impl Feed {
+    fn emit(&mut self, rec: Rec) {
+        if let Some(w) = self.recording.as_mut() {
+            w.record(&rec);
+        }
+        self.agg.apply(rec);
     }
-    if let Some(w) = recording.as_mut() {
-        w.meta(&MetaRecord {
+}
+
+impl Live {
+    fn on_probe(&mut self, r: Record) {
+        let ts = match &r {
+            Record::Task(ev) => ev.ts_ns,
+            Record::Call(c) => c.ts_ns,
+            Record::Stack(st) => st.ts_ns,
+        };
+        if ts > self.cutoff {
+            self.feed.agg.diagnostics.after_window += 1;
+            return;
+        }
+        match r {
+            // A spawn whose Location was already found needs no unwinding.
+            Record::Stack(st) if self.feed.agg.has_pending_location(st.tid) => {}
+            Record::Stack(st) => {
+                let stack = &st.stack[..(st.len as usize).min(st.stack.len())];
+                let caller = self.locator.unwound_caller(st.ip, st.sp, st.bp, stack);
+                self.feed.emit(Rec::Site {
+                    tid: st.tid,
+                    location: None,
+                    caller: caller.map(|c| c.to_string()),
+                    stack: true,
+                    code: false,
+                });
+            }
+            Record::Task(ev) => {
+                self.describe_vtable(ev.vtable);
+                // An out-of-line id draw: its caller (the return address the probe read)
+                // is the spawn, and the code there names it.
+                if ev.kind == tracer_common::EventKind::SpawnId as u8
+                    && ev.owner_id != 0
+                    && let Some(bias) = self.locator.bias()
+                    && let Some(site) = self.caller_sites.get(&ev.owner_id.wrapping_sub(bias))
+                {
+                    let location = Some(site.to_string());
+                    self.feed.emit(Rec::Site {
+                        tid: ev.tid,
+                        location,
+                        caller: None,
+                        stack: false,
+                        code: true,
+                    });
+                }
+                self.feed.emit(Rec::Task(ev));
+            }
+            Record::Call(call) => {
+                let location = self.locator.location(&call.args);
+                let caller = if location.is_none() {
+                    self.locator.caller(call.return_address)
+                } else {
+                    None
+                };
+                self.feed.emit(Rec::Site {
+                    tid: call.tid,
+                    location: location.map(|l| l.to_string()),
+                    caller: caller.map(|c| c.to_string()),
+                    stack: false,
+                    code: false,
+                });
+            }
+        }
+    }
+
+    /// The first time a task vtable shows up: what the binary says of it (its future
+    /// type, its tasks' spawn site), as a future record.
+    fn describe_vtable(&mut self, vtable: u64) {
+        if vtable == 0 || self.futures.contains_key(&vtable) {
+            return;
+        }
+        let name = self.locator.future_name(vtable);
+        let site = vtable_site(&mut self.locator, vtable);
+        if name.is_some() || site.is_some() {
+            self.feed.emit(Rec::Future {
+                vtable,
+                name: name.as_deref().unwrap_or_default().to_owned(),
+                site: site.map(|s| s.to_string()),
+            });
+        }
+        self.futures.insert(vtable, name);
+    }
+}
+
+impl<'o> Session<'o> {
+    /// Reads the binary, plans, attaches, and (attached to a running process) reads the
+    /// tasks alive before attach; a launched command is released to exec.
+    pub fn attach(
+        target: Target,
+        mut launched: Option<Launched>,
+        opts: &'o WindowOpts,
+        mut recording: Option<Writer>,
+    ) -> Result<Self> {
+        let (bin, table) = read_binary(&target.exe, &target.display, opts.symbols.as_deref())?;
+        let selection =
+            tokio_versions::select(bin.tokio_version).map_err(Error::UnsupportedTokio)?;
+        let knowledge = selection.knowledge;
+        let plan = Plan::choose(
+            std::path::Path::new(&target.display),
+            &bin,
+            &table,
+            knowledge,
+            crate::plan::PlanOpts {
+                spawn_sites: opts.spawn_sites,
+                mode: opts.mode,
+            },
+        )?;
+        let warnings: Vec<String> = selection.warning.into_iter().collect();
+        let mut locator = Locator::new(table, target.pid, target.exe.clone());
+        locator.set_vtable_sites(plan.code_sites());
+        let target_info = TargetInfo {
+            pid: target.pid,
+            binary: target.display.clone(),
+            build_id: bin.build_id.clone(),
+            tokio_version: bin.tokio_version.map(|v| v.to_string()),
+        };
+        let probes = Probes::attach(
+            &target.exe,
+            &plan,
+            target.pid,
+            &knowledge.layout,
+            opts.ring_bytes,
+        )?;
+        let start_ns = monotonic_ns();
+        let attach_ms = probes.attach_time.as_secs_f64() * 1e3;
+        if !opts.quiet {
+            eprintln!(
+                "tasktrace: attached {} probe sites to pid {} in {attach_ms:.1} ms; {}",
+                probes.sites,
+                target.pid,
+                match opts.duration {
+                    Some(d) => format!("tracing for {:.1}s (Ctrl-C ends early)", d.as_secs_f64()),
+                    None => "tracing until the target exits or Ctrl-C".into(),
+                }
+            );
+        }
+        let meta = MetaRecord {
             format: "tasktrace.trace/1".into(),
             target: target_info.clone(),
             start_ns,
@@ -133,317 +288,318 @@ pub async fn trace(
                 .map_or(0.0, |d| d.as_secs_f64()),
             state_bits: knowledge.state,
             probe_sites: probes.sites,
+            summary: plan.summary(),
             plan: serde_json::to_value(&plan).unwrap_or_default(),
             attach_ms,
             warnings: warnings.clone(),
-        });
-    }
-    let mut agg = Aggregator::new(knowledge.state, opts.thresholds);
-    if opts.timeline {
-        agg.timeline = Some(Default::default());
-    }
-    agg.configure(&serde_json::to_value(&plan).unwrap_or_default());
-    let mut lists = ListReader::new(
-        target.pid,
-        knowledge,
-        bin.instances(knowledge.symbols.raw_poll),
-        plan.mode == crate::plan::Mode::Lifecycle,
-    );
-    let sampler = plan
-        .current_task
-        .map(|at| crate::sampler::Sampler::new(target.pid, at));
-    // Readings during the window stand in for what no probe sees: completions (stripped),
-    // wakes (one-hit polls) or polls (lifecycle). They back off when a reading is slow.
-    let periodic_readings = !plan.completion_probed || !plan.wakes_probed;
-    let mut next_reading = tokio::time::Instant::now() + READ_EVERY;
-    // Tasks alive before attach: only the runtimes' own lists know them (a launched
-    // command has not started yet: it has none).
-    if launched.is_none() {
-        let read = lists.read(&mut locator, &Default::default());
-        apply_task_list(
-            read,
-            Reading::Attach,
-            &mut agg,
-            &mut recording,
-            &mut warnings,
-            opts.quiet,
+        };
+        if let Some(w) = recording.as_mut() {
+            w.meta(&meta);
+        }
+        let agg = Aggregator::for_window(&meta, opts.thresholds, opts.timeline);
+        let lists = ListReader::new(
+            target.pid,
+            knowledge,
+            bin.instances(knowledge.symbols.raw_poll),
+            plan.mode == crate::plan::Mode::Lifecycle,
         );
-    }
-    if let Some(l) = launched.as_mut() {
-        l.release();
-    }
-
-    // Shared by the sink (records) and the loop (flushes, list readings), never at the
-    // same time.
-    let recording = std::cell::RefCell::new(recording);
-    let agg = std::cell::RefCell::new(agg);
-    let locator = std::cell::RefCell::new(locator);
-    let mut futures: HashMap<u64, Option<Arc<str>>> = HashMap::new();
-    // Out-of-line id draws: the spawn site at each call site (return address, file address).
-    let caller_sites: HashMap<u64, Arc<str>> = plan
-        .id_sites
-        .iter()
-        .flat_map(|s| &s.callers)
-        .filter_map(|(ret, site)| Some((*ret, Arc::from(site.as_deref()?))))
-        .collect();
-    let mut sites_unmarked =
-        plan.static_sites.iter().any(|s| !s.vtables.is_empty()) || !plan.vtable_sites.is_empty();
-    // Live-task count for the status line, published by the sink.
-    let alive = std::cell::Cell::new(0usize);
-    // Set when the window closes: events after it (while the probes are being detached)
-    // are outside the window and would only add half-seen polls.
-    let cutoff = std::cell::Cell::new(u64::MAX);
-    let mut sink = |r: Record| match r {
-        Record::Task(ev) if ev.ts_ns > cutoff.get() => {
-            agg.borrow_mut().diagnostics.after_window += 1
-        }
-        Record::Call(call) if call.ts_ns > cutoff.get() => {
-            agg.borrow_mut().diagnostics.after_window += 1
-        }
-        Record::Stack(st) if st.ts_ns > cutoff.get() => {
-            agg.borrow_mut().diagnostics.after_window += 1
-        }
-        // A spawn whose Location was already found needs no unwinding.
-        Record::Stack(st) if agg.borrow_mut().has_pending_location(st.tid) => {}
-        Record::Stack(st) => {
-            let stack = &st.stack[..(st.len as usize).min(st.stack.len())];
-            let caller = locator
-                .borrow_mut()
-                .unwound_caller(st.ip, st.sp, st.bp, stack);
-            agg.borrow_mut().diagnostics.spawn_stacks += 1;
-            agg.borrow_mut().diagnostics.spawn_stacks_resolved += u64::from(caller.is_some());
-            if let Some(w) = recording.borrow_mut().as_mut() {
-                w.stack_site(st.tid, caller.as_deref());
-            }
-            agg.borrow_mut().spawn_stack(st.tid, caller);
-        }
-        Record::Task(ev) => {
-            alive.set(agg.borrow_mut().tasks_alive());
-            if ev.vtable != 0 && !futures.contains_key(&ev.vtable) {
-                let name = locator.borrow_mut().future_name(ev.vtable);
-                let site = vtable_site(&mut locator.borrow_mut(), ev.vtable);
-                if let Some(w) = recording.borrow_mut().as_mut()
-                    && (name.is_some() || site.is_some())
-                {
-                    w.vtable(ev.vtable, name.as_deref(), site.as_deref());
-                }
-                agg.borrow_mut().vtable_site(ev.vtable, site);
-                futures.insert(ev.vtable, name);
-            }
-            let future = futures.get(&ev.vtable).and_then(|n| n.as_deref());
-            agg.borrow_mut().site_from_code(&ev, future);
-            // An out-of-line id draw: its caller (the return address the probe read) is
-            // the spawn, and the code there names it.
-            if ev.kind == tracer_common::EventKind::SpawnId as u8
-                && ev.owner_id != 0
-                && let Some(bias) = locator.borrow_mut().bias()
-                && let Some(site) = caller_sites.get(&ev.owner_id.wrapping_sub(bias))
-            {
-                if let Some(w) = recording.borrow_mut().as_mut() {
-                    w.code_site(ev.tid, site);
-                }
-                agg.borrow_mut().spawn_code_site(ev.tid, Some(site.clone()));
-            }
-            if let Some(w) = recording.borrow_mut().as_mut() {
-                w.task(&ev);
-            }
-            agg.borrow_mut().ingest(&ev);
-        }
-        Record::Call(call) => {
-            let location = locator.borrow_mut().location(&call.args);
-            let caller = if location.is_none() {
-                locator.borrow_mut().caller(call.return_address)
-            } else {
-                None
-            };
-            if let Some(w) = recording.borrow_mut().as_mut() {
-                w.site(call.tid, location.as_deref(), caller.as_deref());
-            }
-            agg.borrow_mut().spawn_call(call.tid, location, caller);
-        }
-    };
-
-    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = tokio::time::interval(DRAIN_EVERY);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::Launch(e.to_string()))?;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let mut ticks = 0u64;
-    let mut events_seen = 0u64;
-    let mut events_at_last_update = 0u64;
-    // A status line while recording, only on a terminal (quiet in pipes, logs and CI).
-    let progress =
-        (!opts.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
-            let bar = indicatif::ProgressBar::new_spinner();
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
-                    .expect("template"),
-            );
-            bar
-        });
-    let ended_by = loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                // Once the target's addresses are known (a launched command maps its
-                // binary only when it execs), spawns of those futures stop copying stacks.
-                if sites_unmarked && let Some(bias) = locator.borrow_mut().bias() {
-                    sites_unmarked = false;
-                    let vtables = plan
-                        .static_sites
-                        .iter()
-                        .flat_map(|s| s.vtables.iter().copied())
-                        .chain(plan.vtable_sites.iter().map(|v| v.vtable));
-                    probes.mark_sites_known(vtables.map(|v| v + bias));
-                }
-                events_seen += probes.drain(&mut sink) as u64;
-                if let Some(bar) = progress.as_ref().filter(|_| ticks.is_multiple_of(50)) {
-                    let rate = (events_seen - events_at_last_update) * 2;
-                    events_at_last_update = events_seen;
-                    bar.set_message(format!(
-                        "{rate} events/s · {} live tasks · {} lost events · Ctrl-C ends the window",
-                        alive.get(),
-                        probes.lost_events()
-                    ));
-                    bar.tick();
-                }
-                if let Some(sampler) = sampler.as_ref().filter(|_| ticks.is_multiple_of(SAMPLE_EVERY_TICKS)) {
-                    sample_threads(sampler, &probes, &agg, &recording);
-                }
-                if periodic_readings && tokio::time::Instant::now() >= next_reading {
-                    let owners = agg.borrow().owners.clone();
-                    let read = lists.read(&mut locator.borrow_mut(), &owners);
-                    // Everything that happened while the lists were walked goes in first:
-                    // the reading is then never newer than the model it is applied to.
-                    events_seen += probes.drain(&mut sink) as u64;
-                    let took = read.as_ref().map_or(0.0, |s| s.read_ms);
-                    next_reading = tokio::time::Instant::now()
-                        + READ_EVERY.max(Duration::from_secs_f64(took * 20.0 / 1e3));
-                    apply_task_list(
-                        read,
-                        Reading::Periodic,
-                        &mut agg.borrow_mut(),
-                        &mut recording.borrow_mut(),
-                        &mut warnings,
-                        opts.quiet,
-                    );
-                }
-                if let Some(w) = recording.borrow_mut().as_mut() {
-                    w.flush();
-                }
-                ticks += 1;
-                let exited = match launched.as_mut() {
-                    Some(l) => l.poll_exit().is_some(),
-                    None => ticks.is_multiple_of(10) && !target.is_alive(),
-                };
-                if exited {
-                    break "target_exit";
-                }
-                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    break "duration";
-                }
-            }
-            _ = &mut ctrl_c => break "interrupted",
-            _ = sigterm.recv() => break "interrupted",
-        }
-    };
-    if let Some(bar) = progress {
-        bar.finish_and_clear();
-    }
-    // What the lists say at the end decides which leaks are certain: read them while the
-    // target still runs, after everything the ring holds so far.
-    if ended_by != "target_exit" && target.is_alive() {
-        probes.drain(&mut sink);
-        if let Some(sampler) = sampler.as_ref() {
-            sample_threads(sampler, &probes, &agg, &recording);
-        }
-        let owners = agg.borrow().owners.clone();
-        let read = lists.read(&mut locator.borrow_mut(), &owners);
-        probes.drain(&mut sink);
-        apply_task_list(
-            read,
-            Reading::End,
-            &mut agg.borrow_mut(),
-            &mut recording.borrow_mut(),
-            &mut warnings,
-            opts.quiet,
-        );
-    }
-    let end_ns = monotonic_ns();
-    cutoff.set(end_ns);
-    let detach_time = probes.detach();
-    probes.drain(&mut sink);
-    drop(sink);
-    let agg = agg.into_inner();
-    // Tasks known only from the task lists sent no event that named their future.
-    let mut locator = locator.into_inner();
-    let mut agg = agg;
-    let vtables: Vec<u64> = agg.tasks.iter().map(|t| t.vtable).collect();
-    for vtable in vtables {
-        if vtable != 0 && !futures.contains_key(&vtable) {
-            let name = locator.future_name(vtable);
-            let site = vtable_site(&mut locator, vtable);
-            if let Some(w) = recording.borrow_mut().as_mut()
-                && (name.is_some() || site.is_some())
-            {
-                w.vtable(vtable, name.as_deref(), site.as_deref());
-            }
-            agg.vtable_site(vtable, site);
-            futures.insert(vtable, name);
-        }
-    }
-    let lost = probes.lost_events();
-    if let Some(l) = launched.as_mut() {
-        l.terminate().await;
-        if let Some(status) = l
-            .poll_exit()
-            .filter(|&s| s != 0 && ended_by == "target_exit")
-        {
-            warnings.push(format!("the command exited with status {status}"));
-        }
-    }
-    let detach_ms = detach_time.as_secs_f64() * 1e3;
-    if !opts.quiet {
-        eprintln!(
-            "tasktrace: detached {} probe sites in {detach_ms:.1} ms",
-            probes.sites
-        );
-    }
-    if let Some(w) = recording.borrow_mut().as_mut() {
-        w.end(&EndRecord {
-            end_ns,
-            ended_by: ended_by.into(),
-            lost_events: lost,
-            detach_ms,
-            after_window: agg.diagnostics.after_window,
-            warnings: warnings.clone(),
-        });
-        warnings.extend(w.error());
-    }
-    let (emulated, single_stepped) = plan.execution_counts();
-    let meta = Meta {
-        target: target_info,
-        start_ns,
-        end_ns,
-        ended_by,
-        probes: ProbeInfo {
-            sites: probes.sites,
+        let sampler = plan
+            .current_task
+            .map(|at| crate::sampler::Sampler::new(target.pid, at));
+        let caller_sites = plan
+            .id_sites
+            .iter()
+            .flat_map(|s| &s.callers)
+            .filter_map(|(ret, site)| Some((*ret, Arc::from(site.as_deref()?))))
+            .collect();
+        let mut session = Session {
+            opts,
+            periodic_readings: !plan.completion_probed || !plan.wakes_probed,
+            sites_unmarked: plan.static_sites.iter().any(|s| !s.vtables.is_empty())
+                || !plan.vtable_sites.is_empty(),
+            target,
+            launched: None,
+            plan,
+            probes,
+            live: Live {
+                feed: Feed { agg, recording },
+                locator,
+                futures: HashMap::new(),
+                caller_sites,
+                cutoff: u64::MAX,
+            },
+            lists: Some(lists),
+            sampler,
+            warnings,
+            target_info,
+            start_ns,
             attach_ms,
-            detach_ms,
-            mode: plan.mode.as_str().into(),
-            emulated,
-            single_stepped,
-        },
-        lost_events: lost,
-        warnings,
-        unavailable: plan.unavailable.clone(),
-        // Each task's future, resolved once per vtable.
-        futures: futures
-            .into_iter()
-            .filter_map(|(vtable, name)| Some((vtable, name?)))
-            .collect(),
-    };
-    Ok(Report::build(agg, meta))
+            next_reading: tokio::time::Instant::now() + READ_EVERY,
+            ticks: 0,
+            events_seen: 0,
+            events_at_last_update: 0,
+        };
+        // Tasks alive before attach: only the runtimes' own lists know them (a launched
+        // command has not started yet: it has none).
+        if launched.is_none() {
+            session.read_lists_now(Reading::Attach);
+        }
+        if let Some(l) = launched.as_mut() {
+            l.release();
+        }
+        session.launched = launched;
+        Ok(session)
+    }
+
+    /// Drains the ring into the model until the window ends; says why it ended.
+    pub async fn run(&mut self) -> Result<EndedBy> {
+        let deadline = self.opts.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut tick = tokio::time::interval(DRAIN_EVERY);
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Error::Launch(e.to_string()))?;
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        // A status line while recording, only on a terminal (quiet in pipes, logs, CI).
+        let progress = (!self.opts.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .then(|| {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                        .expect("template"),
+                );
+                bar
+            });
+        // A periodic reading walks the lists on a blocking thread while the ring keeps
+        // being drained (100 000 tasks take a while to read).
+        let mut reading: Option<std::thread::JoinHandle<(ListReader, ReadResult)>> = None;
+        let ended_by = loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.tick(progress.as_ref());
+                    if let Some(done) = reading.take_if(|h| h.is_finished()) {
+                        let (lists, read) = done.join().map_err(|_| reader_panicked())?;
+                        self.lists = Some(lists);
+                        self.apply_reading(read, Reading::Periodic);
+                    }
+                    if reading.is_none()
+                        && self.periodic_readings
+                        && tokio::time::Instant::now() >= self.next_reading
+                    {
+                        reading = self.start_reading();
+                    }
+                    if let Some(w) = self.live.feed.recording.as_mut() {
+                        w.flush();
+                    }
+                    self.ticks += 1;
+                    let exited = match self.launched.as_mut() {
+                        Some(l) => l.poll_exit().is_some(),
+                        None => self.ticks.is_multiple_of(10) && !self.target.is_alive(),
+                    };
+                    if exited {
+                        break EndedBy::TargetExit;
+                    }
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        break EndedBy::Duration;
+                    }
+                }
+                _ = &mut ctrl_c => break EndedBy::Interrupted,
+                _ = sigterm.recv() => break EndedBy::Interrupted,
+            }
+        };
+        if let Some(bar) = progress {
+            bar.finish_and_clear();
+        }
+        // A reading still walking: its result is older than the end reading; wait for
+        // the reader itself.
+        if let Some(h) = reading
+            && let Ok((lists, _)) = h.join()
+        {
+            self.lists = Some(lists);
+        }
+        Ok(ended_by)
+    }
+
+    /// One drain period: the ring, the status line, the thread sampler.
+    fn tick(&mut self, progress: Option<&indicatif::ProgressBar>) {
+        // Once the target's addresses are known (a launched command maps its binary only
+        // when it execs), spawns of those futures stop copying stacks.
+        if self.sites_unmarked
+            && let Some(bias) = self.live.locator.bias()
+        {
+            self.sites_unmarked = false;
+            let vtables = self
+                .plan
+                .static_sites
+                .iter()
+                .flat_map(|s| s.vtables.iter().copied())
+                .chain(self.plan.vtable_sites.iter().map(|v| v.vtable));
+            self.probes.mark_sites_known(vtables.map(|v| v + bias));
+        }
+        self.drain();
+        if let Some(bar) = progress.filter(|_| self.ticks.is_multiple_of(50)) {
+            let rate = (self.events_seen - self.events_at_last_update) * 2;
+            self.events_at_last_update = self.events_seen;
+            bar.set_message(format!(
+                "{rate} events/s · {} live tasks · {} lost events · Ctrl-C ends the window",
+                self.live.feed.agg.tasks_alive(),
+                self.probes.lost_events()
+            ));
+            bar.tick();
+        }
+        if self.ticks.is_multiple_of(SAMPLE_EVERY_TICKS) {
+            self.sample_threads();
+        }
+    }
+
+    fn drain(&mut self) {
+        let live = &mut self.live;
+        self.events_seen += self.probes.drain(|r| live.on_probe(r)) as u64;
+    }
+
+    /// One round of the thread sampler.
+    fn sample_threads(&mut self) {
+        let Some(sampler) = self.sampler.as_ref() else {
+            return;
+        };
+        let at_ns = monotonic_ns();
+        let samples = sampler.sample(&self.probes.threads());
+        self.live.feed.emit(Rec::Samples { at_ns, samples });
+    }
+
+    /// Starts a periodic reading on a blocking thread (the reader's first use needs the
+    /// task vtables at their addresses in the target, resolved here).
+    fn start_reading(&mut self) -> Option<std::thread::JoinHandle<(ListReader, ReadResult)>> {
+        let mut lists = self.lists.take()?;
+        let vtables = lists.needs_vtables().then(|| {
+            self.live
+                .locator
+                .task_vtables(&lists.polls, &lists.knowledge.layout)
+        });
+        let owners = self.live.feed.agg.owners.clone();
+        // A plain thread: the tracer itself spawns no tokio task (a stripped tasktrace is
+        // the test's tokio binary without task vtables).
+        std::thread::Builder::new()
+            .name("task-lists".into())
+            .spawn(move || {
+                let read = lists.read(vtables, &owners);
+                (lists, read)
+            })
+            .ok()
+    }
+
+    /// A reading walked on this thread (at attach, at the end).
+    fn read_lists_now(&mut self, reading: Reading) {
+        let Some(mut lists) = self.lists.take() else {
+            return;
+        };
+        let vtables = lists.needs_vtables().then(|| {
+            self.live
+                .locator
+                .task_vtables(&lists.polls, &lists.knowledge.layout)
+        });
+        let read = lists.read(vtables, &self.live.feed.agg.owners);
+        self.lists = Some(lists);
+        self.apply_reading(read, reading);
+    }
+
+    /// Feeds a reading to the model and the recording, after everything the ring holds
+    /// (a later reading is then never newer than the model it is applied to); a failed
+    /// one becomes a warning.
+    fn apply_reading(&mut self, read: ReadResult, reading: Reading) {
+        // At attach, what the lists hold predates every event: the tasks found are the
+        // ones alive before attach.
+        if reading != Reading::Attach {
+            self.drain();
+        }
+        if reading == Reading::Periodic {
+            let took = read.as_ref().map_or(0.0, |s| s.read_ms);
+            self.next_reading = tokio::time::Instant::now()
+                + READ_EVERY.max(Duration::from_secs_f64(took * 20.0 / 1e3));
+        }
+        apply_task_list(
+            read,
+            reading,
+            &mut self.live.feed,
+            &mut self.warnings,
+            self.opts.quiet,
+        );
+    }
+
+    /// Reads the lists one last time (while the target runs), detaches, and reports.
+    pub async fn close(mut self, ended_by: EndedBy) -> Report {
+        // What the lists say at the end decides which leaks are certain: read them while
+        // the target still runs, after everything the ring holds so far.
+        if ended_by != EndedBy::TargetExit && self.target.is_alive() {
+            self.drain();
+            self.sample_threads();
+            self.read_lists_now(Reading::End);
+        }
+        let end_ns = monotonic_ns();
+        self.live.cutoff = end_ns;
+        let detach_time = self.probes.detach();
+        self.drain();
+        // Tasks known only from the task lists sent no event that named their future.
+        let vtables: Vec<u64> = self.live.feed.agg.tasks.iter().map(|t| t.vtable).collect();
+        for vtable in vtables {
+            self.live.describe_vtable(vtable);
+        }
+        let lost = self.probes.lost_events();
+        let mut warnings = std::mem::take(&mut self.warnings);
+        if let Some(l) = self.launched.as_mut() {
+            l.terminate().await;
+            if let Some(status) = l
+                .poll_exit()
+                .filter(|&s| s != 0 && ended_by == EndedBy::TargetExit)
+            {
+                warnings.push(format!("the command exited with status {status}"));
+            }
+        }
+        let detach_ms = detach_time.as_secs_f64() * 1e3;
+        if !self.opts.quiet {
+            eprintln!(
+                "tasktrace: detached {} probe sites in {detach_ms:.1} ms",
+                self.probes.sites
+            );
+        }
+        let Live { feed, .. } = self.live;
+        let Feed { agg, mut recording } = feed;
+        if let Some(w) = recording.as_mut() {
+            w.end(&EndRecord {
+                end_ns,
+                ended_by,
+                lost_events: lost,
+                detach_ms,
+                after_window: agg.diagnostics.after_window,
+                warnings: warnings.clone(),
+            });
+            warnings.extend(w.error());
+        }
+        let summary = self.plan.summary();
+        let meta = Meta {
+            target: self.target_info,
+            start_ns: self.start_ns,
+            end_ns,
+            ended_by: ended_by.as_str(),
+            probes: ProbeInfo {
+                sites: self.probes.sites,
+                attach_ms: self.attach_ms,
+                detach_ms,
+                mode: summary.mode.as_str().into(),
+                emulated: summary.emulated,
+                single_stepped: summary.single_stepped,
+            },
+            lost_events: lost,
+            warnings,
+            unavailable: summary.unavailable,
+        };
+        Report::build(agg, meta)
+    }
+}
+
+type ReadResult = std::result::Result<Snapshot, String>;
+
+fn reader_panicked() -> Error {
+    Error::Launch("the task-list reader thread panicked".into())
 }
 
 /// Where the code says a task vtable's tasks are spawned (`Plan::vtable_sites`), for a
@@ -458,21 +614,6 @@ fn vtable_site(locator: &mut Locator, vtable: u64) -> Option<Arc<str>> {
 const SAMPLE_EVERY_TICKS: u64 = 10;
 /// Period of the task-list readings during a window (stretched when one is slow).
 const READ_EVERY: Duration = Duration::from_secs(1);
-
-/// One round of the thread sampler into the aggregator and the recording.
-fn sample_threads(
-    sampler: &crate::sampler::Sampler,
-    probes: &Probes,
-    agg: &std::cell::RefCell<Aggregator>,
-    recording: &std::cell::RefCell<Option<Writer>>,
-) {
-    let at = monotonic_ns();
-    let samples = sampler.sample(&probes.threads());
-    if let Some(w) = recording.borrow_mut().as_mut() {
-        w.samples(at, &samples);
-    }
-    agg.borrow_mut().thread_samples(at, &samples);
-}
 
 /// Reads the target's task lists (see `tasklist`) during a window: a memory scan finds
 /// them, later readings walk them directly (with a fresh scan every tenth, for runtimes
@@ -508,14 +649,20 @@ impl ListReader {
         }
     }
 
+    /// The reader is built on first use, from the task vtables at their addresses in
+    /// the target (the caller resolves them: it holds the locator).
+    fn needs_vtables(&self) -> bool {
+        self.reader.is_none()
+    }
+
     fn read(
         &mut self,
-        locator: &mut Locator,
+        vtables: Option<Option<Vec<crate::locations::TaskVtable>>>,
         owners: &std::collections::HashSet<u64>,
-    ) -> std::result::Result<Snapshot, String> {
+    ) -> ReadResult {
         if self.reader.is_none() {
-            let vtables = locator
-                .task_vtables(&self.polls, &self.knowledge.layout)
+            let vtables = vtables
+                .flatten()
                 .ok_or("the target's load address is unknown")?;
             let mut reader =
                 Reader::new(self.pid, self.knowledge, &vtables).map_err(|e| e.to_string())?;
@@ -561,12 +708,12 @@ enum Reading {
     End,
 }
 
-/// Feeds a reading to the aggregator and the recording; a failed one becomes a warning.
+/// Feeds a reading to the model and the recording, in parts; a failed one becomes a
+/// warning.
 fn apply_task_list(
-    read: std::result::Result<Snapshot, String>,
+    read: ReadResult,
     reading: Reading,
-    agg: &mut Aggregator,
-    recording: &mut Option<Writer>,
+    feed: &mut Feed,
     warnings: &mut Vec<String>,
     quiet: bool,
 ) {
@@ -624,13 +771,13 @@ fn apply_task_list(
         let until = rest
             .is_empty()
             .then(|| snap.taken_ns + (snap.read_ms * 1e6) as u64);
-        if let Some(w) = recording.as_mut() {
-            w.task_list(snap.taken_ns, attach, &part, owners, until);
-        }
-        if let Some(until) = until {
-            agg.reading_until(until);
-        }
-        agg.task_list(&part, snap.taken_ns, attach, owners);
+        feed.emit(Rec::TaskList {
+            at_ns: snap.taken_ns,
+            attach,
+            tasks: part,
+            complete_owners: owners.map(<[u64]>::to_vec),
+            until_ns: until,
+        });
         if rest.is_empty() {
             break;
         }

@@ -16,6 +16,7 @@ use tracer_common::{EVENT_SIZE, TaskEvent};
 
 use crate::{
     error::{Error, Result},
+    plan::PlanSummary,
     report::TargetInfo,
     tasklist::{ListKind, LiveTask},
     tokio_versions::StateBits,
@@ -45,18 +46,49 @@ pub struct MetaRecord {
     pub start_unix_s: f64,
     pub state_bits: StateBits,
     pub probe_sites: usize,
-    /// The attach plan: every probe site (function, address, file offset).
+    /// What the model needs of the plan (typed: a replay configures the model from it).
+    pub summary: PlanSummary,
+    /// The attach plan: every probe site (function, address, file offset), for people.
     #[serde(default)]
     pub plan: serde_json::Value,
     pub attach_ms: f64,
     pub warnings: Vec<String>,
 }
 
+/// Why a window ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndedBy {
+    /// `--duration` elapsed.
+    Duration,
+    /// The target exited.
+    TargetExit,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+    /// A recording with no end record (the tracer was stopped abruptly).
+    Truncated,
+    /// An end record this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl EndedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::Duration => "duration",
+            EndedBy::TargetExit => "target_exit",
+            EndedBy::Interrupted => "interrupted",
+            EndedBy::Truncated => "truncated",
+            EndedBy::Unknown => "unknown",
+        }
+    }
+}
+
 /// Written last, when the window closed cleanly.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EndRecord {
     pub end_ns: u64,
-    pub ended_by: String,
+    pub ended_by: EndedBy,
     pub lost_events: u64,
     pub detach_ms: f64,
     pub after_window: u64,
@@ -175,6 +207,52 @@ impl Writer {
         self.flush();
     }
 
+    /// Writes one record of the stream (the metadata and the end have their own calls).
+    pub fn record(&mut self, rec: &Rec) {
+        match rec {
+            Rec::Meta(meta) => self.meta(meta),
+            Rec::Task(ev) => self.task(ev),
+            Rec::Site {
+                tid,
+                location,
+                caller,
+                stack,
+                code,
+            } => self.json(
+                KIND_SITE,
+                &SiteRecord {
+                    tid: *tid,
+                    location: location.clone(),
+                    caller: caller.clone(),
+                    stack: *stack,
+                    code: *code,
+                },
+            ),
+            Rec::Future { vtable, name, site } => self.json(
+                KIND_FUTURE,
+                &FutureRecord {
+                    vtable: *vtable,
+                    name: name.clone(),
+                    site: site.clone(),
+                },
+            ),
+            Rec::TaskList {
+                at_ns,
+                attach,
+                tasks,
+                complete_owners,
+                until_ns,
+            } => self.task_list(
+                *at_ns,
+                *attach,
+                tasks,
+                complete_owners.as_deref(),
+                *until_ns,
+            ),
+            Rec::Samples { at_ns, samples } => self.samples(*at_ns, samples),
+        }
+    }
+
     pub fn task(&mut self, ev: &TaskEvent) {
         // SAFETY: TaskEvent is plain repr(C) data without padding holes.
         let bytes = unsafe {
@@ -183,65 +261,7 @@ impl Writer {
         self.batch.extend_from_slice(bytes);
     }
 
-    pub fn site(&mut self, tid: u32, location: Option<&str>, caller: Option<&str>) {
-        self.json(
-            KIND_SITE,
-            &SiteRecord {
-                tid,
-                location: location.map(str::to_owned),
-                caller: caller.map(str::to_owned),
-                stack: false,
-                code: false,
-            },
-        );
-    }
-
-    /// A spawn's caller found by unwinding a stack copy.
-    pub fn stack_site(&mut self, tid: u32, caller: Option<&str>) {
-        self.json(
-            KIND_SITE,
-            &SiteRecord {
-                tid,
-                location: None,
-                caller: caller.map(str::to_owned),
-                stack: true,
-                code: false,
-            },
-        );
-    }
-
-    /// A spawn's location read from the code where its (out-of-line) id draw returns.
-    pub fn code_site(&mut self, tid: u32, location: &str) {
-        self.json(
-            KIND_SITE,
-            &SiteRecord {
-                tid,
-                location: Some(location.to_owned()),
-                caller: None,
-                stack: false,
-                code: true,
-            },
-        );
-    }
-
-    #[cfg(test)]
-    pub fn future(&mut self, vtable: u64, name: &str) {
-        self.vtable(vtable, Some(name), None);
-    }
-
-    /// What the binary says of a task vtable: its future type, its tasks' spawn site.
-    pub fn vtable(&mut self, vtable: u64, name: Option<&str>, site: Option<&str>) {
-        self.json(
-            KIND_FUTURE,
-            &FutureRecord {
-                vtable,
-                name: name.unwrap_or_default().to_owned(),
-                site: site.map(str::to_owned),
-            },
-        );
-    }
-
-    pub fn task_list(
+    fn task_list(
         &mut self,
         at_ns: u64,
         attach: bool,
@@ -270,7 +290,7 @@ impl Writer {
         self.flush();
     }
 
-    pub fn samples(&mut self, at_ns: u64, samples: &[(u32, Option<u64>)]) {
+    fn samples(&mut self, at_ns: u64, samples: &[(u32, Option<u64>)]) {
         self.json(
             KIND_SAMPLES,
             &SamplesRecord {

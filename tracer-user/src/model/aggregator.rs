@@ -1,5 +1,7 @@
-//! The aggregator: the single owner of all task state. Events go in, in ring order; the
-//! detectors and renderers read the tasks afterwards.
+//! The aggregator: the single owner of all task state. Its one input is the stream's
+//! records ([`Aggregator::apply`]), in the order they were recorded: a live window and a
+//! replay of its trace file apply the same records. The detectors and renderers read the
+//! tasks afterwards.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -12,8 +14,10 @@ use super::{
     task::{LongPoll, SiteSource, Stamp, Task, TaskKind},
 };
 use crate::{
+    plan::PlanSummary,
     tasklist::{ListKind, LiveTask, Status},
     tokio_versions::StateBits,
+    tracefile::{MetaRecord, Rec},
     verdict::{Thresholds, judge},
 };
 
@@ -163,6 +167,11 @@ pub struct Aggregator {
     /// Tasks the current task-list reading found before any event: their id draw may
     /// still be in the ring (drawn after the last drain). Id → task.
     listed_unspawned: HashMap<u64, usize>,
+    /// Future type names by task vtable address (the stream's future records).
+    pub futures: HashMap<u64, Arc<str>>,
+    /// Ids of tasks freed since the last reading was applied: the next reading may still
+    /// list them (it walked while they ran), and must not bring them back.
+    freed_since_reading: std::collections::HashSet<u64>,
     /// Runtime (owner id) → when it began shutting its tasks down.
     pub shutdown_began: HashMap<u64, u64>,
     pub long_polls: Vec<LongPoll>,
@@ -217,6 +226,8 @@ impl Aggregator {
             attach_reading_at: None,
             min_spawned_id: u64::MAX,
             replaced_by_reading: HashMap::new(),
+            futures: HashMap::new(),
+            freed_since_reading: Default::default(),
             shutdown_began: HashMap::new(),
             long_polls: Vec::new(),
             diagnostics: Diagnostics::default(),
@@ -240,32 +251,97 @@ impl Aggregator {
         }
     }
 
-    /// Sets what the attach plan (as serialized in reports and trace files) leaves to
-    /// inference: completions from task lists, poll ends from thread samples, polls from
-    /// samples and readings (lifecycle mode). Fields missing from old files mean "probed".
-    pub fn configure(&mut self, plan: &serde_json::Value) {
-        self.completion_from_lists = plan["completion_probed"] == false;
-        self.poll_ends_inferred = plan["polls_probed"] == true && plan["poll_ends_probed"] == false;
-        self.polls_sampled = plan["mode"] == "lifecycle";
+    /// The model of one window, configured from its metadata record.
+    pub fn for_window(meta: &MetaRecord, thresholds: Thresholds, timeline: bool) -> Self {
+        let mut agg = Self::new(meta.state_bits, thresholds);
+        agg.configure(&meta.summary);
+        if timeline {
+            agg.timeline = Some(Default::default());
+        }
+        agg
+    }
+
+    /// Sets what the attach plan leaves to inference: completions from task lists, poll
+    /// ends from thread samples, polls from samples and readings (lifecycle mode); and
+    /// the spawn sites the code shows.
+    pub fn configure(&mut self, plan: &PlanSummary) {
+        self.completion_from_lists = !plan.completion_probed;
+        self.poll_ends_inferred = plan.polls_probed && !plan.poll_ends_probed;
+        self.polls_sampled = plan.mode == crate::plan::Mode::Lifecycle;
         self.thresholds.lifecycle = self.polls_sampled;
         self.vtable_sites.clear();
-        self.id_sites = plan["id_sites"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| s["site"].as_str().map(Arc::from))
+        self.id_sites = plan
+            .id_sites
+            .iter()
+            .map(|s| s.as_deref().map(Arc::from))
             .collect();
-        self.sites_from_code = plan["static_sites"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| {
-                Some((
-                    Arc::from(s["future"].as_str()?),
-                    Arc::from(s["site"].as_str()?),
-                ))
-            })
+        self.sites_from_code = plan
+            .static_sites
+            .iter()
+            .map(|(future, site)| (Arc::from(future.as_str()), Arc::from(site.as_str())))
             .collect();
+    }
+
+    /// The one input: a record of the stream, applied in stream order.
+    pub fn apply(&mut self, rec: Rec) {
+        match rec {
+            // The stream's first record configured the model (`for_window`).
+            Rec::Meta(_) => {}
+            Rec::Task(ev) => {
+                let future = self.futures.get(&ev.vtable).cloned();
+                self.site_from_code(&ev, future.as_deref());
+                self.ingest(&ev);
+            }
+            Rec::Site {
+                tid,
+                caller,
+                stack: true,
+                ..
+            } => {
+                self.diagnostics.spawn_stacks += 1;
+                self.diagnostics.spawn_stacks_resolved += u64::from(caller.is_some());
+                self.spawn_stack(tid, caller.map(Arc::from));
+            }
+            Rec::Site {
+                tid,
+                location,
+                code: true,
+                ..
+            } => self.spawn_code_site(tid, location.map(Arc::from)),
+            Rec::Site {
+                tid,
+                location,
+                caller,
+                ..
+            } => self.spawn_call(tid, location.map(Arc::from), caller.map(Arc::from)),
+            Rec::Future { vtable, name, site } => {
+                if !name.is_empty() {
+                    self.futures.insert(vtable, Arc::from(name));
+                }
+                self.vtable_site(vtable, site.map(Arc::from));
+            }
+            Rec::TaskList {
+                at_ns,
+                attach,
+                tasks,
+                complete_owners,
+                until_ns,
+            } => {
+                if let Some(until) = until_ns {
+                    self.reading_until(until);
+                }
+                self.task_list(&tasks, at_ns, attach, complete_owners.as_deref());
+            }
+            Rec::Samples { at_ns, samples } => self.thread_samples(at_ns, &samples),
+        }
+    }
+
+    /// Closes the window's model before it is reported: draws whose spawn never showed,
+    /// tasks spawned before the probes went in, sites of tasks known from their vtable.
+    pub fn finish(&mut self) {
+        self.finish_pending_ids();
+        self.mark_spawned_before_attach();
+        self.sites_from_code_by_vtable();
     }
 
     /// A spawn of a future type spawned from one place only (the plan's `static_sites`)
@@ -603,6 +679,9 @@ impl Aggregator {
                 if let Some(i) = self.live.remove(ev.header, &self.tasks) {
                     self.alive -= usize::from(!self.tasks[i].is_finished());
                     self.forget_id(i);
+                    if self.tasks[i].id != 0 {
+                        self.freed_since_reading.insert(self.tasks[i].id);
+                    }
                     let t = &mut self.tasks[i];
                     if ev.task_id == 0 || t.id == 0 || t.id == ev.task_id {
                         t.freed_ns = Stamp::at(ts);
@@ -783,6 +862,12 @@ impl Aggregator {
                     self.diagnostics.stale_listings += 1;
                     continue;
                 }
+                // Freed since the walk saw it (its whole life fits in the walk): the
+                // model already knows its end.
+                None if self.freed_since_reading.contains(&lt.id) => {
+                    self.diagnostics.stale_listings += 1;
+                    continue;
+                }
                 found => {
                     if let Some(old) = found {
                         // Its last events may still be in the ring: they find it by id.
@@ -861,6 +946,7 @@ impl Aggregator {
             }
         }
         if let Some(owners) = complete_owners {
+            self.freed_since_reading.clear();
             self.prune_pending_ids(at);
             let until = self.until.take().unwrap_or(at).max(at);
             self.last_reading = Some((self.readings, at, until, owners.to_vec()));
@@ -915,9 +1001,15 @@ impl Aggregator {
     fn task_for(&mut self, ev: &TaskEvent) -> Option<usize> {
         if let Some(i) = self.live.get(ev.header, &self.tasks) {
             let t = &mut self.tasks[i];
-            if t.id == 0 {
+            if t.id == 0 && ev.task_id != 0 {
+                // The id comes late (a first event that could not read it): its draw,
+                // if seen, was this task's spawn.
                 t.id = ev.task_id;
+                if let Some((ts, site, source)) = self.pending_ids.remove(&ev.task_id) {
+                    self.join_spawn(i, ts, site, source);
+                }
             }
+            let t = &self.tasks[i];
             if ev.task_id == 0 || t.id == ev.task_id {
                 return Some(i);
             }
@@ -966,8 +1058,8 @@ impl Aggregator {
 
     /// Tasks whose site no spawn event named (first seen in a poll or a task-list
     /// reading, alive before attach): where their future type is spawned from one place
-    /// only (`static_sites`), that place. `futures`: task vtable → future type.
-    pub fn sites_from_code_by_vtable(&mut self, futures: &HashMap<u64, Arc<str>>) {
+    /// only (`static_sites`), that place.
+    fn sites_from_code_by_vtable(&mut self) {
         for i in 0..self.tasks.len() {
             let t = &self.tasks[i];
             if t.site != 0 || t.vtable == 0 {
@@ -975,7 +1067,8 @@ impl Aggregator {
             }
             let site = match self.vtable_sites.get(&t.vtable) {
                 Some(Some(site)) => Some(site.clone()),
-                _ => futures
+                _ => self
+                    .futures
                     .get(&t.vtable)
                     .and_then(|f| self.sites_from_code.get(f))
                     .cloned(),
@@ -1024,15 +1117,17 @@ impl Aggregator {
                 continue;
             }
             let born = t.spawned_ns.get().unwrap_or(t.first_seen_ns);
-            let ended = t
-                .completed_ns
-                .get()
-                .into_iter()
-                .chain(t.freed_ns.get())
-                .min()
-                .unwrap_or(u64::MAX);
+            let (completed, freed) = (t.completed_ns.get(), t.freed_ns.get());
+            let ended = completed.into_iter().chain(freed).min().unwrap_or(u64::MAX);
+            // Without completion probes, a task freed and not seen completing (its free
+            // drained before the reading was applied) may have finished any time before.
+            let surely_ended_after = if self.completion_from_lists && completed.is_none() {
+                freed.map_or(u64::MAX, |_| 0)
+            } else {
+                ended
+            };
             // Alive throughout the walk (it must be listed), at some point of it (it may).
-            let must = born < start && ended > end;
+            let must = born < start && surely_ended_after > end;
             let may = born <= end && ended > start;
             let listed = t.listed_in == *number;
             check.listed += u64::from(listed);

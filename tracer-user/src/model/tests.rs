@@ -5,6 +5,7 @@ use tracer_common::{EVENT_FLAG_UNREADABLE, EventKind, TaskEvent};
 
 use super::{Aggregator, Task, TaskKind, TaskState};
 use crate::{
+    plan::PlanSummary,
     tokio_versions::select,
     verdict::{Reason, Thresholds, Verdict, final_judgement},
 };
@@ -528,9 +529,10 @@ fn a_task_record_stays_small() {
 #[test]
 fn sites_named_from_the_code() {
     let mut a = agg();
-    a.configure(&serde_json::json!({
-        "static_sites": [{"future": "app::serve::{closure#0}", "site": "src/main.rs:9:5", "vtables": [4096]}]
-    }));
+    a.configure(&PlanSummary {
+        static_sites: vec![("app::serve::{closure#0}".into(), "src/main.rs:9:5".into())],
+        ..probed()
+    });
     let site_of = |a: &Aggregator, id: u64| {
         let t = a.tasks.iter().find(|t| t.id == id).expect("task");
         a.site_name(t.site).map(|s| s.to_string())
@@ -565,7 +567,11 @@ fn sites_named_from_the_code() {
 #[test]
 fn the_id_index_holds_live_tasks_only() {
     let mut a = agg();
-    a.configure(&serde_json::json!({"mode": "lifecycle", "completion_probed": false}));
+    a.configure(&PlanSummary {
+        mode: crate::plan::Mode::Lifecycle,
+        completion_probed: false,
+        ..probed()
+    });
     for n in 0..1000u64 {
         spawn(&mut a, n * MS, 0x10_0000 + 0x100 * n, n + 1);
     }
@@ -600,8 +606,21 @@ fn draw(a: &mut Aggregator, ts: u64, id: u64, site: u64, tid: u32) {
     a.ingest(&e);
 }
 
-fn plan_with_id_site(site: &str) -> serde_json::Value {
-    serde_json::json!({ "id_sites": [ { "vaddr": 1, "function": null, "site": site } ] })
+fn plan_with_id_site(site: &str) -> PlanSummary {
+    PlanSummary {
+        id_sites: vec![Some(site.into())],
+        ..probed()
+    }
+}
+
+/// A plan whose probes see everything (what an unconfigured model assumes).
+fn probed() -> PlanSummary {
+    PlanSummary {
+        completion_probed: true,
+        polls_probed: true,
+        poll_ends_probed: true,
+        ..Default::default()
+    }
 }
 
 /// The draw comes first, the task's first poll names its header: one task, spawned at the
@@ -691,6 +710,67 @@ fn the_alive_check_compares_over_the_walk_of_the_reading() {
     assert_eq!(c.alive_not_listed, vec![2]);
     assert!(c.listed_not_alive.is_empty());
     assert_eq!((c.listed, c.model_alive), (1, 2));
+}
+
+/// Stripped (no completion probe): a task that finished before the final walk but whose
+/// free was drained before the reading was applied is not "alive, unlisted" — it may have
+/// finished any time before its free.
+#[test]
+fn a_task_freed_after_the_walk_without_a_seen_completion_may_be_unlisted() {
+    let mut a = agg();
+    a.configure(&PlanSummary {
+        completion_probed: false,
+        ..probed()
+    });
+    spawn(&mut a, 0, 0x1000, 1);
+    spawn(&mut a, 0, 0x2000, 2);
+    a.ingest(&ev(EventKind::Dealloc, S + 10 * MS, 0x2000, 2, 1));
+    a.reading_until(S + 5 * MS);
+    a.task_list(
+        &[listed(0x1000, 1, Status::Idle, 2, true)],
+        S,
+        false,
+        Some(&[1]),
+    );
+    let c = a.alive_check().expect("a complete reading");
+    assert!(c.alive_not_listed.is_empty(), "{:?}", c.alive_not_listed);
+    assert_eq!(c.model_alive, 1);
+}
+
+/// A task whose whole life fits inside a reading's walk: the walk listed it, and its
+/// spawn, polls and free were drained before the reading was applied. The listing is
+/// stale: no second, unspawned task.
+#[test]
+fn a_task_freed_during_the_walk_is_not_brought_back_by_the_reading() {
+    let mut a = agg();
+    spawn(&mut a, S + MS, 0x1000, 7);
+    poll(&mut a, S + 2 * MS, S + 3 * MS, 0x1000, 7, 2);
+    a.ingest(&ev(EventKind::Complete, S + 3 * MS, 0x1000, 7, 2));
+    a.ingest(&ev(EventKind::Dealloc, S + 4 * MS, 0x1000, 7, 2));
+    a.reading_until(S + 5 * MS);
+    a.task_list(
+        &[listed(0x1000, 7, Status::Idle, 1, false)],
+        S,
+        false,
+        Some(&[1]),
+    );
+    assert_eq!(a.tasks.len(), 1, "{:?}", a.tasks);
+    assert_eq!(a.diagnostics.stale_listings, 1);
+    assert!(a.tasks[0].spawned_ns.get().is_some());
+}
+
+/// A task first seen in an event without its id (unreadable then) joins its id draw when
+/// a later event names the id: the draw was its spawn.
+#[test]
+fn an_id_learned_late_still_joins_its_draw() {
+    let mut a = agg();
+    a.configure(&plan_with_id_site("src/a.rs:1:1"));
+    draw(&mut a, MS, 77, 0, 3);
+    a.ingest(&ev(EventKind::PollStart, 2 * MS, 0x4000, 0, 4));
+    a.ingest(&ev(EventKind::PollStart, 3 * MS, 0x4000, 77, 4));
+    let t = a.tasks.iter().find(|t| t.id == 77).expect("task");
+    assert_eq!(t.spawned_ns.get(), Some(MS));
+    assert_eq!(a.site_name(t.site).map(|s| &**s), Some("src/a.rs:1:1"));
 }
 
 /// Attached late: a task no spawn event named, with an id older than every spawn seen,

@@ -208,17 +208,13 @@ pub struct Meta {
     pub lost_events: u64,
     pub warnings: Vec<String>,
     pub unavailable: Vec<Unavailable>,
-    /// Future type names by task vtable address.
-    pub futures: std::collections::HashMap<u64, std::sync::Arc<str>>,
 }
 
 impl Report {
     /// Consumes the aggregator: each task is turned into its report entry and dropped, so
     /// the peak holds one copy of every task, not two (a million tasks cost ~160 MiB each).
     pub fn build(mut agg: Aggregator, meta: Meta) -> Self {
-        agg.finish_pending_ids();
-        agg.mark_spawned_before_attach();
-        agg.sites_from_code_by_vtable(&meta.futures);
+        agg.finish();
         agg.diagnostics.alive_check = agg.alive_check().map(|mut c| {
             c.at_ns = c.at_ns.saturating_sub(meta.start_ns);
             c.until_ns = c.until_ns.saturating_sub(meta.start_ns);
@@ -300,7 +296,7 @@ impl Report {
                 // Shared with the model: a million tasks of one site hold one string.
                 spawned_at: agg.site_name(t.site).cloned(),
                 site_source: t.site_source,
-                future: meta.futures.get(&t.vtable).cloned(),
+                future: agg.futures.get(&t.vtable).cloned(),
                 first_seen_ns: rel(t.first_seen_ns),
                 last_poll_end_ns: t.last_poll_end_ns.map(rel),
                 completed_at_ns: t.completed_ns.map(rel),
