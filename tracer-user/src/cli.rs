@@ -71,6 +71,14 @@ pub enum Command {
         #[command(flatten)]
         opts: VerdictArgs,
     },
+    /// Write a synthetic service-like trace file of about N events (`cargo xtask bench
+    /// report`): written by the same writer and event type as a real recording.
+    #[command(hide = true)]
+    SynthTrace {
+        file: PathBuf,
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+    },
 }
 
 #[derive(Args, Debug)]

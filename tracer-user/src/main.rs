@@ -18,6 +18,7 @@ mod sampler;
 mod session;
 mod spawn_ids;
 mod static_sites;
+mod synth;
 mod target;
 mod tasklist;
 mod tokio_versions;
@@ -97,6 +98,10 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             } else {
                 print!("{}", inspect::render_text(&i));
             }
+            Ok(exit::OK)
+        }
+        Command::SynthTrace { file, events } => {
+            synth::write(&file, events)?;
             Ok(exit::OK)
         }
         Command::Dump { pid, json, symbols } => {

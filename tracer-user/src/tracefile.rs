@@ -315,6 +315,17 @@ impl Writer {
         }
     }
 
+    /// The first write error, as a command's error.
+    pub fn check(self) -> Result<()> {
+        match self.failed {
+            Some(err) => Err(Error::Output {
+                path: self.path,
+                err,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The first write error, if recording stopped because of one.
     pub fn error(&self) -> Option<String> {
         self.failed

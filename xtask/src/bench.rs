@@ -2,91 +2,7 @@
 //! Writes a synthetic trace file (`docs/trace-format.md`) with N events, runs the release
 //! `tasktrace report` on it, and prints wall time, events/s and peak memory (median of 3).
 
-use std::{
-    io::{BufWriter, Write},
-    path::Path,
-    process::Command,
-    time::Instant,
-};
-
-/// TaskEvent kinds (tracer-common::EventKind).
-const SPAWN: u8 = 1;
-const POLL_START: u8 = 4;
-const POLL_END: u8 = 5;
-const WAKE: u8 = 6;
-const COMPLETE: u8 = 8;
-
-fn event(
-    out: &mut impl Write,
-    ts: u64,
-    header: u64,
-    id: u64,
-    tid: u32,
-    kind: u8,
-) -> std::io::Result<()> {
-    // ts, header, task_id, state, owner_id, vtable: u64; tid: u32; kind, flags: u8; pad.
-    let mut b = [0u8; 56];
-    for (i, v) in [ts, header, id, 0xcc, 1, 0x1000].iter().enumerate() {
-        b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
-    }
-    b[48..52].copy_from_slice(&tid.to_le_bytes());
-    b[52] = kind;
-    out.write_all(&b)
-}
-
-fn frame(out: &mut impl Write, kind: u8, body: &[u8]) -> std::io::Result<()> {
-    out.write_all(&[kind])?;
-    out.write_all(&(body.len() as u32).to_le_bytes())?;
-    out.write_all(body)
-}
-
-/// A service-like stream: tasks live a while, are woken and polled many times, and most
-/// complete; a few never finish (so the detectors have work to do).
-pub fn write_synthetic(path: &Path, events: u64) -> std::io::Result<()> {
-    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    out.write_all(b"TTRACE01")?;
-    let meta = br#"{"format":"tasktrace.trace/1","target":{"pid":1,"binary":"synthetic","build_id":null,"tokio_version":"1.54.1"},"start_ns":0,"start_unix_s":0.0,"state_bits":{"running":1,"complete":2,"cancelled":32},"probe_sites":0,"attach_ms":0.0,"warnings":[]}"#;
-    frame(&mut out, 1, meta)?;
-    const POLLS_PER_TASK: u64 = 20;
-    const PER_TASK: u64 = 2 + POLLS_PER_TASK * 3; // spawn, (wake, start, end) x N, complete
-    const BATCH: u64 = 16_384;
-    let mut batch = Vec::with_capacity((BATCH * 56) as usize);
-    let mut written = 0u64;
-    let mut task = 0u64;
-    let mut ts = 1_000u64;
-    while written < events {
-        task += 1;
-        let header = 0x7f00_0000_0000 + (task % 50_000) * 256; // addresses get reused
-        let tid = 100 + (task % 4) as u32;
-        let push =
-            |kind: u8, ts: u64, batch: &mut Vec<u8>| event(batch, ts, header, task, tid, kind);
-        push(SPAWN, ts, &mut batch)?;
-        for p in 0..POLLS_PER_TASK {
-            let t = ts + 1_000 + p * 10_000;
-            push(WAKE, t, &mut batch)?;
-            push(POLL_START, t + 100, &mut batch)?;
-            push(POLL_END, t + 2_100, &mut batch)?;
-        }
-        if !task.is_multiple_of(1_000) {
-            push(COMPLETE, ts + POLLS_PER_TASK * 10_000 + 5_000, &mut batch)?;
-        }
-        written += PER_TASK;
-        ts += 50_000;
-        if batch.len() as u64 >= BATCH * 56 {
-            frame(&mut out, 2, &batch)?;
-            batch.clear();
-        }
-    }
-    if !batch.is_empty() {
-        frame(&mut out, 2, &batch)?;
-    }
-    let end = format!(
-        r#"{{"end_ns":{},"ended_by":"duration","lost_events":0,"detach_ms":0.0,"after_window":0,"warnings":[]}}"#,
-        ts + 60_000_000_000
-    );
-    frame(&mut out, 5, end.as_bytes())?;
-    out.flush()
-}
+use std::{path::Path, process::Command, time::Instant};
 
 /// Runs a command; returns (wall seconds, peak RSS in KiB): the process's own high-water
 /// mark (VmHWM), not wait4's ru_maxrss, which starts from the forking xtask's size.
@@ -102,7 +18,19 @@ pub fn report(root: &Path, events: u64) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let file = dir.join(format!("synthetic-{events}.trace"));
     let t = Instant::now();
-    write_synthetic(&file, events).map_err(|e| e.to_string())?;
+    // The recording's own writer and event type write it (a hidden `tasktrace` verb).
+    let status = Command::new(&tasktrace)
+        .arg("synth-trace")
+        .arg(&file)
+        .args(["--events", &events.to_string()])
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!(
+            "tasktrace synth-trace {}: {status}",
+            file.display()
+        ));
+    }
     let size = std::fs::metadata(&file).map_err(|e| e.to_string())?.len();
     println!(
         "bench report: wrote {} ({events} events, {:.0} MiB) in {:.1}s",

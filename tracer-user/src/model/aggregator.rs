@@ -288,8 +288,14 @@ impl Aggregator {
             // The stream's first record configured the model (`for_window`).
             Rec::Meta(_) => {}
             Rec::Task(ev) => {
-                let future = self.futures.get(&ev.vtable).cloned();
-                self.site_from_code(&ev, future.as_deref());
+                // Only a spawn looks its future up (a lookup per event costs).
+                if matches!(
+                    EventKind::from_u8(ev.kind),
+                    Some(EventKind::Spawn | EventKind::SpawnLocal)
+                ) {
+                    let future = self.futures.get(&ev.vtable).cloned();
+                    self.site_from_code(&ev, future.as_deref());
+                }
                 self.ingest(&ev);
             }
             Rec::Site {
