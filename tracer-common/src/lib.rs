@@ -212,6 +212,11 @@ pub const GLOBAL_STACK_BYTES: &str = "STACK_BYTES";
 pub const GLOBAL_TARGET_TGID: &str = "TARGET_TGID";
 pub const GLOBAL_LAYOUT: &str = "LAYOUT";
 
+/// Words of a task header the kernel side reads at once: state, vtable and owner id must
+/// fall in them (each user-memory read costs about as much as the rest of the program).
+/// The loader refuses a layout that does not fit ([`HeaderLayout::fits`]).
+pub const HEADER_READ_WORDS: usize = 4;
+
 /// Byte offsets the kernel side needs to read a task header. They come from the tokio
 /// version file userspace selected; nothing in the kernel side hard-codes them.
 #[repr(C)]
@@ -225,6 +230,19 @@ pub struct HeaderLayout {
     pub owner_id: u64,
     /// Offset, inside the vtable, of the field holding the task id's offset from the header.
     pub vtable_id_offset: u64,
+}
+
+impl HeaderLayout {
+    /// State, vtable and owner id are whole words inside the kernel side's one read.
+    pub const fn fits(&self) -> bool {
+        let end = 8 * HEADER_READ_WORDS as u64;
+        self.state.is_multiple_of(8)
+            && self.vtable.is_multiple_of(8)
+            && self.owner_id.is_multiple_of(8)
+            && self.state < end
+            && self.vtable < end
+            && self.owner_id < end
+    }
 }
 
 /// Global: offset of `task_struct.thread.fsbase` in the running kernel (from its BTF; 0:

@@ -18,9 +18,9 @@ use aya_ebpf::{
     programs::{PerfEventContext, ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    CallEvent, EVENT_FLAG_UNREADABLE, EventKind, HeaderArg, HeaderLayout, MAX_SITE_KNOWN,
-    MAX_THREADS, REG_ARG_BASE, REG_ARG_CALLER, STACK_COPY, StackEvent, TaskEvent, cookie_arg,
-    cookie_kind, cookie_site,
+    CallEvent, EVENT_FLAG_UNREADABLE, EventKind, HEADER_READ_WORDS, HeaderArg, HeaderLayout,
+    MAX_SITE_KNOWN, MAX_THREADS, REG_ARG_BASE, REG_ARG_CALLER, STACK_COPY, StackEvent, TaskEvent,
+    cookie_arg, cookie_kind, cookie_site,
 };
 
 /// Process (tgid) to trace; set by userspace at load time.
@@ -348,17 +348,18 @@ fn count_lost() {
 
 /// Reads state, owner and task id from the target's task header. Read-only; a failed read
 /// marks the event instead of dropping it. State, vtable and owner id sit in the header's
-/// first 32 bytes in every supported layout (the loader checks): one read for the three,
-/// since each user-memory read costs about as much as the rest of the program.
+/// first `HEADER_READ_WORDS` words (the loader refuses a layout where they do not): one
+/// read for the three, since each user-memory read costs about as much as the rest of
+/// the program.
 #[inline(always)]
 fn read_header(ev: &mut TaskEvent, header: u64, layout: &HeaderLayout) {
     // SAFETY: bpf_probe_read_user copes with any address and reports faults.
     unsafe {
-        let Ok(words) = bpf_probe_read_user(header as *const [u64; 4]) else {
+        let Ok(words) = bpf_probe_read_user(header as *const [u64; HEADER_READ_WORDS]) else {
             ev.flags |= EVENT_FLAG_UNREADABLE;
             return;
         };
-        let word = |off: u64| words[(off / 8 % 4) as usize];
+        let word = |off: u64| words[(off / 8) as usize % HEADER_READ_WORDS];
         ev.state = word(layout.state);
         ev.owner_id = word(layout.owner_id);
         let v = word(layout.vtable);

@@ -1,6 +1,6 @@
 //! The errors a user can meet, each with what to do about it and a defined exit status.
 
-use std::{fmt, path::PathBuf};
+use std::path::PathBuf;
 
 /// Exit statuses (documented in docs/user-guide.md).
 pub mod exit {
@@ -12,50 +12,122 @@ pub mod exit {
     pub const TRACE_FAILED: i32 = 5;
 }
 
-#[derive(Debug)]
+/// A cause kept as the error's source.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "no process with pid {0}.\n  hint: list candidates with `pgrep -a <name>`; the process may have exited"
+    )]
     NoSuchProcess(u32),
+    #[error(
+        "command not found: {0}.\n  hint: give a path to the program, or make sure it is on PATH"
+    )]
     CommandNotFound(String),
-    NotElf {
-        path: PathBuf,
-        why: String,
-    },
+    #[error(
+        "{} is not a program tasktrace can trace ({why}).\n  hint: tasktrace traces x86_64 Linux ELF binaries built from Rust with tokio",
+        path.display()
+    )]
+    NotElf { path: PathBuf, why: String },
+    #[error(
+        "{} is stripped: it has no symbol table, and no task vtable was found in its read-only data, so tokio's task functions cannot be located{}.\n  hint: pass --symbols FILE (an unstripped copy of the same build), or trace a build with symbols (cargo's release default keeps them; remove `strip = \"symbols\"`/`strip = true`)",
+        path.display(),
+        tokio_version.as_ref().map(|v| format!(" (it does contain tokio {v})")).unwrap_or_default()
+    )]
     Stripped {
         path: PathBuf,
         tokio_version: Option<String>,
     },
-    NotTokio {
-        path: PathBuf,
-    },
+    #[error(
+        "{} does not contain the tokio runtime (no tokio task symbols found).\n  hint: is this the right process? tasktrace traces programs that run tokio tasks",
+        path.display()
+    )]
+    NotTokio { path: PathBuf },
+    #[error(
+        "{} contains tokio, but these functions tasktrace needs are missing (inlined away?): {}.\n  hint: `tasktrace inspect` shows what the binary contains",
+        path.display(),
+        missing.join(", ")
+    )]
     MissingProbeSites {
         path: PathBuf,
         missing: Vec<&'static str>,
     },
+    #[error("{0}")]
     UnsupportedTokio(String),
-    Privileges {
-        what: String,
-    },
+    #[error(
+        "insufficient privileges: {what}.\n  hint: tasktrace loads eBPF programs and reads other processes: run it as root (sudo), or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE"
+    )]
+    Privileges { what: String },
+    #[error("{}: {err}", path.display())]
     Io {
         path: PathBuf,
+        #[source]
         err: std::io::Error,
     },
-    Bpf(String),
-    Launch(String),
+    /// Loading or attaching the eBPF side failed; the loader's own error is the source.
+    #[error(
+        "could not load or attach the eBPF probes: {what}{}.\n  hint: tasktrace needs Linux >= 6.6 with uprobe_multi and BTF, run as root",
+        source.as_deref().map(|s| format!(": {}", chain(s))).unwrap_or_default()
+    )]
+    Bpf {
+        what: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    #[error("could not start the command: {what}: {err}")]
+    Launch {
+        what: &'static str,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error(
+        "cannot find where pid {pid} mapped its binary.\n  hint: the process may be exiting, or its binary was replaced on disk since it started"
+    )]
+    NotMapped { pid: u32 },
+    #[error("cannot watch for Ctrl-C and SIGTERM: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("writing standard output: {0}")]
+    Stdout(#[source] std::io::Error),
+    #[error(
+        "cannot write {}: {err}.\n  hint: check the directory exists and is writable",
+        path.display()
+    )]
     Output {
         path: PathBuf,
+        #[source]
         err: std::io::Error,
     },
+    #[error(
+        "{}: corrupt trace file at byte offset {offset}: {why}.\n  hint: is this a file written by `tasktrace run -o` or `record -o`? A file cut short by a killed tracer still reports; one damaged in the middle does not",
+        path.display()
+    )]
     TraceFile {
         path: PathBuf,
         offset: u64,
         why: String,
     },
+    #[error(
+        "{} is a directory, not a trace file.\n  hint: pass the file written by `tasktrace run -o FILE` or `record -o FILE`",
+        path.display()
+    )]
+    TraceFileIsDirectory { path: PathBuf },
+    #[error(
+        "{} is not the same build as {}: GNU build-id {} vs {}.\n  hint: --symbols needs the unstripped binary of exactly this build (same build-id); keep it from the build that produced the deployed binary",
+        symbols.display(),
+        target.display(),
+        symbols_id.as_deref().unwrap_or("(none)"),
+        target_id.as_deref().unwrap_or("(none)")
+    )]
     SymbolsMismatch {
         target: PathBuf,
         symbols: PathBuf,
         target_id: Option<String>,
         symbols_id: Option<String>,
     },
+    /// A bug of tasktrace's own (a worker thread panicked).
+    #[error("internal error: {0}.\n  hint: please report it with the command line you ran")]
+    Internal(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -85,88 +157,30 @@ impl Error {
             | Error::UnsupportedTokio(_)
             | Error::Output { .. }
             | Error::TraceFile { .. }
+            | Error::TraceFileIsDirectory { .. }
             | Error::SymbolsMismatch { .. } => exit::BAD_INPUT,
             Error::Privileges { .. } => exit::PRIVILEGES,
-            Error::Io { .. } | Error::Bpf(_) | Error::Launch(_) => exit::TRACE_FAILED,
+            // A file the user named that is not there.
+            Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => exit::BAD_INPUT,
+            Error::Io { .. }
+            | Error::Bpf { .. }
+            | Error::Launch { .. }
+            | Error::NotMapped { .. }
+            | Error::Signals(_)
+            | Error::Stdout(_) => exit::TRACE_FAILED,
+            Error::Internal(_) => exit::INTERNAL,
         }
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::NoSuchProcess(pid) => write!(
-                f,
-                "no process with pid {pid}.\n  hint: list candidates with `pgrep -a <name>`; the process may have exited"
-            ),
-            Error::CommandNotFound(cmd) => write!(
-                f,
-                "command not found: {cmd}.\n  hint: give a path to the program, or make sure it is on PATH"
-            ),
-            Error::NotElf { path, why } => write!(
-                f,
-                "{} is not a program tasktrace can trace ({why}).\n  hint: tasktrace traces x86_64 Linux ELF binaries built from Rust with tokio",
-                path.display()
-            ),
-            Error::Stripped {
-                path,
-                tokio_version,
-            } => write!(
-                f,
-                "{} is stripped: it has no symbol table, and no task vtable was found in its read-only data, so tokio's task functions cannot be located{}.\n  hint: pass --symbols FILE (an unstripped copy of the same build), or trace a build with symbols (cargo's release default keeps them; remove `strip = \"symbols\"`/`strip = true`)",
-                path.display(),
-                tokio_version
-                    .as_ref()
-                    .map(|v| format!(" (it does contain tokio {v})"))
-                    .unwrap_or_default()
-            ),
-            Error::NotTokio { path } => write!(
-                f,
-                "{} does not contain the tokio runtime (no tokio task symbols found).\n  hint: is this the right process? tasktrace traces programs that run tokio tasks",
-                path.display()
-            ),
-            Error::MissingProbeSites { path, missing } => write!(
-                f,
-                "{} contains tokio, but these functions tasktrace needs are missing (inlined away?): {}.\n  hint: `tasktrace inspect` shows what the binary contains",
-                path.display(),
-                missing.join(", ")
-            ),
-            Error::UnsupportedTokio(why) => write!(f, "{why}"),
-            Error::Privileges { what } => write!(
-                f,
-                "insufficient privileges: {what}.\n  hint: tasktrace loads eBPF programs and reads other processes: run it as root (sudo), or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE"
-            ),
-            Error::Io { path, err } => write!(f, "{}: {err}", path.display()),
-            Error::Bpf(why) => write!(
-                f,
-                "could not load or attach the eBPF probes: {why}.\n  hint: tasktrace needs Linux >= 6.6 with uprobe_multi and BTF, run as root"
-            ),
-            Error::Launch(why) => write!(f, "could not start the command: {why}"),
-            Error::TraceFile { path, offset, why } => write!(
-                f,
-                "{}: corrupt trace file at byte offset {offset}: {why}.\n  hint: is this a file written by `tasktrace run -o` or `record -o`? A file cut short by a killed tracer still reports; one damaged in the middle does not",
-                path.display()
-            ),
-            Error::SymbolsMismatch {
-                target,
-                symbols,
-                target_id,
-                symbols_id,
-            } => write!(
-                f,
-                "{} is not the same build as {}: GNU build-id {} vs {}.\n  hint: --symbols needs the unstripped binary of exactly this build (same build-id); keep it from the build that produced the deployed binary",
-                symbols.display(),
-                target.display(),
-                symbols_id.as_deref().unwrap_or("(none)"),
-                target_id.as_deref().unwrap_or("(none)")
-            ),
-            Error::Output { path, err } => write!(
-                f,
-                "cannot write {}: {err}.\n  hint: check the directory exists and is writable",
-                path.display()
-            ),
-        }
+/// An error and its sources, outermost first: `what: why: deeper why`.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
     }
+    out
 }
-
-impl std::error::Error for Error {}

@@ -1,39 +1,33 @@
 //! `tasktrace`: finds leaked, stuck and never-polled tasks in a live tokio process.
 
-mod cli;
-mod dump;
-mod elf;
+mod binary;
+mod cmd;
 mod error;
-mod inspect;
-mod kernel_btf;
-mod locations;
-mod memory;
+mod live;
 mod model;
-mod placement;
 mod plan;
-mod probes;
-mod replay;
 mod report;
-mod sampler;
-mod session;
-mod spawn_ids;
-mod static_sites;
-mod synth;
-mod target;
-mod tasklist;
+mod stream;
 mod tokio_versions;
-mod tracefile;
-mod verdict;
+
+#[cfg(test)]
+mod layers;
 
 use std::{fs::File, io::Write, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 
 use crate::{
-    cli::{Cli, Command, TraceArgs, VerdictArgs},
+    cmd::{
+        cli::{Cli, Command, TraceArgs, VerdictArgs},
+        dump, inspect, replay, session,
+        session::WindowOpts,
+        synth,
+    },
     error::{Error, exit},
-    session::WindowOpts,
-    verdict::Thresholds,
+    live::target,
+    model::verdict::Thresholds,
+    stream::tracefile::Writer,
 };
 
 fn main() -> ExitCode {
@@ -129,7 +123,7 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
                     body(&mut out, &d)
                         .and_then(|_| out.flush())
-                        .map_err(|e| Error::Launch(format!("writing standard output: {e}")))?;
+                        .map_err(Error::Stdout)?;
                 }
                 _ => print!("{}", dump::render_text(&d)),
             }
@@ -162,11 +156,8 @@ fn window(opts: &TraceArgs) -> WindowOpts {
 }
 
 /// The trace file of `-o`, created before tracing so a bad path fails before attaching.
-fn open_recording(opts: &TraceArgs) -> Result<Option<tracefile::Writer>, Error> {
-    opts.output
-        .as_deref()
-        .map(tracefile::Writer::create)
-        .transpose()
+fn open_recording(opts: &TraceArgs) -> Result<Option<Writer>, Error> {
+    opts.output.as_deref().map(Writer::create).transpose()
 }
 
 /// The report files, opened before tracing so a bad path fails before anything attaches.

@@ -136,6 +136,66 @@ fn bad_options_are_usage_errors() {
     assert!(text(&out).1.contains("not a verdict"));
 }
 
+/// Every option, given an absurd value, is refused with exit 2 and a message, before
+/// anything is attached or launched: never a panic.
+#[test]
+fn absurd_values_of_every_option_are_refused_without_a_panic() {
+    let dir = tmp("a-directory");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.to_str().unwrap();
+    let huge = "99999999999999999999999";
+    let run = |opts: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["run".into()];
+        v.extend(opts.iter().map(|s| s.to_string()));
+        v.extend(["--".into(), "/bin/true".into()]);
+        v
+    };
+    let owned = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let cases: Vec<Vec<String>> = vec![
+        run(&["--duration", &format!("{huge}h")]),
+        run(&["--duration", "-5s"]),
+        run(&["--duration", "1e400s"]),
+        run(&["--duration", "NaN"]),
+        run(&["--ring-size", "0"]),
+        run(&["--ring-size", "18446744073709551615K"]),
+        run(&["--ring-size", &format!("{huge}G")]),
+        run(&["--ring-size", "3M"]),
+        run(&["--leak-after", "inf"]),
+        run(&["--stuck-after", &format!("{huge}m")]),
+        run(&["--never-polled-after", "-1ms"]),
+        run(&["--fail-on", "leaked,,"]),
+        run(&["--mode", "turbo"]),
+        run(&["-o", "/nonexistent-dir/x.trace"]),
+        run(&["--html", "/nonexistent-dir/x.html"]),
+        run(&["--perfetto", "/nonexistent-dir/x.json"]),
+        run(&["--json", dir]),
+        run(&["--symbols", "/nonexistent-symbols"]),
+        owned(&["record", "--pid", "0"]),
+        owned(&["record", "--pid", "-1"]),
+        owned(&["record", "--pid", huge]),
+        owned(&["report", dir]),
+        owned(&["report", "/nonexistent.trace"]),
+        owned(&["report", "/dev/null"]),
+        owned(&["inspect", "/dev/null"]),
+        owned(&["inspect", "--pid", "0"]),
+        owned(&["dump", "--pid", "0"]),
+        owned(&["dump", "--pid", huge]),
+        owned(&["synth-trace", "/tmp/x.trace", "--events", "0"]),
+        owned(&["synth-trace", "/tmp/x.trace", "--events", huge]),
+    ];
+    for args in cases {
+        let out = tasktrace().args(&args).output().unwrap();
+        let (stdout, stderr) = text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.contains("error"), "{args:?} says why: {stderr}");
+    }
+}
+
 #[test]
 fn unwritable_report_path_fails_before_attaching() {
     let out = tasktrace()

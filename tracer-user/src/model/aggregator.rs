@@ -8,6 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use serde::Serialize;
 use tracer_common::{EVENT_FLAG_UNREADABLE, EventKind, TaskEvent};
 
+use super::verdict::{Thresholds, judge};
 use super::{
     PollTimes,
     index::TaskIndex,
@@ -15,10 +16,11 @@ use super::{
 };
 use crate::{
     plan::PlanSummary,
-    tasklist::{ListKind, LiveTask, Status},
+    stream::{
+        MetaRecord, Rec,
+        records::{ListKind, LiveTask, Status},
+    },
     tokio_versions::StateBits,
-    tracefile::{MetaRecord, Rec},
-    verdict::{Thresholds, judge},
 };
 
 /// Anything the stream did that a perfect stream would not: reported, never hidden.
@@ -122,10 +124,6 @@ struct SampledPoll {
 /// Room for every `EventKind` byte.
 const KINDS: usize = 32;
 
-/// Log2 buckets of poll durations in microseconds: bucket i holds polls of
-/// `[2^(i-1), 2^i)` µs (bucket 0: under 1 µs).
-pub const POLL_BUCKETS: usize = 32;
-
 /// What a timeline renderer needs beyond the per-task state: every poll and instant.
 /// Kept only on request (`--perfetto`): it grows with the event count.
 #[derive(Debug, Default)]
@@ -176,8 +174,8 @@ pub struct Aggregator {
     pub shutdown_began: HashMap<u64, u64>,
     pub long_polls: Vec<LongPoll>,
     pub diagnostics: Diagnostics,
-    /// Ended polls of async and local tasks by duration (see [`POLL_BUCKETS`]).
-    pub poll_histogram: [u64; POLL_BUCKETS],
+    /// Ended polls of async and local tasks, by duration.
+    pub poll_times: PollTimes,
     pub timeline: Option<Timeline>,
     /// Spawn sites by index (`Task::site`; 0: unknown), each name held once however many
     /// tasks share it, with the poll durations of its tasks for per-site percentiles.
@@ -231,7 +229,7 @@ impl Aggregator {
             shutdown_began: HashMap::new(),
             long_polls: Vec::new(),
             diagnostics: Diagnostics::default(),
-            poll_histogram: [0; POLL_BUCKETS],
+            poll_times: PollTimes::default(),
             timeline: None,
             site_names: vec![None],
             site_polls: vec![PollTimes::default()],
@@ -733,9 +731,7 @@ impl Aggregator {
             t.scheduled_since = t.clear_woken_during_poll().into();
         }
         if t.kind != TaskKind::Blocking {
-            let us = dur / 1_000;
-            let bucket = (u64::BITS - us.leading_zeros()) as usize;
-            self.poll_histogram[bucket.min(POLL_BUCKETS - 1)] += 1;
+            self.poll_times.record(dur);
         }
         // Worker-hosting tasks' one long poll is the runtime's life, not a poll.
         if t.rare().hosted_polls == 0 {

@@ -5,6 +5,7 @@ mod aggregator;
 mod index;
 mod poll_times;
 mod task;
+pub mod verdict;
 
 pub use aggregator::{Aggregator, Diagnostics};
 pub use poll_times::PollTimes;

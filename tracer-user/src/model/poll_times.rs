@@ -1,6 +1,6 @@
-//! Poll durations of one spawn site as a log-linear histogram: eight sub-buckets per
-//! power of two of nanoseconds (percentiles within 12.5 %), fixed size whatever the
-//! number of polls, plus the exact maximum.
+//! Poll durations (of one spawn site, or of the whole window) as a log-linear histogram:
+//! eight sub-buckets per power of two of nanoseconds (percentiles within 12.5 %), fixed
+//! size whatever the number of polls, plus the exact maximum.
 
 /// Sub-buckets per power of two.
 const SUB: usize = 8;
@@ -46,6 +46,22 @@ impl PollTimes {
         }
         Some(self.max_ns)
     }
+
+    /// The polls by power of two of microseconds (the report's chart): `(below_us,
+    /// polls)` from 1 µs up to the longest bucket with polls. Each sub-bucket goes where
+    /// its upper bound falls, so a boundary is placed within an eighth.
+    pub fn by_power_of_two_us(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (i, &n) in self.counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let us = upper_bound(i) / 1_000;
+            let slot = (u64::BITS - us.leading_zeros()) as usize;
+            while out.len() <= slot {
+                out.push((1u64 << out.len().min(63), 0));
+            }
+            out[slot].1 += n;
+        }
+        out
+    }
 }
 
 fn bucket(ns: u64) -> usize {
@@ -87,5 +103,21 @@ mod tests {
             let b = bucket(ns);
             assert!(upper_bound(b) >= ns, "{ns}");
         }
+    }
+
+    #[test]
+    fn the_chart_folds_polls_into_powers_of_two_of_microseconds() {
+        let mut h = PollTimes::default();
+        assert!(h.by_power_of_two_us().is_empty());
+        h.record(300); // under 1 µs
+        h.record(1_500); // 1–2 µs
+        h.record(1_600);
+        h.record(100_000); // 64–128 µs
+        let chart = h.by_power_of_two_us();
+        assert_eq!(chart.iter().map(|c| c.1).sum::<u64>(), 4);
+        assert_eq!(chart[0], (1, 1));
+        assert_eq!(chart[1], (2, 2));
+        assert_eq!(chart.last(), Some(&(128, 1)));
+        assert!(chart.iter().enumerate().all(|(i, c)| c.0 == 1 << i));
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::verdict::Judgement;
+use crate::model::verdict::Judgement;
 
 /// An instant (CLOCK_MONOTONIC ns) that may not have happened: `Option<u64>` in 8 bytes
 /// (`u64::MAX`, 584 years after boot, stands for "none").

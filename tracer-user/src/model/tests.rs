@@ -5,9 +5,9 @@ use tracer_common::{EVENT_FLAG_UNREADABLE, EventKind, TaskEvent};
 
 use super::{Aggregator, Task, TaskKind, TaskState};
 use crate::{
+    model::verdict::{Reason, Thresholds, Verdict, final_judgement},
     plan::PlanSummary,
     tokio_versions::select,
-    verdict::{Reason, Thresholds, Verdict, final_judgement},
 };
 
 const MS: u64 = 1_000_000;
@@ -287,7 +287,7 @@ fn spawn_seen_after_the_first_poll_is_the_same_task() {
 
 // Task-list readings (tasks alive before attach, certainty of leaks).
 
-use crate::tasklist::{ListKind, LiveTask, Status};
+use crate::stream::records::{ListKind, LiveTask, Status};
 
 fn listed(h: u64, id: u64, status: Status, refs: u32, join: bool) -> LiveTask {
     let no_way_to_run = status == Status::Idle && refs == 1 && !join;
@@ -307,14 +307,14 @@ fn listed(h: u64, id: u64, status: Status, refs: u32, join: bool) -> LiveTask {
     }
 }
 
-fn certainty(a: &Aggregator, id: u64, at: u64) -> Option<crate::verdict::Certainty> {
+fn certainty(a: &Aggregator, id: u64, at: u64) -> Option<crate::model::verdict::Certainty> {
     let t = a.tasks.iter().find(|t| t.id == id).expect("task");
     final_judgement(t, at, a.thresholds()).certainty
 }
 
 #[test]
 fn tasks_listed_at_attach_are_judged_from_the_attach_on() {
-    use crate::verdict::Certainty;
+    use crate::model::verdict::Certainty;
     let mut a = agg();
     let attach = 100 * S;
     a.task_list(
@@ -518,8 +518,6 @@ fn a_notified_task_first_found_by_a_later_reading_is_never_polled_since() {
 fn a_task_record_stays_small() {
     let size = std::mem::size_of::<Task>();
     assert!(size <= 160, "Task is {size} bytes");
-    let report = std::mem::size_of::<crate::report::TaskReport>();
-    assert!(report <= 160, "TaskReport is {report} bytes");
     let listed = std::mem::size_of::<LiveTask>();
     assert!(listed <= 64, "LiveTask is {listed} bytes");
 }

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use plotters::prelude::*;
 
 use super::Report;
-use crate::verdict::Verdict;
+use crate::model::verdict::Verdict;
 
 pub fn render_html(r: &Report) -> String {
     let s = &r.summary;

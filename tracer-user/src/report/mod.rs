@@ -14,9 +14,12 @@ pub use sites::SpawnSite;
 pub use text::render_text;
 
 use crate::{
-    model::{Aggregator, Diagnostics, LongPoll, Stamp, TaskKind, TaskState},
+    model::{
+        Aggregator, Diagnostics, LongPoll, Stamp, TaskKind, TaskState,
+        verdict::{Certainty, Judgement, Reason, Thresholds, Verdict, final_judgement},
+    },
     plan::Unavailable,
-    verdict::{Certainty, Judgement, Reason, Thresholds, Verdict, final_judgement},
+    stream::TargetInfo,
 };
 
 pub const SCHEMA: &str = "tasktrace.report/1";
@@ -71,14 +74,6 @@ pub struct TimelineView {
     pub polls: Vec<(u64, u64, u64, u32)>,
     /// (task id, time, what).
     pub instants: Vec<(u64, u64, &'static str)>,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct TargetInfo {
-    pub pid: u32,
-    pub binary: String,
-    pub build_id: Option<String>,
-    pub tokio_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -358,18 +353,11 @@ impl Report {
             })
             .collect();
         stuck_polls.extend(in_progress);
-        let last = agg
-            .poll_histogram
-            .iter()
-            .rposition(|&n| n > 0)
-            .map_or(0, |i| i + 1);
-        let poll_histogram = agg.poll_histogram[..last]
-            .iter()
-            .enumerate()
-            .map(|(i, &polls)| HistogramBucket {
-                below_us: 1u64 << i,
-                polls,
-            })
+        let poll_histogram = agg
+            .poll_times
+            .by_power_of_two_us()
+            .into_iter()
+            .map(|(below_us, polls)| HistogramBucket { below_us, polls })
             .collect();
         Report {
             schema: SCHEMA,
@@ -407,3 +395,6 @@ impl Report {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::TaskReport;
-use crate::{model::PollTimes, verdict::Verdict};
+use crate::{model::PollTimes, model::verdict::Verdict};
 
 /// Samples in each site's live-count series.
 const SERIES_POINTS: u64 = 60;

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::Report;
-use crate::verdict::{Reason, Verdict};
+use crate::model::verdict::{Reason, Verdict};
 
 pub fn render_text(r: &Report) -> String {
     let mut out = String::new();

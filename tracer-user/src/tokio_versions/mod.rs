@@ -3,8 +3,12 @@
 //! version range (as py-spy keeps one bindings file per CPython version); nothing outside
 //! this module hard-codes a tokio offset or name.
 
+mod base;
+pub mod shapes;
 mod v1_38;
 mod v1_39;
+
+pub use base::{SPAWN_PATHS, is_tokio_source, is_tokio_symbol};
 
 use std::fmt;
 
@@ -56,8 +60,35 @@ pub struct Layout {
     pub vtable_trailer_offset: u64,
     pub vtable_scheduler_offset: u64,
     pub vtable_id_offset: u64,
+    /// The vtable functions tasktrace probes.
+    pub slots: Slots,
     /// Where a runtime keeps the list of its tasks.
     pub lists: ListLayout,
+}
+
+/// A function of a vtable, by slot (8-byte word from the vtable's start), and the name
+/// the plan gives its probe sites.
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    pub index: u64,
+    pub label: &'static str,
+}
+
+/// The task vtable (`raw::Vtable`: poll, schedule, dealloc, try_read_output,
+/// drop_join_handle_slow, drop_abort_handle, shutdown, then its offsets) and tokio's task
+/// waker vtable (a `RawWakerVTable`), as tasktrace probes them.
+#[derive(Clone, Copy, Debug)]
+pub struct Slots {
+    /// Function pointers before the task vtable's offsets.
+    pub task_functions: u64,
+    pub poll: Slot,
+    pub dealloc: Slot,
+    pub shutdown: Slot,
+    /// Function pointers of the waker vtable, and the clone function's slot.
+    pub waker_functions: u64,
+    pub waker_clone: u64,
+    pub wake_by_val: Slot,
+    pub wake_by_ref: Slot,
 }
 
 /// The owned-task lists, read from the target's memory to find tasks alive before attach.
@@ -280,15 +311,25 @@ mod tests {
         assert!(select(None).unwrap().warning.is_some());
     }
 
-    /// The kernel side reads state, vtable and owner id with one 32-byte read of the
-    /// header: a version file whose header puts them elsewhere needs the eBPF changed.
+    /// The kernel side reads state, vtable and owner id with one read of the header's
+    /// first words: a version file whose header puts them elsewhere needs the eBPF
+    /// changed (the loader refuses it too).
     #[test]
     fn header_fields_fit_the_kernel_sides_one_read() {
         for k in ALL {
             let l = &k.layout;
-            for off in [l.header_state, l.header_vtable, l.header_owner_id] {
-                assert!(off < 32 && off % 8 == 0, "tokio {}: offset {off}", k.first);
-            }
+            let header = tracer_common::HeaderLayout {
+                state: l.header_state,
+                vtable: l.header_vtable,
+                owner_id: l.header_owner_id,
+                vtable_id_offset: l.vtable_id_offset,
+            };
+            assert!(header.fits(), "tokio {}: {header:?}", k.first);
         }
+        let outside = tracer_common::HeaderLayout {
+            owner_id: 32,
+            ..Default::default()
+        };
+        assert!(!outside.fits());
     }
 }

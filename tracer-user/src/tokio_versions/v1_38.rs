@@ -3,7 +3,8 @@
 //! probe names have been stable since 1.32 and are shared with later versions.
 
 use super::{
-    ContextLayout, Knowledge, Layout, ListLayout, RefBits, StateBits, SymbolNames, Version,
+    ContextLayout, Knowledge, Layout, ListLayout, Version,
+    base::{CONTEXT, LAYOUT, LISTS, REFS, STATE, SYMBOLS},
 };
 
 pub static KNOWLEDGE: Knowledge = Knowledge {
@@ -27,117 +28,4 @@ pub static KNOWLEDGE: Knowledge = Knowledge {
         tagged: true,
         ..CONTEXT
     },
-};
-
-/// Header and vtable, identical from 1.38 to 1.54.
-pub(super) const LAYOUT: Layout = Layout {
-    // Header { state, queue_next, vtable, owner_id, .. }
-    header_state: 0,
-    header_vtable: 16,
-    header_owner_id: 24,
-    // Vtable { poll, schedule, dealloc, try_read_output, drop_join_handle_slow,
-    //          drop_abort_handle, shutdown, trailer_offset, scheduler_offset, id_offset }
-    vtable_trailer_offset: 56,
-    vtable_scheduler_offset: 64,
-    vtable_id_offset: 72,
-    lists: LISTS,
-};
-
-/// Owned-task lists as 1.39+ lay them out; 1.38 differs in `sharded_lists_from_id` only.
-pub(super) const LISTS: ListLayout = ListLayout {
-    // Trailer { owned: Pointers { prev, next }, waker, .. }
-    trailer_prev: 0,
-    trailer_next: 8,
-    arc_data: 16,
-    handle_search: 4096,
-    // ShardedList { lists @0x00, added @0x10, count @0x18, shard_mask @0x20 }, id @0x28.
-    sharded_lists_from_id: -0x28,
-    sharded_mask_from_id: -0x08,
-    sharded_count_from_id: -0x10,
-    // Mutex<LinkedList> { futex: u32, poison: bool, data: LinkedList { head, tail } }
-    shard_stride: 0x18,
-    shard_head: 0x08,
-    shard_tail: 0x10,
-    // LocalOwnedTasks { id @0x00, inner: OwnedTasksInner { list { head, tail }, closed } @0x08 }
-    local_head_from_id: 0x08,
-    local_tail_from_id: 0x10,
-};
-
-pub(super) const STATE: StateBits = StateBits {
-    running: 0x1,
-    complete: 0x2,
-    cancelled: 0x20,
-};
-
-/// `runtime/task/state.rs`: NOTIFIED 0x4, JOIN_INTEREST 0x8, REF_ONE 0x40. A task holds
-/// one reference for its owned list, one per JoinHandle/AbortHandle, one per Waker and one
-/// per queued notification (`Notified`); an idle task not notified and not running holds
-/// exactly the list's when nothing else can reach it.
-pub(super) const REFS: RefBits = RefBits {
-    notified: 0x4,
-    join_interest: 0x8,
-    ref_shift: 6,
-    list_refs: 1,
-};
-
-pub(super) const SYMBOLS: SymbolNames = SymbolNames {
-    raw_poll: "tokio::runtime::task::raw::poll",
-    raw_dealloc: "tokio::runtime::task::raw::dealloc",
-    raw_shutdown: "tokio::runtime::task::raw::shutdown",
-    harness_complete: "tokio::runtime::task::harness::Harness::complete",
-    owned_bind_inner: "tokio::runtime::task::list::OwnedTasks::bind_inner",
-    spawn_returns: &[
-        "tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task",
-        "tokio::runtime::scheduler::current_thread::Handle::spawn",
-    ],
-    local_owned_bind: "tokio::runtime::task::list::LocalOwnedTasks::bind",
-    blocking_spawn_task: "tokio::runtime::blocking::pool::Spawner::spawn_task",
-    wake_by_val: "tokio::runtime::task::waker::wake_by_val",
-    wake_by_ref: "tokio::runtime::task::waker::wake_by_ref",
-    parks: &[
-        &[
-            &["tokio::runtime::scheduler::multi_thread::worker::Context::park_timeout"],
-            &[
-                "tokio::runtime::scheduler::multi_thread::park::Parker::park",
-                "tokio::runtime::scheduler::multi_thread::park::Parker::park_timeout",
-            ],
-        ],
-        &[
-            &["tokio::runtime::scheduler::current_thread::Context::park_internal"],
-            &[
-                "tokio::runtime::scheduler::current_thread::Context::park",
-                "tokio::runtime::scheduler::current_thread::Context::park_yield",
-            ],
-        ],
-    ],
-    id_counter: "tokio::runtime::task::id::Id::next::NEXT_ID",
-    // `Id(u64)`: a plain `fetch_add`, no retry loop (so no shape to find it by).
-    id_draw_retries: false,
-    spawn_calls: &[
-        "tokio::task::spawn::spawn",
-        "tokio::task::spawn::spawn_inner",
-        "tokio::task::blocking::spawn_blocking",
-        "tokio::task::local::spawn_local",
-        "tokio::task::local::spawn_local_inner",
-        "tokio::task::local::LocalSet::spawn_local",
-        "tokio::task::join_set::JoinSet::spawn",
-        "tokio::task::join_set::JoinSet::spawn_on",
-        "tokio::task::join_set::JoinSet::spawn_local",
-        "tokio::task::join_set::JoinSet::spawn_blocking",
-        "tokio::runtime::handle::Handle::spawn",
-        "tokio::runtime::handle::Handle::spawn_blocking",
-        "tokio::runtime::runtime::Runtime::spawn",
-        "tokio::runtime::blocking::pool::spawn_blocking",
-        "tokio::runtime::blocking::pool::Spawner::spawn_blocking",
-        "tokio::runtime::blocking::pool::Spawner::spawn_blocking_inner",
-        "tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task",
-        "tokio::runtime::scheduler::current_thread::Handle::spawn",
-    ],
-};
-
-/// 1.39+: `current_task_id: Option<Id(NonZeroU64)>` at 48 (DWARF of 1.43.4, 1.47.5, 1.54.1).
-pub(super) const CONTEXT: ContextLayout = ContextLayout {
-    symbol: "tokio::runtime::context::CONTEXT::",
-    task_id: 48,
-    tagged: false,
 };

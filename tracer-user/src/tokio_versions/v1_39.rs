@@ -5,7 +5,7 @@
 
 use super::{
     Knowledge, SymbolNames, Version,
-    v1_38::{CONTEXT, LAYOUT, REFS, STATE, SYMBOLS},
+    base::{CONTEXT, LAYOUT, REFS, STATE, SYMBOLS},
 };
 
 pub static KNOWLEDGE: Knowledge = Knowledge {

@@ -5,17 +5,21 @@ use std::path::Path;
 
 use crate::{
     error::Result,
-    model::Aggregator,
+    model::{Aggregator, verdict::Thresholds},
     report::{Meta, ProbeInfo, Report},
-    tracefile::{self, EndedBy, Rec},
-    verdict::Thresholds,
+    stream::{EndedBy, Rec, tracefile},
 };
 
 pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> Result<Report> {
+    if path.is_dir() {
+        return Err(crate::error::Error::TraceFileIsDirectory {
+            path: path.to_owned(),
+        });
+    }
     let file = std::fs::File::open(path).map_err(|e| crate::error::Error::io_for(path, e))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     // A bar for long replays, on a terminal only (by bytes: records are not counted ahead).
-    let bar = (size > 64 << 20 && crate::session::on_terminal()).then(|| {
+    let bar = (size > 64 << 20 && crate::cmd::term::on_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(size);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -97,9 +101,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        report::TargetInfo,
+        stream::{EndRecord, MetaRecord, TargetInfo, tracefile::Writer},
         tokio_versions,
-        tracefile::{EndRecord, MetaRecord, Writer},
     };
 
     fn meta() -> MetaRecord {
@@ -161,7 +164,7 @@ mod tests {
         w.record(&Rec::TaskList {
             at_ns: 5_000,
             attach: true,
-            tasks: vec![crate::tasklist::LiveTask {
+            tasks: vec![crate::stream::records::LiveTask {
                 header: 0x30,
                 id: 3,
                 owner_id: 2,
@@ -169,9 +172,9 @@ mod tests {
                 state: 0x40,
                 digest: 0,
                 refs: 1,
-                list: crate::tasklist::ListKind::LocalSet,
+                list: crate::stream::records::ListKind::LocalSet,
                 stable: true,
-                status: crate::tasklist::Status::Idle,
+                status: crate::stream::records::Status::Idle,
                 join_handle: false,
                 no_way_to_run: true,
             }],
@@ -182,7 +185,7 @@ mod tests {
         if with_end {
             w.end(&EndRecord {
                 end_ns: 61_000_000_000,
-                ended_by: tracefile::EndedBy::Duration,
+                ended_by: EndedBy::Duration,
                 lost_events: 0,
                 detach_ms: 1.0,
                 after_window: 0,

@@ -1,21 +1,23 @@
 //! One trace window, start to finish (`Session`): read the binary, plan, attach, stream
 //! records into the model until the window ends, detach, and build the report.
 
-use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::{
-    elf::BinaryInfo,
+    binary::read_binary,
     error::{Error, Result},
-    locations::{LocationTable, Locator},
-    model::Aggregator,
+    live::{
+        clock::monotonic_ns,
+        locator::Locator,
+        probes::{Probes, Record},
+        target::{Launched, Target},
+        tasklist::{self, Reader, Snapshot},
+    },
+    model::{Aggregator, verdict::Thresholds},
     plan::Plan,
-    probes::{Probes, Record},
-    report::{Meta, ProbeInfo, Report, TargetInfo},
-    target::{Launched, Target},
-    tasklist::{self, Reader, Snapshot},
+    report::{Meta, ProbeInfo, Report},
+    stream::{EndRecord, EndedBy, MetaRecord, Rec, TargetInfo, tracefile::Writer},
     tokio_versions,
-    tracefile::{EndRecord, EndedBy, MetaRecord, Rec, Writer},
-    verdict::Thresholds,
 };
 
 pub struct WindowOpts {
@@ -32,45 +34,8 @@ pub struct WindowOpts {
     pub mode: crate::plan::Mode,
 }
 
-/// The target's binary, with symbols from `--symbols` when given.
-pub fn read_binary(
-    exe: &Path,
-    display: &str,
-    symbols: Option<&Path>,
-) -> Result<(BinaryInfo, LocationTable)> {
-    // Each file is read once; its bytes serve both the symbol index and the location table.
-    let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io_for(p, e));
-    let data = read(exe)?;
-    let bin = BinaryInfo::parse(exe, &data)?;
-    match symbols {
-        Some(sym) => {
-            let sym_data = read(sym)?;
-            let bin =
-                bin.with_symbols_from(BinaryInfo::parse(sym, &sym_data)?, sym, Path::new(display))?;
-            Ok((bin, LocationTable::parse(sym_data)))
-        }
-        None => Ok((bin, LocationTable::parse(data))),
-    }
-}
-
 /// How often the ring is drained (the kernel side never wakes the reader per event).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
-
-/// Progress output only for a person watching: stdout and stderr both on a terminal.
-pub fn on_terminal() -> bool {
-    use std::io::IsTerminal;
-    std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
-}
-
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Traces one window of `target` and reports it.
 pub async fn trace(
@@ -97,7 +62,7 @@ pub struct Session<'o> {
     live: Live,
     /// `None` while a reading walks the lists on a blocking thread.
     lists: Option<ListReader>,
-    sampler: Option<crate::sampler::Sampler>,
+    sampler: Option<crate::live::sampler::Sampler>,
     warnings: Vec<String>,
     target_info: TargetInfo,
     start_ns: u64,
@@ -240,6 +205,8 @@ impl<'o> Session<'o> {
         let selection =
             tokio_versions::select(bin.tokio_version).map_err(Error::UnsupportedTokio)?;
         let knowledge = selection.knowledge;
+        // The running kernel's BTF, read once: the plan and the probes both need it.
+        let host_fsbase = crate::live::kernel_btf::task_fsbase_offset();
         let plan = Plan::choose(
             std::path::Path::new(&target.display),
             &bin,
@@ -248,6 +215,7 @@ impl<'o> Session<'o> {
             crate::plan::PlanOpts {
                 spawn_sites: opts.spawn_sites,
                 mode: opts.mode,
+                host_fsbase,
             },
         )?;
         let warnings: Vec<String> = selection.warning.into_iter().collect();
@@ -265,6 +233,7 @@ impl<'o> Session<'o> {
             target.pid,
             &knowledge.layout,
             opts.ring_bytes,
+            host_fsbase,
         )?;
         let start_ns = monotonic_ns();
         let attach_ms = probes.attach_time.as_secs_f64() * 1e3;
@@ -305,7 +274,7 @@ impl<'o> Session<'o> {
         );
         let sampler = plan
             .current_task
-            .map(|at| crate::sampler::Sampler::new(target.pid, at));
+            .map(|at| crate::live::sampler::Sampler::new(target.pid, at));
         let caller_sites = plan
             .id_sites
             .iter()
@@ -356,7 +325,7 @@ impl<'o> Session<'o> {
         let deadline = self.opts.duration.map(|d| tokio::time::Instant::now() + d);
         let mut tick = tokio::time::interval(DRAIN_EVERY);
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| Error::Launch(e.to_string()))?;
+            .map_err(Error::Signals)?;
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
         // A status line while recording, only on a terminal (quiet in pipes, logs, CI).
@@ -599,7 +568,7 @@ impl<'o> Session<'o> {
 type ReadResult = std::result::Result<Snapshot, String>;
 
 fn reader_panicked() -> Error {
-    Error::Launch("the task-list reader thread panicked".into())
+    Error::Internal("the task-list reader thread panicked".into())
 }
 
 /// Where the code says a task vtable's tasks are spawned (`Plan::vtable_sites`), for a
@@ -657,7 +626,7 @@ impl ListReader {
 
     fn read(
         &mut self,
-        vtables: Option<Option<Vec<crate::locations::TaskVtable>>>,
+        vtables: Option<Option<Vec<crate::binary::locations::TaskVtable>>>,
         owners: &std::collections::HashSet<u64>,
     ) -> ReadResult {
         if self.reader.is_none() {
@@ -787,6 +756,219 @@ fn apply_task_list(
             "tasktrace: {listed} tasks alive at attach in {} runtime task list(s), read in {:.1} ms",
             snap.lists.len(),
             snap.read_ms
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::{EventKind, TaskEvent};
+
+    use super::*;
+    use crate::{
+        live::tasklist::{ListKind, LiveTask, OwnedList, Status},
+        plan::PlanSummary,
+    };
+
+    const MS: u64 = 1_000_000;
+
+    fn meta(completion_probed: bool) -> MetaRecord {
+        MetaRecord {
+            format: "tasktrace.trace/1".into(),
+            target: TargetInfo {
+                pid: 1,
+                binary: "/x".into(),
+                build_id: None,
+                tokio_version: Some("1.54.1".into()),
+            },
+            start_ns: 0,
+            start_unix_s: 0.0,
+            state_bits: tokio_versions::select(None).unwrap().knowledge.state,
+            probe_sites: 1,
+            summary: PlanSummary {
+                completion_probed,
+                polls_probed: true,
+                poll_ends_probed: true,
+                ..Default::default()
+            },
+            plan: serde_json::Value::Null,
+            attach_ms: 0.0,
+            warnings: vec![],
+        }
+    }
+
+    fn th() -> Thresholds {
+        Thresholds::new(
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+        )
+    }
+
+    fn task(kind: EventKind, ts: u64, header: u64, id: u64) -> Rec {
+        Rec::Task(TaskEvent {
+            ts_ns: ts,
+            header,
+            task_id: id,
+            state: 0xcc,
+            owner_id: 1,
+            tid: 3,
+            kind: kind as u8,
+            ..Default::default()
+        })
+    }
+
+    fn listed(header: u64, id: u64) -> LiveTask {
+        LiveTask {
+            header,
+            id,
+            owner_id: 1,
+            vtable: 0,
+            state: 2 << 6,
+            digest: 0,
+            refs: 2,
+            list: ListKind::Runtime,
+            stable: true,
+            status: Status::Idle,
+            join_handle: true,
+            no_way_to_run: false,
+        }
+    }
+
+    fn reading(at: u64, tasks: Vec<LiveTask>) -> ReadResult {
+        Ok(Snapshot {
+            taken_ns: at,
+            read_ms: 1.0,
+            lists: vec![OwnedList {
+                owner_id: 1,
+                kind: ListKind::Runtime,
+                address: 0x9000,
+                shards: 1,
+                declared: None,
+                tasks: tasks.len() as u64,
+                incomplete_shards: 0,
+            }],
+            tasks,
+            ..Default::default()
+        })
+    }
+
+    /// Every record the feed applies is the one it wrote: the file, replayed, gives the
+    /// same tasks, verdicts and diagnostics as the live model.
+    #[test]
+    fn what_the_feed_applies_is_what_a_replay_applies() {
+        let path = std::env::temp_dir().join(format!("tt-feed-{}.trace", std::process::id()));
+        let meta = meta(true);
+        let mut w = Writer::create(&path).unwrap();
+        w.meta(&meta);
+        let mut feed = Feed {
+            agg: Aggregator::for_window(&meta, th(), false),
+            recording: Some(w),
+        };
+        feed.emit(Rec::Site {
+            tid: 3,
+            location: Some("src/a.rs:1:1".into()),
+            caller: None,
+            stack: false,
+            code: false,
+        });
+        feed.emit(task(EventKind::Spawn, MS, 0x1000, 1));
+        feed.emit(task(EventKind::PollStart, 2 * MS, 0x1000, 1));
+        feed.emit(task(EventKind::PollEnd, 3 * MS, 0x1000, 1));
+        feed.emit(Rec::Future {
+            vtable: 0,
+            name: "app::f".into(),
+            site: None,
+        });
+        feed.emit(Rec::Site {
+            tid: 3,
+            location: None,
+            caller: Some("app::g+0x10".into()),
+            stack: true,
+            code: false,
+        });
+        feed.emit(task(EventKind::Spawn, 4 * MS, 0x2000, 2));
+        let mut warnings = Vec::new();
+        apply_task_list(
+            reading(
+                5 * MS,
+                vec![listed(0x1000, 1), listed(0x2000, 2), listed(0x3000, 3)],
+            ),
+            Reading::End,
+            &mut feed,
+            &mut warnings,
+            true,
+        );
+        feed.emit(Rec::Samples {
+            at_ns: 6 * MS,
+            samples: vec![(3, None)],
+        });
+        let mut w = feed.recording.take().unwrap();
+        w.end(&EndRecord {
+            end_ns: 20_000 * MS,
+            ended_by: EndedBy::Duration,
+            lost_events: 0,
+            detach_ms: 0.0,
+            after_window: 0,
+            warnings: vec![],
+        });
+        w.check().unwrap();
+        let live = Report::build(
+            feed.agg,
+            Meta {
+                target: meta.target.clone(),
+                start_ns: 0,
+                end_ns: 20_000 * MS,
+                ended_by: EndedBy::Duration.as_str(),
+                probes: ProbeInfo {
+                    sites: 1,
+                    attach_ms: 0.0,
+                    detach_ms: 0.0,
+                    mode: "full".into(),
+                    emulated: 0,
+                    single_stepped: 0,
+                },
+                lost_events: 0,
+                warnings: vec![],
+                unavailable: vec![],
+            },
+        );
+        let replayed = crate::cmd::replay::report_from_file(&path, th(), false).unwrap();
+        std::fs::remove_file(&path).ok();
+        let json = |r: &Report, k: &str| serde_json::to_value(r).unwrap()[k].clone();
+        for k in ["tasks", "summary", "diagnostics", "spawn_sites"] {
+            assert_eq!(json(&live, k), json(&replayed, k), "{k} differ");
+        }
+        assert_eq!(live.summary.tasks_seen, 3);
+        assert_eq!(json(&live, "diagnostics")["spawn_stacks"], 1);
+    }
+
+    /// A reading larger than one part reaches the model in parts, and only the last one
+    /// says which lists were read whole: were the first to say so, the tasks of the later
+    /// parts (not yet listed) would be taken as finished.
+    #[test]
+    fn a_large_reading_is_fed_in_parts_with_the_whole_lists_on_the_last() {
+        let meta = meta(false);
+        let mut feed = Feed {
+            agg: Aggregator::for_window(&meta, th(), false),
+            recording: None,
+        };
+        const N: u64 = 70_000;
+        for i in 1..=N {
+            feed.emit(task(EventKind::Spawn, i, 0x10_0000 + i * 0x100, i));
+        }
+        let tasks = (1..=N).map(|i| listed(0x10_0000 + i * 0x100, i)).collect();
+        apply_task_list(
+            reading(N + 10, tasks),
+            Reading::Periodic,
+            &mut feed,
+            &mut Vec::new(),
+            true,
+        );
+        assert_eq!(feed.agg.tasks_alive(), N as usize);
+        assert_eq!(
+            feed.agg.alive_check().unwrap().alive_not_listed,
+            Vec::<u64>::new()
         );
     }
 }

@@ -1,6 +1,8 @@
 //! The attach plan: which functions of the target get a probe, at which file offset, and
 //! what each hit means (the cookie the kernel side decodes).
 
+pub mod placement;
+
 use std::{
     collections::{HashMap, HashSet},
     path::Path,
@@ -10,9 +12,9 @@ use serde::Serialize;
 use tracer_common::{EventKind, HeaderArg, cookie};
 
 use crate::{
-    elf::BinaryInfo,
+    binary::elf::BinaryInfo,
+    binary::locations::LocationTable,
     error::{Error, Result},
-    locations::LocationTable,
     tokio_versions::Knowledge,
 };
 
@@ -29,7 +31,7 @@ pub struct Site {
     pub cookie: u64,
     /// How the probed instruction runs; `None` until placed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub placement: Option<crate::placement::Placement>,
+    pub placement: Option<crate::plan::placement::Placement>,
 }
 
 /// A future type whose spawn site the code names (`static_sites`): its spawn calls carry
@@ -78,6 +80,10 @@ impl Mode {
 pub struct PlanOpts {
     pub spawn_sites: bool,
     pub mode: Mode,
+    /// Where the running kernel keeps a thread's TLS pointer in its `task_struct` (from
+    /// its BTF; `live::kernel_btf`), if known: the thread sampler needs it. The plan
+    /// is about the host it will run on, so the caller says.
+    pub host_fsbase: Option<u64>,
 }
 
 /// Where tokio keeps the id of the task a thread is polling, relative to the thread's TLS
@@ -122,7 +128,7 @@ pub struct Plan {
     pub static_sites: Vec<StaticSite>,
     /// Probed task-id draws (`spawn_ids`), indexed by the site number their events carry:
     /// spawn paths no other spawn probe covers.
-    pub id_sites: Vec<crate::spawn_ids::IdSite>,
+    pub id_sites: Vec<crate::binary::spawn_ids::IdSite>,
     /// Task-id draws found in the code: one per spawn path instance.
     pub id_draws: usize,
     /// Task vtables whose spawn site the code shows (`spawn_ids::vtable_sites`): names
@@ -222,7 +228,7 @@ impl Plan {
             });
         }
         let s = &k.symbols;
-        let current_task = current_task(bin, k);
+        let current_task = current_task(bin, k, opts.host_fsbase);
         // One hit per poll: the sampler tells when a thread left its poll, so neither the
         // poll's return nor wakes need a probe. Without it, the classic three.
         let sampled = current_task.is_some();
@@ -365,7 +371,7 @@ impl Plan {
         // gave. The inner one stays for futures no outer instance exists for (other spawn
         // paths); a spawn of such a future through an inlined path still gets its site
         // from the stack copy.
-        let [outer, inner_spawn, inner] = crate::elf::SPAWN_PATHS;
+        let [outer, inner_spawn, inner] = crate::tokio_versions::SPAWN_PATHS;
         let outer_futures: std::collections::HashSet<&str> = [outer, inner_spawn]
             .iter()
             .flat_map(|f| bin.instances(f))
@@ -456,11 +462,8 @@ impl Plan {
 
 /// Where the sampler finds `CONTEXT.current_task_id`: needs the thread-local's symbol in
 /// the binary and the kernel's BTF (for each thread's TLS pointer).
-fn current_task(bin: &BinaryInfo, k: &Knowledge) -> Option<CurrentTask> {
-    static FSBASE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    FSBASE
-        .get_or_init(crate::kernel_btf::task_fsbase_offset)
-        .as_ref()?;
+fn current_task(bin: &BinaryInfo, k: &Knowledge, host_fsbase: Option<u64>) -> Option<CurrentTask> {
+    host_fsbase?;
     let storage = bin.tls_offset(k.context.symbol)?;
     Some(CurrentTask {
         fsbase_offset: storage + k.context.task_id as i64,
@@ -531,7 +534,7 @@ impl Plan {
             .symbols
             .spawn_calls
             .iter()
-            .chain(crate::elf::SPAWN_PATHS.iter());
+            .chain(crate::tokio_versions::SPAWN_PATHS.iter());
         for function in spawn_functions {
             for &vaddr in bin.instances(function) {
                 if let Some(f) = table
@@ -549,7 +552,7 @@ impl Plan {
             addrs.dedup();
         }
         let lists: Vec<Vec<u64>> = groups.iter().map(|g| g.1.clone()).collect();
-        let found = crate::static_sites::callers_in(table, &lists);
+        let found = crate::binary::static_sites::callers_in(table, &lists);
         let instances: HashSet<u64> = lists.iter().flatten().copied().collect();
         let address_taken = table.pointed_at_from_data(&instances);
         let mut skipped = HashSet::new();
@@ -583,7 +586,7 @@ impl Plan {
     /// a spawn event, whatever the compiler inlined.
     fn add_id_sites(&mut self, bin: &BinaryInfo, table: &LocationTable, k: &Knowledge) {
         let counter = bin.tokio_data.get(k.symbols.id_counter).copied();
-        let draws = crate::spawn_ids::find(table, counter, k.symbols.id_draw_retries);
+        let draws = crate::binary::spawn_ids::find(table, counter, k.symbols.id_draw_retries);
         self.id_draws = draws.len();
         let is_spawn = |s: &Site| {
             matches!(
@@ -608,15 +611,17 @@ impl Plan {
         .map(|v| v.vaddr)
         .collect();
         let vtable_set: HashSet<u64> = vtables.iter().copied().collect();
-        let (described, points) = crate::spawn_ids::describe_all(table, &draws, &vtable_set);
-        self.vtable_sites = crate::spawn_ids::vtable_sites(table, &points, &vtables)
+        let (described, points) =
+            crate::binary::spawn_ids::describe_all(table, &draws, &vtable_set);
+        self.vtable_sites = crate::binary::spawn_ids::vtable_sites(table, &points, &vtables)
             .into_iter()
             .map(|(vtable, site)| VtableSite { vtable, site })
             .collect();
-        let uncovered: HashSet<u64> = crate::spawn_ids::uncovered(table, draws.clone(), &probed)
-            .iter()
-            .map(|d| d.vaddr)
-            .collect();
+        let uncovered: HashSet<u64> =
+            crate::binary::spawn_ids::uncovered(table, draws.clone(), &probed)
+                .iter()
+                .map(|d| d.vaddr)
+                .collect();
         for (d, site) in draws.into_iter().zip(described) {
             if !uncovered.contains(&d.vaddr) {
                 continue;
@@ -662,7 +667,7 @@ impl Plan {
                     && !matches!(kind, Some(EventKind::SpawnCall | EventKind::SpawnId))
                     && !(stack_copy
                         && matches!(kind, Some(EventKind::Spawn | EventKind::SpawnBlocking)));
-                let p = crate::placement::place(code, site.vaddr, keeps, movable);
+                let p = crate::plan::placement::place(code, site.vaddr, keeps, movable);
                 site.file_offset += p.offset;
                 site.placement = Some(p);
             }
@@ -676,7 +681,7 @@ impl Plan {
             .filter(|s| {
                 s.placement
                     .as_ref()
-                    .is_some_and(|p| p.execution == crate::placement::Execution::Emulated)
+                    .is_some_and(|p| p.execution == crate::plan::placement::Execution::Emulated)
             })
             .count();
         (emulated, all().count() - emulated)
@@ -705,50 +710,27 @@ impl Plan {
             poll_ends_probed: full,
             ..Default::default()
         };
-        // (vtable slot, name, kind, header, return probe)
-        let slots: [(u64, &'static str, EventKind, HeaderArg, bool); 4] = [
-            (
-                0,
-                "raw::poll (vtable slot 0)",
-                EventKind::PollStart,
-                HeaderArg::Arg0,
-                false,
-            ),
-            (
-                0,
-                "raw::poll (vtable slot 0)",
-                EventKind::PollEnd,
-                HeaderArg::None,
-                true,
-            ),
-            (
-                2,
-                "raw::dealloc (vtable slot 2)",
-                EventKind::Dealloc,
-                HeaderArg::Arg0,
-                false,
-            ),
-            (
-                6,
-                "raw::shutdown (vtable slot 6)",
-                EventKind::Shutdown,
-                HeaderArg::Arg0,
-                false,
-            ),
+        // (vtable slot, kind, header, return probe)
+        let s = &k.layout.slots;
+        let slots = [
+            (s.poll, EventKind::PollStart, HeaderArg::Arg0, false),
+            (s.poll, EventKind::PollEnd, HeaderArg::None, true),
+            (s.dealloc, EventKind::Dealloc, HeaderArg::Arg0, false),
+            (s.shutdown, EventKind::Shutdown, HeaderArg::Arg0, false),
         ];
-        for (slot, function, kind, arg, is_return) in slots {
+        for (slot, kind, arg, is_return) in slots {
             if !full && matches!(kind, EventKind::PollStart | EventKind::PollEnd) {
                 continue;
             }
             for vt in &vtables {
-                let Some(vaddr) = table.vtable_slot(vt.vaddr, slot) else {
+                let Some(vaddr) = table.vtable_slot(vt.vaddr, slot.index) else {
                     continue;
                 };
                 let Some(file_offset) = bin.file_offset(vaddr) else {
                     continue;
                 };
                 let site = Site {
-                    function,
+                    function: slot.label,
                     vaddr,
                     file_offset,
                     cookie: cookie(kind, arg),
@@ -763,24 +745,16 @@ impl Plan {
         }
         // Wakes: tokio's waker vtable, recognised by its clone function.
         let ref_one = 1u64 << k.refs.ref_shift;
-        if let Some(waker) = table.scan_waker_vtable(ref_one).filter(|_| full) {
-            for (slot, function, kind) in [
-                (
-                    1,
-                    "waker::wake_by_val (waker vtable slot 1)",
-                    EventKind::WakeByVal,
-                ),
-                (
-                    2,
-                    "waker::wake_by_ref (waker vtable slot 2)",
-                    EventKind::WakeByRef,
-                ),
+        if let Some(waker) = table.scan_waker_vtable(ref_one, &k.layout).filter(|_| full) {
+            for (slot, kind) in [
+                (s.wake_by_val, EventKind::WakeByVal),
+                (s.wake_by_ref, EventKind::WakeByRef),
             ] {
-                if let Some(vaddr) = table.vtable_slot(waker, slot)
+                if let Some(vaddr) = table.vtable_slot(waker, slot.index)
                     && let Some(file_offset) = bin.file_offset(vaddr)
                 {
                     plan.entry.push(Site {
-                        function,
+                        function: slot.label,
                         vaddr,
                         file_offset,
                         cookie: cookie(kind, HeaderArg::Arg0),
@@ -847,3 +821,6 @@ fn sites(bin: &BinaryInfo, function: &'static str, kind: EventKind, arg: HeaderA
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,17 +1,16 @@
-//! Spawn sites: decodes the caller's `&'static Location` that tokio's `#[track_caller]`
-//! spawn functions receive, straight from the target's ELF file (it lives in read-only
-//! data), and names the calling function from a return address when no location is found.
+//! What a binary's file says of its code, wherever it is mapped: `Location`s (file, line,
+//! column) in read-only data, function names and bounds, DWARF lines, task vtables by
+//! their shape, the unwind tables.
 
 use std::{
     collections::{HashMap, HashSet},
-    path::{Path, PathBuf},
     sync::Arc,
 };
 
 use crate::tokio_versions::Layout;
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, RelocationFlags, SymbolKind};
 
-const R_X86_64_RELATIVE: u32 = 8;
+use object::elf::R_X86_64_RELATIVE;
 
 /// What the file says, independent of where the process mapped it.
 pub struct LocationTable {
@@ -79,7 +78,19 @@ struct UnwindSections {
 }
 
 impl LocationTable {
+    /// The table of a binary, demangling its function symbols itself.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn parse(data: Vec<u8>) -> Self {
+        Self::parse_symbols(data, None)
+    }
+
+    /// The table of a binary whose function symbols were already demangled (by
+    /// `BinaryInfo::parse`, from the same file).
+    pub fn parse_with_functions(data: Vec<u8>, functions: Vec<(u64, u64, Arc<str>)>) -> Self {
+        Self::parse_symbols(data, Some(functions))
+    }
+
+    fn parse_symbols(data: Vec<u8>, functions: Option<Vec<(u64, u64, Arc<str>)>>) -> Self {
         let mut table = Self {
             data: Vec::new(),
             segments: Vec::new(),
@@ -131,15 +142,20 @@ impl LocationTable {
                     }
                 }
             }
-            for sym in file.symbols() {
-                if sym.kind() == SymbolKind::Text
-                    && sym.address() != 0
-                    && let Ok(raw) = sym.name()
-                {
-                    let name = format!("{:#}", rustc_demangle::demangle(raw));
-                    table
-                        .functions
-                        .push((sym.address(), sym.size(), name.into()));
+            match functions {
+                Some(f) => table.functions = f,
+                None => {
+                    for sym in file.symbols() {
+                        if sym.kind() == SymbolKind::Text
+                            && sym.address() != 0
+                            && let Ok(raw) = sym.name()
+                        {
+                            let name = format!("{:#}", rustc_demangle::demangle(raw));
+                            table
+                                .functions
+                                .push((sym.address(), sym.size(), name.into()));
+                        }
+                    }
                 }
             }
             table.functions.sort_by_key(|f| f.0);
@@ -271,6 +287,25 @@ impl LocationTable {
 
 impl LocationTable {
     /// `.text`: its address and bytes.
+    /// Whether a file address is in read-only data (where `Location`s live).
+    pub fn in_rodata(&self, vaddr: u64) -> bool {
+        self.rodata.iter().any(|&(s, e)| vaddr >= s && vaddr < e)
+    }
+
+    /// The loadable segment holding a file offset: its file address and file offset.
+    pub fn segment_at_offset(&self, offset: u64) -> Option<(u64, u64)> {
+        self.segments
+            .iter()
+            .filter(|&&(_, sz, off)| offset >= off && offset < off + sz.max(1))
+            .min_by_key(|s| s.2)
+            .map(|&(vaddr, _, off)| (vaddr, off))
+    }
+
+    /// A position-independent executable (mapped at a load bias).
+    pub fn is_pie(&self) -> bool {
+        self.pie
+    }
+
     pub fn text(&self) -> Option<(u64, &[u8])> {
         self.unwind
             .text
@@ -353,10 +388,6 @@ pub struct TaskVtable {
     pub id_offset: u64,
 }
 
-/// Slots of a task vtable before its offsets: poll, schedule, dealloc, try_read_output,
-/// drop_join_handle_slow, drop_abort_handle, shutdown.
-pub const VTABLE_FUNCTIONS: u64 = 7;
-
 impl LocationTable {
     /// The function pointer in slot `index` of the vtable at file address `vaddr`.
     pub fn vtable_slot(&self, vaddr: u64, index: u64) -> Option<u64> {
@@ -375,7 +406,7 @@ impl LocationTable {
         for &(start, end) in &self.data_rel_ro {
             let mut v = start.next_multiple_of(8);
             while v + layout.vtable_id_offset + 8 <= end {
-                if (0..VTABLE_FUNCTIONS).all(|i| in_text(self.vtable_slot(v, i)))
+                if (0..layout.slots.task_functions).all(|i| in_text(self.vtable_slot(v, i)))
                     && let Some(vt) = self.vtable_at(v, layout)
                     && [vt.trailer_offset, vt.scheduler_offset, vt.id_offset]
                         .iter()
@@ -397,17 +428,18 @@ impl LocationTable {
     /// (`lock xadd [rdi]`, no displacement: other wakers count references elsewhere, e.g.
     /// an `Arc` 16 bytes before its data) and returns this very table (a RIP-relative
     /// `lea`, or a load from a GOT slot holding it). `None` unless exactly one matches.
-    pub fn scan_waker_vtable(&self, ref_one: u64) -> Option<u64> {
+    pub fn scan_waker_vtable(&self, ref_one: u64, layout: &Layout) -> Option<u64> {
+        let (n, clone_slot) = (layout.slots.waker_functions, layout.slots.waker_clone);
         let (text, code) = self.unwind.text.as_ref()?;
         let in_text = |p: Option<u64>| p.filter(|p| text.contains(p));
         let mut found = Vec::new();
         for &(start, end) in &self.data_rel_ro {
             let mut v = start.next_multiple_of(8);
-            while v + 32 <= end {
-                let slots: Vec<Option<u64>> = (0..4)
+            while v + 8 * n <= end {
+                let slots: Vec<Option<u64>> = (0..n)
                     .map(|i| in_text(self.pointer_at(v + 8 * i)))
                     .collect();
-                if let Some(clone) = slots[0]
+                if let Some(clone) = slots[clone_slot as usize]
                     && slots.iter().all(Option::is_some)
                 {
                     let at = (clone - text.start) as usize;
@@ -423,21 +455,7 @@ impl LocationTable {
     }
 
     fn is_task_waker_clone(&self, ip: u64, body: &[u8], table: u64, ref_one: u64) -> bool {
-        let imm = (ref_one as u32).to_le_bytes();
-        // mov r32, imm32 (b8+r) with REF_ONE, then lock xadd [rdi], r64 (f0 48 0f c1 /r,
-        // mod 00, rm 111).
-        // or, optimised for size (`opt-level = "z"`), push imm8; pop r64 (6a ib, 58+r).
-        let loads_ref_one = body
-            .windows(5)
-            .any(|w| (0xb8..=0xbf).contains(&w[0]) && w[1..] == imm)
-            || (ref_one < 0x80
-                && body.windows(3).any(|w| {
-                    w[0] == 0x6a && u64::from(w[1]) == ref_one && (0x58..=0x5f).contains(&w[2])
-                }));
-        let xadd_rdi = body
-            .windows(5)
-            .any(|w| w[..4] == [0xf0, 0x48, 0x0f, 0xc1] && w[4] & 0xc7 == 0x07);
-        if !(loads_ref_one && xadd_rdi) {
+        if !crate::tokio_versions::shapes::adds_one_task_reference(body, ref_one) {
             return false;
         }
         // lea / mov r64, [rip + disp32]: 48 8d|8b modrm(00 reg 101) disp32.
@@ -515,13 +533,12 @@ impl LocationTable {
 /// Whether a source path or function belongs to tokio or the standard library, which a
 /// user never wants to see as "where this task was spawned".
 pub fn is_runtime_internal(s: &str) -> bool {
-    s.contains("/tokio-1.")
+    crate::tokio_versions::is_tokio_source(s)
+        || crate::tokio_versions::is_tokio_symbol(s)
         || s.starts_with("/rustc/")
         || s.contains("/library/std/")
         || s.contains("/library/core/")
         || s.contains("/library/alloc/")
-        || s.starts_with("tokio::")
-        || s.starts_with("<tokio::")
         || s.starts_with("std::")
         || s.starts_with("core::")
         || s.starts_with("<core::")
@@ -529,239 +546,40 @@ pub fn is_runtime_internal(s: &str) -> bool {
         || s.starts_with("alloc::")
 }
 
-/// Resolves spawn calls of one process: needs the process's load bias, read once from
-/// `/proc/PID/maps` when the first spawn call arrives (the program may not be exec'd yet
-/// when tracing starts).
-pub struct Locator {
-    table: LocationTable,
-    pid: u32,
-    exe: PathBuf,
-    bias: Option<u64>,
-    cache: HashMap<u64, Option<Arc<str>>>,
-    /// DWARF source lines by code address.
-    lines: HashMap<u64, Option<Arc<str>>>,
-    unwinder: Option<StackUnwinder>,
-    /// Task vtable (file address) → where its tasks are spawned, from the code.
-    vtable_sites: HashMap<u64, Arc<str>>,
-}
-
-impl Locator {
-    /// Sites the plan found for task vtables (file addresses).
-    pub fn set_vtable_sites(&mut self, sites: impl IntoIterator<Item = (u64, String)>) {
-        self.vtable_sites = sites.into_iter().map(|(v, s)| (v, Arc::from(s))).collect();
-    }
-
-    /// Where the code says the tasks of a task vtable (file address) are spawned.
-    pub fn vtable_site(&self, vtable: u64) -> Option<Arc<str>> {
-        self.vtable_sites.get(&vtable).cloned()
-    }
-}
-
-impl Locator {
-    pub fn new(table: LocationTable, pid: u32, exe: PathBuf) -> Self {
-        Self {
-            table,
-            pid,
-            exe,
-            bias: None,
-            cache: HashMap::new(),
-            lines: HashMap::new(),
-            unwinder: None,
-            vtable_sites: HashMap::new(),
-        }
-    }
-
-    /// Where the process mapped the file: add to a file address for the process's.
-    pub fn bias(&mut self) -> Option<u64> {
-        if self.bias.is_none() {
-            self.bias = if self.table.pie {
-                load_bias(self.pid, &self.exe, &self.table)
-            } else {
-                Some(0)
-            };
-        }
-        self.bias
-    }
-
-    /// The user's spawn site among a spawn call's argument registers, if one holds a
-    /// `Location` outside tokio and std.
-    pub fn location(&mut self, args: &[u64]) -> Option<Arc<str>> {
-        let bias = self.bias()?;
-        for &a in args {
-            let Some(vaddr) = a.checked_sub(bias) else {
-                continue;
-            };
-            if !self
-                .table
-                .rodata
-                .iter()
-                .any(|&(s, e)| vaddr >= s && vaddr < e)
-            {
-                continue;
-            }
-            let table = &self.table;
-            let found = self
-                .cache
-                .entry(vaddr)
-                .or_insert_with(|| table.location_at(vaddr).map(Arc::from));
-            if let Some(loc) = found
-                && !is_runtime_internal(loc)
-            {
-                return Some(loc.clone());
-            }
-        }
-        None
-    }
-
-    /// `function+0xoff` of a return address, unless it is inside tokio or std.
-    pub fn caller(&mut self, return_address: u64) -> Option<Arc<str>> {
-        let bias = self.bias()?;
-        let vaddr = return_address.checked_sub(bias)?;
-        // The call instruction ends at the return address: look up the byte before it.
-        if let Some(line) = self.source_line(vaddr.checked_sub(1)?) {
-            return Some(line);
-        }
-        let (name, off) = self.table.function_at(vaddr)?;
-        if is_runtime_internal(&name) {
-            return inlined_user_code(&name, off);
-        }
-        Some(format!("{name}+{off:#x}").into())
-    }
-
-    fn source_line(&mut self, vaddr: u64) -> Option<Arc<str>> {
-        cached_line(&mut self.lines, &self.table, vaddr)
-    }
-}
-
-/// `file:line:col` of a code address (file address) from DWARF, cached per address.
-fn cached_line(
-    lines: &mut HashMap<u64, Option<Arc<str>>>,
-    table: &LocationTable,
-    vaddr: u64,
-) -> Option<Arc<str>> {
-    lines
-        .entry(vaddr)
-        .or_insert_with(|| table.source_line_at(vaddr).map(Arc::from))
-        .clone()
-}
-
-impl Locator {
-    /// The process's task vtables, keyed by their address in the process.
-    pub fn task_vtables(&mut self, polls: &[u64], layout: &Layout) -> Option<Vec<TaskVtable>> {
-        let bias = self.bias()?;
-        // Without symbols (no raw::poll instances known), by the vtable pattern.
-        let found = if polls.is_empty() {
-            self.table.scan_task_vtables(layout)
-        } else {
-            self.table.task_vtables(polls, layout)
-        };
-        Some(
-            found
-                .into_iter()
-                .map(|v| TaskVtable {
-                    vaddr: v.vaddr + bias,
-                    ..v
-                })
-                .collect(),
-        )
-    }
-
-    /// The future type a task vtable belongs to: its first slot is the monomorphized
-    /// `raw::poll::<Future, Scheduler>`, whose v0-mangled name carries the type. `None` for
-    /// legacy-mangled binaries, whose names drop generic arguments.
-    pub fn future_name(&mut self, vtable: u64) -> Option<Arc<str>> {
-        let bias = self.bias()?;
-        self.table
-            .future_of_vtable(vtable.checked_sub(bias)?)
-            .map(Arc::from)
-    }
-}
-
-impl Locator {
-    /// The first caller outside tokio and std, found by unwinding a copy of the stack
-    /// taken at a spawn probe (`ip`, `sp`, `bp` at the probe; `stack` copied from `sp`).
-    pub fn unwound_caller(&mut self, ip: u64, sp: u64, bp: u64, stack: &[u8]) -> Option<Arc<str>> {
-        use framehop::{Unwinder, x86_64::UnwindRegsX86_64};
-        let bias = self.bias()?;
-        if self.unwinder.is_none() {
-            self.unwinder = Some(build_unwinder(&self.table, bias)?);
-        }
-        let (unwinder, cache) = self.unwinder.as_mut()?;
-        let mut read = |addr: u64| -> Result<u64, ()> {
-            let off = addr.checked_sub(sp).ok_or(())? as usize;
-            let b = stack.get(off..off + 8).ok_or(())?;
-            Ok(u64::from_le_bytes(b.try_into().map_err(|_| ())?))
-        };
-        let mut frames =
-            unwinder.iter_frames(ip, UnwindRegsX86_64::new(ip, sp, bp), cache, &mut read);
-        // A user closure inlined into std or tokio code: the answer if no frame of the
-        // user's own is found further up.
-        let mut inlined = None;
-        for _ in 0..64 {
-            let Ok(Some(frame)) = frames.next() else {
-                break;
-            };
-            let vaddr = frame.address_for_lookup().checked_sub(bias)?;
-            if let Some(line) = cached_line(&mut self.lines, &self.table, vaddr) {
-                return Some(line);
-            }
-            if let Some((name, off)) = self.table.function_at(vaddr) {
-                if !is_runtime_internal(&name) {
-                    return Some(format!("{name}+{off:#x}").into());
-                }
-                if inlined.is_none() {
-                    inlined = inlined_user_code(&name, off);
-                }
-            }
-        }
-        inlined
-    }
-}
-
-type StackUnwinder = (
+pub type StackUnwinder = (
     framehop::x86_64::UnwinderX86_64<Vec<u8>>,
     framehop::x86_64::CacheX86_64,
 );
 
-fn build_unwinder(table: &LocationTable, bias: u64) -> Option<StackUnwinder> {
-    let u = &table.unwind;
-    let (text_svma, text) = u.text.clone()?;
-    let (eh_svma, eh) = u.eh_frame.clone()?;
-    let info = framehop::ExplicitModuleSectionInfo {
-        base_svma: 0,
-        text_svma: Some(text_svma),
-        text: Some(text),
-        eh_frame_svma: Some(eh_svma),
-        eh_frame: Some(eh),
-        eh_frame_hdr_svma: u.eh_frame_hdr.as_ref().map(|h| h.0.clone()),
-        eh_frame_hdr: u.eh_frame_hdr.as_ref().map(|h| h.1.clone()),
-        ..Default::default()
-    };
-    let module = framehop::Module::new(
-        "target".into(),
-        bias + u.image.start..bias + u.image.end,
-        bias,
-        info,
-    );
-    let mut unwinder = framehop::x86_64::UnwinderX86_64::new();
-    framehop::Unwinder::add_module(&mut unwinder, module);
-    Some((unwinder, framehop::x86_64::CacheX86_64::new()))
+impl LocationTable {
+    /// An unwinder for the binary mapped at `bias` (its `.eh_frame`, `.text`).
+    pub fn unwinder(&self, bias: u64) -> Option<StackUnwinder> {
+        let u = &self.unwind;
+        let (text_svma, text) = u.text.clone()?;
+        let (eh_svma, eh) = u.eh_frame.clone()?;
+        let info = framehop::ExplicitModuleSectionInfo {
+            base_svma: 0,
+            text_svma: Some(text_svma),
+            text: Some(text),
+            eh_frame_svma: Some(eh_svma),
+            eh_frame: Some(eh),
+            eh_frame_hdr_svma: u.eh_frame_hdr.as_ref().map(|h| h.0.clone()),
+            eh_frame_hdr: u.eh_frame_hdr.as_ref().map(|h| h.1.clone()),
+            ..Default::default()
+        };
+        let module = framehop::Module::new(
+            "target".into(),
+            bias + u.image.start..bias + u.image.end,
+            bias,
+            info,
+        );
+        let mut unwinder = framehop::x86_64::UnwinderX86_64::new();
+        framehop::Unwinder::add_module(&mut unwinder, module);
+        Some((unwinder, framehop::x86_64::CacheX86_64::new()))
+    }
 }
 
 /// `a::f::<X<Y, Z>, W>` → `X<Y, Z>`.
-/// Code of the user's inlined into a std or tokio generic instantiated with the user's
-/// type, e.g. a thread's body inside
-/// `std::sys::backtrace::__rust_begin_short_backtrace::<app::f::{closure#0}, ()>`: named
-/// after the user's type, with where it was inlined.
-fn inlined_user_code(name: &str, off: u64) -> Option<Arc<str>> {
-    let user = first_generic_arg(name)?;
-    if is_runtime_internal(user) || user.starts_with('<') || !user.contains("::") {
-        return None;
-    }
-    let base = name.split("::<").next().unwrap_or(name);
-    Some(format!("{user} (inlined in {base}+{off:#x})").into())
-}
-
 pub fn first_generic_arg(name: &str) -> Option<&str> {
     let start = name.find("::<")? + 3;
     let mut depth = 0usize;
@@ -776,34 +594,6 @@ pub fn first_generic_arg(name: &str) -> Option<&str> {
     None
 }
 
-/// Load bias of `exe` in process `pid`: where its lowest mapping starts, minus the file
-/// address that mapping covers.
-fn load_bias(pid: u32, exe: &Path, table: &LocationTable) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let inode = std::fs::metadata(exe).ok()?.ino();
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    let mut best: Option<(u64, u64)> = None;
-    for line in maps.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 6 || f[4].parse::<u64>().ok() != Some(inode) {
-            continue;
-        }
-        let start = u64::from_str_radix(f[0].split('-').next()?, 16).ok()?;
-        let offset = u64::from_str_radix(f[2], 16).ok()?;
-        if best.is_none_or(|(_, o)| offset < o) {
-            best = Some((start, offset));
-        }
-    }
-    let (start, offset) = best?;
-    let &(vaddr, _, file_off) = table
-        .segments
-        .iter()
-        .filter(|&&(_, sz, off)| offset >= off && offset < off + sz.max(1))
-        .min_by_key(|s| s.2)?;
-    start.checked_sub(vaddr - file_off + offset)
-}
-
-/// The DWARF of a binary that has line tables, ready for address lookups.
 fn load_lines(file: &object::File) -> Option<(Lines, Vec<String>)> {
     use gimli::Reader as _;
 
@@ -854,23 +644,6 @@ mod tests {
         assert!(!is_runtime_internal(
             "myapp::handlers::analytics::{closure#0}"
         ));
-    }
-
-    #[test]
-    fn user_closures_inlined_into_std_are_named() {
-        let name =
-            "std::sys::backtrace::__rust_begin_short_backtrace::<app::serve::{closure#0}, ()>";
-        assert_eq!(
-            inlined_user_code(name, 0xd5).as_deref(),
-            Some(
-                "app::serve::{closure#0} (inlined in std::sys::backtrace::__rust_begin_short_backtrace+0xd5)"
-            )
-        );
-        assert_eq!(
-            inlined_user_code("std::thread::spawn::<std::io::Foo>", 1),
-            None
-        );
-        assert_eq!(inlined_user_code("tokio::runtime::park::inner", 1), None);
     }
 
     #[test]

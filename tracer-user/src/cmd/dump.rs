@@ -8,13 +8,16 @@ use std::{collections::BTreeMap, collections::HashMap, fmt::Write as _, sync::Ar
 use serde::Serialize;
 
 use crate::{
+    binary::read_binary,
     error::{Error, Result},
-    locations::Locator,
+    live::{
+        clock::monotonic_ns,
+        locator::Locator,
+        target::Target,
+        tasklist::{ListKind, OwnedList, Reader, Status},
+    },
     plan::Plan,
-    report::TargetInfo,
-    session::{monotonic_ns, read_binary},
-    target::Target,
-    tasklist::{ListKind, OwnedList, Reader, Status},
+    stream::TargetInfo,
     tokio_versions,
 };
 
@@ -92,13 +95,15 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
         crate::plan::PlanOpts {
             spawn_sites: false,
             mode: crate::plan::Mode::Full,
+            // dump only reads memory: no thread sampling.
+            host_fsbase: None,
         },
     )?;
     let mut locator = Locator::new(table, pid, target.exe.clone());
     locator.set_vtable_sites(plan.code_sites());
     let vtables = locator
         .task_vtables(bin.instances(knowledge.symbols.raw_poll), &knowledge.layout)
-        .ok_or_else(|| Error::Launch(format!("cannot find where pid {pid} mapped its binary")))?;
+        .ok_or(Error::NotMapped { pid })?;
     let snap = Reader::new(pid, knowledge, &vtables)?.snapshot(monotonic_ns())?;
 
     let mut names: HashMap<u64, Option<Arc<str>>> = HashMap::new();

@@ -18,7 +18,7 @@ use std::{
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
 use serde::Serialize;
 
-use crate::locations::{LocationTable, is_runtime_internal};
+use crate::binary::locations::{LocationTable, is_runtime_internal};
 
 /// One inlined copy of the id counter's `fetch_add`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -712,7 +712,7 @@ fn locations_passed(
         return HashMap::new();
     }
     let groups: Vec<Vec<u64>> = functions.iter().map(|&f| vec![f]).collect();
-    let found = crate::static_sites::callers_in(table, &groups);
+    let found = crate::binary::static_sites::callers_in(table, &groups);
     // Calls that pass no Location of their own: their functions, resolved a level up.
     let mut unknown: Vec<u64> = found
         .iter()

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tracer_common::{EventKind, cookie_kind};
 
 use crate::{
-    elf::BuildTraits,
+    binary::elf::BuildTraits,
     error::{Error, Result},
     plan::{Plan, Unavailable},
     tokio_versions,
@@ -39,7 +39,7 @@ pub struct Inspection {
     /// Spawn paths by where their spawn event comes from: every path draws a task id
     /// (`spawn_ids`); the draws no spawn probe covers are probed themselves.
     pub id_draws: usize,
-    pub id_draws_probed: Vec<crate::spawn_ids::IdSite>,
+    pub id_draws_probed: Vec<crate::binary::spawn_ids::IdSite>,
     /// Task vtables whose tasks' spawn site the code shows (tasks alive before attach
     /// and spawns no probe saw get it): vtable address → site.
     pub vtable_sites: BTreeMap<String, String>,
@@ -66,7 +66,7 @@ pub struct TaskVtables {
 }
 
 pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Inspection> {
-    let (bin, table) = crate::session::read_binary(exe, display, symbols)?;
+    let (bin, table) = crate::binary::read_binary(exe, display, symbols)?;
     let mut out = Inspection {
         execution: Default::default(),
         binary: display.to_owned(),
@@ -120,7 +120,7 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
         out.task_vtables.by_symbols = Some(by_symbols.len());
         out.task_vtables.scan_matches_symbols = Some(scanned == by_symbols);
     }
-    let waker = table.scan_waker_vtable(1 << k.refs.ref_shift);
+    let waker = table.scan_waker_vtable(1 << k.refs.ref_shift, &k.layout);
     out.task_vtables.waker_by_scan = waker.is_some();
     let (by_val, by_ref) = (
         bin.instances(k.symbols.wake_by_val),
@@ -128,8 +128,13 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
     );
     if !by_val.is_empty() {
         out.task_vtables.waker_matches_symbols = Some(waker.is_some_and(|w| {
-            table.vtable_slot(w, 1).is_some_and(|f| by_val.contains(&f))
-                && table.vtable_slot(w, 2).is_some_and(|f| by_ref.contains(&f))
+            let s = &k.layout.slots;
+            table
+                .vtable_slot(w, s.wake_by_val.index)
+                .is_some_and(|f| by_val.contains(&f))
+                && table
+                    .vtable_slot(w, s.wake_by_ref.index)
+                    .is_some_and(|f| by_ref.contains(&f))
         }));
     }
     match Plan::choose(
@@ -140,6 +145,8 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
         crate::plan::PlanOpts {
             spawn_sites: true,
             mode: crate::plan::Mode::Full,
+            // What a trace on this host would get.
+            host_fsbase: crate::live::kernel_btf::task_fsbase_offset(),
         },
     ) {
         Ok(plan) => {
@@ -161,8 +168,8 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
                         .entry(site.function)
                         .or_default();
                     match p.execution {
-                        crate::placement::Execution::Emulated => e.emulated += 1,
-                        crate::placement::Execution::SingleStepped => e.single_stepped += 1,
+                        crate::plan::placement::Execution::Emulated => e.emulated += 1,
+                        crate::plan::placement::Execution::SingleStepped => e.single_stepped += 1,
                     }
                     e.moved += usize::from(p.offset > 0);
                 }

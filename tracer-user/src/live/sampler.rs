@@ -4,7 +4,7 @@
 //! stopped. It is what lets a poll cost one probe hit (the poll's end is inferred) and
 //! what finds blocking polls in lifecycle mode.
 
-use crate::{memory::Memory, plan::CurrentTask};
+use crate::{live::memory::Memory, plan::CurrentTask};
 
 pub struct Sampler {
     pid: u32,

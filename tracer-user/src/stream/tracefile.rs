@@ -14,13 +14,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tracer_common::{EVENT_SIZE, TaskEvent};
 
-use crate::{
-    error::{Error, Result},
-    plan::PlanSummary,
-    report::TargetInfo,
-    tasklist::{ListKind, LiveTask},
-    tokio_versions::StateBits,
-};
+use super::records::{EndRecord, ListKind, LiveTask, MetaRecord, Rec};
+use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"TTRACE01";
 const KIND_META: u8 = 1;
@@ -34,66 +29,6 @@ const KIND_SAMPLES: u8 = 7;
 const TASKLIST_CHUNK: usize = 20_000;
 /// No record is this large; a longer length means corruption, not a big window.
 const MAX_RECORD: u32 = 64 << 20;
-
-/// Written first: what is needed to interpret the events later, elsewhere.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct MetaRecord {
-    pub format: String,
-    pub target: TargetInfo,
-    /// CLOCK_MONOTONIC of the window start (the clock of every event timestamp).
-    pub start_ns: u64,
-    /// Wall-clock time of the window start, seconds since the Unix epoch.
-    pub start_unix_s: f64,
-    pub state_bits: StateBits,
-    pub probe_sites: usize,
-    /// What the model needs of the plan (typed: a replay configures the model from it).
-    pub summary: PlanSummary,
-    /// The attach plan: every probe site (function, address, file offset), for people.
-    #[serde(default)]
-    pub plan: serde_json::Value,
-    pub attach_ms: f64,
-    pub warnings: Vec<String>,
-}
-
-/// Why a window ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndedBy {
-    /// `--duration` elapsed.
-    Duration,
-    /// The target exited.
-    TargetExit,
-    /// Ctrl-C or SIGTERM.
-    Interrupted,
-    /// A recording with no end record (the tracer was stopped abruptly).
-    Truncated,
-    /// An end record this version does not know.
-    #[serde(other)]
-    Unknown,
-}
-
-impl EndedBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndedBy::Duration => "duration",
-            EndedBy::TargetExit => "target_exit",
-            EndedBy::Interrupted => "interrupted",
-            EndedBy::Truncated => "truncated",
-            EndedBy::Unknown => "unknown",
-        }
-    }
-}
-
-/// Written last, when the window closed cleanly.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EndRecord {
-    pub end_ns: u64,
-    pub ended_by: EndedBy,
-    pub lost_events: u64,
-    pub detach_ms: f64,
-    pub after_window: u64,
-    pub warnings: Vec<String>,
-}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct SiteRecord {
@@ -141,38 +76,6 @@ struct FutureRecord {
     /// Where the code says this vtable's tasks are spawned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     site: Option<String>,
-}
-
-/// One record of the stream, in the order the aggregator saw it.
-#[derive(Clone, Debug)]
-pub enum Rec {
-    /// Always first.
-    Meta(Box<MetaRecord>),
-    Task(TaskEvent),
-    Site {
-        tid: u32,
-        location: Option<String>,
-        caller: Option<String>,
-        stack: bool,
-        code: bool,
-    },
-    Future {
-        vtable: u64,
-        name: String,
-        site: Option<String>,
-    },
-    TaskList {
-        at_ns: u64,
-        attach: bool,
-        /// Each with the kind of list it was found in (`LiveTask::list`).
-        tasks: Vec<LiveTask>,
-        complete_owners: Option<Vec<u64>>,
-        until_ns: Option<u64>,
-    },
-    Samples {
-        at_ns: u64,
-        samples: Vec<(u32, Option<u64>)>,
-    },
 }
 
 pub struct Writer {

@@ -10,9 +10,8 @@ use tracer_common::{EventKind, TaskEvent};
 use crate::{
     error::Result,
     plan::PlanSummary,
-    report::TargetInfo,
+    stream::{EndRecord, EndedBy, MetaRecord, Rec, TargetInfo, tracefile::Writer},
     tokio_versions,
-    tracefile::{EndRecord, EndedBy, MetaRecord, Rec, Writer},
 };
 
 const POLLS_PER_TASK: u64 = 20;

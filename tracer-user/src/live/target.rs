@@ -75,13 +75,16 @@ pub fn launch(cmd: &[OsString]) -> Result<(Target, Launched)> {
         .ok_or_else(|| Error::CommandNotFound("(empty command)".into()))?;
     let path = resolve_program(Path::new(program))
         .ok_or_else(|| Error::CommandNotFound(program.to_string_lossy().into_owned()))?;
-    let c_path =
-        CString::new(path.as_os_str().as_bytes()).map_err(|e| Error::Launch(e.to_string()))?;
+    let nul = |e: std::ffi::NulError| Error::Launch {
+        what: "an argument contains a NUL byte",
+        err: e.into(),
+    };
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(nul)?;
     let c_args: Vec<CString> = cmd
         .iter()
         .map(|a| CString::new(a.as_bytes()))
         .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::Launch(e.to_string()))?;
+        .map_err(nul)?;
     let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
 
@@ -90,11 +93,17 @@ pub fn launch(cmd: &[OsString]) -> Result<(Target, Launched)> {
     // calls (close, read, execv, _exit) on data prepared before fork.
     unsafe {
         if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-            return Err(Error::Launch(std::io::Error::last_os_error().to_string()));
+            return Err(Error::Launch {
+                what: "pipe2",
+                err: std::io::Error::last_os_error(),
+            });
         }
         let pid = libc::fork();
         if pid < 0 {
-            return Err(Error::Launch(std::io::Error::last_os_error().to_string()));
+            return Err(Error::Launch {
+                what: "fork",
+                err: std::io::Error::last_os_error(),
+            });
         }
         if pid == 0 {
             libc::close(fds[1]);

@@ -11,7 +11,7 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use crate::{
     error::{Error, Result},
-    tokio_versions::{self, Version},
+    tokio_versions::{self, SPAWN_PATHS, Version, is_tokio_symbol},
 };
 
 /// What tasktrace learned from a binary file.
@@ -19,6 +19,9 @@ use crate::{
 pub struct BinaryInfo {
     /// Normalized function name → addresses of its instances (sorted, unique).
     pub functions: BTreeMap<String, Vec<u64>>,
+    /// Every function symbol (address, size, demangled name), demangled once here and
+    /// handed to the location table (`binary::read_binary`), which needs them all.
+    pub text_symbols: Vec<(u64, u64, std::sync::Arc<str>)>,
     /// Loadable segments: (vaddr, memsize, file offset).
     segments: Vec<(u64, u64, u64)>,
     pub build_id: Option<String>,
@@ -74,6 +77,7 @@ impl BinaryInfo {
             });
         }
         let mut functions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut text_symbols = Vec::new();
         let mut spawned_futures = HashMap::new();
         let mut tokio_symbols = 0;
         let mut has_symtab = false;
@@ -94,7 +98,7 @@ impl BinaryInfo {
                 && let Ok(raw) = sym.name()
             {
                 let name = format!("{:#}", rustc_demangle::demangle(raw));
-                if name.starts_with("tokio::") {
+                if is_tokio_symbol(&name) {
                     tokio_tls.push((name, sym.address(), sym.size()));
                 }
                 continue;
@@ -104,7 +108,7 @@ impl BinaryInfo {
                 && let Ok(raw) = sym.name()
             {
                 let name = normalize(&format!("{:#}", rustc_demangle::demangle(raw)));
-                if name.starts_with("tokio::") {
+                if is_tokio_symbol(&name) {
                     tokio_data.insert(name, sym.address());
                 }
                 continue;
@@ -115,7 +119,8 @@ impl BinaryInfo {
             let Ok(raw) = sym.name() else { continue };
             let full = format!("{:#}", rustc_demangle::demangle(raw));
             let name = normalize(&full);
-            if name.starts_with("tokio::") {
+            text_symbols.push((sym.address(), sym.size(), std::sync::Arc::from(&*full)));
+            if is_tokio_symbol(&name) {
                 if full.contains("BlockingSchedule") {
                     blocking_instances.insert(sym.address());
                 }
@@ -151,6 +156,7 @@ impl BinaryInfo {
             lto_likely: (tokio_symbols > 0).then_some(!state_methods),
         };
         Ok(Self {
+            text_symbols,
             traits,
             functions,
             segments,
@@ -200,6 +206,7 @@ impl BinaryInfo {
             }
         }
         self.functions = other.functions;
+        self.text_symbols = other.text_symbols;
         self.has_symtab = other.has_symtab;
         self.tokio_symbols = other.tokio_symbols;
         self.traits = BuildTraits {
@@ -245,14 +252,6 @@ fn tls_segment(data: &[u8]) -> Option<(u64, u64)> {
         .find(|ph| ph.p_type(endian) == object::elf::PT_TLS)
         .map(|ph| (ph.p_memsz(endian), ph.p_align(endian)))
 }
-
-/// Spawn functions generic over the future, whose instances are matched by future type
-/// (`Plan` probes the inner one only for futures the outer one is not instantiated for).
-pub const SPAWN_PATHS: [&str; 3] = [
-    "tokio::task::spawn::spawn",
-    "tokio::task::spawn::spawn_inner",
-    "tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task",
-];
 
 /// Drops generic arguments from a demangled path, so that every instance of a generic
 /// function shares one name: `a::B<T>::f` and `<a::B<X>>::f` both become `a::B::f`.

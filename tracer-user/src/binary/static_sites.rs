@@ -36,7 +36,10 @@ pub struct Callers {
 
 /// [`callers`] over a binary's whole `.text`, counting user `Location`s (not tokio's or
 /// std's): what the plan and the id-draw analysis ask.
-pub fn callers_in(table: &crate::locations::LocationTable, groups: &[Vec<u64>]) -> Vec<Callers> {
+pub fn callers_in(
+    table: &crate::binary::locations::LocationTable,
+    groups: &[Vec<u64>],
+) -> Vec<Callers> {
     let Some((text, bytes)) = table.text() else {
         return groups.iter().map(|_| Callers::default()).collect();
     };
@@ -51,7 +54,7 @@ pub fn callers_in(table: &crate::locations::LocationTable, groups: &[Vec<u64>]) 
     callers(&code, groups, |a| {
         table
             .location_at(a)
-            .is_some_and(|l| !crate::locations::is_runtime_internal(&l))
+            .is_some_and(|l| !crate::binary::locations::is_runtime_internal(&l))
     })
 }
 

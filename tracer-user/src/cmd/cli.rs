@@ -4,7 +4,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::verdict::Verdict;
+use crate::model::verdict::Verdict;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -76,7 +76,9 @@ pub enum Command {
     #[command(hide = true)]
     SynthTrace {
         file: PathBuf,
-        #[arg(long, default_value_t = 10_000_000)]
+        /// At most ten billion (about 560 GB of file).
+        #[arg(long, default_value_t = 10_000_000,
+              value_parser = clap::value_parser!(u64).range(1..=10_000_000_000))]
         events: u64,
     },
 }
@@ -190,10 +192,10 @@ fn parse_size(s: &str) -> Result<u32, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("`{s}` is not a size (try 8M)"))?;
-    let bytes = n * mult;
+    let bytes = n.saturating_mul(mult);
     if !bytes.is_power_of_two() || !(4096..=(1 << 30)).contains(&bytes) {
         return Err(format!(
-            "ring size must be a power of two between 4K and 1G, got {bytes}"
+            "ring size must be a power of two between 4K and 1G, got `{s}`"
         ));
     }
     Ok(bytes as u32)

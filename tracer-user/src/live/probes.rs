@@ -57,6 +57,7 @@ impl Probes {
         tgid: u32,
         layout: &Layout,
         ring_bytes: u32,
+        fsbase: Option<u64>,
     ) -> Result<Self> {
         let started = Instant::now();
         // Spawn paths with no out-of-line spawn function (all of them under fat LTO,
@@ -69,8 +70,20 @@ impl Probes {
             owner_id: layout.header_owner_id,
             vtable_id_offset: layout.vtable_id_offset,
         };
+        // The kernel side reads the header's first words in one go: a layout whose fields
+        // fall outside them would be read wrong, silently.
+        if !header.fits() {
+            return Err(Error::Bpf {
+                what: format!(
+                    "the tokio layout puts a task header field outside the {} bytes the \
+                     kernel side reads ({header:?}); the eBPF program needs a wider read",
+                    8 * tracer_common::HEADER_READ_WORDS
+                ),
+                source: None,
+            });
+        }
         // Without it (no kernel BTF) threads go unrecorded and the plan keeps poll-end probes.
-        let fsbase = crate::kernel_btf::task_fsbase_offset().unwrap_or(0);
+        let fsbase = fsbase.unwrap_or(0);
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_TARGET_TGID, &tgid, true)
             .override_global(GLOBAL_TASK_FSBASE, &fsbase, true)
@@ -78,8 +91,8 @@ impl Probes {
             .override_global(GLOBAL_STACK_BYTES, &stack_bytes, true)
             .map_max_entries(MAP_EVENTS, ring_bytes)
             .load(OBJECT)
-            .map_err(|e| bpf_error("loading the eBPF object", &e))?;
-        let pid = NonZeroU32::new(tgid).ok_or_else(|| Error::Bpf("pid 0".into()))?;
+            .map_err(|e| bpf_error("loading the eBPF object", e))?;
+        let pid = NonZeroU32::new(tgid).ok_or_else(|| bpf_missing("pid 0"))?;
         attach_program(&mut ebpf, "task_entry", &plan.entry, binary, pid)?;
         attach_program(&mut ebpf, "task_return", &plan.ret, binary, pid)?;
         if plan.thread_sampling {
@@ -87,12 +100,12 @@ impl Probes {
         }
         let ring = ebpf
             .take_map(MAP_EVENTS)
-            .ok_or_else(|| Error::Bpf("EVENTS map missing from the object".into()))?;
-        let ring = RingBuf::try_from(ring).map_err(|e| Error::Bpf(e.to_string()))?;
+            .ok_or_else(|| bpf_missing("EVENTS map missing from the object"))?;
+        let ring = RingBuf::try_from(ring).map_err(|e| bpf_error("opening a map", e))?;
         let lost = ebpf
             .take_map(MAP_LOST)
-            .ok_or_else(|| Error::Bpf("LOST map missing from the object".into()))?;
-        let lost = PerCpuArray::try_from(lost).map_err(|e| Error::Bpf(e.to_string()))?;
+            .ok_or_else(|| bpf_missing("LOST map missing from the object"))?;
+        let lost = PerCpuArray::try_from(lost).map_err(|e| bpf_error("opening a map", e))?;
         let threads = ebpf
             .take_map(MAP_THREADS)
             .and_then(|m| BpfHashMap::try_from(m).ok());
@@ -196,19 +209,19 @@ fn attach_program(
     }
     let program: &mut UProbe = ebpf
         .program_mut(name)
-        .ok_or_else(|| Error::Bpf(format!("program {name} missing from the object")))?
+        .ok_or_else(|| bpf_missing(&format!("program {name} missing from the object")))?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| Error::Bpf(e.to_string()))?;
+        .map_err(|e: aya::programs::ProgramError| bpf_error("a program of the wrong type", e))?;
     program
         .load()
-        .map_err(|e| bpf_error(&format!("loading {name}"), &e))?;
+        .map_err(|e| bpf_error(&format!("loading {name}"), e))?;
     let points = sites.iter().map(|s| UProbeAttachPoint {
         location: UProbeAttachLocation::AbsoluteOffset(s.file_offset),
         cookie: Some(s.cookie),
     });
     program
         .attach(points, binary, UProbeScope::OneProcess(pid))
-        .map_err(|e| bpf_error(&format!("attaching {name} to {} sites", sites.len()), &e))?;
+        .map_err(|e| bpf_error(&format!("attaching {name} to {} sites", sites.len()), e))?;
     Ok(())
 }
 
@@ -220,14 +233,16 @@ const THREAD_SAMPLE_HZ: u64 = 49;
 fn attach_thread_sampler(ebpf: &mut Ebpf) -> Result<()> {
     let program: &mut PerfEvent = ebpf
         .program_mut("thread_sample")
-        .ok_or_else(|| Error::Bpf("program thread_sample missing from the object".into()))?
+        .ok_or_else(|| bpf_missing("program thread_sample missing from the object"))?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| Error::Bpf(e.to_string()))?;
+        .map_err(|e: aya::programs::ProgramError| bpf_error("a program of the wrong type", e))?;
     program
         .load()
-        .map_err(|e| bpf_error("loading thread_sample", &e))?;
-    let cpus = aya::util::online_cpus()
-        .map_err(|(what, e)| Error::Bpf(format!("reading online CPUs ({what}): {e}")))?;
+        .map_err(|e| bpf_error("loading thread_sample", e))?;
+    let cpus = aya::util::online_cpus().map_err(|(what, e)| Error::Bpf {
+        what: format!("reading online CPUs ({what})"),
+        source: Some(e.into()),
+    })?;
     for cpu in cpus {
         program
             .attach(
@@ -236,19 +251,22 @@ fn attach_thread_sampler(ebpf: &mut Ebpf) -> Result<()> {
                 SamplePolicy::Frequency(THREAD_SAMPLE_HZ),
                 false,
             )
-            .map_err(|e| bpf_error(&format!("attaching thread_sample on CPU {cpu}"), &e))?;
+            .map_err(|e| bpf_error(&format!("attaching thread_sample on CPU {cpu}"), e))?;
     }
     Ok(())
 }
 
-fn bpf_error(what: &str, e: &dyn std::error::Error) -> Error {
-    let mut chain = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
-        src = s.source();
+fn bpf_missing(what: &str) -> Error {
+    Error::Bpf {
+        what: what.to_owned(),
+        source: None,
     }
+}
+
+/// The loader's error, kept as the source (the message shows its whole chain: aya's outer
+/// errors say what failed, the inner ones why).
+fn bpf_error<E: std::error::Error + Send + Sync + 'static>(what: &str, e: E) -> Error {
+    let chain = crate::error::chain(&e);
     let denied = chain.contains("Operation not permitted") || chain.contains("Permission denied");
     // SAFETY: geteuid has no preconditions.
     if denied && unsafe { libc::geteuid() } != 0 {
@@ -256,6 +274,97 @@ fn bpf_error(what: &str, e: &dyn std::error::Error) -> Error {
             what: format!("{what}: {chain}"),
         }
     } else {
-        Error::Bpf(format!("{what}: {chain}"))
+        Error::Bpf {
+            what: what.to_owned(),
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+/// The kernel side alone, the way aya's integration tests load a program: the entry
+/// program attached to a trigger function of this very test binary, called with a fake
+/// task header built here, must pack what the header says into the ring.
+#[cfg(test)]
+mod tests {
+    use tracer_common::{EventKind, HeaderArg, cookie};
+
+    use super::*;
+    use crate::{binary::elf::BinaryInfo, plan::Plan, tokio_versions};
+
+    /// The probed function: `raw::poll`'s shape (the header pointer in the first argument).
+    #[inline(never)]
+    #[unsafe(no_mangle)]
+    extern "C" fn tasktrace_test_trigger(header: *const u64) -> u64 {
+        // SAFETY: the caller passes a valid header.
+        unsafe { std::ptr::read_volatile(header) }
+    }
+
+    fn bpf_available() -> bool {
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        if std::env::var("TASKTRACE_SKIP_BPF_TESTS").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: not root and TASKTRACE_SKIP_BPF_TESTS=1");
+            return false;
+        }
+        panic!(
+            "this test loads eBPF and needs root; run it as root, or set TASKTRACE_SKIP_BPF_TESTS=1 to skip it explicitly"
+        );
+    }
+
+    #[test]
+    fn the_entry_program_packs_a_task_header_into_the_ring() {
+        if !bpf_available() {
+            return;
+        }
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let data = std::fs::read(&exe).unwrap();
+        let bin = BinaryInfo::parse(&exe, &data).unwrap();
+        let &(vaddr, _, _) = bin
+            .text_symbols
+            .iter()
+            .find(|s| &*s.2 == "tasktrace_test_trigger")
+            .expect("the trigger's symbol");
+        let layout = &tokio_versions::select(None).unwrap().knowledge.layout;
+        let plan = Plan {
+            entry: vec![Site {
+                function: "tasktrace_test_trigger",
+                vaddr,
+                file_offset: bin.file_offset(vaddr).unwrap(),
+                cookie: cookie(EventKind::PollStart, HeaderArg::Arg0),
+                placement: None,
+            }],
+            ..Default::default()
+        };
+        let mut probes = Probes::attach(&exe, &plan, std::process::id(), layout, 1 << 16, None)
+            .expect("load and attach");
+        // A task header as tokio lays it out, and the task id where its vtable says.
+        let id_offset = 0x60u64;
+        let mut vtable = [0u64; 16];
+        vtable[(layout.vtable_id_offset / 8) as usize] = id_offset;
+        let mut header = [0u64; 16];
+        header[(layout.header_state / 8) as usize] = 0xcc;
+        header[(layout.header_vtable / 8) as usize] = vtable.as_ptr() as u64;
+        header[(layout.header_owner_id / 8) as usize] = 7;
+        header[(id_offset / 8) as usize] = 4242;
+        std::hint::black_box(tasktrace_test_trigger(header.as_ptr()));
+        let mut events = Vec::new();
+        probes.drain(|r| {
+            if let Record::Task(ev) = r {
+                events.push(ev);
+            }
+        });
+        probes.detach();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let ev = &events[0];
+        assert_eq!(ev.kind, EventKind::PollStart as u8);
+        assert_eq!(ev.header, header.as_ptr() as u64);
+        assert_eq!(ev.state, 0xcc);
+        assert_eq!(ev.vtable, vtable.as_ptr() as u64);
+        assert_eq!(ev.owner_id, 7);
+        assert_eq!(ev.task_id, 4242);
+        assert_eq!(ev.flags, 0);
+        assert_eq!(probes.lost_events(), 0);
     }
 }

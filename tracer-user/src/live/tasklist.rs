@@ -19,9 +19,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    binary::locations::TaskVtable,
     error::{Error, Result},
-    locations::TaskVtable,
-    memory::Memory,
+    live::memory::{Memory, ReadMemory},
     tokio_versions::{Knowledge, Layout},
 };
 
@@ -125,8 +125,9 @@ pub struct Snapshot {
 
 impl Snapshot {}
 
-pub struct Reader<'a> {
-    mem: Memory,
+/// Reads task lists out of `M`: the live target's memory, or an image standing for it.
+pub struct Reader<'a, M: ReadMemory = Memory> {
+    mem: M,
     pid: u32,
     layout: &'a Layout,
     knowledge: &'a Knowledge,
@@ -155,6 +156,7 @@ struct Node {
 }
 
 impl<'a> Reader<'a> {
+    /// Reads the live process `pid`, once it is known to be readable.
     pub fn new(pid: u32, knowledge: &'a Knowledge, vtables: &[TaskVtable]) -> Result<Self> {
         let mem = Memory::new(pid);
         if let Err(e) = mem.check_access() {
@@ -168,11 +170,19 @@ impl<'a> Reader<'a> {
                 },
             });
         }
+        Ok(Self::with_memory(mem, pid, knowledge, vtables))
+    }
+}
+
+impl<'a, M: ReadMemory> Reader<'a, M> {
+    /// Reads `mem`, the memory of process `pid` (only named in errors) whose task
+    /// vtables are at `vtables`.
+    pub fn with_memory(mem: M, pid: u32, knowledge: &'a Knowledge, vtables: &[TaskVtable]) -> Self {
         let span = (
             vtables.iter().map(|v| v.vaddr).min().unwrap_or(u64::MAX),
             vtables.iter().map(|v| v.vaddr).max().unwrap_or(0),
         );
-        Ok(Self {
+        Self {
             mem,
             pid,
             layout: &knowledge.layout,
@@ -180,7 +190,7 @@ impl<'a> Reader<'a> {
             vtables: vtables.iter().map(|v| (v.vaddr, *v)).collect(),
             span,
             digests: false,
-        })
+        }
     }
 
     /// Reads every runtime's task list now (memory scan, then walks).
@@ -519,7 +529,7 @@ impl<'a> Reader<'a> {
     /// One task of a list: its node, owner id and `prev` pointer; `None` unless its
     /// vtable is a known task vtable.
     fn read_node(&self, header: u64) -> Option<(Node, u64, u64)> {
-        let mut h = [0u8; 32];
+        let mut h = [0u8; 8 * tracer_common::HEADER_READ_WORDS];
         self.mem.read(header, &mut h)?;
         let word =
             |at: u64| u64::from_le_bytes(h[at as usize..at as usize + 8].try_into().unwrap());
@@ -572,11 +582,19 @@ impl<'a> Reader<'a> {
             let i = heap.partition_point(|&(start, _)| start <= p);
             i > 0 && p < heap[i - 1].1
         };
+        // `Core.scheduler` comes first: an `Arc` of the runtime's handle, whose counts
+        // and queues change with every task spawned or run on the runtime, so nothing
+        // behind it is hashed (nor behind the task itself, which a waker points to).
+        let handle = buf.first_chunk::<8>().map(|w| u64::from_le_bytes(*w));
         let mut behind: Vec<u64> = Vec::new();
         for w in buf.as_chunks::<8>().0 {
             let p = u64::from_le_bytes(*w);
-            // Not the task itself (the scheduler handle points elsewhere, harmless).
-            if p % 8 == 0 && in_heap(p) && p != t.header && !behind.contains(&p) {
+            if p % 8 == 0
+                && in_heap(p)
+                && p != t.header
+                && Some(p) != handle
+                && !behind.contains(&p)
+            {
                 behind.push(p);
                 if behind.len() == MAX_POINTERS {
                     break;
@@ -647,4 +665,599 @@ enum Walk {
     Changed,
     /// The first node is not a task of this owner: not its list.
     Foreign,
+}
+
+/// The walker on a synthetic target: a heap laid out by hand as tokio 1.39+ lays it out
+/// (offsets from the newest version file), read through a `HeapImage`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        live::memory::HeapImage,
+        tokio_versions::{self, ListLayout},
+    };
+
+    /// Task cells, one per 0x100 bytes (`header(id)`), and other heap objects.
+    const HEAP: u64 = 0x5555_0000_0000;
+    const HEAP_LEN: usize = 0x10000;
+    /// The runtime's and the LocalSet's handles, and the runtime's shard array.
+    const HANDLES: u64 = 0x7f00_0000_0000;
+    const HANDLES_LEN: usize = 0x4000;
+    const RT_ARC: u64 = HANDLES;
+    const SHARDS: u64 = HANDLES + 0x800;
+    const LOCAL_ARC: u64 = HANDLES + 0x1000;
+    const UNMAPPED: u64 = 0x6000_0000_0000;
+
+    const RT: u64 = 101;
+    const LOCAL: u64 = 102;
+    /// Tasks of the runtime by shard (of 4), and of the LocalSet, head first.
+    const SHARD_TASKS: [&[u64]; 4] = [&[11, 12], &[], &[13, 14, 15], &[]];
+    const LOCAL_TASKS: &[u64] = &[21, 22];
+    /// A freed task's header, intact, below every live one: the scan's first candidate.
+    const STALE: u64 = 9;
+
+    /// Two future types. Vtables live in the binary: the reader is given them, never
+    /// reads them.
+    const VT_A: TaskVtable = TaskVtable {
+        vaddr: 0x5554_0001_0000,
+        trailer_offset: 0x80,
+        scheduler_offset: 0x20,
+        id_offset: 0x28,
+    };
+    const VT_B: TaskVtable = TaskVtable {
+        vaddr: 0x5554_0001_0100,
+        trailer_offset: 0xc0,
+        scheduler_offset: 0x20,
+        id_offset: 0x28,
+    };
+    /// Between the two: passes the scan's range check, but no task has it.
+    const NOT_A_VTABLE: u64 = 0x5554_0001_0080;
+
+    fn k() -> &'static Knowledge {
+        tokio_versions::select(None).unwrap().knowledge
+    }
+
+    fn l() -> &'static ListLayout {
+        &k().layout.lists
+    }
+
+    fn header(id: u64) -> u64 {
+        HEAP + id * 0x100
+    }
+
+    fn vt(id: u64) -> TaskVtable {
+        if matches!(id, 12 | 15 | 22) {
+            VT_B
+        } else {
+            VT_A
+        }
+    }
+
+    fn prev_at(id: u64) -> u64 {
+        header(id) + vt(id).trailer_offset + l().trailer_prev
+    }
+
+    fn next_at(id: u64) -> u64 {
+        header(id) + vt(id).trailer_offset + l().trailer_next
+    }
+
+    fn state_at(id: u64) -> u64 {
+        header(id) + k().layout.header_state
+    }
+
+    fn shard_head_at(i: u64) -> u64 {
+        SHARDS + i * l().shard_stride + l().shard_head
+    }
+
+    fn shard_tail_at(i: u64) -> u64 {
+        SHARDS + i * l().shard_stride + l().shard_tail
+    }
+
+    /// `OwnedTasks.id`, somewhere inside the runtime handle.
+    fn rt_id() -> u64 {
+        RT_ARC + l().arc_data + 0x128
+    }
+
+    /// `LocalOwnedTasks.id`, inside the LocalSet's shared state.
+    fn local_id() -> u64 {
+        LOCAL_ARC + l().arc_data + 0x40
+    }
+
+    fn from_id(id: u64, off: i64) -> u64 {
+        id.checked_add_signed(off).unwrap()
+    }
+
+    fn refs(n: u64) -> u64 {
+        n << k().refs.ref_shift
+    }
+
+    /// Idle, and nothing but its list holds it.
+    fn lone() -> u64 {
+        refs(1)
+    }
+
+    fn state(id: u64) -> u64 {
+        let (r, s) = (&k().refs, &k().state);
+        match id {
+            12 | 22 => refs(3) | r.notified | r.join_interest,
+            13 => refs(2) | s.running | r.join_interest,
+            14 => refs(1) | s.complete,
+            15 => refs(2) | r.join_interest,
+            _ => lone(),
+        }
+    }
+
+    fn task(m: &mut HeapImage, owner: u64, id: u64, arc: u64) {
+        let (h, v, hl) = (header(id), vt(id), &k().layout);
+        m.put(h + hl.header_state, state(id));
+        m.put(h + hl.header_vtable, v.vaddr);
+        m.put(h + hl.header_owner_id, owner);
+        m.put(h + v.scheduler_offset, arc);
+        m.put(h + v.id_offset, id);
+        // The future's first word.
+        m.put(h + 0x30, 0xf00d_0000 + id);
+    }
+
+    /// Links the tasks `ids` into the list whose head and tail are at these addresses.
+    fn link(m: &mut HeapImage, head_at: u64, tail_at: u64, ids: &[u64]) {
+        m.put(head_at, ids.first().map_or(0, |&i| header(i)));
+        m.put(tail_at, ids.last().map_or(0, |&i| header(i)));
+        for (j, &id) in ids.iter().enumerate() {
+            let prev = j.checked_sub(1).map_or(0, |p| header(ids[p]));
+            m.put(prev_at(id), prev);
+            m.put(next_at(id), ids.get(j + 1).map_or(0, |&n| header(n)));
+        }
+    }
+
+    /// A multi-thread runtime with tasks in two of its four shards, a LocalSet with two
+    /// tasks, and a stale copy of a freed header of the runtime.
+    fn target() -> HeapImage {
+        let mut m = HeapImage::default();
+        m.map(HEAP, HEAP_LEN);
+        m.map(HANDLES, HANDLES_LEN);
+        // ArcInner { strong, weak, Handle { .., OwnedTasks { ShardedList, id } } }
+        m.put(RT_ARC, 7);
+        m.put(RT_ARC + 8, 1);
+        let id = rt_id();
+        m.put(id, RT);
+        let lists = from_id(id, l().sharded_lists_from_id);
+        m.put(lists, SHARDS);
+        m.put(lists + 8, SHARD_TASKS.len() as u64);
+        m.put(
+            from_id(id, l().sharded_mask_from_id),
+            SHARD_TASKS.len() as u64 - 1,
+        );
+        let count = SHARD_TASKS.iter().map(|s| s.len() as u64).sum();
+        m.put(from_id(id, l().sharded_count_from_id), count);
+        for (i, ids) in SHARD_TASKS.iter().enumerate() {
+            for &t in *ids {
+                task(&mut m, RT, t, RT_ARC);
+            }
+            link(
+                &mut m,
+                shard_head_at(i as u64),
+                shard_tail_at(i as u64),
+                ids,
+            );
+        }
+        // ArcInner { strong, weak, Shared { .., LocalOwnedTasks { id, list, .. } } }
+        m.put(LOCAL_ARC, 3);
+        m.put(LOCAL_ARC + 8, 1);
+        m.put(local_id(), LOCAL);
+        for &t in LOCAL_TASKS {
+            task(&mut m, LOCAL, t, LOCAL_ARC);
+        }
+        link(
+            &mut m,
+            from_id(local_id(), l().local_head_from_id),
+            from_id(local_id(), l().local_tail_from_id),
+            LOCAL_TASKS,
+        );
+        // Freed, not overwritten: it still looks alive, and points into the list.
+        task(&mut m, RT, STALE, RT_ARC);
+        m.put(prev_at(STALE), header(11));
+        m.put(next_at(STALE), header(12));
+        m
+    }
+
+    fn reader(m: HeapImage) -> Reader<'static, HeapImage> {
+        Reader::with_memory(m, 0, k(), &[VT_A, VT_B])
+    }
+
+    /// The lists `target()` has, as an earlier snapshot would have found them.
+    fn known() -> Vec<OwnedList> {
+        let list = |owner_id, kind, address| OwnedList {
+            owner_id,
+            kind,
+            address,
+            shards: 0,
+            declared: None,
+            tasks: 0,
+            incomplete_shards: 0,
+        };
+        vec![
+            list(RT, ListKind::Runtime, rt_id()),
+            list(LOCAL, ListKind::LocalSet, local_id()),
+        ]
+    }
+
+    fn ids(s: &Snapshot) -> Vec<u64> {
+        s.tasks.iter().map(|t| t.id).collect()
+    }
+
+    /// Per list: owner, kind, address, shards, declared, tasks, incomplete shards.
+    type ListRow = (u64, ListKind, u64, u64, Option<u64>, u64, u64);
+
+    fn lists(s: &Snapshot) -> Vec<ListRow> {
+        s.lists
+            .iter()
+            .map(|l| {
+                let (a, b, c) = (l.address, l.shards, l.declared);
+                (l.owner_id, l.kind, a, b, c, l.tasks, l.incomplete_shards)
+            })
+            .collect()
+    }
+
+    fn rt_list(tasks: u64, incomplete: u64) -> ListRow {
+        (
+            RT,
+            ListKind::Runtime,
+            rt_id(),
+            4,
+            Some(5),
+            tasks,
+            incomplete,
+        )
+    }
+
+    fn local_list(tasks: u64, incomplete: u64) -> ListRow {
+        (
+            LOCAL,
+            ListKind::LocalSet,
+            local_id(),
+            1,
+            None,
+            tasks,
+            incomplete,
+        )
+    }
+
+    fn kept_changing(owner: u64) -> String {
+        format!(
+            "runtime list {owner}: 1 shard(s) kept changing while read; some of its tasks \
+             may be missing"
+        )
+    }
+
+    fn not_found(owner: u64) -> String {
+        format!(
+            "found tasks of runtime list {owner} but not the list itself (tokio layout not \
+             as expected for tokio {}+); its idle tasks are not listed",
+            k().first
+        )
+    }
+
+    /// Everything a task says, but its digest.
+    fn task_row(t: &LiveTask) -> String {
+        format!(
+            "{} {:#x} {} {:#x} {:#x} {} {:?} {} {:?} {} {}",
+            t.id,
+            t.header,
+            t.owner_id,
+            t.vtable,
+            t.state,
+            t.refs,
+            t.list,
+            t.stable,
+            t.status,
+            t.join_handle,
+            t.no_way_to_run
+        )
+    }
+
+    #[test]
+    fn snapshot_finds_every_task_of_a_runtime_and_a_local_set() {
+        let r = reader(target());
+        let s = r.snapshot(0).unwrap();
+        assert_eq!(s.warnings, Vec::<String>::new());
+        assert_eq!(s.scanned_bytes, (HEAP_LEN + HANDLES_LEN) as u64);
+        assert_eq!(lists(&s), vec![rt_list(5, 0), local_list(2, 0)]);
+        // Shard by shard, head first; the stale header is not in any list.
+        assert_eq!(ids(&s), vec![11, 12, 13, 14, 15, 21, 22]);
+        use {ListKind::*, Status::*};
+        let want = [
+            (RT, Runtime, Idle, 1, false, true),
+            (RT, Runtime, Notified, 3, true, false),
+            (RT, Runtime, Running, 2, true, false),
+            (RT, Runtime, Complete, 1, false, false),
+            (RT, Runtime, Idle, 2, true, false),
+            (LOCAL, LocalSet, Idle, 1, false, true),
+            (LOCAL, LocalSet, Notified, 3, true, false),
+        ];
+        for (t, w) in s.tasks.iter().zip(want) {
+            let got = (
+                t.owner_id,
+                t.list,
+                t.status,
+                t.refs,
+                t.join_handle,
+                t.no_way_to_run,
+            );
+            assert_eq!(got, w, "task {}", t.id);
+            assert_eq!(t.header, header(t.id));
+            assert_eq!(t.vtable, vt(t.id).vaddr);
+            assert_eq!(t.state, state(t.id));
+            assert!(t.stable, "task {}", t.id);
+            assert_eq!(t.digest, 0, "not asked for");
+        }
+
+        // The lists it found, walked directly: the same, without a scan.
+        let again = r.snapshot_from(1, &s.lists).unwrap();
+        assert_eq!(again.scanned_bytes, 0);
+        assert_eq!(again.warnings, Vec::<String>::new());
+        assert_eq!(lists(&again), lists(&s));
+        let rows = |s: &Snapshot| s.tasks.iter().map(task_row).collect::<Vec<_>>();
+        assert_eq!(rows(&again), rows(&s));
+    }
+
+    #[test]
+    fn torn_list_is_incomplete_and_invents_nothing() {
+        let foreign = HEAP + 0x8000;
+        let bad_pointers = [
+            ("the end, before the tail", 0),
+            ("unmapped", UNMAPPED),
+            ("a header whose vtable is no task's", foreign),
+            ("a task of another owner", header(21)),
+            ("a freed header whose prev is not the walk's", header(STALE)),
+        ];
+        for (what, bad) in bad_pointers {
+            let mut m = target();
+            m.put(foreign + k().layout.header_vtable, NOT_A_VTABLE);
+            m.put(foreign + k().layout.header_owner_id, RT);
+            m.put(foreign + k().layout.header_state, lone());
+            m.put(next_at(14), bad);
+            let r = reader(m);
+            for s in [
+                r.snapshot(0).unwrap(),
+                r.snapshot_from(0, &known()).unwrap(),
+            ] {
+                // Shard 2 is dropped whole, the counter's 5 is not complained about.
+                assert_eq!(s.warnings, vec![kept_changing(RT)], "{what}");
+                assert_eq!(lists(&s), vec![rt_list(2, 1), local_list(2, 0)], "{what}");
+                assert_eq!(ids(&s), vec![11, 12, 21, 22], "{what}");
+            }
+        }
+
+        // Shard 2 runs on into the LocalSet's tasks, every link and its tail agreeing:
+        // only their owner tells they are not the runtime's.
+        let mut m = target();
+        m.put(next_at(14), header(21));
+        m.put(prev_at(21), header(14));
+        m.put(shard_tail_at(2), header(22));
+        let s = reader(m).snapshot_from(0, &known()).unwrap();
+        assert_eq!(s.warnings, vec![kept_changing(RT), kept_changing(LOCAL)]);
+        assert_eq!(lists(&s), vec![rt_list(2, 1), local_list(0, 1)]);
+        assert_eq!(ids(&s), vec![11, 12]);
+
+        // A torn LocalSet list: walked directly it is incomplete; a scan cannot tell it
+        // is the list its candidates belong to, since none of them is reached.
+        let mut m = target();
+        m.put(next_at(21), UNMAPPED);
+        let r = reader(m);
+        let s = r.snapshot_from(0, &known()).unwrap();
+        assert_eq!(s.warnings, vec![kept_changing(LOCAL)]);
+        assert_eq!(lists(&s), vec![rt_list(5, 0), local_list(0, 1)]);
+        assert_eq!(ids(&s), vec![11, 12, 13, 14, 15]);
+        let s = r.snapshot(0).unwrap();
+        assert_eq!(s.warnings, vec![not_found(LOCAL)]);
+        assert_eq!(lists(&s), vec![rt_list(5, 0)]);
+        assert_eq!(ids(&s), vec![11, 12, 13, 14, 15]);
+    }
+
+    /// A shard whose head is no task of the owner makes the whole `OwnedTasks` "not a
+    /// list": none of its tasks is reported, and a known list that no longer walks sends
+    /// `snapshot_from` back to a full scan.
+    #[test]
+    fn list_whose_head_is_not_a_task_is_not_the_runtimes() {
+        let mut m = target();
+        m.put(shard_head_at(2), UNMAPPED);
+        let r = reader(m);
+        let s = r.snapshot(0).unwrap();
+        assert_eq!(s.warnings, vec![not_found(RT)]);
+        assert_eq!(lists(&s), vec![local_list(2, 0)]);
+        assert_eq!(ids(&s), vec![21, 22]);
+        let again = r.snapshot_from(0, &known()).unwrap();
+        assert_eq!(again.scanned_bytes, (HEAP_LEN + HANDLES_LEN) as u64);
+        assert_eq!(again.warnings, s.warnings);
+        assert_eq!(ids(&again), ids(&s));
+
+        // A shard with a head and no tail, at every reading.
+        let mut m = target();
+        m.put(shard_tail_at(2), 0);
+        let r = reader(m);
+        assert!(r.walk_runtime(RT, rt_id()).is_none());
+        let s = r.snapshot(0).unwrap();
+        assert_eq!(s.warnings, vec![not_found(RT)]);
+        assert_eq!(ids(&s), vec![21, 22]);
+
+        // Not a sharded list at all: a length that is no power of two.
+        let mut m = target();
+        m.put(from_id(rt_id(), l().sharded_lists_from_id) + 8, 3);
+        let r = reader(m);
+        assert!(r.walk_runtime(RT, rt_id()).is_none());
+        let s = r.snapshot_from(0, &known()).unwrap();
+        assert_eq!(s.scanned_bytes, (HEAP_LEN + HANDLES_LEN) as u64);
+        assert_eq!(s.warnings, vec![not_found(RT)]);
+        assert_eq!(ids(&s), vec![21, 22]);
+    }
+
+    #[test]
+    fn cycle_ends_the_walk_without_duplicates() {
+        let cycles: [(&str, &[(u64, u64)]); 4] = [
+            ("back to the head", &[(next_at(15), header(13))]),
+            ("back to the middle", &[(next_at(15), header(14))]),
+            ("onto itself", &[(next_at(15), header(15))]),
+            (
+                "circular, prev links agreeing",
+                &[(next_at(15), header(13)), (prev_at(13), header(15))],
+            ),
+        ];
+        for (what, edits) in cycles {
+            let mut m = target();
+            for &(at, v) in edits {
+                m.put(at, v);
+            }
+            // Only to count its reads: the walk stops at the first node it revisits.
+            let last = m.u64(next_at(15)).unwrap();
+            m.vary(next_at(15), vec![last]);
+            let r = reader(m);
+            assert!(
+                matches!(r.walk(RT, header(13), header(15)), Walk::Changed),
+                "{what}"
+            );
+            assert!(r.mem.reads(next_at(15)) <= 2, "{what}");
+            for s in [
+                r.snapshot(0).unwrap(),
+                r.snapshot_from(0, &known()).unwrap(),
+            ] {
+                assert_eq!(s.warnings, vec![kept_changing(RT)], "{what}");
+                assert_eq!(lists(&s), vec![rt_list(2, 1), local_list(2, 0)], "{what}");
+                assert_eq!(ids(&s), vec![11, 12, 21, 22], "{what}");
+            }
+        }
+        // In the LocalSet's one list.
+        let mut m = target();
+        m.put(next_at(22), header(21));
+        let s = reader(m).snapshot_from(0, &known()).unwrap();
+        assert_eq!(s.warnings, vec![kept_changing(LOCAL)]);
+        assert_eq!(lists(&s), vec![rt_list(5, 0), local_list(0, 1)]);
+    }
+
+    #[test]
+    fn shard_changing_under_the_walk_is_re_read() {
+        // Task 13 pushed at the head between reading the head and walking: the first
+        // walk starts at 14, whose `prev` is 13 by then.
+        let mut m = target();
+        m.vary(shard_head_at(2), vec![header(14), header(13)]);
+        let r = reader(m);
+        let (list, tasks) = r.walk_runtime(RT, rt_id()).unwrap();
+        assert_eq!(r.mem.reads(shard_head_at(2)), 2);
+        assert_eq!((list.tasks, list.incomplete_shards), (5, 0));
+        let got: Vec<u64> = tasks.iter().map(|t| t.id).collect();
+        assert_eq!(got, vec![11, 12, 13, 14, 15]);
+
+        // Task 14 being unlinked: 13's `next` is read mid-update once.
+        let mut m = target();
+        m.vary(next_at(13), vec![UNMAPPED, header(14)]);
+        let r = reader(m);
+        let s = r.snapshot_from(0, &known()).unwrap();
+        assert_eq!(r.mem.reads(next_at(13)), 2);
+        assert_eq!(s.warnings, Vec::<String>::new());
+        assert_eq!(lists(&s), vec![rt_list(5, 0), local_list(2, 0)]);
+        assert_eq!(ids(&s), vec![11, 12, 13, 14, 15, 21, 22]);
+    }
+
+    #[test]
+    fn shard_that_never_holds_still_is_incomplete() {
+        // Stale at every one of the walker's attempts, right only after.
+        let mut heads = vec![header(14); WALK_ATTEMPTS];
+        heads.push(header(13));
+        let mut m = target();
+        m.vary(shard_head_at(2), heads);
+        let r = reader(m);
+        let s = r.snapshot_from(0, &known()).unwrap();
+        assert_eq!(r.mem.reads(shard_head_at(2)), WALK_ATTEMPTS);
+        assert_eq!(s.warnings, vec![kept_changing(RT)]);
+        assert_eq!(lists(&s), vec![rt_list(2, 1), local_list(2, 0)]);
+        assert_eq!(ids(&s), vec![11, 12, 21, 22]);
+    }
+
+    #[test]
+    fn certainty_rests_on_two_equal_readings_of_the_state() {
+        // Task 11 was notified at the walk, idle and alone at the second reading.
+        let notified = refs(2) | k().refs.notified;
+        let mut m = target();
+        m.vary(state_at(11), vec![notified, lone()]);
+        let r = reader(m);
+        let s = r.snapshot_from(0, &known()).unwrap();
+        assert_eq!(r.mem.reads(state_at(11)), 2);
+        let t11 = &s.tasks[0];
+        assert_eq!(t11.id, 11);
+        let got = (
+            t11.state,
+            t11.status,
+            t11.refs,
+            t11.stable,
+            t11.no_way_to_run,
+        );
+        assert_eq!(got, (lone(), Status::Idle, 1, false, false));
+        // Task 21 read alike twice: certain.
+        let t21 = s.tasks.iter().find(|t| t.id == 21).unwrap();
+        assert!(t21.stable && t21.no_way_to_run);
+    }
+
+    #[test]
+    fn counter_disagreeing_with_a_complete_walk_warns() {
+        let mut m = target();
+        m.put(from_id(rt_id(), l().sharded_count_from_id), 6);
+        let s = reader(m).snapshot_from(0, &known()).unwrap();
+        assert_eq!(
+            s.warnings,
+            vec![format!(
+                "runtime list {RT}: walked 5 tasks, its counter says 6 (tasks were spawned \
+                 or finished during the reading)"
+            )]
+        );
+        assert_eq!(s.lists[0].declared, Some(6));
+        assert_eq!(ids(&s).len(), 7);
+    }
+
+    #[test]
+    fn digest_follows_the_future_not_the_runtime() {
+        let digests = |r: &Reader<'_, HeapImage>| -> Vec<(u64, u64)> {
+            let s = r.snapshot_from(0, &known()).unwrap();
+            s.tasks.iter().map(|t| (t.id, t.digest)).collect()
+        };
+        let mut m = target();
+        // Task 11's future holds a pointer to a heap object.
+        let object = HEAP + 0x9000;
+        m.put(header(11) + 0x38, object);
+        let mut r = reader(m);
+        r.digests = true;
+        let before = digests(&r);
+        assert!(before.iter().all(|&(_, d)| d != 0));
+        assert_eq!(digests(&r), before, "nothing changed");
+
+        // Another task spawned on the runtime: its handle's `Arc` counts change.
+        r.mem.put(RT_ARC, 8);
+        assert_eq!(digests(&r), before, "the runtime changed, no task did");
+
+        // Task 13 polled: its future's bytes changed.
+        r.mem.put(header(13) + 0x30, 1);
+        let after = digests(&r);
+        let changed: Vec<u64> = (before.iter().zip(&after))
+            .filter(|(b, a)| b != a)
+            .map(|(b, _)| b.0)
+            .collect();
+        assert_eq!(changed, vec![13]);
+
+        // Task 11 polled: what its future points to changed.
+        r.mem.put(object + 16, 1);
+        let last = digests(&r);
+        let changed: Vec<u64> = (after.iter().zip(&last))
+            .filter(|(b, a)| b != a)
+            .map(|(b, _)| b.0)
+            .collect();
+        assert_eq!(changed, vec![11]);
+    }
+
+    #[test]
+    fn without_task_vtables_nothing_is_read() {
+        let r = Reader::with_memory(target(), 0, k(), &[]);
+        let s = r.snapshot(0).unwrap();
+        assert_eq!(s.scanned_bytes, 0);
+        assert!(s.tasks.is_empty() && s.lists.is_empty());
+        assert_eq!(s.warnings.len(), 1);
+        assert!(s.warnings[0].starts_with("no task vtables"));
+    }
 }

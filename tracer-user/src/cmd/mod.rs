@@ -1,0 +1,10 @@
+//! The verbs, on top of every stage: `run`/`record` (a live `session`), `report` (a
+//! `replay` of a trace file), `inspect`, `dump`, and the command line they share.
+
+pub mod cli;
+pub mod dump;
+pub mod inspect;
+pub mod replay;
+pub mod session;
+pub mod synth;
+pub mod term;

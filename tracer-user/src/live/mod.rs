@@ -1,0 +1,13 @@
+//! The live process: launching or finding it (`target`), the probes and their ring
+//! (`probes`), its memory read-only (`memory`, `tasklist`, `sampler`), addresses resolved
+//! against its binary (`locator`), the host kernel (`kernel_btf`) and clock (`clock`).
+
+pub mod clock;
+pub mod kernel_btf;
+pub mod locator;
+pub mod maps;
+pub mod memory;
+pub mod probes;
+pub mod sampler;
+pub mod target;
+pub mod tasklist;

@@ -1,0 +1,220 @@
+//! Each renderer on one fixed model: a window with a task of every verdict, built from
+//! stream records as a live window or a replay builds it.
+
+use tracer_common::{EventKind, TaskEvent};
+
+use super::{Meta, ProbeInfo, Report, render_html, render_perfetto, render_text};
+use crate::{
+    model::{Aggregator, verdict::Thresholds},
+    plan::{PlanSummary, Unavailable},
+    stream::{MetaRecord, Rec, TargetInfo},
+    tokio_versions,
+};
+
+const MS: u64 = 1_000_000;
+const S: u64 = 1_000 * MS;
+
+fn target() -> TargetInfo {
+    TargetInfo {
+        pid: 4242,
+        binary: "/srv/app".into(),
+        build_id: None,
+        tokio_version: Some("1.54.1".into()),
+    }
+}
+
+fn ev(kind: EventKind, ts: u64, header: u64, id: u64) -> Rec {
+    Rec::Task(TaskEvent {
+        ts_ns: ts,
+        header,
+        task_id: id,
+        state: 0xcc,
+        owner_id: 1,
+        tid: 7,
+        kind: kind as u8,
+        ..Default::default()
+    })
+}
+
+fn site(location: &str) -> Rec {
+    Rec::Site {
+        tid: 7,
+        location: Some(location.into()),
+        caller: None,
+        stack: false,
+        code: false,
+    }
+}
+
+/// Task 1 finishes, task 2 idles (leaked), task 3's poll never returns (stuck), task 4 is
+/// never polled; a 60 s window.
+fn report() -> Report {
+    let meta = MetaRecord {
+        format: "tasktrace.trace/1".into(),
+        target: target(),
+        start_ns: 0,
+        start_unix_s: 0.0,
+        state_bits: tokio_versions::select(None).unwrap().knowledge.state,
+        probe_sites: 12,
+        summary: PlanSummary {
+            completion_probed: true,
+            polls_probed: true,
+            poll_ends_probed: true,
+            ..Default::default()
+        },
+        plan: serde_json::Value::Null,
+        attach_ms: 1.0,
+        warnings: vec![],
+    };
+    let th = Thresholds::new(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(2),
+    );
+    let mut agg = Aggregator::for_window(&meta, th, true);
+    for rec in [
+        site("src/app.rs:10:5"),
+        ev(EventKind::Spawn, MS, 0x1000, 1),
+        ev(EventKind::PollStart, 2 * MS, 0x1000, 1),
+        ev(EventKind::Complete, 3 * MS, 0x1000, 1),
+        ev(EventKind::PollEnd, 3 * MS, 0x1000, 1),
+        site("src/app.rs:20:9"),
+        ev(EventKind::Spawn, 5 * MS, 0x2000, 2),
+        ev(EventKind::PollStart, 6 * MS, 0x2000, 2),
+        ev(EventKind::PollEnd, 7 * MS, 0x2000, 2),
+        site("src/app.rs:30:1"),
+        ev(EventKind::Spawn, 10 * MS, 0x3000, 3),
+        ev(EventKind::PollStart, 20 * MS, 0x3000, 3),
+        site("src/app.rs:40:7"),
+        ev(EventKind::Spawn, 40 * MS, 0x4000, 4),
+    ] {
+        agg.apply(rec);
+    }
+    Report::build(
+        agg,
+        Meta {
+            target: target(),
+            start_ns: 0,
+            end_ns: 60 * S,
+            ended_by: "duration",
+            probes: ProbeInfo {
+                sites: 12,
+                attach_ms: 1.0,
+                detach_ms: 2.0,
+                mode: "full".into(),
+                emulated: 12,
+                single_stepped: 0,
+            },
+            lost_events: 3,
+            warnings: vec!["a warning for the reader".into()],
+            unavailable: vec![Unavailable {
+                what: "futures".into(),
+                why: "no symbols".into(),
+            }],
+        },
+    )
+}
+
+#[test]
+fn the_model_judges_one_task_of_each_verdict() {
+    let r = report();
+    let s = &r.summary;
+    assert_eq!(
+        (s.tasks_seen, s.leaked, s.stuck, s.never_polled, s.ok),
+        (4, 1, 1, 1, 1)
+    );
+    assert_eq!(s.lost_events, 3);
+}
+
+#[test]
+fn text_groups_flagged_tasks_by_verdict_and_site() {
+    let t = render_text(&report());
+    assert!(
+        t.starts_with(
+            "tasktrace: pid 4242 (/srv/app), tokio 1.54.1, window 60.0s, ended by duration"
+        ),
+        "{t}"
+    );
+    for needle in [
+        "4 tasks seen",
+        "leaked 1 (0 definite), stuck 1, never polled 1, ok 1",
+        "warning: a warning for the reader",
+        "unavailable: futures — no symbols",
+        "LEAKED (1):",
+        "STUCK (1):",
+        "NEVER POLLED (1):",
+        "src/app.rs:20:9",
+        "src/app.rs:30:1",
+        "src/app.rs:40:7",
+    ] {
+        assert!(t.contains(needle), "no {needle:?} in:\n{t}");
+    }
+    // The task that finished is not listed among the flagged ones, only in the sites.
+    let flagged = &t[t.find("LEAKED").unwrap()..t.find("SPAWN SITES").unwrap()];
+    assert!(!flagged.contains("src/app.rs:10:5"), "{t}");
+    assert!(flagged.contains("task      2 async    idle 60.0s"), "{t}");
+}
+
+#[test]
+fn html_is_one_self_contained_page_with_the_verdicts_and_charts() {
+    let h = render_html(&report());
+    assert!(
+        h.starts_with("<!DOCTYPE html>"),
+        "{}",
+        &h[..80.min(h.len())]
+    );
+    assert!(h.trim_end().ends_with("</html>"));
+    assert!(h.contains("<svg"), "charts are inline SVG");
+    assert!(!h.contains("src=\"http"), "no external resource");
+    for needle in ["/srv/app", "src/app.rs:20:9", "src/app.rs:30:1", "leaked"] {
+        assert!(h.contains(needle), "no {needle:?} in the page");
+    }
+}
+
+#[test]
+fn perfetto_has_a_slice_per_poll_and_an_instant_per_flag() {
+    let v = render_perfetto(&report());
+    let events = v["traceEvents"].as_array().unwrap();
+    let count = |ph: &str| events.iter().filter(|e| e["ph"] == ph).count();
+    // Three polls ended (tasks 1, 2; task 3's still runs at the window end: recorded up
+    // to it in the timeline, or not at all — never a slice without its end).
+    assert_eq!(count("b"), count("e"));
+    assert!(count("b") >= 2, "{v}");
+    let flags: Vec<&str> = events
+        .iter()
+        .filter(|e| e["ph"] == "n" && e["args"]["reason"].is_string())
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    let mut flags = flags;
+    flags.sort_unstable();
+    assert_eq!(flags, ["leaked", "never_polled", "stuck"]);
+    // The live-task counter ends at the tasks still alive: 2, 3 and 4.
+    let last = events.iter().rev().find(|e| e["ph"] == "C").unwrap();
+    assert_eq!(last["args"]["live"], 3);
+}
+
+#[test]
+fn spawn_sites_count_their_tasks_by_verdict() {
+    let r = report();
+    let by = |s: &str| {
+        r.spawn_sites
+            .iter()
+            .find(|x| x.site.as_deref() == Some(s))
+            .unwrap_or_else(|| panic!("no site {s}"))
+    };
+    assert_eq!(
+        (by("src/app.rs:10:5").spawned, by("src/app.rs:10:5").ok),
+        (1, 1)
+    );
+    assert_eq!(by("src/app.rs:20:9").leaked, 1);
+    assert_eq!(by("src/app.rs:30:1").stuck, 1);
+    assert_eq!(by("src/app.rs:40:7").never_polled, 1);
+}
+
+/// The report holds an entry per task, built as the model shrinks: as small as the
+/// model's record (`model::Task`, its own size test).
+#[test]
+fn a_task_entry_stays_small() {
+    let report = std::mem::size_of::<super::TaskReport>();
+    assert!(report <= 160, "TaskReport is {report} bytes");
+}

@@ -1,0 +1,7 @@
+//! The stream: the records a window produces ([`records`]), which the model consumes and
+//! the trace file holds ([`tracefile`]).
+
+pub mod records;
+pub mod tracefile;
+
+pub use records::{EndRecord, EndedBy, MetaRecord, Rec, TargetInfo};

@@ -1,0 +1,110 @@
+//! The stream's records: everything a window produced, in the order the model consumed
+//! it. They are the model's one input (`model::Aggregator::apply`), what the trace file
+//! holds, and what a replay applies again.
+
+use serde::{Deserialize, Serialize};
+use tracer_common::TaskEvent;
+
+pub use crate::live::tasklist::{ListKind, LiveTask, Status};
+use crate::{plan::PlanSummary, tokio_versions::StateBits};
+
+/// The traced process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetInfo {
+    pub pid: u32,
+    pub binary: String,
+    pub build_id: Option<String>,
+    pub tokio_version: Option<String>,
+}
+
+/// Written first: what is needed to interpret the events later, elsewhere.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MetaRecord {
+    pub format: String,
+    pub target: TargetInfo,
+    /// CLOCK_MONOTONIC of the window start (the clock of every event timestamp).
+    pub start_ns: u64,
+    /// Wall-clock time of the window start, seconds since the Unix epoch.
+    pub start_unix_s: f64,
+    pub state_bits: StateBits,
+    pub probe_sites: usize,
+    /// What the model needs of the plan (typed: a replay configures the model from it).
+    pub summary: PlanSummary,
+    /// The attach plan: every probe site (function, address, file offset), for people.
+    #[serde(default)]
+    pub plan: serde_json::Value,
+    pub attach_ms: f64,
+    pub warnings: Vec<String>,
+}
+
+/// Why a window ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndedBy {
+    /// `--duration` elapsed.
+    Duration,
+    /// The target exited.
+    TargetExit,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+    /// A recording with no end record (the tracer was stopped abruptly).
+    Truncated,
+    /// An end record this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl EndedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::Duration => "duration",
+            EndedBy::TargetExit => "target_exit",
+            EndedBy::Interrupted => "interrupted",
+            EndedBy::Truncated => "truncated",
+            EndedBy::Unknown => "unknown",
+        }
+    }
+}
+
+/// Written last, when the window closed cleanly.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EndRecord {
+    pub end_ns: u64,
+    pub ended_by: EndedBy,
+    pub lost_events: u64,
+    pub detach_ms: f64,
+    pub after_window: u64,
+    pub warnings: Vec<String>,
+}
+
+/// One record of the stream, in the order the aggregator saw it.
+#[derive(Clone, Debug)]
+pub enum Rec {
+    /// Always first.
+    Meta(Box<MetaRecord>),
+    Task(TaskEvent),
+    Site {
+        tid: u32,
+        location: Option<String>,
+        caller: Option<String>,
+        stack: bool,
+        code: bool,
+    },
+    Future {
+        vtable: u64,
+        name: String,
+        site: Option<String>,
+    },
+    TaskList {
+        at_ns: u64,
+        attach: bool,
+        /// Each with the kind of list it was found in (`LiveTask::list`).
+        tasks: Vec<LiveTask>,
+        complete_owners: Option<Vec<u64>>,
+        until_ns: Option<u64>,
+    },
+    Samples {
+        at_ns: u64,
+        samples: Vec<(u32, Option<u64>)>,
+    },
+}
