@@ -47,7 +47,7 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
             }
             Rec::Site { .. } | Rec::Future { .. } => {}
         }
-        agg.as_mut().expect("metadata comes first").apply(rec);
+        agg.as_mut().expect("metadata comes first").apply(&rec);
     })?;
     if let Some(bar) = bar {
         bar.finish_and_clear();

@@ -106,7 +106,7 @@ impl Feed {
         if let Some(w) = self.recording.as_mut() {
             w.record(&rec);
         }
-        self.agg.apply(rec);
+        self.agg.apply(&rec);
     }
 }
 

@@ -280,11 +280,10 @@ impl Aggregator {
             .collect();
     }
 
-    /// The one input: a record of the stream, applied in stream order.
-    pub fn apply(&mut self, rec: Rec) {
+    /// The one input: a record of the stream, applied in stream order (by reference: a
+    /// replay applies millions, and moving each costs more than reading it).
+    pub fn apply(&mut self, rec: &Rec) {
         match rec {
-            // The stream's first record configured the model (`for_window`).
-            Rec::Meta(_) => {}
             Rec::Task(ev) => {
                 // Only a spawn looks its future up (a lookup per event costs).
                 if matches!(
@@ -292,10 +291,12 @@ impl Aggregator {
                     Some(EventKind::Spawn | EventKind::SpawnLocal)
                 ) {
                     let future = self.futures.get(&ev.vtable).cloned();
-                    self.site_from_code(&ev, future.as_deref());
+                    self.site_from_code(ev, future.as_deref());
                 }
-                self.ingest(&ev);
+                self.ingest(ev);
             }
+            // The stream's first record configured the model (`for_window`).
+            Rec::Meta(_) => {}
             Rec::Site {
                 tid,
                 caller,
@@ -304,25 +305,29 @@ impl Aggregator {
             } => {
                 self.diagnostics.spawn_stacks += 1;
                 self.diagnostics.spawn_stacks_resolved += u64::from(caller.is_some());
-                self.spawn_stack(tid, caller.map(Arc::from));
+                self.spawn_stack(*tid, caller.as_deref().map(Arc::from));
             }
             Rec::Site {
                 tid,
                 location,
                 code: true,
                 ..
-            } => self.spawn_code_site(tid, location.map(Arc::from)),
+            } => self.spawn_code_site(*tid, location.as_deref().map(Arc::from)),
             Rec::Site {
                 tid,
                 location,
                 caller,
                 ..
-            } => self.spawn_call(tid, location.map(Arc::from), caller.map(Arc::from)),
+            } => self.spawn_call(
+                *tid,
+                location.as_deref().map(Arc::from),
+                caller.as_deref().map(Arc::from),
+            ),
             Rec::Future { vtable, name, site } => {
                 if !name.is_empty() {
-                    self.futures.insert(vtable, Arc::from(name));
+                    self.futures.insert(*vtable, Arc::from(name.as_str()));
                 }
-                self.vtable_site(vtable, site.map(Arc::from));
+                self.vtable_site(*vtable, site.as_deref().map(Arc::from));
             }
             Rec::TaskList {
                 at_ns,
@@ -332,11 +337,11 @@ impl Aggregator {
                 until_ns,
             } => {
                 if let Some(until) = until_ns {
-                    self.reading_until(until);
+                    self.reading_until(*until);
                 }
-                self.task_list(&tasks, at_ns, attach, complete_owners.as_deref());
+                self.task_list(tasks, *at_ns, *attach, complete_owners.as_deref());
             }
-            Rec::Samples { at_ns, samples } => self.thread_samples(at_ns, &samples),
+            Rec::Samples { at_ns, samples } => self.thread_samples(*at_ns, samples),
         }
     }
 

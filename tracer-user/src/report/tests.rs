@@ -88,7 +88,7 @@ fn report() -> Report {
         site("src/app.rs:40:7"),
         ev(EventKind::Spawn, 40 * MS, 0x4000, 4),
     ] {
-        agg.apply(rec);
+        agg.apply(&rec);
     }
     Report::build(
         agg,
