@@ -14,6 +14,14 @@ use crate::{
     tokio_versions::{self, SPAWN_PATHS, Version, is_tokio_symbol},
 };
 
+/// The ELF file in `data`, parsed (headers, sections, symbol table: read lazily).
+pub fn open<'d>(path: &Path, data: &'d [u8]) -> Result<object::File<'d>> {
+    object::File::parse(data).map_err(|e| Error::NotElf {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })
+}
+
 /// What tasktrace learned from a binary file.
 #[derive(Debug)]
 pub struct BinaryInfo {
@@ -62,11 +70,15 @@ pub struct BuildTraits {
 }
 
 impl BinaryInfo {
+    /// What the file in `data` says (tests; a run parses each file once and shares it
+    /// with the location table, `binary::read_binary`).
+    #[cfg(test)]
     pub fn parse(path: &Path, data: &[u8]) -> Result<Self> {
-        let file = object::File::parse(data).map_err(|e| Error::NotElf {
-            path: path.to_owned(),
-            why: e.to_string(),
-        })?;
+        Self::from_object(path, data, &open(path, data)?)
+    }
+
+    /// What `file` (parsed once from `data`, shared with the location table) says.
+    pub fn from_object(path: &Path, data: &[u8], file: &object::File) -> Result<Self> {
         if file.architecture() != object::Architecture::X86_64 {
             return Err(Error::NotElf {
                 path: path.to_owned(),

@@ -78,20 +78,33 @@ struct UnwindSections {
 }
 
 impl LocationTable {
-    /// The table of a binary, demangling its function symbols itself.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// The table of a binary, demangling its function symbols itself (tests; a run
+    /// parses each file once, `binary::read_binary`).
+    #[cfg(test)]
     pub fn parse(data: Vec<u8>) -> Self {
-        Self::parse_symbols(data, None)
+        let table = match object::File::parse(&*data) {
+            Ok(file) => Self::from_object(&file, None),
+            Err(_) => Self::from_nothing(),
+        };
+        table.with_data(data)
     }
 
-    /// The table of a binary whose function symbols were already demangled (by
-    /// `BinaryInfo::parse`, from the same file).
-    pub fn parse_with_functions(data: Vec<u8>, functions: Vec<(u64, u64, Arc<str>)>) -> Self {
-        Self::parse_symbols(data, Some(functions))
+    /// The table of `file` (parsed once, shared with `BinaryInfo`), without its bytes yet
+    /// (`with_data`): `functions` are its function symbols, already demangled.
+    pub fn from_object(file: &object::File, functions: Option<Vec<(u64, u64, Arc<str>)>>) -> Self {
+        let mut table = Self::from_nothing();
+        table.fill(file, functions);
+        table
     }
 
-    fn parse_symbols(data: Vec<u8>, functions: Option<Vec<(u64, u64, Arc<str>)>>) -> Self {
-        let mut table = Self {
+    /// The file's bytes, which the table reads Locations and code from.
+    pub fn with_data(mut self, data: Vec<u8>) -> Self {
+        self.data = data;
+        self
+    }
+
+    fn from_nothing() -> Self {
+        Self {
             data: Vec::new(),
             segments: Vec::new(),
             rodata: Vec::new(),
@@ -103,8 +116,12 @@ impl LocationTable {
             unwind: UnwindSections::default(),
             lines: None,
             comp_dirs: Vec::new(),
-        };
-        if let Ok(file) = object::File::parse(&*data) {
+        }
+    }
+
+    fn fill(&mut self, file: &object::File, functions: Option<Vec<(u64, u64, Arc<str>)>>) {
+        let table = self;
+        {
             table.pie = file.kind() == object::ObjectKind::Dynamic;
             table.segments = file
                 .segments()
@@ -162,13 +179,11 @@ impl LocationTable {
             if table.functions.is_empty() {
                 table.fde_functions = fde_functions(&table.unwind);
             }
-            if let Some((lines, dirs)) = load_lines(&file) {
+            if let Some((lines, dirs)) = load_lines(file) {
                 table.lines = Some(lines);
                 table.comp_dirs = dirs;
             }
         }
-        table.data = data;
-        table
     }
 
     fn bytes(&self, vaddr: u64, len: u64) -> Option<&[u8]> {

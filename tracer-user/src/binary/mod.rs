@@ -21,20 +21,32 @@ pub fn read_binary(
 ) -> Result<(BinaryInfo, LocationTable)> {
     // Each file is read once; its bytes serve both the symbol index and the location table.
     let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io_for(p, e));
-    // The symbols are demangled once, by `BinaryInfo::parse`, and handed on.
+    // Each file is parsed once; its symbols are demangled once, by `BinaryInfo`, and
+    // handed to the location table (of the file that has them: `--symbols`, if given).
     let data = read(exe)?;
-    let bin = BinaryInfo::parse(exe, &data)?;
-    let (mut bin, data) = match symbols {
-        Some(sym) => {
-            let sym_data = read(sym)?;
-            let sym_bin = BinaryInfo::parse(sym, &sym_data)?;
-            (
-                bin.with_symbols_from(sym_bin, sym, Path::new(display))?,
-                sym_data,
-            )
+    let file = elf::open(exe, &data)?;
+    let bin = BinaryInfo::from_object(exe, &data, &file)?;
+    match symbols {
+        None => {
+            let (bin, table) = with_table(bin, &file);
+            drop(file);
+            Ok((bin, table.with_data(data)))
         }
-        None => (bin, data),
-    };
+        Some(sym) => {
+            drop(file);
+            let sym_data = read(sym)?;
+            let sym_file = elf::open(sym, &sym_data)?;
+            let sym_bin = BinaryInfo::from_object(sym, &sym_data, &sym_file)?;
+            let bin = bin.with_symbols_from(sym_bin, sym, Path::new(display))?;
+            let (bin, table) = with_table(bin, &sym_file);
+            drop(sym_file);
+            Ok((bin, table.with_data(sym_data)))
+        }
+    }
+}
+
+/// The location table of `file`, from the symbols `bin` demangled.
+fn with_table(mut bin: BinaryInfo, file: &object::File) -> (BinaryInfo, LocationTable) {
     let functions = std::mem::take(&mut bin.text_symbols);
-    Ok((bin, LocationTable::parse_with_functions(data, functions)))
+    (bin, LocationTable::from_object(file, Some(functions)))
 }

@@ -447,28 +447,51 @@ impl<'o> Session<'o> {
         let owners = self.live.feed.agg.owners.clone();
         // A plain thread: the tracer itself spawns no tokio task (a stripped tasktrace is
         // the test's tokio binary without task vtables).
-        std::thread::Builder::new()
+        let started = std::thread::Builder::new()
             .name("task-lists".into())
             .spawn(move || {
                 let read = lists.read(vtables, &owners);
                 (lists, read)
-            })
-            .ok()
+            });
+        match started {
+            Ok(h) => Some(h),
+            Err(e) => {
+                self.warnings.push(format!(
+                    "could not start the task-list reader ({e}): no more readings of the \
+                     runtimes' task lists in this window"
+                ));
+                None
+            }
+        }
     }
 
-    /// A reading walked on this thread (at attach, at the end).
+    /// A reading at attach or at the end, waited for here while the ring keeps being
+    /// drained (100 000 tasks take ~0.4 s to walk: a busy target would fill the ring).
+    /// At attach, what the walk finds predates every event: the events drained meanwhile
+    /// are held back and applied after it.
     fn read_lists_now(&mut self, reading: Reading) {
-        let Some(mut lists) = self.lists.take() else {
+        let Some(handle) = self.start_reading() else {
             return;
         };
-        let vtables = lists.needs_vtables().then(|| {
-            self.live
-                .locator
-                .task_vtables(&lists.polls, &lists.knowledge.layout)
-        });
-        let read = lists.read(vtables, &self.live.feed.agg.owners);
-        self.lists = Some(lists);
-        self.apply_reading(read, reading);
+        let mut held = Vec::new();
+        while !handle.is_finished() {
+            if reading == Reading::Attach {
+                self.events_seen += self.probes.drain(|r| held.push(r)) as u64;
+            } else {
+                self.drain();
+            }
+            std::thread::sleep(DRAIN_EVERY);
+        }
+        match handle.join() {
+            Ok((lists, read)) => {
+                self.lists = Some(lists);
+                self.apply_reading(read, reading);
+            }
+            Err(_) => self.warnings.push(reader_panicked().to_string()),
+        }
+        for r in held {
+            self.live.on_probe(r);
+        }
     }
 
     /// Feeds a reading to the model and the recording, after everything the ring holds
