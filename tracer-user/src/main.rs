@@ -27,7 +27,7 @@ use crate::{
     error::{Error, exit},
     live::target,
     model::verdict::Thresholds,
-    stream::tracefile::Writer,
+    stream::{output::Output, tracefile::Writer},
 };
 
 fn main() -> ExitCode {
@@ -101,12 +101,7 @@ async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Dump { pid, json, symbols } => {
             // Opened first, so a bad path fails before the target is read.
             let out = match json.as_deref() {
-                Some(p) if p != std::path::Path::new("-") => {
-                    Some(File::create(p).map_err(|err| Error::Output {
-                        path: p.to_owned(),
-                        err,
-                    })?)
-                }
+                Some(p) if p != std::path::Path::new("-") => Some(create_output(p)?),
                 _ => None,
             };
             let d = dump::dump(pid, symbols.as_deref())?;
@@ -162,22 +157,22 @@ fn open_recording(opts: &TraceArgs) -> Result<Option<Writer>, Error> {
 
 /// The report files, opened before tracing so a bad path fails before anything attaches.
 struct Outputs {
-    json: Option<File>,
-    html: Option<File>,
-    perfetto: Option<File>,
+    json: Option<Output>,
+    html: Option<Output>,
+    perfetto: Option<Output>,
+}
+
+/// An output file created safely (`stream::output`: no planted symlink is followed; the
+/// file appears whole or not at all).
+fn create_output(p: &std::path::Path) -> Result<Output, Error> {
+    Output::create(p).map_err(|err| Error::Output {
+        path: p.to_owned(),
+        err,
+    })
 }
 
 fn open_output(opts: &VerdictArgs) -> Result<Outputs, Error> {
-    let open = |p: &Option<PathBuf>| {
-        p.as_ref()
-            .map(|p| {
-                File::create(p).map_err(|err| Error::Output {
-                    path: p.clone(),
-                    err,
-                })
-            })
-            .transpose()
-    };
+    let open = |p: &Option<PathBuf>| p.as_deref().map(create_output).transpose();
     Ok(Outputs {
         json: open(&opts.json)?,
         html: open(&opts.html)?,
@@ -187,19 +182,24 @@ fn open_output(opts: &VerdictArgs) -> Result<Outputs, Error> {
 
 /// Streams an output into its file (a large report is never held whole in memory).
 fn write_out(
-    file: Option<File>,
+    file: Option<Output>,
     path: Option<&PathBuf>,
-    body: impl FnOnce(&mut std::io::BufWriter<File>) -> std::io::Result<()>,
+    body: impl FnOnce(&mut std::io::BufWriter<&mut File>) -> std::io::Result<()>,
     quiet: bool,
 ) -> Result<(), Error> {
-    if let (Some(f), Some(path)) = (file, path) {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    if let (Some(mut out), Some(path)) = (file, path) {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file());
         body(&mut w)
             .and_then(|_| w.flush())
             .map_err(|err| Error::Output {
                 path: path.clone(),
                 err,
             })?;
+        drop(w);
+        out.commit().map_err(|err| Error::Output {
+            path: path.clone(),
+            err,
+        })?;
         if !quiet {
             eprintln!("tasktrace: wrote {}", path.display());
         }

@@ -98,8 +98,9 @@ fn record_then_signal(signal: i32, name: &str) -> (Value, Value, Option<Value>) 
         .spawn()
         .unwrap();
     sleep(Duration::from_secs(6));
+    let tracer_pid = tracer.id();
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(tracer.id() as i32, signal) };
+    unsafe { libc::kill(tracer_pid as i32, signal) };
     let out = tracer.wait_with_output().unwrap();
     assert_eq!(
         our_programs_after_exit(),
@@ -109,6 +110,19 @@ fn record_then_signal(signal: i32, name: &str) -> (Value, Value, Option<Value>) 
     let _ = target.kill();
     let _ = target.wait();
     let truth = serde_json::to_value(std::fs::read_to_string(&demo_out).unwrap()).unwrap();
+    // A window that ended cleanly renamed its file into place; a killed tracer left it
+    // under its partial name, and nothing at the name asked for.
+    let partial = file.with_file_name(format!(
+        "{}.partial-{tracer_pid}",
+        file.file_name().unwrap().to_str().unwrap()
+    ));
+    let file = if out.status.code() == Some(0) {
+        assert!(!partial.exists(), "{name}: the partial file was renamed");
+        file
+    } else {
+        assert!(!file.exists(), "{name}: no file appears whole that is not");
+        partial
+    };
     let replayed = report_file(&file, &replay);
     let live = (out.status.code() == Some(0)).then(|| read_report(&live));
     (truth, replayed, live)

@@ -166,4 +166,13 @@ fn inspect_a_running_process_and_bad_targets() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // A program without tokio is said to be one, not given tokio's layout.
+    let out = tasktrace().args(["inspect", "/bin/ls"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not contain the tokio runtime"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint:"), "{stderr}");
 }

@@ -17,6 +17,7 @@ use crate::{
         tasklist::{ListKind, OwnedList, Reader, Status},
     },
     plan::Plan,
+    report::terminal_safe as safe,
     stream::TargetInfo,
     tokio_versions,
 };
@@ -197,7 +198,7 @@ pub fn render_text(d: &Dump) -> String {
         "tasktrace dump: pid {} ({}), tokio {}: {} tasks in {} task list(s), read in {:.1} ms \
          ({:.1} MiB scanned)",
         d.target.pid,
-        d.target.binary,
+        safe(&d.target.binary),
         d.target.tokio_version.as_deref().unwrap_or("unknown"),
         s.tasks,
         d.lists.len(),
@@ -210,7 +211,7 @@ pub fn render_text(d: &Dump) -> String {
         s.idle, s.notified, s.running, s.complete, s.definite_leaks
     );
     for w in &d.warnings {
-        let _ = writeln!(out, "  warning: {w}");
+        let _ = writeln!(out, "  warning: {}", safe(w));
     }
     let _ = writeln!(
         out,
@@ -226,8 +227,8 @@ pub fn render_text(d: &Dump) -> String {
             n("notified"),
             n("running"),
             g.definite_leaks,
-            g.spawned_at.as_deref().unwrap_or("(spawn site unknown)"),
-            g.future.as_deref().unwrap_or("(unknown future)")
+            safe(g.spawned_at.as_deref().unwrap_or("(spawn site unknown)")),
+            safe(g.future.as_deref().unwrap_or("(unknown future)"))
         );
     }
     let _ = writeln!(out, "\nTASKS:");
@@ -248,8 +249,8 @@ pub fn render_text(d: &Dump) -> String {
             } else {
                 ""
             },
-            t.spawned_at.as_deref().unwrap_or("(spawn site unknown)"),
-            t.future.as_deref().unwrap_or("(unknown future)")
+            safe(t.spawned_at.as_deref().unwrap_or("(spawn site unknown)")),
+            safe(t.future.as_deref().unwrap_or("(unknown future)"))
         );
     }
     if d.tasks.len() > TEXT_TASKS {

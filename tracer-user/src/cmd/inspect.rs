@@ -67,6 +67,13 @@ pub struct TaskVtables {
 
 pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Inspection> {
     let (bin, table) = crate::binary::read_binary(exe, display, symbols)?;
+    // No tokio symbol and no tokio source path anywhere (a stripped tokio binary keeps
+    // the paths in its panic Locations): not a tokio program, whatever layout it would get.
+    if bin.tokio_version.is_none() && bin.tokio_symbols == 0 {
+        return Err(crate::error::Error::NotTokio {
+            path: exe.to_owned(),
+        });
+    }
     let mut out = Inspection {
         execution: Default::default(),
         binary: display.to_owned(),

@@ -142,7 +142,8 @@ mod tests {
         }
     }
 
-    fn write_sample(path: &Path, with_end: bool) {
+    /// Where the file is: at `path` with its end record, else still partial.
+    fn write_sample(path: &Path, with_end: bool) -> std::path::PathBuf {
         let mut w = Writer::create(path).unwrap();
         w.meta(&meta());
         w.record(&Rec::Site {
@@ -194,6 +195,7 @@ mod tests {
         } else {
             w.flush();
         }
+        w.partial_path().unwrap_or(path).to_owned()
     }
 
     fn th() -> Thresholds {
@@ -247,7 +249,12 @@ mod tests {
     #[test]
     fn a_file_cut_mid_record_still_reports_its_complete_part() {
         let path = std::env::temp_dir().join(format!("tt-kill-{}.trace", std::process::id()));
-        write_sample(&path, false);
+        let path = write_sample(&path, false);
+        assert!(
+            path.to_str().unwrap().contains(".partial-"),
+            "{}",
+            path.display()
+        );
         let mut data = std::fs::read(&path).unwrap();
         data.extend_from_slice(&[2, 200, 0, 0, 0, 1, 2, 3]);
         std::fs::write(&path, &data).unwrap();

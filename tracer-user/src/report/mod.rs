@@ -22,6 +22,25 @@ use crate::{
     stream::TargetInfo,
 };
 
+/// A string from the target (a path in a `Location`, a symbol, a future type) made safe
+/// for a terminal: control characters (escape sequences, newlines that would forge a
+/// line of the report) are shown as `\u{..}` instead of acting.
+pub fn terminal_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 pub const SCHEMA: &str = "tasktrace.report/1";
 
 #[derive(Debug, Serialize)]

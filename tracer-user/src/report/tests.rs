@@ -218,3 +218,41 @@ fn a_task_entry_stays_small() {
     let report = std::mem::size_of::<super::TaskReport>();
     assert!(report <= 160, "TaskReport is {report} bytes");
 }
+
+/// Strings from the target reach the terminal inert and the page escaped: a source path
+/// may hold markup, quotes, an escape sequence and a newline that would forge a line.
+#[test]
+fn hostile_strings_from_the_target_are_inert() {
+    let hostile = "src/<script>alert('x')</script>\"q\".rs\x1b[31m\nLEAKED (999):";
+    let mut r = report();
+    for t in &mut r.tasks {
+        t.spawned_at = Some(hostile.into());
+        t.future = Some(hostile.into());
+    }
+    for s in &mut r.spawn_sites {
+        s.site = Some(hostile.to_owned());
+    }
+    r.target.binary = hostile.into();
+    let text = render_text(&r);
+    assert!(
+        !text.contains('\x1b'),
+        "an escape sequence reached the terminal"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("LEAKED (999)")),
+        "a forged line:\n{text}"
+    );
+    assert!(text.contains("\\u{1b}[31m"), "{text}");
+    let html = render_html(&r);
+    assert!(!html.contains("<script>"), "markup reached the page");
+    assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)"));
+}
+
+#[test]
+fn terminal_safe_leaves_ordinary_strings_alone() {
+    assert!(matches!(
+        super::terminal_safe("src/main.rs:10:5"),
+        std::borrow::Cow::Borrowed(_)
+    ));
+    assert_eq!(super::terminal_safe("a\tb\u{9b}c"), "a\\u{9}b\\u{9b}c");
+}

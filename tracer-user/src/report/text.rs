@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::Report;
+use super::{Report, terminal_safe as safe};
 use crate::model::verdict::{Reason, Verdict};
 
 pub fn render_text(r: &Report) -> String {
@@ -12,7 +12,7 @@ pub fn render_text(r: &Report) -> String {
         out,
         "tasktrace: pid {} ({}), tokio {}, window {}, ended by {}",
         r.target.pid,
-        r.target.binary,
+        safe(&r.target.binary),
         r.target.tokio_version.as_deref().unwrap_or("unknown"),
         secs(r.window.duration_ns),
         r.window.ended_by.replace('_', " "),
@@ -33,10 +33,10 @@ pub fn render_text(r: &Report) -> String {
         s.lost_events
     );
     for w in &r.warnings {
-        let _ = writeln!(out, "  warning: {w}");
+        let _ = writeln!(out, "  warning: {}", safe(w));
     }
     for u in &r.unavailable {
-        let _ = writeln!(out, "  unavailable: {} — {}", u.what, u.why);
+        let _ = writeln!(out, "  unavailable: {} — {}", safe(&u.what), safe(&u.why));
     }
     // Counts no probe produced are not printed as zeros.
     let lost = |what: &str| r.unavailable.iter().any(|u| u.what == what);
@@ -79,14 +79,14 @@ pub fn render_text(r: &Report) -> String {
                 .first()
                 .and_then(|t| t.future.as_deref())
                 .filter(|f| tasks.iter().all(|t| t.future.as_deref() == Some(*f)))
-                .map(|f| format!(", future {f}"))
+                .map(|f| format!(", future {}", safe(f)))
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
                 "  {} task(s) {}{future}{growing}",
                 tasks.len(),
                 site.map_or("spawn site unknown".into(), |s| {
-                    format!("spawned at {s}")
+                    format!("spawned at {}", safe(s))
                 })
             );
             tasks.sort_by_key(|t| std::cmp::Reverse(t.for_ns));
@@ -155,7 +155,7 @@ pub fn render_text(r: &Report) -> String {
             let _ = writeln!(
                 out,
                 "  {:<40} {:>5}/{:<5} {:>7} polls  {} / {} / {}",
-                s.site.as_deref().unwrap_or("(unknown site)"),
+                safe(s.site.as_deref().unwrap_or("(unknown site)")),
                 s.spawned,
                 s.alive,
                 s.polls,
@@ -172,7 +172,7 @@ pub fn render_text(r: &Report) -> String {
             let _ = writeln!(
                 out,
                 "  {} : {} alive, +{:.1}/s",
-                s.site.as_deref().unwrap_or("(unknown site)"),
+                safe(s.site.as_deref().unwrap_or("(unknown site)")),
                 s.alive,
                 s.growth_per_s
             );

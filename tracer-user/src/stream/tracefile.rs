@@ -14,7 +14,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tracer_common::{EVENT_SIZE, TaskEvent};
 
-use super::records::{EndRecord, ListKind, LiveTask, MetaRecord, Rec};
+use super::{
+    output::Output,
+    records::{EndRecord, ListKind, LiveTask, MetaRecord, Rec},
+};
 use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"TTRACE01";
@@ -81,6 +84,9 @@ struct FutureRecord {
 pub struct Writer {
     out: BufWriter<File>,
     path: PathBuf,
+    /// Written as `PATH.partial-PID`, renamed to `PATH` at the end record; a window cut
+    /// short (a killed tracer) leaves the partial file, which still reports.
+    output: Option<Output>,
     batch: Vec<u8>,
     failed: Option<std::io::Error>,
 }
@@ -88,21 +94,26 @@ pub struct Writer {
 impl Writer {
     /// Creates the file now, so that a bad path fails before anything attaches.
     pub fn create(path: &Path) -> Result<Self> {
-        let file = File::create(path).map_err(|err| Error::Output {
+        let err = |err| Error::Output {
             path: path.to_owned(),
             err,
-        })?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(MAGIC).map_err(|err| Error::Output {
-            path: path.to_owned(),
-            err,
-        })?;
+        };
+        let mut output = Output::create(path).map_err(err)?.keep_if_cut();
+        let mut out = BufWriter::with_capacity(1 << 20, output.take_file());
+        out.write_all(MAGIC).map_err(err)?;
         Ok(Self {
             out,
             path: path.to_owned(),
+            output: Some(output),
             batch: Vec::new(),
             failed: None,
         })
+    }
+
+    /// Where the file is while the window is open (`PATH.partial-PID`).
+    #[cfg(test)]
+    pub fn partial_path(&self) -> Option<&Path> {
+        self.output.as_ref().map(Output::partial_path)
     }
 
     pub fn meta(&mut self, meta: &MetaRecord) {
@@ -203,9 +214,16 @@ impl Writer {
         );
     }
 
+    /// The last record: the file is complete and takes its name.
     pub fn end(&mut self, end: &EndRecord) {
         self.json(KIND_END, end);
         self.flush();
+        if self.failed.is_none()
+            && let Some(output) = self.output.take()
+            && let Err(e) = self.out.get_ref().sync_data().and_then(|_| output.commit())
+        {
+            self.failed = Some(e);
+        }
     }
 
     /// Makes everything so far durable in the file (called every drain).
