@@ -101,32 +101,14 @@ mod tests {
 
     use super::*;
     use crate::{
+        plan::PlanSummary,
         stream::{EndRecord, MetaRecord, TargetInfo, tracefile::Writer},
-        tokio_versions,
     };
 
     fn meta() -> MetaRecord {
         MetaRecord {
-            format: "tasktrace.trace/1".into(),
-            target: TargetInfo {
-                pid: 1,
-                binary: "/x".into(),
-                build_id: None,
-                tokio_version: Some("1.54.1".into()),
-            },
             start_ns: 1_000,
-            start_unix_s: 0.0,
-            state_bits: tokio_versions::select(None).unwrap().knowledge.state,
-            probe_sites: 3,
-            summary: crate::plan::PlanSummary {
-                completion_probed: true,
-                polls_probed: true,
-                poll_ends_probed: true,
-                ..Default::default()
-            },
-            plan: serde_json::Value::Null,
-            attach_ms: 1.0,
-            warnings: vec![],
+            ..MetaRecord::synthetic(TargetInfo::synthetic("/x"), PlanSummary::all_probed())
         }
     }
 

@@ -796,28 +796,13 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn meta(completion_probed: bool) -> MetaRecord {
-        MetaRecord {
-            format: "tasktrace.trace/1".into(),
-            target: TargetInfo {
-                pid: 1,
-                binary: "/x".into(),
-                build_id: None,
-                tokio_version: Some("1.54.1".into()),
-            },
-            start_ns: 0,
-            start_unix_s: 0.0,
-            state_bits: tokio_versions::select(None).unwrap().knowledge.state,
-            probe_sites: 1,
-            summary: PlanSummary {
+        MetaRecord::synthetic(
+            TargetInfo::synthetic("/x"),
+            PlanSummary {
                 completion_probed,
-                polls_probed: true,
-                poll_ends_probed: true,
-                ..Default::default()
+                ..PlanSummary::all_probed()
             },
-            plan: serde_json::Value::Null,
-            attach_ms: 0.0,
-            warnings: vec![],
-        }
+        )
     }
 
     fn th() -> Thresholds {

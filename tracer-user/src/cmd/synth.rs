@@ -11,7 +11,6 @@ use crate::{
     error::Result,
     plan::PlanSummary,
     stream::{EndRecord, EndedBy, MetaRecord, Rec, TargetInfo, tracefile::Writer},
-    tokio_versions,
 };
 
 const POLLS_PER_TASK: u64 = 20;
@@ -20,32 +19,10 @@ const PER_TASK: u64 = 2 + POLLS_PER_TASK * 3;
 
 pub fn write(path: &Path, events: u64) -> Result<()> {
     let mut w = Writer::create(path)?;
-    let state_bits = tokio_versions::select(None)
-        .map_err(crate::error::Error::UnsupportedTokio)?
-        .knowledge
-        .state;
-    w.meta(&MetaRecord {
-        format: "tasktrace.trace/1".into(),
-        target: TargetInfo {
-            pid: 1,
-            binary: "synthetic".into(),
-            build_id: None,
-            tokio_version: Some("1.54.1".into()),
-        },
-        start_ns: 0,
-        start_unix_s: 0.0,
-        state_bits,
-        probe_sites: 0,
-        summary: PlanSummary {
-            completion_probed: true,
-            polls_probed: true,
-            poll_ends_probed: true,
-            ..Default::default()
-        },
-        plan: serde_json::Value::Null,
-        attach_ms: 0.0,
-        warnings: vec![],
-    });
+    w.meta(&MetaRecord::synthetic(
+        TargetInfo::synthetic("synthetic"),
+        PlanSummary::all_probed(),
+    ));
     let (mut written, mut task, mut ts) = (0u64, 0u64, 1_000u64);
     while written < events {
         task += 1;

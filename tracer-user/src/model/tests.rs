@@ -613,12 +613,7 @@ fn plan_with_id_site(site: &str) -> PlanSummary {
 
 /// A plan whose probes see everything (what an unconfigured model assumes).
 fn probed() -> PlanSummary {
-    PlanSummary {
-        completion_probed: true,
-        polls_probed: true,
-        poll_ends_probed: true,
-        ..Default::default()
-    }
+    PlanSummary::all_probed()
 }
 
 /// The draw comes first, the task's first poll names its header: one task, spawned at the

@@ -165,6 +165,18 @@ pub struct PlanSummary {
     pub unavailable: Vec<Unavailable>,
 }
 
+impl PlanSummary {
+    /// A plan whose probes see everything (synthetic recordings, tests).
+    pub fn all_probed() -> Self {
+        Self {
+            completion_probed: true,
+            polls_probed: true,
+            poll_ends_probed: true,
+            ..Default::default()
+        }
+    }
+}
+
 impl Plan {
     pub fn summary(&self) -> PlanSummary {
         let (emulated, single_stepped) = self.execution_counts();

@@ -8,7 +8,6 @@ use crate::{
     model::{Aggregator, verdict::Thresholds},
     plan::{PlanSummary, Unavailable},
     stream::{MetaRecord, Rec, TargetInfo},
-    tokio_versions,
 };
 
 const MS: u64 = 1_000_000;
@@ -49,23 +48,7 @@ fn site(location: &str) -> Rec {
 /// Task 1 finishes, task 2 idles (leaked), task 3's poll never returns (stuck), task 4 is
 /// never polled; a 60 s window.
 fn report() -> Report {
-    let meta = MetaRecord {
-        format: "tasktrace.trace/1".into(),
-        target: target(),
-        start_ns: 0,
-        start_unix_s: 0.0,
-        state_bits: tokio_versions::select(None).unwrap().knowledge.state,
-        probe_sites: 12,
-        summary: PlanSummary {
-            completion_probed: true,
-            polls_probed: true,
-            poll_ends_probed: true,
-            ..Default::default()
-        },
-        plan: serde_json::Value::Null,
-        attach_ms: 1.0,
-        warnings: vec![],
-    };
+    let meta = MetaRecord::synthetic(target(), PlanSummary::all_probed());
     let th = Thresholds::new(
         std::time::Duration::from_secs(10),
         std::time::Duration::from_secs(1),

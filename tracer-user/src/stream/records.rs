@@ -37,6 +37,38 @@ pub struct MetaRecord {
     pub warnings: Vec<String>,
 }
 
+impl MetaRecord {
+    /// The metadata of a window made up rather than traced (`synth-trace`, tests): the
+    /// newest tokio layout, started at 0, nothing attached.
+    pub fn synthetic(target: TargetInfo, summary: PlanSummary) -> Self {
+        let newest = crate::tokio_versions::select(None).expect("a newest version file");
+        Self {
+            format: "tasktrace.trace/1".into(),
+            target,
+            start_ns: 0,
+            start_unix_s: 0.0,
+            state_bits: newest.knowledge.state,
+            probe_sites: 0,
+            summary,
+            plan: serde_json::Value::Null,
+            attach_ms: 0.0,
+            warnings: vec![],
+        }
+    }
+}
+
+impl TargetInfo {
+    /// A target that is no process (`synth-trace`, tests).
+    pub fn synthetic(binary: &str) -> Self {
+        Self {
+            pid: 1,
+            binary: binary.into(),
+            build_id: None,
+            tokio_version: Some("1.54.1".into()),
+        }
+    }
+}
+
 /// Why a window ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
