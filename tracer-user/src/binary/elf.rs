@@ -11,7 +11,9 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use crate::{
     error::{Error, Result},
-    tokio_versions::{self, SPAWN_PATHS, Version, is_tokio_symbol},
+    tokio_versions::{
+        self, BLOCKING_SCHEDULER_MARKER, SPAWN_PATHS, STATE_METHOD_MARKER, Version, is_tokio_symbol,
+    },
 };
 
 /// The ELF file in `data`, parsed (headers, sections, symbol table: read lazily).
@@ -104,7 +106,7 @@ impl BinaryInfo {
                 legacy += usize::from(raw.starts_with("_ZN"));
                 // The unwinding panic runtime leaves its own symbols; panic=abort links panic_abort.
                 unwind |= raw.contains("panic_unwind");
-                state_methods |= raw.contains("transition_to_running");
+                state_methods |= raw.contains(STATE_METHOD_MARKER);
             }
             if sym.kind() == SymbolKind::Tls
                 && let Ok(raw) = sym.name()
@@ -133,7 +135,7 @@ impl BinaryInfo {
             let name = normalize(&full);
             text_symbols.push((sym.address(), sym.size(), std::sync::Arc::from(&*full)));
             if is_tokio_symbol(&name) {
-                if full.contains("BlockingSchedule") {
+                if full.contains(BLOCKING_SCHEDULER_MARKER) {
                     blocking_instances.insert(sym.address());
                 }
                 if SPAWN_PATHS.contains(&name.as_str())

@@ -6,8 +6,8 @@ use std::path::Path;
 use crate::{
     error::Result,
     model::{Aggregator, verdict::Thresholds},
-    report::{Meta, ProbeInfo, Report},
-    stream::{EndedBy, Rec, tracefile},
+    report::{Meta, Report},
+    stream::{EndRecord, EndedBy, Rec, tracefile},
 };
 
 pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> Result<Report> {
@@ -54,45 +54,27 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
     }
     let mut agg = agg.expect("stream checked the metadata");
     let trace = info;
-    let mut warnings = trace.meta.warnings.clone();
-    let (end_ns, ended_by, lost, detach_ms) = match &trace.end {
+    let end = match trace.end {
         Some(end) => {
-            warnings.extend(end.warnings.iter().cloned());
             agg.diagnostics.after_window = end.after_window;
-            (
-                end.end_ns,
-                end.ended_by.as_str(),
-                end.lost_events,
-                end.detach_ms,
-            )
+            end
         }
-        None => {
-            warnings.push(format!(
+        None => EndRecord {
+            end_ns: last_ts,
+            ended_by: EndedBy::Truncated,
+            lost_events: 0,
+            detach_ms: 0.0,
+            after_window: 0,
+            warnings: vec![format!(
                 "the recording has no end record (the tracer was stopped abruptly){}; verdicts are judged at its last event",
-                trace.truncated_at.map(|o| format!(", and its last record is cut at byte {o}")).unwrap_or_default()
-            ));
-            (last_ts, EndedBy::Truncated.as_str(), 0, 0.0)
-        }
-    };
-    let summary = &trace.meta.summary;
-    let meta = Meta {
-        target: trace.meta.target.clone(),
-        start_ns: trace.meta.start_ns,
-        end_ns,
-        ended_by,
-        probes: ProbeInfo {
-            sites: trace.meta.probe_sites,
-            attach_ms: trace.meta.attach_ms,
-            detach_ms,
-            mode: summary.mode.as_str().into(),
-            emulated: summary.emulated,
-            single_stepped: summary.single_stepped,
+                trace
+                    .truncated_at
+                    .map(|o| format!(", and its last record is cut at byte {o}"))
+                    .unwrap_or_default()
+            )],
         },
-        lost_events: lost,
-        warnings,
-        unavailable: summary.unavailable.clone(),
     };
-    Ok(Report::build(agg, meta))
+    Ok(Report::build(agg, Meta::of_window(&trace.meta, &end)))
 }
 
 #[cfg(test)]
@@ -147,7 +129,7 @@ mod tests {
         w.record(&Rec::TaskList {
             at_ns: 5_000,
             attach: true,
-            tasks: vec![crate::stream::records::LiveTask {
+            tasks: vec![crate::stream::records::ListedTask {
                 header: 0x30,
                 id: 3,
                 owner_id: 2,
@@ -200,7 +182,7 @@ mod tests {
         assert_eq!(listed.kind, crate::model::TaskKind::Local);
         assert_eq!(listed.refs, Some(1));
         assert_eq!(r.tasks[0].spawned_at.as_deref(), Some("src/app.rs:3:5"));
-        assert_eq!(r.window.ended_by, "duration");
+        assert_eq!(r.window.ended_by, EndedBy::Duration);
         std::fs::remove_file(&path).ok();
     }
 
@@ -241,7 +223,7 @@ mod tests {
         data.extend_from_slice(&[2, 200, 0, 0, 0, 1, 2, 3]);
         std::fs::write(&path, &data).unwrap();
         let r = report_from_file(&path, th(), false).unwrap();
-        assert_eq!(r.window.ended_by, "truncated");
+        assert_eq!(r.window.ended_by, EndedBy::Truncated);
         assert_eq!(r.summary.tasks_seen, 3);
         assert!(r.warnings.iter().any(|w| w.contains("cut at byte")));
         std::fs::remove_file(&path).ok();

@@ -11,12 +11,14 @@ use crate::{
         locator::Locator,
         probes::{Probes, Record},
         target::{Launched, Target},
-        tasklist::{self, Reader, Snapshot},
+        tasklist::{self, LiveTask, Reader, Snapshot},
     },
     model::{Aggregator, verdict::Thresholds},
     plan::Plan,
-    report::{Meta, ProbeInfo, Report},
-    stream::{EndRecord, EndedBy, MetaRecord, Rec, TargetInfo, tracefile::Writer},
+    report::{Meta, Report},
+    stream::{
+        EndRecord, EndedBy, MetaRecord, Rec, TargetInfo, records::ListedTask, tracefile::Writer,
+    },
     tokio_versions,
 };
 
@@ -63,10 +65,10 @@ pub struct Session<'o> {
     /// `None` while a reading walks the lists on a blocking thread.
     lists: Option<ListReader>,
     sampler: Option<crate::live::sampler::Sampler>,
+    /// What the window says of itself at its start (the recording's first record).
+    meta: MetaRecord,
+    /// Warnings raised during the window (those of the start are in `meta`).
     warnings: Vec<String>,
-    target_info: TargetInfo,
-    start_ns: u64,
-    attach_ms: f64,
     /// Readings during the window stand in for what no probe sees: completions
     /// (stripped), wakes (one-hit polls) or polls (lifecycle). They back off when slow.
     periodic_readings: bool,
@@ -250,7 +252,7 @@ impl<'o> Session<'o> {
         }
         let meta = MetaRecord {
             format: "tasktrace.trace/1".into(),
-            target: target_info.clone(),
+            target: target_info,
             start_ns,
             start_unix_s: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -260,7 +262,7 @@ impl<'o> Session<'o> {
             summary: plan.summary(),
             plan: serde_json::to_value(&plan).unwrap_or_default(),
             attach_ms,
-            warnings: warnings.clone(),
+            warnings,
         };
         if let Some(w) = recording.as_mut() {
             w.meta(&meta);
@@ -299,10 +301,8 @@ impl<'o> Session<'o> {
             },
             lists: Some(lists),
             sampler,
-            warnings,
-            target_info,
-            start_ns,
-            attach_ms,
+            meta,
+            warnings: Vec::new(),
             next_reading: tokio::time::Instant::now() + READ_EVERY,
             ticks: 0,
             events_seen: 0,
@@ -555,36 +555,19 @@ impl<'o> Session<'o> {
         }
         let Live { feed, .. } = self.live;
         let Feed { agg, mut recording } = feed;
-        if let Some(w) = recording.as_mut() {
-            w.end(&EndRecord {
-                end_ns,
-                ended_by,
-                lost_events: lost,
-                detach_ms,
-                after_window: agg.diagnostics.after_window,
-                warnings: warnings.clone(),
-            });
-            warnings.extend(w.error());
-        }
-        let summary = self.plan.summary();
-        let meta = Meta {
-            target: self.target_info,
-            start_ns: self.start_ns,
+        let mut end = EndRecord {
             end_ns,
-            ended_by: ended_by.as_str(),
-            probes: ProbeInfo {
-                sites: self.probes.sites,
-                attach_ms: self.attach_ms,
-                detach_ms,
-                mode: summary.mode.as_str().into(),
-                emulated: summary.emulated,
-                single_stepped: summary.single_stepped,
-            },
+            ended_by,
             lost_events: lost,
+            detach_ms,
+            after_window: agg.diagnostics.after_window,
             warnings,
-            unavailable: summary.unavailable,
         };
-        Report::build(agg, meta)
+        if let Some(w) = recording.as_mut() {
+            w.end(&end);
+            end.warnings.extend(w.error());
+        }
+        Report::build(agg, Meta::of_window(&self.meta, &end))
     }
 }
 
@@ -766,7 +749,7 @@ fn apply_task_list(
         feed.emit(Rec::TaskList {
             at_ns: snap.taken_ns,
             attach,
-            tasks: part,
+            tasks: part.into_iter().map(listed_task).collect(),
             complete_owners: owners.map(<[u64]>::to_vec),
             until_ns: until,
         });
@@ -783,14 +766,47 @@ fn apply_task_list(
     }
 }
 
+/// The walker's find as the stream records it.
+fn listed_task(t: LiveTask) -> ListedTask {
+    let LiveTask {
+        header,
+        id,
+        owner_id,
+        vtable,
+        state,
+        digest,
+        refs,
+        list,
+        stable,
+        status,
+        join_handle,
+        no_way_to_run,
+    } = t;
+    ListedTask {
+        header,
+        id,
+        owner_id,
+        vtable,
+        state,
+        digest,
+        refs,
+        list,
+        stable,
+        status,
+        join_handle,
+        no_way_to_run,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tracer_common::{EventKind, TaskEvent};
 
     use super::*;
     use crate::{
-        live::tasklist::{ListKind, LiveTask, OwnedList, Status},
+        live::tasklist::{ListKind, OwnedList, Status},
         plan::PlanSummary,
+        report::ProbeInfo,
     };
 
     const MS: u64 = 1_000_000;
@@ -927,7 +943,7 @@ mod tests {
                 target: meta.target.clone(),
                 start_ns: 0,
                 end_ns: 20_000 * MS,
-                ended_by: EndedBy::Duration.as_str(),
+                ended_by: EndedBy::Duration,
                 probes: ProbeInfo {
                     sites: 1,
                     attach_ms: 0.0,

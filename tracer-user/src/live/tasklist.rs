@@ -25,6 +25,8 @@ use crate::{
     tokio_versions::{Knowledge, Layout},
 };
 
+pub use crate::tokio_versions::{ListKind, Status};
+
 /// Scan granularity: one `process_vm_readv` per chunk.
 const CHUNK: usize = 1 << 20;
 /// Candidate headers kept per runtime to find its list from (stale ones fail the walk).
@@ -36,28 +38,9 @@ const WALK_ATTEMPTS: usize = 4;
 /// Pause between the two readings of the state words.
 const RECHECK_AFTER: Duration = Duration::from_millis(20);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Idle,
-    Notified,
-    Running,
-    Complete,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Idle => "idle",
-            Status::Notified => "notified",
-            Status::Running => "running",
-            Status::Complete => "complete",
-        }
-    }
-}
-
-/// One task found in a runtime's list.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// One task found in a runtime's list (the trace file keeps it as its own record,
+/// `stream::records::ListedTask`).
+#[derive(Clone, Debug)]
 pub struct LiveTask {
     pub header: u64,
     pub id: u64,
@@ -67,11 +50,9 @@ pub struct LiveTask {
     pub state: u64,
     /// A hash of the task's `Core` (its scheduler, id and future) when asked for, else 0:
     /// a poll almost always changes the future's bytes, a task nobody polls never does.
-    #[serde(default, skip_serializing_if = "is_zero")]
     pub digest: u64,
     pub refs: u32,
-    /// The kind of list it was found in (trace files store it beside the task).
-    #[serde(skip)]
+    /// The kind of list it was found in.
     pub list: ListKind,
     /// Both readings agreed.
     pub stable: bool,
@@ -80,20 +61,6 @@ pub struct LiveTask {
     /// Idle, not notified, no JoinHandle, and no reference left but the list's: nothing
     /// can ever wake or abort it (only its runtime's shutdown ends it).
     pub no_way_to_run: bool,
-}
-
-fn is_zero(v: &u64) -> bool {
-    *v == 0
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ListKind {
-    /// `OwnedTasks` of a multi-thread or current-thread runtime.
-    #[default]
-    Runtime,
-    /// `LocalOwnedTasks` of a `LocalSet`.
-    LocalSet,
 }
 
 /// One owned-task list found in the target.
@@ -112,7 +79,7 @@ pub struct OwnedList {
 }
 
 /// Everything one reading of the target's task lists found.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// CLOCK_MONOTONIC when the reading started.
     pub taken_ns: u64,
@@ -122,8 +89,6 @@ pub struct Snapshot {
     pub tasks: Vec<LiveTask>,
     pub warnings: Vec<String>,
 }
-
-impl Snapshot {}
 
 /// Reads task lists out of `M`: the live target's memory, or an image standing for it.
 pub struct Reader<'a, M: ReadMemory = Memory> {

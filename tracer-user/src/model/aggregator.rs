@@ -18,7 +18,7 @@ use crate::{
     plan::PlanSummary,
     stream::{
         MetaRecord, Rec,
-        records::{ListKind, LiveTask, Status},
+        records::{ListKind, ListedTask, Status},
     },
     tokio_versions::StateBits,
 };
@@ -262,7 +262,7 @@ impl Aggregator {
     /// Sets what the attach plan leaves to inference: completions from task lists, poll
     /// ends from thread samples, polls from samples and readings (lifecycle mode); and
     /// the spawn sites the code shows.
-    pub fn configure(&mut self, plan: &PlanSummary) {
+    pub(in crate::model) fn configure(&mut self, plan: &PlanSummary) {
         self.completion_from_lists = !plan.completion_probed;
         self.poll_ends_inferred = plan.polls_probed && !plan.poll_ends_probed;
         self.polls_sampled = plan.mode == crate::plan::Mode::Lifecycle;
@@ -356,7 +356,7 @@ impl Aggregator {
     /// A spawn of a future type spawned from one place only (the plan's `static_sites`)
     /// takes that place as its site, unless a spawn call on the thread already named one.
     /// `future`: the type the event's task vtable belongs to. Call before [`Self::ingest`].
-    pub fn site_from_code(&mut self, ev: &TaskEvent, future: Option<&str>) {
+    pub(in crate::model) fn site_from_code(&mut self, ev: &TaskEvent, future: Option<&str>) {
         if !matches!(
             EventKind::from_u8(ev.kind),
             Some(EventKind::Spawn | EventKind::SpawnLocal)
@@ -383,7 +383,7 @@ impl Aggregator {
     /// Where the code says a task vtable's tasks are spawned (the plan's `vtable_sites`,
     /// resolved to the target's addresses): their spawns and the tasks no spawn probe
     /// saw take it.
-    pub fn vtable_site(&mut self, vtable: u64, site: Option<Arc<str>>) {
+    pub(in crate::model) fn vtable_site(&mut self, vtable: u64, site: Option<Arc<str>>) {
         if let Some(site) = site {
             self.vtable_sites.insert(vtable, Some(site));
         }
@@ -448,17 +448,22 @@ impl Aggregator {
     /// A `#[track_caller]` spawn function was entered on `tid`. Spawn paths nest (e.g.
     /// `JoinSet::spawn` → `bind_new_task`): the outermost answer is kept until the task
     /// is bound on the same thread.
-    pub fn spawn_call(&mut self, tid: u32, location: Option<Arc<str>>, caller: Option<Arc<str>>) {
+    pub(in crate::model) fn spawn_call(
+        &mut self,
+        tid: u32,
+        location: Option<Arc<str>>,
+        caller: Option<Arc<str>>,
+    ) {
         self.spawn_answer(tid, location, caller, SiteSource::Probe);
     }
 
     /// The code at the caller of an out-of-line id draw on `tid` names the spawn.
-    pub fn spawn_code_site(&mut self, tid: u32, location: Option<Arc<str>>) {
+    pub(in crate::model) fn spawn_code_site(&mut self, tid: u32, location: Option<Arc<str>>) {
         self.spawn_answer(tid, location, None, SiteSource::Code);
     }
 
     /// A stack copied at a spawn on `tid` unwound to `caller`.
-    pub fn spawn_stack(&mut self, tid: u32, caller: Option<Arc<str>>) {
+    pub(in crate::model) fn spawn_stack(&mut self, tid: u32, caller: Option<Arc<str>>) {
         self.spawn_answer(tid, None, caller, SiteSource::Stack);
     }
 
@@ -488,7 +493,7 @@ impl Aggregator {
             .is_some_and(|p| p.location.is_some())
     }
 
-    pub fn ingest(&mut self, ev: &TaskEvent) {
+    pub(in crate::model) fn ingest(&mut self, ev: &TaskEvent) {
         self.diagnostics.events += 1;
         if ev.flags & EVENT_FLAG_UNREADABLE != 0 {
             self.diagnostics.unreadable_headers += 1;
@@ -771,7 +776,7 @@ impl Aggregator {
     /// it was polling (`None`: none). A poll whose end no probe sees ends at the last
     /// instant it was known to run (a lower bound: never a false long poll); in lifecycle
     /// mode a run of samples finding one task on one thread stands in for its poll.
-    pub fn thread_samples(&mut self, at: u64, samples: &[(u32, Option<u64>)]) {
+    pub(in crate::model) fn thread_samples(&mut self, at: u64, samples: &[(u32, Option<u64>)]) {
         for &(tid, current) in samples {
             if self.poll_ends_inferred {
                 let Some(top) = self.stacks.get_mut(&tid).and_then(|s| s.last_mut()) else {
@@ -843,9 +848,9 @@ impl Aggregator {
     /// `complete_owners`, given with the last part of a reading, names the lists that were
     /// read whole: where completions are not probed, their tasks missing from the reading
     /// have finished.
-    pub fn task_list(
+    pub(in crate::model) fn task_list(
         &mut self,
-        tasks: &[LiveTask],
+        tasks: &[ListedTask],
         at: u64,
         attach: bool,
         complete_owners: Option<&[u64]>,
@@ -1101,7 +1106,7 @@ impl Aggregator {
 
     /// The end of the walk of the reading about to be applied (its last part): what it
     /// found holds somewhere between its start and this.
-    pub fn reading_until(&mut self, until: u64) {
+    pub(in crate::model) fn reading_until(&mut self, until: u64) {
         self.until = Some(until);
     }
 
@@ -1153,7 +1158,7 @@ impl Aggregator {
     /// than every id a spawn event named was spawned before the probes went in (ids only
     /// grow) — a blocking task (in no list), or one that ended before the attach-time
     /// reading saw it. It existed before tracing began, as the listed ones did.
-    pub fn mark_spawned_before_attach(&mut self) {
+    pub(in crate::model) fn mark_spawned_before_attach(&mut self) {
         if self.attach_reading_at.is_none() {
             return;
         }
@@ -1166,7 +1171,7 @@ impl Aggregator {
     }
 
     /// Id draws never joined to a task by the end of the window.
-    pub fn finish_pending_ids(&mut self) {
+    pub(in crate::model) fn finish_pending_ids(&mut self) {
         self.diagnostics.spawn_ids_unjoined += self.pending_ids.len() as u64;
         self.pending_ids.clear();
     }

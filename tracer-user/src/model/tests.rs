@@ -287,11 +287,11 @@ fn spawn_seen_after_the_first_poll_is_the_same_task() {
 
 // Task-list readings (tasks alive before attach, certainty of leaks).
 
-use crate::stream::records::{ListKind, LiveTask, Status};
+use crate::stream::records::{ListKind, ListedTask, Status};
 
-fn listed(h: u64, id: u64, status: Status, refs: u32, join: bool) -> LiveTask {
+fn listed(h: u64, id: u64, status: Status, refs: u32, join: bool) -> ListedTask {
     let no_way_to_run = status == Status::Idle && refs == 1 && !join;
-    LiveTask {
+    ListedTask {
         header: h,
         id,
         owner_id: 1,
@@ -518,8 +518,8 @@ fn a_notified_task_first_found_by_a_later_reading_is_never_polled_since() {
 fn a_task_record_stays_small() {
     let size = std::mem::size_of::<Task>();
     assert!(size <= 160, "Task is {size} bytes");
-    let listed = std::mem::size_of::<LiveTask>();
-    assert!(listed <= 64, "LiveTask is {listed} bytes");
+    let listed = std::mem::size_of::<ListedTask>();
+    assert!(listed <= 64, "ListedTask is {listed} bytes");
 }
 
 /// Future types spawned from one place (the plan's `static_sites`) take that place as

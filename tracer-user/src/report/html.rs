@@ -29,7 +29,7 @@ window {window:.1} s, ended by {ended} · thresholds: leaked after {leak} ms idl
         tokio = esc(r.target.tokio_version.as_deref().unwrap_or("unknown")),
         build = esc(r.target.build_id.as_deref().unwrap_or("none")),
         window = r.window.duration_ns as f64 / 1e9,
-        ended = r.window.ended_by.replace('_', " "),
+        ended = r.window.ended_by.as_str().replace('_', " "),
         leak = r.thresholds.leak_after_ms,
         stuck = r.thresholds.stuck_after_ms,
         np = r.thresholds.never_polled_after_ms,

@@ -19,7 +19,7 @@ use crate::{
         verdict::{Certainty, Judgement, Reason, Thresholds, Verdict, final_judgement},
     },
     plan::Unavailable,
-    stream::TargetInfo,
+    stream::{EndRecord, EndedBy, MetaRecord, TargetInfo},
 };
 
 /// A string from the target (a path in a `Location`, a symbol, a future type) made safe
@@ -100,8 +100,8 @@ pub struct Window {
     /// CLOCK_MONOTONIC at the start of the window; every `*_ns` field below is relative to it.
     pub start_monotonic_ns: u64,
     pub duration_ns: u64,
-    /// `duration`, `target_exit` or `interrupted`.
-    pub ended_by: &'static str,
+    /// `duration`, `target_exit`, `interrupted` or `truncated`.
+    pub ended_by: EndedBy,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -217,11 +217,38 @@ pub struct Meta {
     pub target: TargetInfo,
     pub start_ns: u64,
     pub end_ns: u64,
-    pub ended_by: &'static str,
+    pub ended_by: EndedBy,
     pub probes: ProbeInfo,
     pub lost_events: u64,
     pub warnings: Vec<String>,
     pub unavailable: Vec<Unavailable>,
+}
+
+impl Meta {
+    /// The report's view of a window, from its first and last records: the one way both a
+    /// live window and a replayed recording describe themselves.
+    pub fn of_window(meta: &MetaRecord, end: &EndRecord) -> Self {
+        let summary = &meta.summary;
+        let mut warnings = meta.warnings.clone();
+        warnings.extend(end.warnings.iter().cloned());
+        Self {
+            target: meta.target.clone(),
+            start_ns: meta.start_ns,
+            end_ns: end.end_ns,
+            ended_by: end.ended_by,
+            probes: ProbeInfo {
+                sites: meta.probe_sites,
+                attach_ms: meta.attach_ms,
+                detach_ms: end.detach_ms,
+                mode: summary.mode.as_str().into(),
+                emulated: summary.emulated,
+                single_stepped: summary.single_stepped,
+            },
+            lost_events: end.lost_events,
+            warnings,
+            unavailable: summary.unavailable.clone(),
+        }
+    }
 }
 
 impl Report {

@@ -79,7 +79,7 @@ fn report() -> Report {
             target: target(),
             start_ns: 0,
             end_ns: 60 * S,
-            ended_by: "duration",
+            ended_by: crate::stream::EndedBy::Duration,
             probes: ProbeInfo {
                 sites: 12,
                 attach_ms: 1.0,

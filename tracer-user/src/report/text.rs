@@ -15,7 +15,7 @@ pub fn render_text(r: &Report) -> String {
         safe(&r.target.binary),
         r.target.tokio_version.as_deref().unwrap_or("unknown"),
         secs(r.window.duration_ns),
-        r.window.ended_by.replace('_', " "),
+        r.window.ended_by.as_str().replace('_', " "),
     );
     let _ = writeln!(
         out,

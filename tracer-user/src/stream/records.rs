@@ -5,8 +5,37 @@
 use serde::{Deserialize, Serialize};
 use tracer_common::TaskEvent;
 
-pub use crate::live::tasklist::{ListKind, LiveTask, Status};
+pub use crate::tokio_versions::{ListKind, Status};
 use crate::{plan::PlanSummary, tokio_versions::StateBits};
+
+/// One task a reading found in a runtime's list, as the model and the trace file see it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListedTask {
+    pub header: u64,
+    pub id: u64,
+    pub owner_id: u64,
+    pub vtable: u64,
+    /// The state word at the second reading.
+    pub state: u64,
+    /// A hash of the task's `Core` when the reading took one (lifecycle mode), else 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub digest: u64,
+    pub refs: u32,
+    /// The kind of list it was found in (the trace file stores it beside the task).
+    #[serde(skip)]
+    pub list: ListKind,
+    /// Both readings of the state word agreed.
+    pub stable: bool,
+    pub status: Status,
+    pub join_handle: bool,
+    /// Nothing can ever wake or abort it (idle, not notified, no JoinHandle, no reference
+    /// left but the list's).
+    pub no_way_to_run: bool,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
 
 /// The traced process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,8 +159,8 @@ pub enum Rec {
     TaskList {
         at_ns: u64,
         attach: bool,
-        /// Each with the kind of list it was found in (`LiveTask::list`).
-        tasks: Vec<LiveTask>,
+        /// Each with the kind of list it was found in (`ListedTask::list`).
+        tasks: Vec<ListedTask>,
         complete_owners: Option<Vec<u64>>,
         until_ns: Option<u64>,
     },

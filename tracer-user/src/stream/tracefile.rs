@@ -16,7 +16,7 @@ use tracer_common::{EVENT_SIZE, TaskEvent};
 
 use super::{
     output::Output,
-    records::{EndRecord, ListKind, LiveTask, MetaRecord, Rec},
+    records::{EndRecord, ListKind, ListedTask, MetaRecord, Rec},
 };
 use crate::error::{Error, Result};
 
@@ -52,7 +52,7 @@ struct TaskListRecord {
     at_ns: u64,
     /// The reading taken at attach (its unknown tasks are alive before attach).
     attach: bool,
-    tasks: Vec<(ListKind, LiveTask)>,
+    tasks: Vec<(ListKind, ListedTask)>,
     /// In the last part of a reading: the lists it read whole.
     #[serde(default)]
     complete_owners: Option<Vec<u64>>,
@@ -179,11 +179,11 @@ impl Writer {
         &mut self,
         at_ns: u64,
         attach: bool,
-        tasks: &[LiveTask],
+        tasks: &[ListedTask],
         complete_owners: Option<&[u64]>,
         until_ns: Option<u64>,
     ) {
-        let chunks: Vec<&[LiveTask]> = if tasks.is_empty() {
+        let chunks: Vec<&[ListedTask]> = if tasks.is_empty() {
             vec![&[]]
         } else {
             tasks.chunks(TASKLIST_CHUNK).collect()
@@ -391,7 +391,7 @@ pub fn stream(
                     tasks: t
                         .tasks
                         .into_iter()
-                        .map(|(list, task)| LiveTask { list, ..task })
+                        .map(|(list, task)| ListedTask { list, ..task })
                         .collect(),
                     complete_owners: t.complete_owners,
                     until_ns: t.until_ns,

@@ -16,6 +16,14 @@ pub fn is_tokio_source(path: &str) -> bool {
     path.contains("/tokio-1.")
 }
 
+/// A symbol fragment that only a build keeping tokio's `State` methods out of line has
+/// (`State::transition_to_running`): without it, small tokio functions were inlined (LTO).
+pub const STATE_METHOD_MARKER: &str = "transition_to_running";
+
+/// Part of the name of every task function instantiated for `spawn_blocking`'s scheduler
+/// (`BlockingSchedule`): those tasks end with their one poll.
+pub const BLOCKING_SCHEDULER_MARKER: &str = "BlockingSchedule";
+
 /// Spawn functions generic over the future, whose instances are matched by future type
 /// (the plan probes the inner one only for futures the outer one is not instantiated for).
 pub const SPAWN_PATHS: [&str; 3] = [

@@ -8,7 +8,9 @@ pub mod shapes;
 mod v1_38;
 mod v1_39;
 
-pub use base::{SPAWN_PATHS, is_tokio_source, is_tokio_symbol};
+pub use base::{
+    BLOCKING_SCHEDULER_MARKER, SPAWN_PATHS, STATE_METHOD_MARKER, is_tokio_source, is_tokio_symbol,
+};
 
 use std::fmt;
 
@@ -47,6 +49,38 @@ impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
     }
+}
+
+/// What a task's state word says it is doing (`StateBits`, `RefBits`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Idle,
+    Notified,
+    Running,
+    Complete,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Idle => "idle",
+            Status::Notified => "notified",
+            Status::Running => "running",
+            Status::Complete => "complete",
+        }
+    }
+}
+
+/// The two kinds of list a runtime keeps its tasks in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListKind {
+    /// `OwnedTasks` of a multi-thread or current-thread runtime.
+    #[default]
+    Runtime,
+    /// `LocalOwnedTasks` of a `LocalSet`.
+    LocalSet,
 }
 
 /// Byte offsets inside a task `Header` and its vtable (x86_64, no `tokio_unstable`).
