@@ -52,12 +52,16 @@ if ! command -v bpf-linker >/dev/null 2>&1 || [ "$(cat "$stamp" 2>/dev/null)" !=
 fi
 
 # Debian packages the tests use: bpftool (no tasktrace program may outlive tasktrace) and
-# chromium (the HTML report must render in a real browser); and wrk, the load generator of
-# `cargo xtask bench http`.
+# chromium (the HTML report must render in a real browser); wrk, the load generator of
+# `cargo xtask bench http`; and QEMU with what virtme-ng builds its initramfs from
+# (busybox, depmod), to boot the kernels of `cargo xtask kernels`.
 missing=()
 command -v bpftool >/dev/null 2>&1 || missing+=(bpftool)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+[ -x /bin/busybox ] || missing+=(busybox-static)
+command -v depmod >/dev/null 2>&1 || [ -x /sbin/depmod ] || missing+=(kmod)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} (Debian packages)"
   if [ "$(id -u)" -eq 0 ]; then
@@ -68,10 +72,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-# Kernel support: uprobe_multi links need Linux >= 6.6 (6.10 for a correct pid filter).
+# virtme-ng (PyPI) boots a kernel package on the host's filesystem (`cargo xtask kernels`).
+if ! command -v vng >/dev/null 2>&1; then
+  say "installing virtme-ng $VIRTME_NG_VERSION (boots Debian's kernels for the kernel tests)"
+  python3 -m pip install -q --root-user-action=ignore "virtme-ng==$VIRTME_NG_VERSION"
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash
+fi
+if ! command -v vng >/dev/null 2>&1; then
+  say "warning: vng is not on PATH after installing virtme-ng; cargo xtask kernels needs it" >&2
+fi
+
+# Kernel support: tasktrace needs BPF ring buffers and attach cookies on perf-event uprobes
+# (Linux >= 5.15); from 6.10 it attaches through uprobe_multi links (faster to detach).
 kernel=$(uname -r)
 major=${kernel%%.*}; rest=${kernel#*.}; minor=${rest%%.*}
-if [ "$major" -lt 6 ] || { [ "$major" -eq 6 ] && [ "$minor" -lt 10 ]; }; then
-  say "warning: kernel $kernel is older than 6.10; tasktrace needs uprobe_multi with pid filtering" >&2
+if [ "$major" -lt 5 ] || { [ "$major" -eq 5 ] && [ "$minor" -lt 15 ]; }; then
+  say "warning: kernel $kernel is older than 5.15; tasktrace needs attach cookies on uprobes" >&2
 fi
 say "ready (Rust $STABLE_TOOLCHAIN, $EBPF_TOOLCHAIN, bpf-linker $BPF_LINKER_VERSION)"

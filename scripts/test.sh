@@ -26,4 +26,6 @@ echo "== cargo clippy -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test (unit + end-to-end)"
 cargo test -- --test-threads=2
+echo "== kernels (the demo traced inside booted Debian 6.1 and 6.12 guests, QEMU)"
+cargo xtask kernels --debug
 echo "== all tests passed in $(( $(date +%s) - started ))s"

@@ -1,9 +1,10 @@
 //! Kernel side of tasktrace: one entry and one return program, each attached through a
-//! single `uprobe_multi` link to every probe site of the attach plan. The attach cookie
-//! says what the site means and where the task header pointer is; the program filters
-//! by target process, reads the header (read-only) and packs a fixed-size event. A
-//! low-rate perf-event program only records which target threads exist and where their
-//! thread-locals are.
+//! single `uprobe_multi` link to every probe site of the attach plan, or, on kernels
+//! without a usable `uprobe_multi` (before 6.10), their twins attached through one
+//! perf-event link per site. The attach cookie says what the site means and where the
+//! task header pointer is; the program filters by target process, reads the header
+//! (read-only) and packs a fixed-size event. A low-rate perf-event program only records
+//! which target threads exist and where their thread-locals are.
 #![no_std]
 #![no_main]
 
@@ -74,27 +75,49 @@ static SITE_KNOWN: HashMap<u64, u8> = HashMap::with_max_entries(MAX_SITE_KNOWN, 
 /// Submit without waking the reader: it drains on a timer (a wakeup costs ~0.8 µs a hit).
 const BPF_RB_NO_WAKEUP: u64 = 1;
 
+/// Every site of the plan through one `uprobe_multi` link.
 #[uprobe(multi)]
 pub fn task_entry(ctx: ProbeContext) -> u32 {
-    if cookie_kind(cookie(&ctx)) == EventKind::SpawnCall as u8 {
-        emit_call(&ctx);
+    on_entry(&ctx)
+}
+
+/// The same, one perf-event link per site (kernels before `uprobe_multi`).
+#[uprobe]
+pub fn task_entry_one(ctx: ProbeContext) -> u32 {
+    on_entry(&ctx)
+}
+
+#[uretprobe(multi)]
+pub fn task_return(ctx: RetProbeContext) -> u32 {
+    on_return(&ctx)
+}
+
+#[uretprobe]
+pub fn task_return_one(ctx: RetProbeContext) -> u32 {
+    on_return(&ctx)
+}
+
+#[inline(always)]
+fn on_entry(ctx: &ProbeContext) -> u32 {
+    if cookie_kind(cookie(ctx)) == EventKind::SpawnCall as u8 {
+        emit_call(ctx);
         return 0;
     }
-    let kind = cookie_kind(cookie(&ctx));
+    let kind = cookie_kind(cookie(ctx));
     if kind == EventKind::SpawnId as u8 {
-        emit_id(&ctx);
+        emit_id(ctx);
         return 0;
     }
     // Read both registers unconditionally: the verifier rejects a context access whose
     // offset depends on a branch, which is what selecting the register first compiles to.
     let arg0 = ctx.arg::<u64>(0).unwrap_or(0);
     let arg1 = ctx.arg::<u64>(1).unwrap_or(0);
-    let header = match cookie_arg(cookie(&ctx)) {
+    let header = match cookie_arg(cookie(ctx)) {
         a if a == HeaderArg::Arg0 as u8 => arg0,
         a if a == HeaderArg::Arg1 as u8 => arg1,
         _ => 0,
     };
-    let Some(ev) = event(&ctx, header) else {
+    let Some(ev) = event(ctx, header) else {
         return 0;
     };
     // A spawn no spawn call announced, of a future whose site the code does not name:
@@ -106,7 +129,7 @@ pub fn task_entry(ctx: ProbeContext) -> u32 {
         // SAFETY: a plain lookup; the value is not used.
         && unsafe { SITE_KNOWN.get(&ev.vtable) }.is_none()
     {
-        emit_stack(&ctx);
+        emit_stack(ctx);
     }
     submit(&ev);
     0
@@ -124,14 +147,14 @@ pub fn thread_sample(_ctx: PerfEventContext) -> u32 {
     0
 }
 
-#[uretprobe(multi)]
-pub fn task_return(ctx: RetProbeContext) -> u32 {
-    let header = if cookie_arg(cookie(&ctx)) == HeaderArg::Ret as u8 {
+#[inline(always)]
+fn on_return(ctx: &RetProbeContext) -> u32 {
+    let header = if cookie_arg(cookie(ctx)) == HeaderArg::Ret as u8 {
         ctx.ret::<u64>()
     } else {
         0
     };
-    if let Some(ev) = event(&ctx, header) {
+    if let Some(ev) = event(ctx, header) {
         submit(&ev);
     }
     0

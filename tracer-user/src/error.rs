@@ -67,7 +67,7 @@ pub enum Error {
     },
     /// Loading or attaching the eBPF side failed; the loader's own error is the source.
     #[error(
-        "could not load or attach the eBPF probes: {what}{}.\n  hint: tasktrace needs Linux >= 6.6 with uprobe_multi and BTF, run as root",
+        "could not load or attach the eBPF probes: {what}{}.\n  hint: tasktrace needs Linux >= 5.15 (BPF ring buffer, attach cookies), run as root; `tasktrace inspect` prints what the running kernel offers",
         source.as_deref().map(|s| format!(": {}", chain(s))).unwrap_or_default()
     )]
     Bpf {
@@ -75,6 +75,9 @@ pub enum Error {
         #[source]
         source: Option<Cause>,
     },
+    /// The running kernel lacks what an explicitly requested way of tracing needs.
+    #[error("{what}.\n  hint: {hint}")]
+    KernelLacks { what: String, hint: String },
     #[error("could not start the command: {what}: {err}")]
     Launch {
         what: &'static str,
@@ -158,7 +161,8 @@ impl Error {
             | Error::Output { .. }
             | Error::TraceFile { .. }
             | Error::TraceFileIsDirectory { .. }
-            | Error::SymbolsMismatch { .. } => exit::BAD_INPUT,
+            | Error::SymbolsMismatch { .. }
+            | Error::KernelLacks { .. } => exit::BAD_INPUT,
             Error::Privileges { .. } => exit::PRIVILEGES,
             // A file the user named that is not there.
             Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => exit::BAD_INPUT,

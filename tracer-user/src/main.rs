@@ -147,6 +147,7 @@ fn window(opts: &TraceArgs) -> WindowOpts {
         symbols: opts.symbols.clone(),
         spawn_sites: !opts.no_spawn_sites,
         mode: opts.mode,
+        attach: opts.attach,
     }
 }
 

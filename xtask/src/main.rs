@@ -26,6 +26,10 @@
 //!   of `tests/e2e_corpus.rs`; `build` only builds; `--ci`: the programs `.ci/run` traces.
 //! - `demo`: build tasktrace and the demo, trace the demo, print the verdicts, write
 //!   `tasktrace-demo.json`, and check the verdicts against the demo's own ground truth.
+//! - `kernels [--debug] [RELEASE…]`: download Debian's kernel packages (the newest of each series
+//!   the registry offers: 6.1 and 6.12 today), boot each under QEMU with virtme-ng, trace
+//!   the demo inside and check its verdicts and the attach path the kernel must give;
+//!   `RELEASE` prefixes (`6.1`) pick some; `--debug` traces with the debug build.
 
 use std::{
     path::{Path, PathBuf},
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("bench") => bench(&args[1..]),
         Some("corpus") => corpus::run(&root(), &args[1..]),
+        Some("kernels") => kernels(&args[1..]),
         Some("fixture-path") => match args.get(1) {
             Some(name) => {
                 println!("{}", fixture_binary(name).display());
@@ -47,7 +52,7 @@ fn main() -> ExitCode {
             None => Err("usage: cargo xtask fixture-path NAME".into()),
         },
         _ => Err(
-            "usage: cargo xtask <fixtures | fixture-path NAME | demo | corpus [build] [--ci] [NAME…] | bench [all | report [--events N] | spawn | poll | http | attach | dump [--tasks N] | memory [--tasks N]]>"
+            "usage: cargo xtask <fixtures | fixture-path NAME | demo | kernels [--debug] [RELEASE…] | corpus [build] [--ci] [NAME…] | bench [all | report [--events N] | spawn | poll | http | attach | dump [--tasks N] | memory [--tasks N]]>"
                 .into(),
         ),
     };
@@ -97,6 +102,7 @@ fn fixture_binary(name: &str) -> PathBuf {
 mod bench;
 mod bench_http;
 mod corpus;
+mod kernels;
 
 /// What `cargo xtask bench` (or `bench all`) runs, in this order.
 const ALL_BENCHES: [&str; 5] = ["poll", "http", "report", "memory", "attach"];
@@ -324,6 +330,30 @@ fn build_fixture_with(
         return Err(format!("building {} failed", dir.display()));
     }
     Ok(())
+}
+
+/// The demo traced inside a booted guest of each kernel series (`kernels.rs`).
+/// `--debug`: the debug build of tasktrace (what `cargo test` just built), not a release
+/// build made for the purpose.
+fn kernels(args: &[String]) -> Result<(), String> {
+    let debug = args.iter().any(|a| a == "--debug");
+    let tasktrace = if debug {
+        let status = cargo()
+            .args(["build", "--quiet", "--locked", "-p", "tracer-user"])
+            .current_dir(root())
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err("building tasktrace failed".into());
+        }
+        root().join("target/debug/tasktrace")
+    } else {
+        build_tasktrace_release()?;
+        root().join("target/release/tasktrace")
+    };
+    build_fixture(&root().join("fixtures/demo"), "release")?;
+    let releases: Vec<String> = args.iter().filter(|a| *a != "--debug").cloned().collect();
+    kernels::run(&root(), &tasktrace, &releases)
 }
 
 /// The README's first command: trace the bundled demo and check its verdicts.

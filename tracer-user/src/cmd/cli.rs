@@ -107,6 +107,10 @@ pub struct TraceArgs {
     /// Ring buffer size in bytes (power of two; K/M suffixes accepted).
     #[arg(long, value_parser = parse_size, default_value = "8M")]
     pub ring_size: u32,
+    /// Force an attach path (default: uprobe_multi where the kernel has a usable one,
+    /// per-site perf-event uprobes otherwise); for testing every path on one kernel.
+    #[arg(long, value_enum, hide = true)]
+    pub attach: Option<crate::plan::AttachMode>,
     #[command(flatten)]
     pub verdicts: VerdictArgs,
 }

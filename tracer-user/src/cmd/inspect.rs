@@ -45,6 +45,32 @@ pub struct Inspection {
     pub vtable_sites: BTreeMap<String, String>,
     pub unavailable: Vec<Unavailable>,
     pub warnings: Vec<String>,
+    /// What a trace on this host would get from its kernel.
+    pub kernel: KernelView,
+}
+
+/// The running kernel's features, as a trace on this host would use them.
+#[derive(Debug, Default, Serialize)]
+pub struct KernelView {
+    pub release: String,
+    /// `multi` (one uprobe_multi link per program) or `perf` (one perf-event link per site).
+    pub attach: &'static str,
+    pub uprobe_multi: String,
+    pub btf: bool,
+    /// `task_struct.thread.fsbase` found in the BTF: the thread sampler can run.
+    pub thread_sampler: bool,
+}
+
+impl KernelView {
+    fn of(k: &crate::live::kernel::KernelFeatures) -> Self {
+        Self {
+            release: k.release.clone(),
+            attach: k.attach_mode(None).map_or("-", |m| m.as_str()),
+            uprobe_multi: k.describe_multi(),
+            btf: k.btf,
+            thread_sampler: k.fsbase.is_some(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -92,7 +118,10 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
         vtable_sites: BTreeMap::new(),
         unavailable: Vec::new(),
         warnings: Vec::new(),
+        kernel: KernelView::default(),
     };
+    let kernel = crate::live::kernel::KernelFeatures::probe();
+    out.kernel = KernelView::of(&kernel);
     let selection = match tokio_versions::select(bin.tokio_version) {
         Ok(s) => s,
         Err(why) => {
@@ -153,7 +182,7 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
             spawn_sites: true,
             mode: crate::plan::Mode::Full,
             // What a trace on this host would get.
-            host_fsbase: crate::live::kernel_btf::task_fsbase_offset(),
+            host_fsbase: kernel.fsbase,
         },
     ) {
         Ok(plan) => {
@@ -361,6 +390,24 @@ pub fn render_text(i: &Inspection) -> String {
     for u in &i.unavailable {
         let _ = writeln!(s, "unavailable:   {} — {}", u.what, u.why);
     }
+    let k = &i.kernel;
+    let _ = writeln!(
+        s,
+        "kernel:        {}: {}; attach {}; BTF {}{}",
+        k.release,
+        k.uprobe_multi,
+        match k.attach {
+            "multi" => "through one uprobe_multi link per program",
+            "perf" => "through one perf-event uprobe per site (slower to detach)",
+            other => other,
+        },
+        yes(k.btf),
+        if k.thread_sampler {
+            ", thread sampler on"
+        } else {
+            ", thread sampler off (poll returns and wakes are probed instead)"
+        }
+    );
     for w in &i.warnings {
         let _ = writeln!(s, "warning:       {w}");
     }

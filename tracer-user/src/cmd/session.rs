@@ -8,6 +8,7 @@ use crate::{
     error::{Error, Result},
     live::{
         clock::monotonic_ns,
+        kernel::KernelFeatures,
         locator::Locator,
         probes::{Probes, Record},
         target::{Launched, Target},
@@ -34,6 +35,8 @@ pub struct WindowOpts {
     /// An unstripped copy of the target's build, for its symbols.
     pub symbols: Option<std::path::PathBuf>,
     pub mode: crate::plan::Mode,
+    /// An attach path forced by `--attach` (else the kernel's features decide).
+    pub attach: Option<crate::plan::AttachMode>,
 }
 
 /// How often the ring is drained (the kernel side never wakes the reader per event).
@@ -207,8 +210,11 @@ impl<'o> Session<'o> {
         let selection =
             tokio_versions::select(bin.tokio_version).map_err(Error::UnsupportedTokio)?;
         let knowledge = selection.knowledge;
-        // The running kernel's BTF, read once: the plan and the probes both need it.
-        let host_fsbase = crate::live::kernel_btf::task_fsbase_offset();
+        // The running kernel, asked once: its BTF serves the plan and the probes, its
+        // features choose the attach path.
+        let kernel = KernelFeatures::probe();
+        let host_fsbase = kernel.fsbase;
+        let attach = kernel.attach_mode(opts.attach)?;
         let plan = Plan::choose(
             std::path::Path::new(&target.display),
             &bin,
@@ -220,7 +226,23 @@ impl<'o> Session<'o> {
                 host_fsbase,
             },
         )?;
-        let warnings: Vec<String> = selection.warning.into_iter().collect();
+        let mut warnings: Vec<String> = selection.warning.into_iter().collect();
+        if host_fsbase.is_none() {
+            warnings.push(format!(
+                "kernel {} {}: the thread sampler is off, so {}",
+                kernel.release,
+                if kernel.btf {
+                    "has BTF but no task_struct.thread.fsbase in it"
+                } else {
+                    "has no BTF (/sys/kernel/btf/vmlinux)"
+                },
+                if plan.mode == crate::plan::Mode::Full {
+                    "poll returns and wakes are probed instead (three probe hits a poll, not one)"
+                } else {
+                    "blocking polls are seen by the task-list readings only"
+                }
+            ));
+        }
         let mut locator = Locator::new(table, target.pid, target.exe.clone());
         locator.set_vtable_sites(plan.code_sites());
         let target_info = TargetInfo {
@@ -236,6 +258,7 @@ impl<'o> Session<'o> {
             &knowledge.layout,
             opts.ring_bytes,
             host_fsbase,
+            attach,
         )?;
         let start_ns = monotonic_ns();
         let attach_ms = probes.attach_time.as_secs_f64() * 1e3;
@@ -259,6 +282,7 @@ impl<'o> Session<'o> {
                 .map_or(0.0, |d| d.as_secs_f64()),
             state_bits: knowledge.state,
             probe_sites: probes.sites,
+            attach: probes.mode,
             summary: plan.summary(),
             plan: serde_json::to_value(&plan).unwrap_or_default(),
             attach_ms,
@@ -517,6 +541,23 @@ impl<'o> Session<'o> {
         );
     }
 
+    /// A bar for the detach of per-site links (about 0.1 s each, in parallel), on a
+    /// terminal only.
+    fn detach_bar(&self) -> Option<indicatif::ProgressBar> {
+        if self.opts.quiet
+            || self.probes.mode != crate::plan::AttachMode::Perf
+            || !crate::cmd::term::on_terminal()
+        {
+            return None;
+        }
+        let bar = indicatif::ProgressBar::new(self.probes.sites as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("detaching {bar:40} {pos}/{len} probe links")
+                .expect("template"),
+        );
+        Some(bar)
+    }
+
     /// Reads the lists one last time (while the target runs), detaches, and reports.
     pub async fn close(mut self, ended_by: EndedBy) -> Report {
         // What the lists say at the end decides which leaks are certain: read them while
@@ -528,7 +569,18 @@ impl<'o> Session<'o> {
         }
         let end_ns = monotonic_ns();
         self.live.cutoff = end_ns;
-        let detach_time = self.probes.detach();
+        let detach_time = {
+            let bar = self.detach_bar();
+            let time = self.probes.detach(&|done, _| {
+                if let Some(b) = &bar {
+                    b.set_position(done as u64);
+                }
+            });
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            time
+        };
         self.drain();
         // Tasks known only from the task lists sent no event that named their future.
         let vtables: Vec<u64> = self.live.feed.agg.tasks.iter().map(|t| t.vtable).collect();
@@ -946,6 +998,7 @@ mod tests {
                 ended_by: EndedBy::Duration,
                 probes: ProbeInfo {
                     sites: 1,
+                    attach: crate::plan::AttachMode::Multi,
                     attach_ms: 0.0,
                     detach_ms: 0.0,
                     mode: "full".into(),

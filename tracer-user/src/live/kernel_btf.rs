@@ -10,9 +10,21 @@ const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 
+/// The running kernel's BTF; `TASKTRACE_KERNEL_BTF` names another file (a test points it
+/// at a missing one to stand for a kernel built without BTF).
+fn btf_path() -> std::path::PathBuf {
+    std::env::var_os("TASKTRACE_KERNEL_BTF")
+        .map_or_else(|| "/sys/kernel/btf/vmlinux".into(), Into::into)
+}
+
+/// The kernel describes itself in BTF.
+pub fn available() -> bool {
+    btf_path().is_file()
+}
+
 /// Byte offset of `task_struct.thread.fsbase` in the running kernel, if its BTF says.
 pub fn task_fsbase_offset() -> Option<u64> {
-    let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+    let data = std::fs::read(btf_path()).ok()?;
     member_path_offset(&data, "task_struct", &["thread", "fsbase"])
 }
 

@@ -1,8 +1,10 @@
 //! The live process: launching or finding it (`target`), the probes and their ring
 //! (`probes`), its memory read-only (`memory`, `tasklist`, `sampler`), addresses resolved
-//! against its binary (`locator`), the host kernel (`kernel_btf`) and clock (`clock`).
+//! against its binary (`locator`), the host kernel (`kernel`: its features, `kernel_btf`)
+//! and clock (`clock`).
 
 pub mod clock;
+pub mod kernel;
 pub mod kernel_btf;
 pub mod locator;
 pub mod maps;

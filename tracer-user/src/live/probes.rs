@@ -1,5 +1,6 @@
 //! Loads the kernel program, attaches it to the plan's sites through one `uprobe_multi`
-//! link per program, and drains the ring buffer. Dropping [`Probes`] detaches everything;
+//! link per program (or one perf-event link per site, on kernels without a usable
+//! `uprobe_multi`), and drains the ring buffer. Dropping [`Probes`] detaches everything;
 //! because links are file descriptors, the kernel also detaches them if tasktrace dies.
 
 use std::{
@@ -12,9 +13,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        PerfEvent, UProbe,
+        PerfEvent, ProgramError, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
 use tracer_common::{
@@ -25,7 +26,7 @@ use tracer_common::{
 
 use crate::{
     error::{Error, Result},
-    plan::{Plan, Site},
+    plan::{AttachMode, Plan, Site},
     tokio_versions::Layout,
 };
 
@@ -44,8 +45,11 @@ pub struct Probes {
     lost: PerCpuArray<MapData, u64>,
     threads: Option<BpfHashMap<MapData, u32, u64>>,
     site_known: Option<BpfHashMap<MapData, u64, u8>>,
+    /// Per-site links (perf-event path).
+    links: Links,
     pub attach_time: Duration,
     pub sites: usize,
+    pub mode: AttachMode,
 }
 
 impl Probes {
@@ -58,6 +62,7 @@ impl Probes {
         layout: &Layout,
         ring_bytes: u32,
         fsbase: Option<u64>,
+        mode: AttachMode,
     ) -> Result<Self> {
         let started = Instant::now();
         // Spawn paths with no out-of-line spawn function (all of them under fat LTO,
@@ -93,8 +98,19 @@ impl Probes {
             .load(OBJECT)
             .map_err(|e| bpf_error("loading the eBPF object", e))?;
         let pid = NonZeroU32::new(tgid).ok_or_else(|| bpf_missing("pid 0"))?;
-        attach_program(&mut ebpf, "task_entry", &plan.entry, binary, pid)?;
-        attach_program(&mut ebpf, "task_return", &plan.ret, binary, pid)?;
+        let mut links = Links::default();
+        match mode {
+            AttachMode::Multi => {
+                attach_multi(&mut ebpf, "task_entry", &plan.entry, binary, pid)?;
+                attach_multi(&mut ebpf, "task_return", &plan.ret, binary, pid)?;
+            }
+            AttachMode::Perf => {
+                let name = "task_entry_one";
+                attach_each(&mut ebpf, name, &plan.entry, binary, pid, &mut links.entry)?;
+                let name = "task_return_one";
+                attach_each(&mut ebpf, name, &plan.ret, binary, pid, &mut links.ret)?;
+            }
+        }
         if plan.thread_sampling {
             attach_thread_sampler(&mut ebpf)?;
         }
@@ -118,8 +134,10 @@ impl Probes {
             lost,
             threads,
             site_known,
+            links,
             attach_time: started.elapsed(),
             sites: plan.site_count(),
+            mode,
         })
     }
 
@@ -177,13 +195,20 @@ impl Probes {
 
     /// Detaches every probe and unloads the programs; the ring stays readable so events
     /// queued before the detach can still be drained. Returns how long it took.
-    pub fn detach(&mut self) -> Duration {
+    /// `progress(done, total)` follows the per-site links, which take a while each.
+    pub fn detach(&mut self, progress: &(dyn Fn(usize, usize) + Sync)) -> Duration {
         let started = Instant::now();
+        release_links(std::mem::take(&mut self.links), progress);
         if let Some(mut ebpf) = self.ebpf.take() {
             // Return probes first. Measured on 6.18: releasing the entry link first takes
             // 10-25 s (its uprobe sync waits on the return instances that the still
             // attached return consumers keep creating); in this order both take < 0.2 s.
-            for name in ["task_return", "task_entry"] {
+            for name in [
+                "task_return",
+                "task_return_one",
+                "task_entry",
+                "task_entry_one",
+            ] {
                 if let Some(p) = ebpf.program_mut(name) {
                     let p: std::result::Result<&mut UProbe, _> = p.try_into();
                     if let Ok(p) = p {
@@ -197,7 +222,28 @@ impl Probes {
     }
 }
 
-fn attach_program(
+/// The named program, loaded.
+fn load_uprobe<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut UProbe> {
+    let program: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or_else(|| bpf_missing(&format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(|e: ProgramError| bpf_error("a program of the wrong type", e))?;
+    program
+        .load()
+        .map_err(|e| bpf_error(&format!("loading {name}"), e))?;
+    Ok(program)
+}
+
+fn point(s: &Site) -> UProbeAttachPoint<'static> {
+    UProbeAttachPoint {
+        location: UProbeAttachLocation::AbsoluteOffset(s.file_offset),
+        cookie: Some(s.cookie),
+    }
+}
+
+/// Every site through one `uprobe_multi` link.
+fn attach_multi(
     ebpf: &mut Ebpf,
     name: &str,
     sites: &[Site],
@@ -207,22 +253,104 @@ fn attach_program(
     if sites.is_empty() {
         return Ok(());
     }
-    let program: &mut UProbe = ebpf
-        .program_mut(name)
-        .ok_or_else(|| bpf_missing(&format!("program {name} missing from the object")))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| bpf_error("a program of the wrong type", e))?;
-    program
-        .load()
-        .map_err(|e| bpf_error(&format!("loading {name}"), e))?;
-    let points = sites.iter().map(|s| UProbeAttachPoint {
-        location: UProbeAttachLocation::AbsoluteOffset(s.file_offset),
-        cookie: Some(s.cookie),
-    });
-    program
-        .attach(points, binary, UProbeScope::OneProcess(pid))
+    load_uprobe(ebpf, name)?
+        .attach(
+            sites.iter().map(point),
+            binary,
+            UProbeScope::OneProcess(pid),
+        )
         .map_err(|e| bpf_error(&format!("attaching {name} to {} sites", sites.len()), e))?;
     Ok(())
+}
+
+/// Per-site links of the perf-event path, by program.
+#[derive(Default)]
+struct Links {
+    entry: Vec<UProbeLink>,
+    ret: Vec<UProbeLink>,
+}
+
+/// One perf-event link per site, each taken out of the program so that they can be
+/// released in parallel (`release_links`). On failure the links made so far are
+/// released on the way out (`links` belongs to the caller, dropped with it).
+fn attach_each(
+    ebpf: &mut Ebpf,
+    name: &str,
+    sites: &[Site],
+    binary: &Path,
+    pid: NonZeroU32,
+    links: &mut Vec<UProbeLink>,
+) -> Result<()> {
+    if sites.is_empty() {
+        return Ok(());
+    }
+    let program = load_uprobe(ebpf, name)?;
+    for site in sites {
+        let id = program
+            .attach([point(site)], binary, UProbeScope::OneProcess(pid))
+            .map_err(|e| perf_attach_error(name, site, e))?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| bpf_error(&format!("taking the link of {name}"), e))?;
+        links.push(link);
+    }
+    Ok(())
+}
+
+fn perf_attach_error(name: &str, site: &Site, e: ProgramError) -> Error {
+    if matches!(e, ProgramError::AttachCookieNotSupported) {
+        return Error::KernelLacks {
+            what: format!(
+                "attaching {name}: this kernel cannot give perf-event uprobes an attach cookie \
+                 (that needs BPF perf links, Linux 5.15)"
+            ),
+            hint: "tasktrace needs Linux >= 5.15; `tasktrace inspect` prints what the running kernel offers".into(),
+        };
+    }
+    bpf_error(
+        &format!(
+            "attaching {name} to {} (file offset {:#x})",
+            site.function, site.file_offset
+        ),
+        e,
+    )
+}
+
+/// Threads releasing per-site links at once: each release waits for the kernel to be done
+/// with its uprobe (about 0.1 s), and the waits overlap.
+const RELEASE_THREADS: usize = 16;
+
+/// Drops the links on a few threads, return probes before entry probes (see
+/// `Probes::detach`), reporting progress as they go.
+fn release_links(links: Links, progress: &(dyn Fn(usize, usize) + Sync)) {
+    let total = links.ret.len() + links.entry.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    for phase in [links.ret, links.entry] {
+        release_in_parallel(phase, &done, total, progress);
+    }
+}
+
+fn release_in_parallel(
+    links: Vec<UProbeLink>,
+    done: &std::sync::atomic::AtomicUsize,
+    total: usize,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) {
+    let threads = RELEASE_THREADS.min(links.len());
+    let queue = std::sync::Mutex::new(links.into_iter());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let next = queue.lock().map(|mut q| q.next());
+                    let Ok(Some(link)) = next else { break };
+                    drop(link);
+                    let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    progress(n, total);
+                }
+            });
+        }
+    });
 }
 
 /// How often each CPU checks which target thread it runs: enough to learn every thread
@@ -315,9 +443,24 @@ mod tests {
 
     #[test]
     fn the_entry_program_packs_a_task_header_into_the_ring() {
+        entry_program_packs_a_header(AttachMode::Multi);
+    }
+
+    /// The same through a perf-event link per site, the path of kernels before 6.10.
+    #[test]
+    fn the_per_site_entry_program_packs_a_task_header_into_the_ring() {
+        entry_program_packs_a_header(AttachMode::Perf);
+    }
+
+    /// Both tests probe the one trigger of this process: one at a time, or each would
+    /// see the other's hit.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn entry_program_packs_a_header(mode: AttachMode) {
         if !bpf_available() {
             return;
         }
+        let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let data = std::fs::read(&exe).unwrap();
         let bin = BinaryInfo::parse(&exe, &data).unwrap();
@@ -337,8 +480,9 @@ mod tests {
             }],
             ..Default::default()
         };
-        let mut probes = Probes::attach(&exe, &plan, std::process::id(), layout, 1 << 16, None)
-            .expect("load and attach");
+        let mut probes =
+            Probes::attach(&exe, &plan, std::process::id(), layout, 1 << 16, None, mode)
+                .expect("load and attach");
         // A task header as tokio lays it out, and the task id where its vtable says.
         let id_offset = 0x60u64;
         let mut vtable = [0u64; 16];
@@ -355,7 +499,8 @@ mod tests {
                 events.push(ev);
             }
         });
-        probes.detach();
+        probes.detach(&|_, _| {});
+        assert_eq!(probes.mode, mode);
         assert_eq!(events.len(), 1, "{events:?}");
         let ev = &events[0];
         assert_eq!(ev.kind, EventKind::PollStart as u8);

@@ -75,6 +75,30 @@ impl Mode {
     }
 }
 
+/// How the plan's sites are attached; the running kernel decides (`live::kernel`), or
+/// `--attach` forces one.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    /// One `uprobe_multi` link per program for every site (Linux 6.10+, or 6.6+ with the
+    /// process-wide pid filter backported).
+    #[default]
+    Multi,
+    /// One perf-event uprobe link per site, each with its attach cookie (Linux 5.15+).
+    Perf,
+}
+
+impl AttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Multi => "multi",
+            AttachMode::Perf => "perf",
+        }
+    }
+}
+
 /// What the caller wants from the plan.
 #[derive(Clone, Copy, Debug)]
 pub struct PlanOpts {

@@ -18,7 +18,7 @@ use crate::{
         Aggregator, Diagnostics, LongPoll, Stamp, TaskKind, TaskState,
         verdict::{Certainty, Judgement, Reason, Thresholds, Verdict, final_judgement},
     },
-    plan::Unavailable,
+    plan::{AttachMode, Unavailable},
     stream::{EndRecord, EndedBy, MetaRecord, TargetInfo},
 };
 
@@ -114,6 +114,8 @@ pub struct ThresholdsMs {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeInfo {
     pub sites: usize,
+    /// `multi`: one uprobe_multi link per program; `perf`: one perf-event link per site.
+    pub attach: AttachMode,
     pub attach_ms: f64,
     pub detach_ms: f64,
     /// `full` or `lifecycle` (`--mode`).
@@ -238,6 +240,7 @@ impl Meta {
             ended_by: end.ended_by,
             probes: ProbeInfo {
                 sites: meta.probe_sites,
+                attach: meta.attach,
                 attach_ms: meta.attach_ms,
                 detach_ms: end.detach_ms,
                 mode: summary.mode.as_str().into(),

@@ -82,6 +82,7 @@ fn report() -> Report {
             ended_by: crate::stream::EndedBy::Duration,
             probes: ProbeInfo {
                 sites: 12,
+                attach: crate::plan::AttachMode::Multi,
                 attach_ms: 1.0,
                 detach_ms: 2.0,
                 mode: "full".into(),

@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 use tracer_common::TaskEvent;
 
 pub use crate::tokio_versions::{ListKind, Status};
-use crate::{plan::PlanSummary, tokio_versions::StateBits};
+use crate::{
+    plan::{AttachMode, PlanSummary},
+    tokio_versions::StateBits,
+};
 
 /// One task a reading found in a runtime's list, as the model and the trace file see it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -57,6 +60,9 @@ pub struct MetaRecord {
     pub start_unix_s: f64,
     pub state_bits: StateBits,
     pub probe_sites: usize,
+    /// How the probes were attached (recordings from before there was a choice: multi).
+    #[serde(default)]
+    pub attach: AttachMode,
     /// What the model needs of the plan (typed: a replay configures the model from it).
     pub summary: PlanSummary,
     /// The attach plan: every probe site (function, address, file offset), for people.
@@ -78,6 +84,7 @@ impl MetaRecord {
             start_unix_s: 0.0,
             state_bits: newest.knowledge.state,
             probe_sites: 0,
+            attach: AttachMode::Multi,
             summary,
             plan: serde_json::Value::Null,
             attach_ms: 0.0,

@@ -224,7 +224,15 @@ pub fn loaded_programs() -> Vec<String> {
 pub fn our_programs() -> usize {
     loaded_programs()
         .iter()
-        .filter(|n| *n == "task_entry" || *n == "task_return")
+        .filter(|n| {
+            [
+                "task_entry",
+                "task_return",
+                "task_entry_one",
+                "task_return_one",
+            ]
+            .contains(&n.as_str())
+        })
         .count()
 }
 
