@@ -16,6 +16,15 @@ if ! command -v rustup >/dev/null 2>&1; then
   exit 1
 fi
 
+# tasktrace before 2026-12-01 renamed finished reports over their destination: as root,
+# `--json /dev/null` left a regular file there, and every later reader of /dev/null (cargo's
+# rustc probes among them) read old output. A machine carrying that damage gets its device
+# back.
+if [ ! -c /dev/null ] && [ "$(id -u)" -eq 0 ]; then
+  say "warning: /dev/null is not a character device (a regular file?): recreating it" >&2
+  rm -f /dev/null && mknod -m 666 /dev/null c 1 3
+fi
+
 have_toolchain() { rustup toolchain list | grep -q "^$1"; }
 
 if ! have_toolchain "$STABLE_TOOLCHAIN"; then

@@ -7,8 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 # Cargo caches rustc's target-info probes in each target dir, failures included: a target
-# dir left by an earlier run (CI machines may carry one) replayed a failed probe and broke
-# the fixture builds. Probing afresh costs a few milliseconds per build.
+# dir left by an earlier run on a damaged machine (see setup.sh on /dev/null) would replay
+# a failed probe. Probing afresh costs a few milliseconds per build.
 export CARGO_CACHE_RUSTC_INFO=0
 # Nothing here reads the caller's standard input; a build tool that did would read CI's.
 exec </dev/null

@@ -267,3 +267,66 @@ fn lacking_privileges() {
         .unwrap();
     assert_refused(&out, 4, &["insufficient privileges"]);
 }
+
+/// Reports written to streams stay streams: as root, renaming a finished report over
+/// `/dev/null` replaced the system's device node with a regular file (every later reader
+/// of /dev/null got old reports). Streams are written in place.
+#[test]
+fn streams_are_written_in_place_and_dev_null_stays_a_device() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let trace = tmp("streams.trace");
+    let out = tasktrace()
+        .arg("synth-trace")
+        .arg(&trace)
+        .args(["--events", "1000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let before = std::fs::symlink_metadata("/dev/null").unwrap();
+    assert!(
+        before.file_type().is_char_device(),
+        "/dev/null is a device to begin with"
+    );
+    let out = tasktrace()
+        .arg("report")
+        .arg(&trace)
+        .args(["-q", "--json", "/dev/null", "--perfetto", "/dev/null"])
+        .args(["--html", "/dev/stdout"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("<html"),
+        "the HTML went to standard output"
+    );
+    let after = std::fs::symlink_metadata("/dev/null").unwrap();
+    assert!(
+        after.file_type().is_char_device(),
+        "/dev/null is still a device"
+    );
+    assert_eq!(after.rdev(), before.rdev());
+    assert!(
+        std::fs::symlink_metadata("/dev/stdout")
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "/dev/stdout is still the symlink it was"
+    );
+    // A recording to /dev/null works the same way (written, never renamed).
+    let out = tasktrace()
+        .args([
+            "run",
+            "-q",
+            "--duration",
+            "1s",
+            "-o",
+            "/dev/null",
+            "--",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    let after = std::fs::symlink_metadata("/dev/null").unwrap();
+    assert!(after.file_type().is_char_device(), "{out:?}");
+    let _ = std::fs::remove_file(&trace);
+}

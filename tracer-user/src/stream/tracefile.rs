@@ -220,7 +220,13 @@ impl Writer {
         self.flush();
         if self.failed.is_none()
             && let Some(output) = self.output.take()
-            && let Err(e) = self.out.get_ref().sync_data().and_then(|_| output.commit())
+            // A stream (`-o /dev/null`, a pipe) has nothing to make durable or rename.
+            && let Err(e) = (if output.in_place() {
+                Ok(())
+            } else {
+                self.out.get_ref().sync_data()
+            })
+            .and_then(|_| output.commit())
         {
             self.failed = Some(e);
         }
