@@ -41,6 +41,8 @@ pub struct WindowOpts {
 
 /// How often the ring is drained (the kernel side never wakes the reader per event).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// Once the ring has overflowed, it is drained this often instead.
+const DRAIN_FAST: Duration = Duration::from_millis(1);
 
 /// Traces one window of `target` and reports it.
 pub async fn trace(
@@ -81,6 +83,9 @@ pub struct Session<'o> {
     ticks: u64,
     events_seen: u64,
     events_at_last_update: u64,
+    /// Events the kernel could not queue, as of the last check, and when that check was.
+    lost_seen: u64,
+    lost_checked_ns: u64,
 }
 
 /// The live side of the stream: what turns the probes' raw records into the stream's
@@ -331,6 +336,8 @@ impl<'o> Session<'o> {
             ticks: 0,
             events_seen: 0,
             events_at_last_update: 0,
+            lost_seen: 0,
+            lost_checked_ns: start_ns,
         };
         // Tasks alive before attach: only the runtimes' own lists know them (a launched
         // command has not started yet: it has none).
@@ -368,7 +375,12 @@ impl<'o> Session<'o> {
         let ended_by = loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    let overflowed = self.lost_seen > 0;
                     self.tick(progress.as_ref());
+                    if !overflowed && self.lost_seen > 0 {
+                        // The ring overflowed: drain it ten times as often from now on.
+                        tick = tokio::time::interval(DRAIN_FAST);
+                    }
                     if let Some(done) = reading.take_if(|h| h.is_finished()) {
                         let (lists, read) = done.join().map_err(|_| reader_panicked())?;
                         self.lists = Some(lists);
@@ -447,6 +459,31 @@ impl<'o> Session<'o> {
     fn drain(&mut self) {
         let live = &mut self.live;
         self.events_seen += self.probes.drain(|r| live.on_probe(r)) as u64;
+        self.note_losses();
+    }
+
+    /// Events the kernel dropped since the last check go into the stream as a span, so
+    /// the model knows which histories may have holes (and a replay knows it too).
+    fn note_losses(&mut self) {
+        let now = monotonic_ns();
+        let total = self.probes.lost_events();
+        if total > self.lost_seen {
+            if self.lost_seen == 0 {
+                self.warnings.push(format!(
+                    "events were lost from {:.1}s into the window (the ring buffer was full): the ring was drained every {} ms from then; verdicts resting on lost events are settled against the task lists or marked uncertain; for a complete history raise --ring-size (now {} KiB) or use --mode lifecycle",
+                    now.saturating_sub(self.meta.start_ns) as f64 / 1e9,
+                    DRAIN_FAST.as_millis(),
+                    self.opts.ring_bytes / 1024
+                ));
+            }
+            self.live.feed.emit(Rec::Lost {
+                since_ns: self.lost_checked_ns,
+                at_ns: now,
+                total,
+            });
+            self.lost_seen = total;
+        }
+        self.lost_checked_ns = now;
     }
 
     /// One round of the thread sampler.

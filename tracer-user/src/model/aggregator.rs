@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use serde::Serialize;
 use tracer_common::{EVENT_FLAG_UNREADABLE, EventKind, TaskEvent};
 
-use super::verdict::{Thresholds, judge};
+use super::verdict::{Judgement, Thresholds, judge};
 use super::{
     PollTimes,
     index::TaskIndex,
@@ -67,6 +67,9 @@ pub struct Diagnostics {
     /// The model's live set against the last complete task-list reading (`null`: no
     /// complete reading, e.g. the target exited first).
     pub alive_check: Option<AliveCheck>,
+    /// Spans `[since, at]` (relative to the window in reports) in which the kernel dropped
+    /// events: histories crossing them may have holes.
+    pub lost_spans: Vec<(u64, u64)>,
 }
 
 /// The model's live set against the final task-list reading (`Aggregator::alive_check`).
@@ -205,6 +208,8 @@ pub struct Aggregator {
     kind_counts: [u64; KINDS],
     bits: StateBits,
     thresholds: Thresholds,
+    /// Spans `(since, at]` in which the kernel dropped events (`Rec::Lost`), merged.
+    losses: Vec<(u64, u64)>,
 }
 
 impl Aggregator {
@@ -246,6 +251,7 @@ impl Aggregator {
             kind_counts: [0; KINDS],
             bits,
             thresholds,
+            losses: Vec::new(),
         }
     }
 
@@ -342,7 +348,43 @@ impl Aggregator {
                 self.task_list(tasks, *at_ns, *attach, complete_owners.as_deref());
             }
             Rec::Samples { at_ns, samples } => self.thread_samples(*at_ns, samples),
+            Rec::Lost {
+                since_ns, at_ns, ..
+            } => self.events_lost(*since_ns, *at_ns),
         }
+    }
+
+    /// The kernel dropped events in `(since, at]`. Any task's history may have a hole
+    /// there: a lost completion would leave it alive for good, so from now on a task
+    /// missing from a list read whole has finished, as where completions are not probed;
+    /// and verdicts whose evidence spans the hole are settled against the readings
+    /// ([`Self::final_judgement`]).
+    fn events_lost(&mut self, since: u64, at: u64) {
+        match self.losses.last_mut() {
+            Some(last) if since <= last.1 => last.1 = last.1.max(at),
+            _ => self.losses.push((since, at)),
+        }
+        self.completion_from_lists = true;
+    }
+
+    /// Spans of the window in which the kernel dropped events.
+    pub fn losses(&self) -> &[(u64, u64)] {
+        &self.losses
+    }
+
+    /// A task's verdict at the end of the window, settled against the task-list readings
+    /// where events were lost while it lived (`verdict::under_losses`).
+    pub fn final_judgement(&self, t: &Task, window_end: u64) -> Judgement {
+        let j = super::verdict::final_judgement(t, window_end, &self.thresholds);
+        if self.losses.is_empty() {
+            return j;
+        }
+        let listed = self
+            .last_reading
+            .as_ref()
+            .filter(|r| r.0 == t.listed_in)
+            .and_then(|r| Some((t.listed_as?, r.1)));
+        super::verdict::under_losses(j, &self.losses, listed, &self.thresholds)
     }
 
     /// Closes the window's model before it is reported: draws whose spawn never showed,
@@ -913,6 +955,7 @@ impl Aggregator {
             };
             let t = &mut self.tasks[i];
             t.listed_in = self.readings;
+            t.listed_as = Some(lt.status);
             // A spawn probed at `bind_inner`'s entry comes before the owner id is set.
             if t.owner_id == 0 {
                 t.owner_id = lt.owner_id;

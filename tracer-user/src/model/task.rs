@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::model::verdict::Judgement;
+use crate::{model::verdict::Judgement, stream::records::Status};
 
 /// An instant (CLOCK_MONOTONIC ns) that may not have happened: `Option<u64>` in 8 bytes
 /// (`u64::MAX`, 584 years after boot, stands for "none").
@@ -204,6 +204,8 @@ pub struct Task {
     /// Found in its runtime's task list when tasktrace attached: alive before attach.
     pub before_attach: bool,
     pub join_handle: Option<bool>,
+    /// What its state word said at the last task-list reading that listed it.
+    pub listed_as: Option<Status>,
 }
 
 impl Task {
@@ -237,6 +239,7 @@ impl Task {
             cancelled: false,
             before_attach: false,
             join_handle: None,
+            listed_as: None,
         }
     }
 

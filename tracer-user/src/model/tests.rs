@@ -786,3 +786,150 @@ fn a_task_older_than_every_spawn_seen_existed_before_attach() {
         "a task newer than a spawn seen and without its own is a gap"
     );
 }
+
+// Lost events: histories with holes are settled against the task lists, or uncertain.
+
+fn lost(a: &mut Aggregator, since: u64, at: u64) {
+    a.apply(&crate::stream::Rec::Lost {
+        since_ns: since,
+        at_ns: at,
+        total: 1,
+    });
+}
+
+fn judged(a: &Aggregator, id: u64, at: u64) -> crate::model::verdict::Judgement {
+    let t = a.tasks.iter().rev().find(|t| t.id == id).expect("task");
+    a.final_judgement(t, at)
+}
+
+/// The completion was lost: without the loss on record the task stays alive and idle,
+/// and becomes a false leak; with it, a whole list without the task says it finished.
+#[test]
+fn a_lost_completion_does_not_become_a_leak() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0x1000, 7);
+    poll(&mut a, MS, 2 * MS, 0x1000, 7, 10);
+    // Its completion would be here; the ring was full.
+    lost(&mut a, 2 * MS, 3 * MS);
+    spawn(&mut a, 4 * MS, 0x2000, 8);
+    poll(&mut a, 5 * MS, 6 * MS, 0x2000, 8, 10);
+    a.task_list(
+        &[listed(0x2000, 8, Status::Idle, 2, true)],
+        20 * S,
+        false,
+        Some(&[1]),
+    );
+    let j = judged(&a, 7, 30 * S);
+    assert_eq!(
+        (j.verdict, j.reason),
+        (Verdict::Ok, Reason::Finished),
+        "{j:?}"
+    );
+    // The other task really is idle, listed after the loss, idle for 30 s since: a leak
+    // on the complete events that follow the loss.
+    let j = judged(&a, 8, 30 * S);
+    assert_eq!(j.verdict, Verdict::Leaked);
+    assert_eq!(
+        j.certainty,
+        Some(crate::model::verdict::Certainty::Suspected)
+    );
+}
+
+#[test]
+fn a_leak_whose_quiet_since_the_loss_is_too_short_is_uncertain() {
+    use crate::model::verdict::Certainty;
+    let mut a = agg();
+    spawn(&mut a, 0, 0x1000, 7);
+    poll(&mut a, MS, 2 * MS, 0x1000, 7, 10);
+    // Events lost 25 s later: a poll may have been among them.
+    lost(&mut a, 25 * S, 25 * S + MS);
+    a.task_list(
+        &[listed(0x1000, 7, Status::Idle, 2, true)],
+        26 * S,
+        false,
+        Some(&[1]),
+    );
+    let j = judged(&a, 7, 30 * S);
+    assert_eq!(j.verdict, Verdict::Leaked);
+    assert_eq!(j.certainty, Some(Certainty::Uncertain), "{j:?}");
+    // Without a reading after the loss nothing settles it either.
+    let mut b = agg();
+    spawn(&mut b, 0, 0x1000, 7);
+    poll(&mut b, MS, 2 * MS, 0x1000, 7, 10);
+    lost(&mut b, 5 * S, 5 * S + MS);
+    let j = judged(&b, 7, 30 * S);
+    assert_eq!(j.certainty, Some(Certainty::Uncertain), "{j:?}");
+    // A definite leak rests on the state word alone.
+    let mut c = agg();
+    spawn(&mut c, 0, 0x1000, 7);
+    poll(&mut c, MS, 2 * MS, 0x1000, 7, 10);
+    c.task_list(
+        &[listed(0x1000, 7, Status::Idle, 1, false)],
+        3 * S,
+        false,
+        Some(&[1]),
+    );
+    lost(&mut c, 25 * S, 25 * S + MS);
+    assert_eq!(judged(&c, 7, 30 * S).certainty, Some(Certainty::Definite));
+}
+
+/// A poll start lost: the task looks never polled; the reading after the loss finds it
+/// idle (it was polled), so it is not flagged. Found still notified, it is uncertain.
+#[test]
+fn never_polled_is_settled_by_the_reading_after_the_loss() {
+    use crate::model::verdict::Certainty;
+    let mut a = agg();
+    spawn(&mut a, 0, 0x1000, 7);
+    spawn(&mut a, 0, 0x2000, 8);
+    lost(&mut a, MS, 2 * MS);
+    a.task_list(
+        &[
+            listed(0x1000, 7, Status::Idle, 2, true),
+            listed(0x2000, 8, Status::Notified, 2, true),
+        ],
+        3 * S,
+        false,
+        Some(&[1]),
+    );
+    let j = judged(&a, 7, 10 * S);
+    assert_eq!(
+        (j.verdict, j.reason),
+        (Verdict::Ok, Reason::ShownActiveByReading)
+    );
+    let j = judged(&a, 8, 10 * S);
+    assert_eq!(
+        (j.verdict, j.certainty),
+        (Verdict::NeverPolled, Some(Certainty::Uncertain)),
+        "{j:?}"
+    );
+}
+
+/// A poll end lost: the task looks inside one long poll; the reading after the loss
+/// finds it idle, so it is not stuck. Found running, the poll has lasted at least since
+/// the loss.
+#[test]
+fn a_blocking_poll_is_settled_by_the_reading_after_the_loss() {
+    let mut a = agg();
+    spawn(&mut a, 0, 0x1000, 7);
+    a.ingest(&ev(EventKind::PollStart, MS, 0x1000, 7, 10));
+    spawn(&mut a, 0, 0x2000, 8);
+    a.ingest(&ev(EventKind::PollStart, MS, 0x2000, 8, 11));
+    lost(&mut a, 2 * MS, 3 * MS);
+    a.task_list(
+        &[
+            listed(0x1000, 7, Status::Idle, 2, true),
+            listed(0x2000, 8, Status::Running, 2, true),
+        ],
+        4 * S,
+        false,
+        Some(&[1]),
+    );
+    assert_eq!(judged(&a, 7, 5 * S).verdict, Verdict::Ok);
+    let j = judged(&a, 8, 5 * S);
+    assert_eq!(
+        (j.verdict, j.reason),
+        (Verdict::Stuck, Reason::BlockingPoll)
+    );
+    assert_eq!(j.certainty, None);
+    assert!(j.for_ns <= 5 * S - 3 * MS);
+}

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::model::{Task, TaskKind};
+use crate::{
+    model::{Task, TaskKind},
+    stream::records::Status,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -59,9 +62,14 @@ pub enum Reason {
     RuntimePlumbing,
     /// Alive and recently active.
     Active,
+    /// Flagged on its events, but events were lost while it lived and a later task-list
+    /// reading shows it was polled (or its poll ended) all the same: not flagged.
+    ShownActiveByReading,
 }
 
-/// How sure a `leaked` verdict is.
+/// How sure a verdict is: `leaked` is `definite` or `suspected`; any verdict whose
+/// evidence spans events the kernel lost, and that no task-list reading settles, is
+/// `uncertain` (counted apart, never a plain verdict).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Certainty {
@@ -69,6 +77,8 @@ pub enum Certainty {
     Definite,
     /// Idle for longer than the threshold; something may still wake it.
     Suspected,
+    /// Events were lost while the condition lasted: it may not hold.
+    Uncertain,
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -175,6 +185,75 @@ pub fn judge(t: &Task, at: u64, th: &Thresholds) -> Judgement {
         return j(Verdict::Ok, Reason::Active, end);
     }
     j(Verdict::Ok, Reason::Active, at)
+}
+
+/// A verdict whose evidence runs through events the kernel lost (`losses`: spans
+/// `(since, at]`, in order), settled where it can be: by what came after the last such
+/// span (events are complete from there on), and by the task's state word at the last
+/// task-list reading that listed it, taken after that span (`listed`: status, when).
+///
+/// - a suspected leak holds when the task was idle at a reading after the losses and the
+///   complete events since show no poll for `leak_after`;
+/// - a blocking poll holds when a reading after the losses found it running and the
+///   events since show no end for `stuck_after`; a reading that found it not running
+///   clears it (its end was lost);
+/// - never polled, or woken and not polled: a reading after the losses that found it
+///   idle or running clears it (it was polled);
+/// - what stays unsettled is `uncertain`. A definite leak rests on the state word alone.
+pub fn under_losses(
+    j: Judgement,
+    losses: &[(u64, u64)],
+    listed: Option<(Status, u64)>,
+    th: &Thresholds,
+) -> Judgement {
+    if j.verdict == Verdict::Ok || j.certainty == Some(Certainty::Definite) {
+        return j;
+    }
+    let since = j.at_ns.saturating_sub(j.for_ns);
+    let Some(lost_until) = losses
+        .iter()
+        .filter(|&&(from, to)| to > since && from < j.at_ns)
+        .map(|&(_, to)| to.min(j.at_ns))
+        .max()
+    else {
+        return j;
+    };
+    let after = listed.filter(|&(_, at)| at >= lost_until && at <= j.at_ns);
+    let cleared = Judgement {
+        verdict: Verdict::Ok,
+        reason: Reason::ShownActiveByReading,
+        certainty: None,
+        ..j
+    };
+    let uncertain = Judgement {
+        certainty: Some(Certainty::Uncertain),
+        ..j
+    };
+    let clean_for = j.at_ns - lost_until.max(since);
+    match (j.reason, after.map(|(s, _)| s)) {
+        (Reason::IdleSinceLastPoll | Reason::IdleSinceAttach, Some(Status::Idle))
+            if clean_for >= th.leak_after_ns =>
+        {
+            Judgement {
+                for_ns: clean_for,
+                ..j
+            }
+        }
+        (
+            Reason::IdleSinceLastPoll | Reason::IdleSinceAttach,
+            Some(Status::Notified | Status::Running),
+        ) => cleared,
+        (Reason::BlockingPoll, Some(Status::Running)) if clean_for >= th.stuck_after_ns => {
+            Judgement {
+                for_ns: clean_for,
+                ..j
+            }
+        }
+        (Reason::BlockingPoll, Some(Status::Idle | Status::Notified | Status::Complete)) => cleared,
+        (Reason::NeverPolled | Reason::Starved, Some(Status::Idle | Status::Running)) => cleared,
+        (_, Some(Status::Complete)) => cleared,
+        _ => uncertain,
+    }
 }
 
 /// The verdict of a task at the end of the window: frozen at its runtime's shutdown if it

@@ -64,7 +64,11 @@ window {window:.1} s, ended by {ended} · thresholds: leaked after {leak} ms idl
     }
     for verdict in [Verdict::Leaked, Verdict::Stuck, Verdict::NeverPolled] {
         let id = verdict.as_str().replace('_', "-");
-        let tasks: Vec<_> = r.tasks.iter().filter(|t| t.verdict == verdict).collect();
+        let tasks: Vec<_> = r
+            .tasks
+            .iter()
+            .filter(|t| t.counted_verdict() == verdict)
+            .collect();
         let _ = write!(
             h,
             r#"<h2>{} ({})</h2><table id="{id}"><tr><th>spawn site</th><th>future</th><th>tasks</th><th>task ids</th><th>longest for</th></tr>"#,

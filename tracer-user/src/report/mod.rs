@@ -16,7 +16,7 @@ pub use text::render_text;
 use crate::{
     model::{
         Aggregator, Diagnostics, LongPoll, Stamp, TaskKind, TaskState,
-        verdict::{Certainty, Judgement, Reason, Thresholds, Verdict, final_judgement},
+        verdict::{Certainty, Judgement, Reason, Thresholds, Verdict},
     },
     plan::{AttachMode, Unavailable},
     stream::{EndRecord, EndedBy, MetaRecord, TargetInfo},
@@ -138,6 +138,9 @@ pub struct Summary {
     pub alive_before_attach: u64,
     pub stuck: u64,
     pub never_polled: u64,
+    /// Flagged on evidence that spans lost events no reading settled (`certainty:
+    /// "uncertain"`): counted here, not under their verdict.
+    pub uncertain: u64,
     pub ok: u64,
     pub long_polls: u64,
     pub lost_events: u64,
@@ -153,7 +156,8 @@ pub struct TaskReport {
     pub kind: TaskKind,
     pub verdict: Verdict,
     pub reason: Reason,
-    /// `definite` or `suspected` for `leaked`, `null` otherwise.
+    /// `definite` or `suspected` for `leaked`; `uncertain` for any verdict resting on
+    /// lost events; `null` otherwise.
     pub certainty: Option<Certainty>,
     /// How long the condition behind the verdict had lasted when judged.
     pub for_ns: u64,
@@ -197,6 +201,20 @@ fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl TaskReport {
+    /// Its verdict as counted: an uncertain one (resting on lost events) is no verdict.
+    pub fn counted_verdict(&self) -> Verdict {
+        if self.uncertain() {
+            Verdict::Ok
+        } else {
+            self.verdict
+        }
+    }
+
+    /// Flagged on evidence spanning events the kernel lost that no reading settled.
+    pub fn uncertain(&self) -> bool {
+        self.certainty == Some(Certainty::Uncertain)
+    }
+
     /// When the task stopped being alive (completed or freed), relative to the window.
     pub fn ended_at_ns(&self) -> Option<u64> {
         self.completed_at_ns
@@ -266,6 +284,11 @@ impl Report {
         });
         let th: Thresholds = *agg.thresholds();
         let rel = |ns: u64| ns.saturating_sub(meta.start_ns);
+        agg.diagnostics.lost_spans = agg
+            .losses()
+            .iter()
+            .map(|&(s, e)| (rel(s), rel(e)))
+            .collect();
         let mut summary = Summary {
             lost_events: meta.lost_events,
             ..Default::default()
@@ -291,7 +314,7 @@ impl Report {
             if model.len().is_multiple_of(65_536) {
                 model.shrink_to_fit();
             }
-            let j: Judgement = final_judgement(&t, meta.end_ns, &th);
+            let j: Judgement = agg.final_judgement(&t, meta.end_ns);
             summary.tasks_seen += 1;
             if t.is_finished() {
                 summary.completed += 1;
@@ -303,6 +326,7 @@ impl Report {
             }
             summary.alive_before_attach += u64::from(t.before_attach);
             match j.verdict {
+                _ if j.certainty == Some(Certainty::Uncertain) => summary.uncertain += 1,
                 Verdict::Leaked => {
                     summary.leaked += 1;
                     summary.leaked_definite += u64::from(j.certainty == Some(Certainty::Definite));
@@ -382,6 +406,14 @@ impl Report {
                 "{} task(s) proven unable to run were then polled or woken: tokio's reference \
                  counting differs from what this version file says; treat `definite` as suspected",
                 d.definite_contradicted
+            ));
+        }
+        if summary.uncertain > 0 {
+            warnings.push(format!(
+                "{} verdict(s) are uncertain: their evidence spans events the kernel lost, and no \
+                 task-list reading settled them (certainty \"uncertain\"; not counted as leaked, \
+                 stuck or never polled)",
+                summary.uncertain
             ));
         }
         if d.unmatched_poll_ends + d.address_reuse + d.unreadable_headers > 0 {

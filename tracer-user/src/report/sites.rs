@@ -53,7 +53,7 @@ pub fn spawn_sites<'a>(
     let mut sites: Vec<SpawnSite> = groups
         .into_iter()
         .map(|(site, ts)| {
-            let count = |v: Verdict| ts.iter().filter(|t| t.verdict == v).count() as u64;
+            let count = |v: Verdict| ts.iter().filter(|t| t.counted_verdict() == v).count() as u64;
             let series = live_series(&ts, window_ns);
             let (slope, r) = trend(&series);
             let gained = slope * window_ns as f64 / 1e9;

@@ -19,7 +19,7 @@ pub fn render_text(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "  {} tasks seen ({} alive before attach), {} alive, {} finished | leaked {} ({} definite), stuck {}, never polled {}, ok {} | long polls {} | lost events {}",
+        "  {} tasks seen ({} alive before attach), {} alive, {} finished | leaked {} ({} definite), stuck {}, never polled {}, ok {}{} | long polls {} | lost events {}",
         s.tasks_seen,
         s.alive_before_attach,
         s.alive,
@@ -29,6 +29,11 @@ pub fn render_text(r: &Report) -> String {
         s.stuck,
         s.never_polled,
         s.ok,
+        if s.uncertain > 0 {
+            format!(", uncertain {}", s.uncertain)
+        } else {
+            String::new()
+        },
         s.long_polls,
         s.lost_events
     );
@@ -41,17 +46,30 @@ pub fn render_text(r: &Report) -> String {
     // Counts no probe produced are not printed as zeros.
     let lost = |what: &str| r.unavailable.iter().any(|u| u.what == what);
     let (polls_seen, wakes_seen) = (!lost("poll times"), !lost("wakes"));
-    for verdict in [Verdict::Leaked, Verdict::Stuck, Verdict::NeverPolled] {
-        let flagged: Vec<_> = r.tasks.iter().filter(|t| t.verdict == verdict).collect();
+    // The verdicts, then what would be one but rests on lost events.
+    let groups = [
+        Some(Verdict::Leaked),
+        Some(Verdict::Stuck),
+        Some(Verdict::NeverPolled),
+        None,
+    ];
+    for group in groups {
+        let flagged: Vec<_> = r
+            .tasks
+            .iter()
+            .filter(|t| match group {
+                Some(v) => t.counted_verdict() == v,
+                None => t.uncertain(),
+            })
+            .collect();
         if flagged.is_empty() {
             continue;
         }
-        let _ = writeln!(
-            out,
-            "\n{} ({}):",
-            verdict.as_str().to_uppercase().replace('_', " "),
-            flagged.len()
-        );
+        let title = match group {
+            Some(v) => v.as_str().to_uppercase().replace('_', " "),
+            None => "UNCERTAIN (events were lost while it lasted; no reading settled it)".into(),
+        };
+        let _ = writeln!(out, "\n{title} ({}):", flagged.len());
         // Grouped by spawn site, largest group first: the site is the incident. Tasks
         // whose spawn was not seen (alive before attach) are grouped by future instead.
         type Key<'a> = (Option<&'a str>, Option<&'a str>);
@@ -118,6 +136,11 @@ pub fn render_text(r: &Report) -> String {
                     Reason::Starved => format!("woken {} ago and not polled since", secs(t.for_ns)),
                     Reason::NeverPolled => format!("spawned {} ago, never polled", secs(t.for_ns)),
                     _ => String::new(),
+                };
+                let what = if t.uncertain() {
+                    format!("would be {}: {what}", t.verdict.as_str().replace('_', " "))
+                } else {
+                    what
                 };
                 let shutdown = if t.cancelled_by_shutdown {
                     ", judged when its runtime shut down"

@@ -171,6 +171,13 @@ pub enum Rec {
         complete_owners: Option<Vec<u64>>,
         until_ns: Option<u64>,
     },
+    /// The kernel could not queue some events (ring full) between `since_ns` and `at_ns`:
+    /// `total` lost so far in the window. Histories crossing that span may have holes.
+    Lost {
+        since_ns: u64,
+        at_ns: u64,
+        total: u64,
+    },
     Samples {
         at_ns: u64,
         samples: Vec<(u32, Option<u64>)>,

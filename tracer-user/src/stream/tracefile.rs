@@ -28,6 +28,7 @@ const KIND_FUTURE: u8 = 4;
 const KIND_END: u8 = 5;
 const KIND_TASKLIST: u8 = 6;
 const KIND_SAMPLES: u8 = 7;
+const KIND_LOST: u8 = 8;
 /// Tasks per task-list record (keeps each record far below `MAX_RECORD`).
 const TASKLIST_CHUNK: usize = 20_000;
 /// No record is this large; a longer length means corruption, not a big window.
@@ -68,6 +69,14 @@ struct SamplesRecord {
     at_ns: u64,
     /// (thread id, id of the task it was polling).
     samples: Vec<(u32, Option<u64>)>,
+}
+
+/// Events the kernel dropped in a span of the window (`Rec::Lost`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct LostRecord {
+    since_ns: u64,
+    at_ns: u64,
+    total: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -164,6 +173,18 @@ impl Writer {
                 *until_ns,
             ),
             Rec::Samples { at_ns, samples } => self.samples(*at_ns, samples),
+            Rec::Lost {
+                since_ns,
+                at_ns,
+                total,
+            } => self.json(
+                KIND_LOST,
+                &LostRecord {
+                    since_ns: *since_ns,
+                    at_ns: *at_ns,
+                    total: *total,
+                },
+            ),
         }
     }
 
@@ -335,7 +356,7 @@ pub fn stream(
         }
         let kind = head[0];
         let len = u32::from_le_bytes(head[1..5].try_into().unwrap());
-        if !(KIND_META..=KIND_SAMPLES).contains(&kind) {
+        if !(KIND_META..=KIND_LOST).contains(&kind) {
             return Err(corrupt(at, &format!("unknown record kind {kind}")));
         }
         if len > MAX_RECORD {
@@ -408,6 +429,14 @@ pub fn stream(
                 on_record(Rec::Samples {
                     at_ns: r.at_ns,
                     samples: r.samples,
+                });
+            }
+            KIND_LOST => {
+                let r: LostRecord = serde_json::from_slice(&body).map_err(json_err)?;
+                on_record(Rec::Lost {
+                    since_ns: r.since_ns,
+                    at_ns: r.at_ns,
+                    total: r.total,
                 });
             }
             _ => end = Some(serde_json::from_slice(&body).map_err(json_err)?),
