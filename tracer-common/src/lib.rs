@@ -41,6 +41,9 @@ pub enum EventKind {
     /// every spawn path): the id is in `task_id`, the header is not allocated yet, and
     /// `state` carries the probe site's index in the plan (which names the spawn site).
     SpawnId = 14,
+    /// The target replaced its program image (`sched_process_exec`): nothing of the old
+    /// image runs any more, so the window ends here.
+    Exec = 15,
 }
 
 impl EventKind {
@@ -60,6 +63,7 @@ impl EventKind {
             Self::SpawnStack => "spawn_stack",
             Self::Park => "park",
             Self::SpawnId => "spawn_id",
+            Self::Exec => "exec",
         }
     }
 
@@ -79,6 +83,7 @@ impl EventKind {
             12 => Self::SpawnStack,
             13 => Self::Park,
             14 => Self::SpawnId,
+            15 => Self::Exec,
             _ => return None,
         })
     }

@@ -14,9 +14,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user, generated::bpf_get_attach_cookie,
     },
-    macros::{map, perf_event, uprobe, uretprobe},
+    macros::{map, perf_event, raw_tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{PerfEventContext, ProbeContext, RetProbeContext},
+    programs::{PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use tracer_common::{
     CallEvent, EVENT_FLAG_UNREADABLE, EventKind, HEADER_READ_WORDS, HeaderArg, HeaderLayout,
@@ -131,6 +131,26 @@ fn on_entry(ctx: &ProbeContext) -> u32 {
     {
         emit_stack(ctx);
     }
+    submit(&ev);
+    0
+}
+
+/// The target execs another program (or itself anew): the tasks of the old image are
+/// gone with it; userspace ends the window at this instant.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn target_exec(_ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: see `event`.
+    if (pid_tgid >> 32) as u32 != unsafe { core::ptr::read_volatile(&TARGET_TGID) } {
+        return 0;
+    }
+    let ev = TaskEvent {
+        // SAFETY: helper without side effects.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        tid: pid_tgid as u32,
+        kind: EventKind::Exec as u8,
+        ..TaskEvent::default()
+    };
     submit(&ev);
     0
 }

@@ -24,8 +24,12 @@ fn assert_no_false_verdict(report: &Value, truth: &Truth) -> usize {
             continue;
         }
         let id = t["id"].as_u64().unwrap();
+        // Attached late, a task never polled is only known as notified and not run since
+        // attach: stuck, starved (tests/e2e_late.rs).
+        let starved: BTreeSet<u64> = truth.stuck.union(&truth.never_polled).copied().collect();
         let want: &BTreeSet<u64> = match verdict {
             "leaked" => &truth.leaked,
+            "stuck" if t["reason"] == "starved" => &starved,
             "stuck" => &truth.stuck,
             "never_polled" => &truth.never_polled,
             other => panic!("unknown verdict {other}"),
@@ -123,4 +127,204 @@ fn lost_events_never_become_verdicts() {
         );
     }
     let _ = std::fs::remove_file(&trace);
+}
+
+fn truth_of(v: &Value) -> Truth {
+    ground_truth(&format!("TASKTRACE_GROUND_TRUTH {v}"))
+}
+
+/// `run` on the faults fixture in one mode: the report, and the truth it printed.
+fn run_faults(mode: &[&str], duration: &str, name: &str) -> (Value, Truth) {
+    let json = tmp(name);
+    let out = tasktrace()
+        .args(["run", "--duration", duration, "--json"])
+        .arg(&json)
+        .args(THRESHOLDS)
+        .arg("--")
+        .arg(fixture("faults"))
+        .args(mode)
+        .output()
+        .unwrap();
+    let (stdout, _) = assert_success(&out, "tasktrace");
+    (read_report(&json), ground_truth(&stdout))
+}
+
+/// Attached late, the target execs another program: the window ends at the exec, the
+/// old image's tasks are judged there, and the new program's memory is never read as the
+/// old one's (no end reading, no task of it).
+#[test]
+fn an_exec_ends_the_window_where_the_old_image_ended() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let (target, truth) = start_with_truth(&fixture("faults"), &["exec", "4"]);
+    let truth = truth_of(&truth);
+    let json = tmp("faults-exec.json");
+    let out = tasktrace()
+        .args(["record", "--duration", "12s", "--pid"])
+        .arg(target.id().to_string())
+        .arg("--json")
+        .arg(&json)
+        .args(THRESHOLDS)
+        .output()
+        .unwrap();
+    let (_, stderr) = assert_success(&out, "tasktrace record");
+    let report = read_report(&json);
+    assert_eq!(report["window"]["ended_by"], "target_exec", "{stderr}");
+    let window = report["window"]["duration_ns"].as_u64().unwrap();
+    assert!(
+        window < 6_000_000_000,
+        "ended at the exec, not at --duration: {window} ns"
+    );
+    // The ticker, busy until the exec, is not a leak made of the time after it.
+    assert_eq!(ids_with(&report, "leaked"), truth.leaked);
+    assert_no_false_verdict(&report, &truth);
+    assert!(
+        report["warnings"].to_string().contains("exec'd"),
+        "{}",
+        report["warnings"]
+    );
+    assert_eq!(our_programs_after_exit(), 0);
+}
+
+/// A child forked by the target runs the same binary with the same breakpoints; its
+/// tasks are not the traced process's and never show up.
+#[test]
+fn a_forked_child_is_not_traced() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let (report, truth) = run_faults(&["fork"], "5s", "faults-fork.json");
+    assert_eq!(ids_with(&report, "leaked"), truth.leaked);
+    assert_no_false_verdict(&report, &truth);
+    let child = report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            t["future"]
+                .as_str()
+                .is_some_and(|f| f.contains("child_leak"))
+        })
+        .count();
+    assert_eq!(child, 0, "tasks of the forked child were reported");
+    assert!(report["summary"]["tasks_seen"].as_u64() < Some(20));
+}
+
+/// A runtime shut down and another built: the first one's leak is judged at its
+/// shutdown, the second one's at the window end, nothing else flagged.
+#[test]
+fn a_runtime_shut_down_and_rebuilt_keeps_every_verdict() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let (report, truth) = run_faults(&["runtimes"], "7s", "faults-runtimes.json");
+    assert_eq!(ids_with(&report, "leaked"), truth.leaked);
+    assert_no_false_verdict(&report, &truth);
+    let cancelled = report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["cancelled_by_shutdown"] == true)
+        .count();
+    assert!(
+        cancelled >= 2,
+        "the first runtime's tasks were shut down: {cancelled}"
+    );
+}
+
+/// Blocking-pool threads created and destroyed hundreds of times a second.
+#[test]
+fn threads_coming_and_going_at_a_high_rate() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let (report, truth) = run_faults(&["threads"], "6s", "faults-threads.json");
+    assert_eq!(ids_with(&report, "leaked"), truth.leaked);
+    assert_no_false_verdict(&report, &truth);
+    assert!(
+        report["summary"]["tasks_seen"].as_u64() > Some(1000),
+        "the blocking churn was traced: {}",
+        report["summary"]
+    );
+}
+
+/// The target is stopped (SIGSTOP) past the window's end: the time it spends stopped
+/// proves nothing (no task can run), so its healthy tasks, idle since the stop, are not
+/// leaks.
+#[test]
+fn a_stopped_target_is_judged_on_its_running_time() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let (target, truth) = start_with_truth(&fixture("demo"), &[]);
+    let truth = truth_of(&truth);
+    let json = tmp("faults-stopped.json");
+    let tracer = tasktrace()
+        .args(["record", "--duration", "9s", "--pid"])
+        .arg(target.id().to_string())
+        .arg("--json")
+        .arg(&json)
+        .args(THRESHOLDS)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(target.id() as i32, libc::SIGSTOP) };
+    let out = tracer.wait_with_output().unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(target.id() as i32, libc::SIGCONT) };
+    assert_success(&out, "tasktrace record");
+    let report = read_report(&json);
+    let stopped = report["diagnostics"]["stopped_spans"].as_array().unwrap();
+    assert!(!stopped.is_empty(), "the stop was noticed");
+    let uncertain = assert_no_false_verdict(&report, &truth);
+    assert_eq!(uncertain, 0);
+    // The ticker (a poll every 100 ms while running) is ok, not idle for the 7 s stop.
+    let ok_polled = report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["verdict"] == "ok" && t["polls"].as_u64() > Some(5))
+        .count();
+    assert!(ok_polled >= 2, "{}", report["summary"]);
+    assert!(report["warnings"].to_string().contains("stopped"));
+}
+
+/// The target killed outright mid-window: the report is of what was seen, exit 0.
+#[test]
+fn a_killed_target_ends_the_window_with_a_report() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let (mut target, truth) = start_with_truth(&fixture("demo"), &[]);
+    let truth = truth_of(&truth);
+    let json = tmp("faults-killed.json");
+    let tracer = tasktrace()
+        .args(["record", "--duration", "20s", "--pid"])
+        .arg(target.id().to_string())
+        .arg("--json")
+        .arg(&json)
+        .args(THRESHOLDS)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    target.kill().unwrap();
+    let _ = target.wait();
+    let out = tracer.wait_with_output().unwrap();
+    assert_success(&out, "tasktrace record");
+    let report = read_report(&json);
+    assert_eq!(report["window"]["ended_by"], "target_exit");
+    assert_no_false_verdict(&report, &truth);
+    assert_eq!(our_programs_after_exit(), 0);
 }

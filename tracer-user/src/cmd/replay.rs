@@ -42,9 +42,10 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
                 last_ts = meta.start_ns;
             }
             Rec::Task(ev) => last_ts = last_ts.max(ev.ts_ns),
-            Rec::TaskList { at_ns, .. } | Rec::Samples { at_ns, .. } | Rec::Lost { at_ns, .. } => {
-                last_ts = last_ts.max(*at_ns)
-            }
+            Rec::TaskList { at_ns, .. }
+            | Rec::Samples { at_ns, .. }
+            | Rec::Lost { at_ns, .. }
+            | Rec::Stopped { to_ns: at_ns, .. } => last_ts = last_ts.max(*at_ns),
             Rec::Site { .. } | Rec::Future { .. } => {}
         }
         agg.as_mut().expect("metadata comes first").apply(&rec);

@@ -11,7 +11,7 @@ use crate::{
         kernel::KernelFeatures,
         locator::Locator,
         probes::{Probes, Record},
-        target::{Launched, Target},
+        target::{Launched, RunState, Target},
         tasklist::{self, LiveTask, Reader, Snapshot},
     },
     model::{Aggregator, verdict::Thresholds},
@@ -86,6 +86,9 @@ pub struct Session<'o> {
     /// Events the kernel could not queue, as of the last check, and when that check was.
     lost_seen: u64,
     lost_checked_ns: u64,
+    /// The target has been stopped (SIGSTOP, a debugger) since: time that counts toward
+    /// no threshold.
+    stopped_since: Option<u64>,
 }
 
 /// The live side of the stream: what turns the probes' raw records into the stream's
@@ -102,6 +105,10 @@ struct Live {
     /// Set when the window closes: events after it (while the probes are being detached)
     /// are outside the window and would only add half-seen polls.
     cutoff: u64,
+    /// When the target exec'd (its old image, and every task in it, is gone).
+    exec_at: Option<u64>,
+    /// A launched command's own exec into the program starts the trace: not an end.
+    execs_expected: u32,
 }
 
 /// Writes each record to the trace file (when recording), then applies it to the model:
@@ -144,6 +151,14 @@ impl Live {
                     stack: true,
                     code: false,
                 });
+            }
+            Record::Task(ev) if ev.kind == tracer_common::EventKind::Exec as u8 => {
+                if self.execs_expected > 0 {
+                    self.execs_expected -= 1;
+                } else {
+                    self.exec_at.get_or_insert(ev.ts_ns);
+                    self.feed.emit(Rec::Task(ev));
+                }
             }
             Record::Task(ev) => {
                 self.describe_vtable(ev.vtable);
@@ -327,6 +342,8 @@ impl<'o> Session<'o> {
                 futures: HashMap::new(),
                 caller_sites,
                 cutoff: u64::MAX,
+                exec_at: None,
+                execs_expected: u32::from(launched.is_some()),
             },
             lists: Some(lists),
             sampler,
@@ -338,6 +355,7 @@ impl<'o> Session<'o> {
             events_at_last_update: 0,
             lost_seen: 0,
             lost_checked_ns: start_ns,
+            stopped_since: None,
         };
         // Tasks alive before attach: only the runtimes' own lists know them (a launched
         // command has not started yet: it has none).
@@ -381,6 +399,9 @@ impl<'o> Session<'o> {
                         // The ring overflowed: drain it ten times as often from now on.
                         tick = tokio::time::interval(DRAIN_FAST);
                     }
+                    if self.live.exec_at.is_some() {
+                        break EndedBy::TargetExec;
+                    }
                     if let Some(done) = reading.take_if(|h| h.is_finished()) {
                         let (lists, read) = done.join().map_err(|_| reader_panicked())?;
                         self.lists = Some(lists);
@@ -396,9 +417,10 @@ impl<'o> Session<'o> {
                         w.flush();
                     }
                     self.ticks += 1;
+                    let gone = self.ticks.is_multiple_of(10) && self.watch_target();
                     let exited = match self.launched.as_mut() {
                         Some(l) => l.poll_exit().is_some(),
-                        None => self.ticks.is_multiple_of(10) && !self.target.is_alive(),
+                        None => gone,
                     };
                     if exited {
                         break EndedBy::TargetExit;
@@ -454,6 +476,27 @@ impl<'o> Session<'o> {
         if self.ticks.is_multiple_of(SAMPLE_EVERY_TICKS) {
             self.sample_threads();
         }
+    }
+
+    /// Whether the target is gone; notes the spans it spends stopped (a stopped process
+    /// runs no task: that time proves no leak and no stuck poll).
+    fn watch_target(&mut self) -> bool {
+        let now = monotonic_ns();
+        match self.target.run_state() {
+            RunState::Gone => return true,
+            RunState::Stopped => {
+                self.stopped_since.get_or_insert(now);
+            }
+            RunState::Running => {
+                if let Some(from) = self.stopped_since.take() {
+                    self.live.feed.emit(Rec::Stopped {
+                        from_ns: from,
+                        to_ns: now,
+                    });
+                }
+            }
+        }
+        false
     }
 
     fn drain(&mut self) {
@@ -599,12 +642,32 @@ impl<'o> Session<'o> {
     pub async fn close(mut self, ended_by: EndedBy) -> Report {
         // What the lists say at the end decides which leaks are certain: read them while
         // the target still runs, after everything the ring holds so far.
-        if ended_by != EndedBy::TargetExit && self.target.is_alive() {
+        // After an exec the memory is another program's: no end reading, and the window
+        // ends where the old image did.
+        if !matches!(ended_by, EndedBy::TargetExit | EndedBy::TargetExec) && self.target.is_alive()
+        {
             self.drain();
             self.sample_threads();
             self.read_lists_now(Reading::End);
         }
-        let end_ns = monotonic_ns();
+        let end_ns = match (ended_by, self.live.exec_at) {
+            (EndedBy::TargetExec, Some(at)) => at,
+            _ => monotonic_ns(),
+        };
+        if let Some(from) = self.stopped_since.take() {
+            self.live.feed.emit(Rec::Stopped {
+                from_ns: from,
+                to_ns: end_ns,
+            });
+        }
+        if ended_by == EndedBy::TargetExec {
+            self.warnings.push(format!(
+                "the target exec'd {} {:.1}s into the window: the window ends there (its tasks are judged at that instant; the new program is not traced)",
+                std::fs::read_link(format!("/proc/{}/exe", self.target.pid))
+                    .map_or_else(|_| "another program".into(), |p| p.display().to_string()),
+                end_ns.saturating_sub(self.meta.start_ns) as f64 / 1e9
+            ));
+        }
         self.live.cutoff = end_ns;
         let detach_time = {
             let bar = self.detach_bar();

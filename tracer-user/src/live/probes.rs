@@ -13,7 +13,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        PerfEvent, ProgramError, UProbe,
+        PerfEvent, ProgramError, RawTracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
@@ -114,6 +114,7 @@ impl Probes {
         if plan.thread_sampling {
             attach_thread_sampler(&mut ebpf)?;
         }
+        attach_exec_watch(&mut ebpf)?;
         let ring = ebpf
             .take_map(MAP_EVENTS)
             .ok_or_else(|| bpf_missing("EVENTS map missing from the object"))?;
@@ -351,6 +352,22 @@ fn release_in_parallel(
             });
         }
     });
+}
+
+/// The raw tracepoint that tells when the target execs (the window ends there).
+fn attach_exec_watch(ebpf: &mut Ebpf) -> Result<()> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut("target_exec")
+        .ok_or_else(|| bpf_missing("program target_exec missing from the object"))?
+        .try_into()
+        .map_err(|e: ProgramError| bpf_error("a program of the wrong type", e))?;
+    program
+        .load()
+        .map_err(|e| bpf_error("loading target_exec", e))?;
+    program
+        .attach("sched_process_exec")
+        .map_err(|e| bpf_error("attaching target_exec to sched_process_exec", e))?;
+    Ok(())
 }
 
 /// How often each CPU checks which target thread it runs: enough to learn every thread

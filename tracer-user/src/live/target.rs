@@ -49,15 +49,33 @@ impl Target {
 
     /// Whether the process is still running (not gone, not a zombie).
     pub fn is_alive(&self) -> bool {
-        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            // The state follows the parenthesised command name.
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next())
-                .is_some_and(|state| state != 'Z' && state != 'X'),
-            Err(_) => false,
+        self.run_state() != RunState::Gone
+    }
+
+    /// What `/proc/PID/stat` says of the process.
+    pub fn run_state(&self) -> RunState {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return RunState::Gone;
+        };
+        // The state follows the parenthesised command name.
+        match stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+        {
+            Some('Z' | 'X') | None => RunState::Gone,
+            // Stopped by a signal (T) or at a tracer's stop (t).
+            Some('T' | 't') => RunState::Stopped,
+            Some(_) => RunState::Running,
         }
     }
+}
+
+/// Whether a process runs, is stopped, or is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Stopped,
+    Gone,
 }
 
 /// A command started by tasktrace, stopped before `exec` until [`Launched::release`].

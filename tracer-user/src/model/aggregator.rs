@@ -70,6 +70,9 @@ pub struct Diagnostics {
     /// Spans `[since, at]` (relative to the window in reports) in which the kernel dropped
     /// events: histories crossing them may have holes.
     pub lost_spans: Vec<(u64, u64)>,
+    /// Spans the target spent stopped (SIGSTOP, a debugger), which count toward no
+    /// threshold.
+    pub stopped_spans: Vec<(u64, u64)>,
 }
 
 /// The model's live set against the final task-list reading (`Aggregator::alive_check`).
@@ -123,6 +126,12 @@ struct SampledPoll {
     task: usize,
     last_ns: u64,
 }
+
+/// How long after its spawn event a task may still be missing from its runtime's list:
+/// the probe fires as the spawn path starts, the list insertion follows under a lock, and
+/// a thread preempted in between (seen: 2 ms on a loaded 2-core machine) is not listed by
+/// a walk that begins meanwhile.
+const SPAWN_TO_LIST: u64 = 100_000_000;
 
 /// Room for every `EventKind` byte.
 const KINDS: usize = 32;
@@ -210,6 +219,8 @@ pub struct Aggregator {
     thresholds: Thresholds,
     /// Spans `(since, at]` in which the kernel dropped events (`Rec::Lost`), merged.
     losses: Vec<(u64, u64)>,
+    /// Spans the target spent stopped (`Rec::Stopped`).
+    stops: Vec<(u64, u64)>,
 }
 
 impl Aggregator {
@@ -252,6 +263,7 @@ impl Aggregator {
             bits,
             thresholds,
             losses: Vec::new(),
+            stops: Vec::new(),
         }
     }
 
@@ -351,6 +363,7 @@ impl Aggregator {
             Rec::Lost {
                 since_ns, at_ns, ..
             } => self.events_lost(*since_ns, *at_ns),
+            Rec::Stopped { from_ns, to_ns } => self.stops.push((*from_ns, *to_ns)),
         }
     }
 
@@ -367,6 +380,11 @@ impl Aggregator {
         self.completion_from_lists = true;
     }
 
+    /// Spans of the window the target spent stopped.
+    pub fn stops(&self) -> &[(u64, u64)] {
+        &self.stops
+    }
+
     /// Spans of the window in which the kernel dropped events.
     pub fn losses(&self) -> &[(u64, u64)] {
         &self.losses
@@ -376,6 +394,7 @@ impl Aggregator {
     /// where events were lost while it lived (`verdict::under_losses`).
     pub fn final_judgement(&self, t: &Task, window_end: u64) -> Judgement {
         let j = super::verdict::final_judgement(t, window_end, &self.thresholds);
+        let j = super::verdict::without_stops(j, &self.stops, &self.thresholds);
         if self.losses.is_empty() {
             return j;
         }
@@ -731,6 +750,8 @@ impl Aggregator {
                 }
             }
             EventKind::SpawnCall | EventKind::SpawnStack => self.diagnostics.unknown_events += 1,
+            // The window ends at it (the session stops there); nothing of a task.
+            EventKind::Exec => {}
             EventKind::Dealloc => {
                 if let Some(i) = self.live.remove(ev.header, &self.tasks) {
                     self.alive -= usize::from(!self.tasks[i].is_finished());
@@ -1034,8 +1055,9 @@ impl Aggregator {
                     && t.kind != TaskKind::Blocking
                     && owners.contains(&t.owner_id)
                     && t.listed_in != self.readings
-                    // Spawned while the reading walked its list: maybe not in it yet.
-                    && t.spawned_ns.get().is_none_or(|s| s < at)
+                    // Spawned while the reading walked its list, or just before: maybe
+                    // not in it yet.
+                    && t.spawned_ns.get().is_none_or(|s| s.saturating_add(SPAWN_TO_LIST) < at)
             })
             .collect();
         for i in gone {
@@ -1182,7 +1204,7 @@ impl Aggregator {
                 ended
             };
             // Alive throughout the walk (it must be listed), at some point of it (it may).
-            let must = born < start && surely_ended_after > end;
+            let must = born.saturating_add(SPAWN_TO_LIST) < start && surely_ended_after > end;
             let may = born <= end && ended > start;
             let listed = t.listed_in == *number;
             check.listed += u64::from(listed);

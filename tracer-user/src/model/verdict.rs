@@ -187,6 +187,40 @@ pub fn judge(t: &Task, at: u64, th: &Thresholds) -> Judgement {
     j(Verdict::Ok, Reason::Active, at)
 }
 
+/// A verdict measured on the target's running time: the spans it spent stopped (SIGSTOP,
+/// a debugger; `stops`) are taken out of how long the condition lasted, since no task
+/// runs, is polled or is woken meanwhile. Below its threshold, the task is not flagged.
+pub fn without_stops(j: Judgement, stops: &[(u64, u64)], th: &Thresholds) -> Judgement {
+    if j.verdict == Verdict::Ok || j.certainty == Some(Certainty::Definite) || stops.is_empty() {
+        return j;
+    }
+    let since = j.at_ns.saturating_sub(j.for_ns);
+    let stopped: u64 = stops
+        .iter()
+        .map(|&(from, to)| to.min(j.at_ns).saturating_sub(from.max(since)))
+        .sum();
+    if stopped == 0 {
+        return j;
+    }
+    let ran = j.for_ns.saturating_sub(stopped);
+    let threshold = match j.reason {
+        Reason::BlockingPoll | Reason::Starved => th.stuck_after_ns,
+        Reason::NeverPolled => th.never_polled_after_ns,
+        _ => th.leak_after_ns,
+    };
+    if ran >= threshold {
+        Judgement { for_ns: ran, ..j }
+    } else {
+        Judgement {
+            verdict: Verdict::Ok,
+            reason: Reason::Active,
+            certainty: None,
+            for_ns: ran,
+            ..j
+        }
+    }
+}
+
 /// A verdict whose evidence runs through events the kernel lost (`losses`: spans
 /// `(since, at]`, in order), settled where it can be: by what came after the last such
 /// span (events are complete from there on), and by the task's state word at the last

@@ -289,6 +289,8 @@ impl Report {
             .iter()
             .map(|&(s, e)| (rel(s), rel(e)))
             .collect();
+        agg.diagnostics.stopped_spans =
+            agg.stops().iter().map(|&(s, e)| (rel(s), rel(e))).collect();
         let mut summary = Summary {
             lost_events: meta.lost_events,
             ..Default::default()
@@ -406,6 +408,18 @@ impl Report {
                 "{} task(s) proven unable to run were then polled or woken: tokio's reference \
                  counting differs from what this version file says; treat `definite` as suspected",
                 d.definite_contradicted
+            ));
+        }
+        let stopped_ns: u64 = d
+            .stopped_spans
+            .iter()
+            .map(|&(s, e)| e.saturating_sub(s))
+            .sum();
+        if stopped_ns > 0 {
+            warnings.push(format!(
+                "the target was stopped (SIGSTOP or a debugger) for {:.1}s of the window: no task \
+                 runs then, so that time counts toward no threshold",
+                stopped_ns as f64 / 1e9
             ));
         }
         if summary.uncertain > 0 {

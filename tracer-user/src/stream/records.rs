@@ -113,6 +113,8 @@ pub enum EndedBy {
     Duration,
     /// The target exited.
     TargetExit,
+    /// The target exec'd another program (or itself anew).
+    TargetExec,
     /// Ctrl-C or SIGTERM.
     Interrupted,
     /// A recording with no end record (the tracer was stopped abruptly).
@@ -127,6 +129,7 @@ impl EndedBy {
         match self {
             EndedBy::Duration => "duration",
             EndedBy::TargetExit => "target_exit",
+            EndedBy::TargetExec => "target_exec",
             EndedBy::Interrupted => "interrupted",
             EndedBy::Truncated => "truncated",
             EndedBy::Unknown => "unknown",
@@ -177,6 +180,12 @@ pub enum Rec {
         since_ns: u64,
         at_ns: u64,
         total: u64,
+    },
+    /// The target was stopped (SIGSTOP, a debugger) from `from_ns` to `to_ns`: no task
+    /// ran, so that time counts toward no threshold.
+    Stopped {
+        from_ns: u64,
+        to_ns: u64,
     },
     Samples {
         at_ns: u64,

@@ -29,6 +29,7 @@ const KIND_END: u8 = 5;
 const KIND_TASKLIST: u8 = 6;
 const KIND_SAMPLES: u8 = 7;
 const KIND_LOST: u8 = 8;
+const KIND_STOPPED: u8 = 9;
 /// Tasks per task-list record (keeps each record far below `MAX_RECORD`).
 const TASKLIST_CHUNK: usize = 20_000;
 /// No record is this large; a longer length means corruption, not a big window.
@@ -69,6 +70,13 @@ struct SamplesRecord {
     at_ns: u64,
     /// (thread id, id of the task it was polling).
     samples: Vec<(u32, Option<u64>)>,
+}
+
+/// A span the target spent stopped (`Rec::Stopped`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoppedRecord {
+    from_ns: u64,
+    to_ns: u64,
 }
 
 /// Events the kernel dropped in a span of the window (`Rec::Lost`).
@@ -183,6 +191,13 @@ impl Writer {
                     since_ns: *since_ns,
                     at_ns: *at_ns,
                     total: *total,
+                },
+            ),
+            Rec::Stopped { from_ns, to_ns } => self.json(
+                KIND_STOPPED,
+                &StoppedRecord {
+                    from_ns: *from_ns,
+                    to_ns: *to_ns,
                 },
             ),
         }
@@ -356,7 +371,7 @@ pub fn stream(
         }
         let kind = head[0];
         let len = u32::from_le_bytes(head[1..5].try_into().unwrap());
-        if !(KIND_META..=KIND_LOST).contains(&kind) {
+        if !(KIND_META..=KIND_STOPPED).contains(&kind) {
             return Err(corrupt(at, &format!("unknown record kind {kind}")));
         }
         if len > MAX_RECORD {
@@ -429,6 +444,13 @@ pub fn stream(
                 on_record(Rec::Samples {
                     at_ns: r.at_ns,
                     samples: r.samples,
+                });
+            }
+            KIND_STOPPED => {
+                let r: StoppedRecord = serde_json::from_slice(&body).map_err(json_err)?;
+                on_record(Rec::Stopped {
+                    from_ns: r.from_ns,
+                    to_ns: r.to_ns,
                 });
             }
             KIND_LOST => {
