@@ -56,9 +56,14 @@ pub enum Error {
     #[error("{0}")]
     UnsupportedTokio(String),
     #[error(
-        "insufficient privileges: {what}.\n  hint: tasktrace loads eBPF programs and reads other processes: run it as root (sudo), or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE"
+        "insufficient privileges: {what}.\n  hint: tasktrace loads eBPF programs and reads other processes: run it as root (sudo), or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE{}",
+        if missing.is_empty() { String::new() } else { format!(" (this process lacks {})", missing.join(", ")) }
     )]
-    Privileges { what: String },
+    Privileges {
+        what: String,
+        /// The needed capabilities the process lacks (`live::caps`).
+        missing: Vec<&'static str>,
+    },
     #[error("{}: {err}", path.display())]
     Io {
         path: PathBuf,
@@ -136,11 +141,17 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// Refused for lack of privileges: says which needed capabilities are missing.
+    pub fn privileges(what: String) -> Self {
+        Error::Privileges {
+            what,
+            missing: crate::live::caps::missing(),
+        }
+    }
+
     pub fn io_for(path: &std::path::Path, err: std::io::Error) -> Self {
         if err.kind() == std::io::ErrorKind::PermissionDenied {
-            Error::Privileges {
-                what: format!("reading {}: {err}", path.display()),
-            }
+            Error::privileges(format!("reading {}: {err}", path.display()))
         } else {
             Error::Io {
                 path: path.to_owned(),

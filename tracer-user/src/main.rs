@@ -1,23 +1,11 @@
-//! `tasktrace`: finds leaked, stuck and never-polled tasks in a live tokio process.
-
-mod binary;
-mod cmd;
-mod error;
-mod live;
-mod model;
-mod plan;
-mod report;
-mod stream;
-mod tokio_versions;
-
-#[cfg(test)]
-mod layers;
+//! `tasktrace`: finds leaked, stuck and never-polled tasks in a live tokio process. The
+//! verbs are parsed and dispatched here; everything else is the library (`lib.rs`).
 
 use std::{fs::File, io::Write, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 
-use crate::{
+use tasktrace::{
     cmd::{
         cli::{Cli, Command, TraceArgs, VerdictArgs},
         dump, inspect, replay, session,
@@ -27,6 +15,7 @@ use crate::{
     error::{Error, exit},
     live::target,
     model::verdict::Thresholds,
+    report,
     stream::{output::Output, tracefile::Writer},
 };
 

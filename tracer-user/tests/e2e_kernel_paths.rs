@@ -63,16 +63,17 @@ fn a_killed_tracer_leaves_no_per_site_link() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // The two programs load one after the other, then attach site by site.
     let mut loaded = 0;
-    for _ in 0..50 {
+    for _ in 0..100 {
         loaded = our_programs();
-        if loaded > 0 {
+        if loaded == 2 {
             break;
         }
         sleep(Duration::from_millis(100));
     }
-    sleep(Duration::from_millis(500));
     assert_eq!(loaded, 2, "both per-site programs load while tracing");
+    sleep(Duration::from_millis(500));
     tracer.kill().unwrap();
     tracer.wait().unwrap();
     // The kernel releases ~100 ms a link on this kernel; give it time.

@@ -328,3 +328,55 @@ fn a_killed_target_ends_the_window_with_a_report() {
     assert_no_false_verdict(&report, &truth);
     assert_eq!(our_programs_after_exit(), 0);
 }
+
+/// Spawn sites read from the target are hostile input: a fixture spawns from a source file
+/// whose path holds markup, quotes and a terminal escape (written by its build.rs). The
+/// terminal summary shows it inert, the HTML report escaped, the JSON exact.
+#[test]
+fn hostile_paths_from_the_target_are_inert() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let (json, html) = (tmp("hostile.json"), tmp("hostile.html"));
+    let out = tasktrace()
+        .args(["run", "--duration", "4s", "--json"])
+        .arg(&json)
+        .arg("--html")
+        .arg(&html)
+        .args(THRESHOLDS)
+        .arg("--")
+        .arg(fixture("hostile"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = assert_success(&out, "tasktrace");
+    let truth = ground_truth(&stdout);
+    let report = read_report(&json);
+    assert_eq!(ids_with(&report, "leaked"), truth.leaked);
+    let hostile = "spawns<script>alert('x')\"q\"\x1b[31mRED.rs";
+    let sites: Vec<&str> = report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["spawned_at"].as_str())
+        .collect();
+    assert!(
+        sites.iter().any(|s| s.contains(hostile)),
+        "the JSON keeps the path exactly: {sites:?}"
+    );
+    // The summary: the site is there, its escape is not.
+    let summary: String = stdout
+        .lines()
+        .filter(|l| !l.starts_with("TASKTRACE_GROUND_TRUTH"))
+        .collect();
+    assert!(summary.contains("spawns<script>"), "{summary}");
+    assert!(!summary.contains('\x1b'), "an escape reached the terminal");
+    assert!(!stderr.contains('\x1b'), "an escape reached the terminal");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(!page.contains("<script>alert"), "markup reached the page");
+    assert!(
+        page.contains("&lt;script&gt;alert(&#39;x&#39;)"),
+        "the site is shown, escaped"
+    );
+    assert!(!page.contains('\x1b'));
+}

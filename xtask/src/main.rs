@@ -26,6 +26,9 @@
 //!   of `tests/e2e_corpus.rs`; `build` only builds; `--ci`: the programs `.ci/run` traces.
 //! - `demo`: build tasktrace and the demo, trace the demo, print the verdicts, write
 //!   `tasktrace-demo.json`, and check the verdicts against the demo's own ground truth.
+//! - `fuzz [--seconds N] [TARGET…]`: run each fuzz target of `fuzz/` (cargo-fuzz,
+//!   installed on first use, with the pinned nightly) for N seconds (default 600) from
+//!   seeds made here; print the inputs run; fail on a crash.
 //! - `kernels [--debug] [RELEASE…]`: download Debian's kernel packages (the newest of each series
 //!   the registry offers: 6.1 and 6.12 today), boot each under QEMU with virtme-ng, trace
 //!   the demo inside and check its verdicts and the attach path the kernel must give;
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("corpus") => corpus::run(&root(), &args[1..]),
         Some("kernels") => kernels(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("fixture-path") => match args.get(1) {
             Some(name) => {
                 println!("{}", fixture_binary(name).display());
@@ -52,7 +56,7 @@ fn main() -> ExitCode {
             None => Err("usage: cargo xtask fixture-path NAME".into()),
         },
         _ => Err(
-            "usage: cargo xtask <fixtures | fixture-path NAME | demo | kernels [--debug] [RELEASE…] | corpus [build] [--ci] [NAME…] | bench [all | report [--events N] | spawn | poll | http | attach | dump [--tasks N] | memory [--tasks N]]>"
+            "usage: cargo xtask <fixtures | fixture-path NAME | demo | kernels [--debug] [RELEASE…] | fuzz [--seconds N] [TARGET…] | corpus [build] [--ci] [NAME…] | bench [all | report [--events N] | spawn | poll | http | attach | dump [--tasks N] | memory [--tasks N]]>"
                 .into(),
         ),
     };
@@ -102,6 +106,7 @@ fn fixture_binary(name: &str) -> PathBuf {
 mod bench;
 mod bench_http;
 mod corpus;
+mod fuzz;
 mod kernels;
 
 /// What `cargo xtask bench` (or `bench all`) runs, in this order.
@@ -330,6 +335,31 @@ fn build_fixture_with(
         return Err(format!("building {} failed", dir.display()));
     }
     Ok(())
+}
+
+/// The fuzz targets, each for a fixed time (`fuzz.rs`); the debug tasktrace writes the
+/// seed recording, the faults fixture is the seed binary.
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let status = cargo()
+        .args(["build", "--quiet", "--locked", "-p", "tracer-user"])
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("building tasktrace failed".into());
+    }
+    build_fixture(&root().join("fixtures/faults"), "release")?;
+    fuzz::run(&root(), args)
+}
+
+/// The dated nightly of scripts/toolchain.env (eBPF crate, sanitizers).
+fn ebpf_toolchain(root: &Path) -> Result<String, String> {
+    let env = std::fs::read_to_string(root.join("scripts/toolchain.env"))
+        .map_err(|e| format!("scripts/toolchain.env: {e}"))?;
+    env.lines()
+        .find_map(|l| l.strip_prefix("EBPF_TOOLCHAIN="))
+        .map(|s| s.trim().to_owned())
+        .ok_or_else(|| "no EBPF_TOOLCHAIN in scripts/toolchain.env".into())
 }
 
 /// The demo traced inside a booted guest of each kernel series (`kernels.rs`).

@@ -243,7 +243,9 @@ impl LocationTable {
         }
         let name = std::str::from_utf8(self.bytes(file_ptr, len)?).ok()?;
         let name = name.trim_end_matches('\0');
-        if !name.ends_with(".rs") || name.chars().any(char::is_control) {
+        // A path may hold any byte but NUL (a hostile build's may hold escapes: the
+        // renderers make them inert).
+        if !name.ends_with(".rs") || name.contains('\0') {
             return None;
         }
         Some(format!("{name}:{line}:{col}"))

@@ -173,6 +173,7 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
         schema: SCHEMA,
         target: TargetInfo {
             pid,
+            pid_in_namespace: target.pid_in_namespace(),
             binary: target.display.clone(),
             build_id: bin.build_id.clone(),
             tokio_version: bin.tokio_version.map(|v| v.to_string()),
@@ -190,14 +191,22 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
     })
 }
 
+/// ` (pid N in its namespace)` for a target in a container, else nothing.
+fn ns_pid(t: &TargetInfo) -> String {
+    t.pid_in_namespace
+        .map(|p| format!(" (pid {p} in its pid namespace)"))
+        .unwrap_or_default()
+}
+
 pub fn render_text(d: &Dump) -> String {
     let mut out = String::new();
     let s = &d.summary;
     let _ = writeln!(
         out,
-        "tasktrace dump: pid {} ({}), tokio {}: {} tasks in {} task list(s), read in {:.1} ms \
+        "tasktrace dump: pid {}{} ({}), tokio {}: {} tasks in {} task list(s), read in {:.1} ms \
          ({:.1} MiB scanned)",
         d.target.pid,
+        ns_pid(&d.target),
         safe(&d.target.binary),
         d.target.tokio_version.as_deref().unwrap_or("unknown"),
         s.tasks,

@@ -92,6 +92,21 @@ pub struct TaskVtables {
 }
 
 pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Inspection> {
+    inspect_for(
+        display,
+        exe,
+        symbols,
+        &crate::live::kernel::KernelFeatures::probe(),
+    )
+}
+
+/// What a trace of `exe` would get on a kernel with `kernel`'s features.
+pub fn inspect_for(
+    display: &str,
+    exe: &Path,
+    symbols: Option<&Path>,
+    kernel: &crate::live::kernel::KernelFeatures,
+) -> Result<Inspection> {
     let (bin, table) = crate::binary::read_binary(exe, display, symbols)?;
     // No tokio symbol and no tokio source path anywhere (a stripped tokio binary keeps
     // the paths in its panic Locations): not a tokio program, whatever layout it would get.
@@ -120,8 +135,7 @@ pub fn inspect(display: &str, exe: &Path, symbols: Option<&Path>) -> Result<Insp
         warnings: Vec::new(),
         kernel: KernelView::default(),
     };
-    let kernel = crate::live::kernel::KernelFeatures::probe();
-    out.kernel = KernelView::of(&kernel);
+    out.kernel = KernelView::of(kernel);
     let selection = match tokio_versions::select(bin.tokio_version) {
         Ok(s) => s,
         Err(why) => {

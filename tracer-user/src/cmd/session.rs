@@ -267,6 +267,7 @@ impl<'o> Session<'o> {
         locator.set_vtable_sites(plan.code_sites());
         let target_info = TargetInfo {
             pid: target.pid,
+            pid_in_namespace: target.pid_in_namespace(),
             binary: target.display.clone(),
             build_id: bin.build_id.clone(),
             tokio_version: bin.tokio_version.map(|v| v.to_string()),

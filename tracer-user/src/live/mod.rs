@@ -3,6 +3,7 @@
 //! against its binary (`locator`), the host kernel (`kernel`: its features, `kernel_btf`)
 //! and clock (`clock`).
 
+pub mod caps;
 pub mod clock;
 pub mod kernel;
 pub mod kernel_btf;

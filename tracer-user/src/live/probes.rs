@@ -413,11 +413,11 @@ fn bpf_missing(what: &str) -> Error {
 fn bpf_error<E: std::error::Error + Send + Sync + 'static>(what: &str, e: E) -> Error {
     let chain = crate::error::chain(&e);
     let denied = chain.contains("Operation not permitted") || chain.contains("Permission denied");
+    // Refused for want of a capability (not root, or root without it), not a kernel
+    // refusal of the program.
     // SAFETY: geteuid has no preconditions.
-    if denied && unsafe { libc::geteuid() } != 0 {
-        Error::Privileges {
-            what: format!("{what}: {chain}"),
-        }
+    if denied && (unsafe { libc::geteuid() } != 0 || !crate::live::caps::missing().is_empty()) {
+        Error::privileges(format!("{what}: {chain}"))
     } else {
         Error::Bpf {
             what: what.to_owned(),

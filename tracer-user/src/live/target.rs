@@ -29,9 +29,7 @@ impl Target {
         let display = match std::fs::read_link(&exe) {
             Ok(p) => p.display().to_string(),
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(Error::Privileges {
-                    what: format!("reading {}: {e}", exe.display()),
-                });
+                return Err(Error::privileges(format!("reading {}: {e}", exe.display())));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if proc_dir.exists() {
@@ -45,6 +43,13 @@ impl Target {
             Err(e) => return Err(Error::io_for(&exe, e)),
         };
         Ok(Self { pid, exe, display })
+    }
+
+    /// The process's pid in its own pid namespace (`NSpid` of `/proc/PID/status`), when it
+    /// lives in one other than ours: what a container calls it.
+    pub fn pid_in_namespace(&self) -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        ns_pid(&status).filter(|&p| p != self.pid)
     }
 
     /// Whether the process is still running (not gone, not a zombie).
@@ -68,6 +73,12 @@ impl Target {
             Some(_) => RunState::Running,
         }
     }
+}
+
+/// The innermost pid of an `NSpid:` line (the pid as each nested namespace sees it).
+fn ns_pid(status: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
 }
 
 /// Whether a process runs, is stopped, or is gone.
@@ -232,4 +243,19 @@ fn is_executable(p: &Path) -> bool {
     };
     // SAFETY: access(2) on a valid C string.
     p.is_file() && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_innermost_namespace_pid_is_the_containers_view() {
+        assert_eq!(ns_pid("Name:\tx\nNSpid:\t4242\t1\n"), Some(1));
+        assert_eq!(ns_pid("NSpid:\t4242\n"), Some(4242));
+        assert_eq!(ns_pid("Name:\tx\n"), None);
+        let me = Target::from_pid(std::process::id()).unwrap();
+        assert_eq!(me.pid_in_namespace(), None, "not in a namespace of its own");
+        assert_eq!(me.run_state(), RunState::Running);
+    }
 }

@@ -127,12 +127,7 @@ impl<'a> Reader<'a> {
         if let Err(e) = mem.check_access() {
             return Err(match e.raw_os_error() {
                 Some(libc::ESRCH) => Error::NoSuchProcess(pid),
-                _ => Error::Privileges {
-                    what: format!(
-                        "reading the memory of pid {pid} ({e}); run as root or with \
-                         CAP_SYS_PTRACE"
-                    ),
-                },
+                _ => Error::privileges(format!("reading the memory of pid {pid} ({e})")),
             });
         }
         Ok(Self::with_memory(mem, pid, knowledge, vtables))

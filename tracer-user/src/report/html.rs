@@ -147,8 +147,11 @@ window {window:.1} s, ended by {ended} · thresholds: leaked after {leak} ms idl
     h
 }
 
+/// Text from the target made inert in a page: markup escaped, and control characters
+/// shown as `\u{..}` (a page read with `cat` must not drive the terminal either).
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
+    super::terminal_safe(s)
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
@@ -197,7 +200,11 @@ fn live_chart(r: &Report) -> String {
             .draw()?;
         for (i, site) in top.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
-            let name = site.site.clone().unwrap_or_else(|| "unknown site".into());
+            // plotters escapes markup in SVG text; control characters are ours to neutralise.
+            let name = site.site.as_deref().map_or_else(
+                || "unknown site".into(),
+                |s| super::terminal_safe(s).into_owned(),
+            );
             chart
                 .draw_series(LineSeries::new(
                     site.live_series.iter().map(|p| (p[0] as f64 / 1e9, p[1])),

@@ -16,6 +16,7 @@ const S: u64 = 1_000 * MS;
 fn target() -> TargetInfo {
     TargetInfo {
         pid: 4242,
+        pid_in_namespace: None,
         binary: "/srv/app".into(),
         build_id: None,
         tokio_version: Some("1.54.1".into()),

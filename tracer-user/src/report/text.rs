@@ -10,8 +10,12 @@ pub fn render_text(r: &Report) -> String {
     let s = &r.summary;
     let _ = writeln!(
         out,
-        "tasktrace: pid {} ({}), tokio {}, window {}, ended by {}",
+        "tasktrace: pid {}{} ({}), tokio {}, window {}, ended by {}",
         r.target.pid,
+        r.target
+            .pid_in_namespace
+            .map(|p| format!(" (pid {p} in its pid namespace)"))
+            .unwrap_or_default(),
         safe(&r.target.binary),
         r.target.tokio_version.as_deref().unwrap_or("unknown"),
         secs(r.window.duration_ns),

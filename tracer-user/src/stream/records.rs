@@ -44,6 +44,9 @@ fn is_zero(v: &u64) -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetInfo {
     pub pid: u32,
+    /// Its pid in its own pid namespace (a container's view), when that differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_in_namespace: Option<u32>,
     pub binary: String,
     pub build_id: Option<String>,
     pub tokio_version: Option<String>,
@@ -98,6 +101,7 @@ impl TargetInfo {
     pub fn synthetic(binary: &str) -> Self {
         Self {
             pid: 1,
+            pid_in_namespace: None,
             binary: binary.into(),
             build_id: None,
             tokio_version: Some("1.54.1".into()),

@@ -7,7 +7,7 @@
 
 use std::{
     fs::File,
-    io::{BufWriter, Write},
+    io::{BufWriter, Read, Write},
     path::{Path, PathBuf},
 };
 
@@ -377,8 +377,14 @@ pub fn stream(
         if len > MAX_RECORD {
             return Err(corrupt(at, &format!("record length {len} is implausible")));
         }
-        body.resize(len as usize, 0);
-        if read_full(&mut reader, &mut body).map_err(io)? < body.len() {
+        // Read what is there, up to the length the header claims: a forged length never
+        // makes the reader allocate more than the file holds.
+        body.clear();
+        (&mut reader)
+            .take(u64::from(len))
+            .read_to_end(&mut body)
+            .map_err(io)?;
+        if body.len() < len as usize {
             truncated_at = Some(at);
             break;
         }
@@ -494,4 +500,30 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<(TraceInfo, Vec<Rec>)> {
     let mut recs = Vec::new();
     let info = stream(path, data, |r| recs.push(r))?;
     Ok((info, recs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header claiming the largest record over a body of a few bytes: the reader takes
+    /// what is there (the file is cut), it does not reserve what the header claims.
+    #[test]
+    fn a_forged_length_reads_only_what_the_file_holds() {
+        let mut file = MAGIC.to_vec();
+        file.push(KIND_META);
+        file.extend_from_slice(&MAX_RECORD.to_le_bytes());
+        file.extend_from_slice(b"{\"format\"");
+        let mut records = 0;
+        let r = stream(Path::new("forged"), &file[..], |_| records += 1);
+        let err = r.expect_err("no metadata record survived");
+        assert!(err.to_string().contains("no metadata record"), "{err}");
+        assert_eq!(records, 0);
+        // A length past the limit is refused outright.
+        let mut file = MAGIC.to_vec();
+        file.push(KIND_META);
+        file.extend_from_slice(&(MAX_RECORD + 1).to_le_bytes());
+        let err = stream(Path::new("forged"), &file[..], |_| {}).unwrap_err();
+        assert!(err.to_string().contains("implausible"), "{err}");
+    }
 }
