@@ -13,13 +13,7 @@ fuzz_target!(|data: &[u8]| {
     ));
     std::fs::write(&path, data).unwrap();
     // A fixed kernel: the analysis of the binary is under test, not the host.
-    let kernel = KernelFeatures {
-        release: "fuzz".into(),
-        uprobe_multi: Ok(true),
-        multi_pid_filter: Ok(true),
-        btf: true,
-        fsbase: Some(0x1000),
-    };
+    let kernel = KernelFeatures::everything("fuzz");
     if let Ok(i) = tasktrace::cmd::inspect::inspect_for("fuzzed", &path, None, &kernel) {
         let _ = tasktrace::cmd::inspect::render_text(&i);
     }

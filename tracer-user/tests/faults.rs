@@ -129,10 +129,6 @@ fn lost_events_never_become_verdicts() {
     let _ = std::fs::remove_file(&trace);
 }
 
-fn truth_of(v: &Value) -> Truth {
-    ground_truth(&format!("TASKTRACE_GROUND_TRUTH {v}"))
-}
-
 /// `run` on the faults fixture in one mode: the report, and the truth it printed.
 fn run_faults(mode: &[&str], duration: &str, name: &str) -> (Value, Truth) {
     let json = tmp(name);
@@ -265,16 +261,7 @@ fn a_stopped_target_is_judged_on_its_running_time() {
     let (target, truth) = start_with_truth(&fixture("demo"), &[]);
     let truth = truth_of(&truth);
     let json = tmp("faults-stopped.json");
-    let tracer = tasktrace()
-        .args(["record", "--duration", "9s", "--pid"])
-        .arg(target.id().to_string())
-        .arg("--json")
-        .arg(&json)
-        .args(THRESHOLDS)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let tracer = record_in_background(target.id(), &json, "9s");
     std::thread::sleep(std::time::Duration::from_secs(2));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(target.id() as i32, libc::SIGSTOP) };
@@ -308,16 +295,7 @@ fn a_killed_target_ends_the_window_with_a_report() {
     let (mut target, truth) = start_with_truth(&fixture("demo"), &[]);
     let truth = truth_of(&truth);
     let json = tmp("faults-killed.json");
-    let tracer = tasktrace()
-        .args(["record", "--duration", "20s", "--pid"])
-        .arg(target.id().to_string())
-        .arg("--json")
-        .arg(&json)
-        .args(THRESHOLDS)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let tracer = record_in_background(target.id(), &json, "20s");
     std::thread::sleep(std::time::Duration::from_secs(4));
     target.kill().unwrap();
     let _ = target.wait();

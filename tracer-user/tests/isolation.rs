@@ -16,10 +16,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-fn truth_of(v: &Value) -> Truth {
-    ground_truth(&format!("TASKTRACE_GROUND_TRUTH {v}"))
-}
-
 /// Attached late to the demo: the leaks are exactly the demo's, and nothing is flagged
 /// that the demo did not build to be (never-polled tasks show as notified and not run
 /// since attach: stuck, starved; `tests/e2e_late.rs`).
@@ -37,19 +33,6 @@ fn assert_late_verdicts(report: &Value, truth: &Truth, who: &str) {
     );
 }
 
-fn record(pid: u32, json: &std::path::Path, duration: &str) -> std::process::Child {
-    tasktrace()
-        .args(["record", "-q", "--duration", duration, "--pid"])
-        .arg(pid.to_string())
-        .arg("--json")
-        .arg(json)
-        .args(THRESHOLDS)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn two_tracers_on_one_target_and_a_third_on_another_are_independent() {
     if !require_bpf() {
@@ -64,9 +47,9 @@ fn two_tracers_on_one_target_and_a_third_on_another_are_independent() {
         .map(|n| tmp(n))
         .collect();
     let tracers = vec![
-        record(a.id(), &files[0], "6s"),
-        record(a.id(), &files[1], "5s"),
-        record(b.id(), &files[2], "6s"),
+        record_in_background(a.id(), &files[0], "6s"),
+        record_in_background(a.id(), &files[1], "5s"),
+        record_in_background(b.id(), &files[2], "6s"),
     ];
     sleep(Duration::from_secs(2));
     assert_eq!(our_programs(), 6, "three tracers, two programs each");

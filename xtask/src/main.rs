@@ -340,16 +340,23 @@ fn build_fixture_with(
 /// The fuzz targets, each for a fixed time (`fuzz.rs`); the debug tasktrace writes the
 /// seed recording, the faults fixture is the seed binary.
 fn fuzz(args: &[String]) -> Result<(), String> {
+    build_tasktrace_debug()?;
+    build_fixture(&root().join("fixtures/faults"), "release")?;
+    fuzz::run(&root(), args)
+}
+
+/// `target/debug/tasktrace`, as `cargo test` builds it.
+fn build_tasktrace_debug() -> Result<(), String> {
     let status = cargo()
         .args(["build", "--quiet", "--locked", "-p", "tracer-user"])
         .current_dir(root())
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err("building tasktrace failed".into());
+    if status.success() {
+        Ok(())
+    } else {
+        Err("building tasktrace failed".into())
     }
-    build_fixture(&root().join("fixtures/faults"), "release")?;
-    fuzz::run(&root(), args)
 }
 
 /// The dated nightly of scripts/toolchain.env (eBPF crate, sanitizers).
@@ -368,14 +375,7 @@ fn ebpf_toolchain(root: &Path) -> Result<String, String> {
 fn kernels(args: &[String]) -> Result<(), String> {
     let debug = args.iter().any(|a| a == "--debug");
     let tasktrace = if debug {
-        let status = cargo()
-            .args(["build", "--quiet", "--locked", "-p", "tracer-user"])
-            .current_dir(root())
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !status.success() {
-            return Err("building tasktrace failed".into());
-        }
+        build_tasktrace_debug()?;
         root().join("target/debug/tasktrace")
     } else {
         build_tasktrace_release()?;

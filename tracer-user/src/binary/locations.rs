@@ -129,7 +129,7 @@ impl LocationTable {
                 .collect();
             for sec in file.sections() {
                 let Ok(name) = sec.name() else { continue };
-                let range = sec.address()..sec.address() + sec.size();
+                let range = sec.address()..sec.address().saturating_add(sec.size());
                 let bytes = || sec.data().ok().map(|d| (range.clone(), d.to_vec()));
                 match name {
                     ".rodata" => table.rodata.push((range.start, range.end)),

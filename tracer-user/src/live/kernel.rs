@@ -45,6 +45,18 @@ impl KernelFeatures {
         }
     }
 
+    /// A kernel that offers everything (uprobe_multi with its pid filter, BTF): what a
+    /// binary's analysis assumes when the host is not the question (fuzzing, tests).
+    pub fn everything(release: &str) -> Self {
+        Self {
+            release: release.into(),
+            uprobe_multi: Ok(true),
+            multi_pid_filter: Ok(true),
+            btf: true,
+            fsbase: Some(0x1000),
+        }
+    }
+
     /// A `uprobe_multi` link can trace one process: it exists and filters by process.
     pub fn multi_usable(&self) -> bool {
         self.uprobe_multi == Ok(true) && self.multi_pid_filter == Ok(true)

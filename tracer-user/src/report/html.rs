@@ -178,14 +178,29 @@ fn svg(
     out
 }
 
+/// The window in seconds as a chart's x range: a report of a forged recording may claim
+/// any span, and plotters' pixel arithmetic overflows past a few years.
+fn window_s(r: &Report) -> f64 {
+    (r.window.duration_ns as f64 / 1e9).clamp(0.001, 1e8)
+}
+
+/// A window-relative instant as a chart's x, inside the chart.
+fn x_at(ns: u64, window_s: f64) -> f64 {
+    (ns as f64 / 1e9).clamp(0.0, window_s)
+}
+
+/// Counts as a chart's y range (forged counts are clamped, not overflowed).
+const MAX_Y: u64 = 1 << 48;
+
 fn live_chart(r: &Report) -> String {
-    let window_s = (r.window.duration_ns as f64 / 1e9).max(0.001);
+    let window_s = window_s(r);
     let top: Vec<_> = r.spawn_sites.iter().take(6).collect();
     let max_y = top
         .iter()
         .flat_map(|s| s.live_series.iter().map(|p| p[1]))
         .max()
         .unwrap_or(0)
+        .min(MAX_Y)
         + 1;
     svg(|root| {
         let mut chart = ChartBuilder::on(root)
@@ -207,7 +222,9 @@ fn live_chart(r: &Report) -> String {
             );
             chart
                 .draw_series(LineSeries::new(
-                    site.live_series.iter().map(|p| (p[0] as f64 / 1e9, p[1])),
+                    site.live_series
+                        .iter()
+                        .map(|p| (x_at(p[0], window_s), p[1].min(max_y))),
                     color.stroke_width(2),
                 ))?
                 .label(name)
@@ -226,8 +243,15 @@ fn live_chart(r: &Report) -> String {
 
 fn poll_chart(r: &Report) -> String {
     let buckets = &r.poll_histogram;
-    let max_y = buckets.iter().map(|b| b.polls).max().unwrap_or(0) + 1;
-    let n = buckets.len().max(1) as u32;
+    let max_y = buckets
+        .iter()
+        .map(|b| b.polls)
+        .max()
+        .unwrap_or(0)
+        .min(MAX_Y)
+        + 1;
+    // One bucket per power of two of a u64 at most.
+    let n = buckets.len().clamp(1, 64) as u32;
     svg(|root| {
         let mut chart = ChartBuilder::on(root)
             .margin(12)
@@ -239,21 +263,29 @@ fn poll_chart(r: &Report) -> String {
             .x_desc("poll duration, below (µs, log2 buckets)")
             .y_desc("polls")
             .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => format!("{}", 1u64 << *i),
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => 1u64
+                    .checked_shl(*i)
+                    .map_or_else(String::new, |v| v.to_string()),
                 SegmentValue::Last => String::new(),
             })
             .draw()?;
         chart.draw_series(
             Histogram::vertical(&chart)
                 .style(BLUE.mix(0.6).filled())
-                .data(buckets.iter().enumerate().map(|(i, b)| (i as u32, b.polls))),
+                .data(
+                    buckets
+                        .iter()
+                        .take(n as usize)
+                        .enumerate()
+                        .map(|(i, b)| (i as u32, b.polls.min(max_y))),
+                ),
         )?;
         Ok(())
     })
 }
 
 fn stuck_chart(r: &Report) -> String {
-    let window_s = (r.window.duration_ns as f64 / 1e9).max(0.001);
+    let window_s = window_s(r);
     let mut threads: Vec<u32> = r.stuck_polls.iter().map(|p| p.thread).collect();
     threads.sort_unstable();
     threads.dedup();
@@ -291,8 +323,8 @@ fn stuck_chart(r: &Report) -> String {
             };
             Rectangle::new(
                 [
-                    (p.start_ns as f64 / 1e9, row - 0.35),
-                    (p.end_ns as f64 / 1e9, row + 0.35),
+                    (x_at(p.start_ns, window_s), row - 0.35),
+                    (x_at(p.end_ns, window_s), row + 0.35),
                 ],
                 color.filled(),
             )

@@ -124,6 +124,26 @@ pub fn ground_truth(stdout: &str) -> Truth {
     }
 }
 
+/// `tasktrace record --pid PID --duration D --json JSON` with the e2e thresholds, in the
+/// background (stdout and stderr piped).
+pub fn record_in_background(pid: u32, json: &Path, duration: &str) -> std::process::Child {
+    tasktrace()
+        .args(["record", "--duration", duration, "--pid"])
+        .arg(pid.to_string())
+        .arg("--json")
+        .arg(json)
+        .args(THRESHOLDS)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The ground truth [`start_with_truth`] returned, as [`ground_truth`] reads it.
+pub fn truth_of(v: &Value) -> Truth {
+    ground_truth(&format!("TASKTRACE_GROUND_TRUTH {v}"))
+}
+
 pub fn read_report(path: &Path) -> Value {
     let body = std::fs::read(path).unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
     serde_json::from_slice(&body).expect("report is JSON")
