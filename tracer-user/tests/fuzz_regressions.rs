@@ -46,3 +46,9 @@ fn a_stuck_poll_past_any_chart() {
 fn a_section_ending_past_the_address_space() {
     inspect(&data("binary-section-end-overflow"));
 }
+
+/// A poll lasting over 2^63 ns: the histogram's last bucket bound overflowed.
+#[test]
+fn a_poll_longer_than_any_bucket() {
+    report_every_way(&data("trace-poll-of-2-pow-63-ns"));
+}

@@ -79,12 +79,23 @@ fn upper_bound(i: usize) -> u64 {
     }
     let (power, sub) = (i / SUB, (i % SUB) as u64);
     let base = 1u64 << power;
-    base + (sub + 1) * (base / SUB as u64) - 1
+    // In this order the last bucket's bound is u64::MAX, not one past it.
+    base - 1 + (sub + 1) * (base / SUB as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A forged recording can hold a poll of any length (a fuzz finding).
+    #[test]
+    fn the_longest_durations_have_a_bucket() {
+        assert_eq!(upper_bound(BUCKETS - 1), u64::MAX);
+        let mut h = PollTimes::default();
+        h.record(u64::MAX);
+        assert_eq!(h.percentile(100.0), Some(u64::MAX));
+        assert!(!h.by_power_of_two_us().is_empty());
+    }
 
     #[test]
     fn percentiles_are_within_an_eighth() {
