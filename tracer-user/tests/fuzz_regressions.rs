@@ -52,3 +52,9 @@ fn a_section_ending_past_the_address_space() {
 fn a_poll_longer_than_any_bucket() {
     report_every_way(&data("trace-poll-of-2-pow-63-ns"));
 }
+
+/// An event stamped `u64::MAX`, the value that stands for "no instant" in the model.
+#[test]
+fn an_event_at_the_end_of_time() {
+    report_every_way(&data("trace-event-at-u64-max"));
+}
