@@ -58,3 +58,9 @@ fn a_poll_longer_than_any_bucket() {
 fn an_event_at_the_end_of_time() {
     report_every_way(&data("trace-event-at-u64-max"));
 }
+
+/// Polls whose durations add up past u64: a task's busy time overflowed.
+#[test]
+fn busy_time_past_what_u64_holds() {
+    report_every_way(&data("trace-busy-time-past-u64"));
+}

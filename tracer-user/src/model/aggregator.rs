@@ -705,7 +705,9 @@ impl Aggregator {
                     self.end_poll(ev.tid, ts);
                 }
                 let cancelled = ev.state & self.bits.cancelled != 0;
-                self.alive -= usize::from(!self.tasks[i].is_finished());
+                self.alive = self
+                    .alive
+                    .saturating_sub(usize::from(!self.tasks[i].is_finished()));
                 self.forget_id(i);
                 let t = &mut self.tasks[i];
                 t.completed_ns.set_if_none(ts);
@@ -754,7 +756,9 @@ impl Aggregator {
             EventKind::Exec => {}
             EventKind::Dealloc => {
                 if let Some(i) = self.live.remove(ev.header, &self.tasks) {
-                    self.alive -= usize::from(!self.tasks[i].is_finished());
+                    self.alive = self
+                        .alive
+                        .saturating_sub(usize::from(!self.tasks[i].is_finished()));
                     self.forget_id(i);
                     if self.tasks[i].id != 0 {
                         self.freed_since_reading.insert(self.tasks[i].id);
@@ -797,7 +801,7 @@ impl Aggregator {
             return;
         };
         let dur = ts.saturating_sub(start);
-        t.busy_ns += dur;
+        t.busy_ns = t.busy_ns.saturating_add(dur);
         t.longest_poll_ns = t.longest_poll_ns.max(dur);
         t.last_poll_end_ns = Stamp::at(ts);
         if !t.is_finished() {
@@ -817,7 +821,7 @@ impl Aggregator {
         // completions (stripped), the end of that poll is its completion.
         let t = &self.tasks[frame.task];
         if self.completion_from_lists && t.kind == TaskKind::Blocking && !t.is_finished() {
-            self.alive -= 1;
+            self.alive = self.alive.saturating_sub(1);
             self.forget_id(frame.task);
             let t = &mut self.tasks[frame.task];
             t.completed_ns = Stamp::at(ts);
@@ -1061,7 +1065,7 @@ impl Aggregator {
             })
             .collect();
         for i in gone {
-            self.alive -= 1;
+            self.alive = self.alive.saturating_sub(1);
             self.forget_id(i);
             let t = &mut self.tasks[i];
             let when = t.last_poll_end_ns.get().unwrap_or(at).min(at);
@@ -1271,7 +1275,9 @@ impl Aggregator {
 
     /// The task at this address is gone although its dealloc was never seen.
     fn retire(&mut self, i: usize, ts: u64) {
-        self.alive -= usize::from(!self.tasks[i].is_finished());
+        self.alive = self
+            .alive
+            .saturating_sub(usize::from(!self.tasks[i].is_finished()));
         self.forget_id(i);
         let t = &mut self.tasks[i];
         t.freed_ns.set_if_none(ts);

@@ -92,7 +92,8 @@ pub fn spawn_sites<'a>(
 fn live_series(tasks: &[&TaskReport], window_ns: u64) -> Vec<[u64; 2]> {
     (0..=SERIES_POINTS)
         .map(|i| {
-            let t = window_ns * i / SERIES_POINTS;
+            // In u128: a forged recording's window may be as long as u64 allows.
+            let t = (u128::from(window_ns) * u128::from(i) / u128::from(SERIES_POINTS)) as u64;
             let live = tasks
                 .iter()
                 .filter(|task| task.spawned_at_ns.get().unwrap_or(0) <= t)
