@@ -133,6 +133,21 @@ struct SampledPoll {
 /// a walk that begins meanwhile.
 const SPAWN_TO_LIST: u64 = 100_000_000;
 
+/// The instant by which a spawned task is surely in its runtime's list: a poll seen
+/// proves the insertion (tokio lists a task before it can be scheduled); without one,
+/// [`SPAWN_TO_LIST`] after its spawn. Using the poll keeps a task whose completion was
+/// lost from staying alive when it was spawned just before the last reading.
+fn listed_by(t: &Task) -> u64 {
+    let polled = t
+        .running_since
+        .get()
+        .into_iter()
+        .chain(t.last_poll_end_ns.get())
+        .min();
+    let spawned = t.spawned_ns.get().unwrap_or(t.first_seen_ns);
+    polled.unwrap_or(spawned.saturating_add(SPAWN_TO_LIST))
+}
+
 /// Room for every `EventKind` byte.
 const KINDS: usize = 32;
 
@@ -965,7 +980,12 @@ impl Aggregator {
                     task.vtable = lt.vtable;
                     task.before_attach = attach;
                     match lt.status {
-                        Status::Idle => task.last_poll_end_ns = Stamp::at(at),
+                        Status::Idle => {
+                            task.last_poll_end_ns = Stamp::at(at);
+                            // Spawned notified and now idle: polled, though no event of
+                            // it arrived (all lost); its idle time counts from here.
+                            task.polls = u64::from(!attach);
+                        }
                         Status::Notified => task.scheduled_since = Stamp::at(at),
                         Status::Running => task.rare_mut().running_at_attach = Stamp::at(at),
                         Status::Complete => {}
@@ -1061,7 +1081,7 @@ impl Aggregator {
                     && t.listed_in != self.readings
                     // Spawned while the reading walked its list, or just before: maybe
                     // not in it yet.
-                    && t.spawned_ns.get().is_none_or(|s| s.saturating_add(SPAWN_TO_LIST) < at)
+                    && t.spawned_ns.get().is_none_or(|_| listed_by(t) < at)
             })
             .collect();
         for i in gone {
@@ -1208,7 +1228,7 @@ impl Aggregator {
                 ended
             };
             // Alive throughout the walk (it must be listed), at some point of it (it may).
-            let must = born.saturating_add(SPAWN_TO_LIST) < start && surely_ended_after > end;
+            let must = listed_by(t).max(born) < start && surely_ended_after > end;
             let may = born <= end && ended > start;
             let listed = t.listed_in == *number;
             check.listed += u64::from(listed);

@@ -933,3 +933,39 @@ fn a_blocking_poll_is_settled_by_the_reading_after_the_loss() {
     assert_eq!(j.certainty, None);
     assert!(j.for_ns <= 5 * S - 3 * MS);
 }
+
+#[test]
+fn a_task_first_found_idle_by_a_later_reading_was_polled() {
+    let mut a = agg();
+    a.task_list(&[], S, true, Some(&[1]));
+    // Every event of task 7 lost: a reading in the window finds it idle. Spawned
+    // notified, it was polled since; left at zero polls it would never be judged.
+    a.task_list(
+        &[listed(0x1000, 7, Status::Idle, 2, false)],
+        2 * S,
+        false,
+        Some(&[1]),
+    );
+    assert_eq!(a.tasks[0].polls, 1);
+    assert_eq!(verdict_at(&a, 7, 5 * S).0, Verdict::Ok);
+    assert_eq!(
+        verdict_at(&a, 7, 13 * S),
+        (Verdict::Leaked, Reason::IdleSinceLastPoll)
+    );
+}
+
+#[test]
+fn a_polled_task_is_listed_from_its_poll_on() {
+    let mut a = agg();
+    a.completion_from_lists = true;
+    // Spawned and polled just before a reading (within the spawn-to-list slack): the
+    // poll proves it was in its list, so missing from it means it finished.
+    spawn(&mut a, 10 * S - 5 * MS, 0x1000, 1);
+    poll(&mut a, 10 * S - 4 * MS, 10 * S - 3 * MS, 0x1000, 1, 10);
+    // Spawned as close and never polled: may not be in the list yet, still alive.
+    spawn(&mut a, 10 * S - 2 * MS, 0x2000, 2);
+    a.task_list(&[], 10 * S, false, Some(&[1]));
+    let t = |id| a.tasks.iter().find(|t| t.id == id).unwrap();
+    assert_eq!(t(1).completed_ns.get(), Some(10 * S - 3 * MS));
+    assert!(t(2).completed_ns.is_none());
+}
