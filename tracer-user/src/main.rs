@@ -10,7 +10,7 @@ use tasktrace::{
         cli::{Cli, Command, TraceArgs, VerdictArgs},
         dump, inspect, replay, session,
         session::WindowOpts,
-        synth,
+        synth, top,
     },
     error::{Error, exit},
     live::target,
@@ -110,6 +110,75 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                         .map_err(Error::Stdout)?;
                 }
                 _ => print!("{}", dump::render_text(&d)),
+            }
+            Ok(exit::OK)
+        }
+        Command::Top {
+            pid,
+            mode,
+            once,
+            refresh,
+            duration,
+            output,
+            symbols,
+            ring_size,
+            verdicts,
+            cmd,
+        } => {
+            let recording = output.as_deref().map(Writer::create).transpose()?;
+            let (target, launched) = match pid {
+                Some(pid) => (target::Target::from_pid(pid)?, None),
+                None => {
+                    let (t, l) = target::launch(&cmd)?;
+                    (t, Some(l))
+                }
+            };
+            let interactive = !once && std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let window = WindowOpts {
+                duration,
+                thresholds: thresholds(&verdicts),
+                ring_bytes: ring_size,
+                // Nothing may write over the screen.
+                quiet: interactive || verdicts.quiet,
+                timeline: false,
+                spawn_sites: true,
+                symbols,
+                mode,
+                attach: None,
+            };
+            let pid = target.pid;
+            let opts = top::TopOpts {
+                once,
+                refresh,
+                json: verdicts
+                    .json
+                    .clone()
+                    .unwrap_or_else(|| format!("tasktrace-top-{pid}.json").into()),
+                html: verdicts
+                    .html
+                    .clone()
+                    .unwrap_or_else(|| format!("tasktrace-top-{pid}.html").into()),
+                recording: output,
+            };
+            let mut s = session::Session::attach(target, launched, &window, recording)?;
+            let ended = top::top(&mut s, &opts).await;
+            // Closed (probes detached) whatever happened to the screen.
+            let report = s
+                .close(
+                    *ended
+                        .as_ref()
+                        .unwrap_or(&tasktrace::stream::EndedBy::Interrupted),
+                )
+                .await;
+            ended?;
+            if interactive {
+                eprintln!(
+                    "tasktrace: top ended; {} tasks alive, {} leaked, {} stuck, {} never polled",
+                    report.summary.alive,
+                    report.summary.leaked,
+                    report.summary.stuck,
+                    report.summary.never_polled
+                );
             }
             Ok(exit::OK)
         }

@@ -64,6 +64,41 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         symbols: Option<PathBuf>,
     },
+    /// A live view of a process's tasks by spawn site, refreshed every second (like
+    /// py-spy top): attach with --pid, or launch a command after `--`.
+    Top {
+        /// Process id of the tokio program.
+        #[arg(long, required_unless_present = "cmd", conflicts_with = "cmd")]
+        pid: Option<u32>,
+        /// `lifecycle` (default: cheapest, no poll figures) or `full` (every poll).
+        #[arg(long, value_enum, default_value_t = crate::plan::Mode::Lifecycle)]
+        mode: crate::plan::Mode,
+        /// Print one snapshot after one refresh period, as text, and end (also what
+        /// happens when stdout is not a terminal).
+        #[arg(long)]
+        once: bool,
+        /// How often the view is refreshed.
+        #[arg(long, value_parser = parse_duration, default_value = "1s")]
+        refresh: Duration,
+        /// End after this long.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Also record to this trace file (`s` names it with the report it saves).
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Symbols for a stripped target: an unstripped copy of the same build.
+        #[arg(long, value_name = "FILE")]
+        symbols: Option<PathBuf>,
+        /// Ring buffer size in bytes (power of two; K/M suffixes accepted).
+        #[arg(long, value_parser = parse_size, default_value = "8M")]
+        ring_size: u32,
+        /// Where `s` saves the report (default: tasktrace-top-PID.json and .html here).
+        #[command(flatten)]
+        verdicts: VerdictArgs,
+        /// The command to launch and watch (after `--`).
+        #[arg(last = true)]
+        cmd: Vec<OsString>,
+    },
     /// Report on a trace file written by `run -o` or `record -o`, without the target.
     Report {
         /// The trace file.

@@ -1,5 +1,5 @@
 //! The verbs, on top of every stage: `run`/`record` (a live `session`), `report` (a
-//! `replay` of a trace file), `inspect`, `dump`, and the command line they share.
+//! `replay` of a trace file), `inspect`, `dump`, `top` (a live view), and the command line they share.
 
 pub mod cli;
 pub mod dump;
@@ -8,3 +8,4 @@ pub mod replay;
 pub mod session;
 pub mod synth;
 pub mod term;
+pub mod top;

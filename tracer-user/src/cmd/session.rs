@@ -44,6 +44,33 @@ const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// Once the ring has overflowed, it is drained this often instead.
 const DRAIN_FAST: Duration = Duration::from_millis(1);
 
+/// A live view of the window (`top`): shown the model every drain tick, it says whether
+/// the window goes on. It only reads; the session owns the model.
+pub trait Watch {
+    fn tick(&mut self, now: &Watched<'_>) -> Control;
+    /// The report asked for with [`Control::Save`], built from a copy of the model.
+    fn saved(&mut self, report: Report);
+}
+
+/// What a [`Watch`] is shown each tick.
+pub struct Watched<'a> {
+    pub agg: &'a Aggregator,
+    pub meta: &'a MetaRecord,
+    pub now_ns: u64,
+    /// Probe records drained so far, and events the kernel could not queue.
+    pub events: u64,
+    pub lost: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    Go,
+    /// End the window (`q`): it closes as if interrupted.
+    Quit,
+    /// Report what the window holds so far and go on.
+    Save,
+}
+
 /// Traces one window of `target` and reports it.
 pub async fn trace(
     target: Target,
@@ -372,6 +399,28 @@ impl<'o> Session<'o> {
 
     /// Drains the ring into the model until the window ends; says why it ended.
     pub async fn run(&mut self) -> Result<EndedBy> {
+        self.run_watched(None).await
+    }
+
+    /// What the window holds so far, reported while tracing goes on (the model is
+    /// copied: the window continues unchanged).
+    pub fn snapshot(&self) -> Report {
+        let end = EndRecord {
+            end_ns: monotonic_ns(),
+            ended_by: EndedBy::Snapshot,
+            lost_events: self.probes.lost_events(),
+            detach_ms: 0.0,
+            after_window: 0,
+            warnings: self.warnings.clone(),
+        };
+        Report::build(
+            self.live.feed.agg.clone(),
+            Meta::of_window(&self.meta, &end),
+        )
+    }
+
+    /// [`Self::run`], showing the model to `watch` every tick.
+    pub async fn run_watched(&mut self, mut watch: Option<&mut dyn Watch>) -> Result<EndedBy> {
         let deadline = self.opts.duration.map(|d| tokio::time::Instant::now() + d);
         let mut tick = tokio::time::interval(DRAIN_EVERY);
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -402,6 +451,20 @@ impl<'o> Session<'o> {
                     }
                     if self.live.exec_at.is_some() {
                         break EndedBy::TargetExec;
+                    }
+                    if let Some(w) = watch.as_deref_mut() {
+                        let now = Watched {
+                            agg: &self.live.feed.agg,
+                            meta: &self.meta,
+                            now_ns: monotonic_ns(),
+                            events: self.events_seen,
+                            lost: self.lost_seen,
+                        };
+                        match w.tick(&now) {
+                            Control::Go => {}
+                            Control::Quit => break EndedBy::Interrupted,
+                            Control::Save => w.saved(self.snapshot()),
+                        }
                     }
                     if let Some(done) = reading.take_if(|h| h.is_finished()) {
                         let (lists, read) = done.join().map_err(|_| reader_panicked())?;
@@ -607,6 +670,16 @@ impl<'o> Session<'o> {
         // ones alive before attach.
         if reading != Reading::Attach {
             self.drain();
+        }
+        // The futures of the tasks found are named before the tasks arrive: a task known
+        // only from a list takes its site from the code by its future type at once (a
+        // live view shows it by site), as its spawn would have.
+        if let Ok(snap) = &read {
+            let vtables: std::collections::BTreeSet<u64> =
+                snap.tasks.iter().map(|t| t.vtable).collect();
+            for vtable in vtables {
+                self.live.describe_vtable(vtable);
+            }
         }
         if reading == Reading::Periodic {
             let took = read.as_ref().map_or(0.0, |s| s.read_ms);

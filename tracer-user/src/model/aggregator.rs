@@ -91,7 +91,7 @@ pub struct AliveCheck {
 }
 
 /// What the spawn calls on one thread said since its last task was bound.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct PendingSpawn {
     location: Option<Arc<str>>,
     caller: Option<Arc<str>>,
@@ -153,7 +153,7 @@ const KINDS: usize = 32;
 
 /// What a timeline renderer needs beyond the per-task state: every poll and instant.
 /// Kept only on request (`--perfetto`): it grows with the event count.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Timeline {
     /// (task index, start, end, thread).
     pub polls: Vec<(usize, u64, u64, u32)>,
@@ -161,10 +161,12 @@ pub struct Timeline {
     pub instants: Vec<(usize, u64, &'static str)>,
 }
 
+/// Cloned only to report mid-window (a live view's save) while tracing goes on.
+#[derive(Clone)]
 pub struct Aggregator {
     pub tasks: Vec<Task>,
     /// Header address → the task currently living there.
-    live: TaskIndex,
+    pub(super) live: TaskIndex,
     /// Per target thread, the polls in progress (innermost last).
     stacks: HashMap<u32, Vec<Frame>>,
     /// Per target thread, the spawn site of the spawn call in progress.
@@ -206,7 +208,7 @@ pub struct Aggregator {
     pub timeline: Option<Timeline>,
     /// Spawn sites by index (`Task::site`; 0: unknown), each name held once however many
     /// tasks share it, with the poll durations of its tasks for per-site percentiles.
-    site_names: Vec<Option<Arc<str>>>,
+    pub(super) site_names: Vec<Option<Arc<str>>>,
     site_polls: Vec<PollTimes>,
     site_slots: HashMap<Arc<str>, u32>,
     /// No probe sees completions (stripped binary): a task that leaves its runtime's list
@@ -979,6 +981,10 @@ impl Aggregator {
                     task.owner_id = lt.owner_id;
                     task.vtable = lt.vtable;
                     task.before_attach = attach;
+                    if let Some(site) = self.code_site_of_vtable(lt.vtable) {
+                        task.site = self.intern_site(Some(site));
+                        task.site_source = SiteSource::Code;
+                    }
                     match lt.status {
                         Status::Idle => {
                             task.last_poll_end_ns = Stamp::at(at);
@@ -1166,19 +1172,26 @@ impl Aggregator {
             if t.site != 0 || t.vtable == 0 {
                 continue;
             }
-            let site = match self.vtable_sites.get(&t.vtable) {
-                Some(Some(site)) => Some(site.clone()),
-                _ => self
-                    .futures
-                    .get(&t.vtable)
-                    .and_then(|f| self.sites_from_code.get(f))
-                    .cloned(),
+            let Some(site) = self.code_site_of_vtable(t.vtable) else {
+                continue;
             };
-            let Some(site) = site else { continue };
             let slot = self.intern_site(Some(site));
             let t = &mut self.tasks[i];
             t.site = slot;
             t.site_source = SiteSource::Code;
+        }
+    }
+
+    /// Where the code says the tasks of a task vtable are spawned (by the vtable, or by
+    /// its future type spawned from one place only).
+    fn code_site_of_vtable(&self, vtable: u64) -> Option<Arc<str>> {
+        match self.vtable_sites.get(&vtable) {
+            Some(Some(site)) => Some(site.clone()),
+            _ => self
+                .futures
+                .get(&vtable)
+                .and_then(|f| self.sites_from_code.get(f))
+                .cloned(),
         }
     }
 

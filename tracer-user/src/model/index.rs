@@ -8,6 +8,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::Task;
 
+#[derive(Clone)]
 pub struct TaskIndex {
     table: HashTable<u32>,
     hasher: DefaultHashBuilder,

@@ -6,6 +6,7 @@ mod index;
 mod poll_times;
 mod task;
 pub mod verdict;
+pub mod view;
 
 pub use aggregator::{Aggregator, Diagnostics};
 pub use poll_times::PollTimes;

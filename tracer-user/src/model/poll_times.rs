@@ -11,6 +11,8 @@ pub struct PollTimes {
     counts: Box<[u64; BUCKETS]>,
     pub polls: u64,
     pub max_ns: u64,
+    /// Their summed duration (a live view's busy share).
+    pub total_ns: u64,
 }
 
 impl Default for PollTimes {
@@ -19,6 +21,7 @@ impl Default for PollTimes {
             counts: Box::new([0; BUCKETS]),
             polls: 0,
             max_ns: 0,
+            total_ns: 0,
         }
     }
 }
@@ -27,6 +30,7 @@ impl PollTimes {
     pub fn record(&mut self, ns: u64) {
         self.counts[bucket(ns)] += 1;
         self.polls += 1;
+        self.total_ns = self.total_ns.saturating_add(ns);
         self.max_ns = self.max_ns.max(ns);
     }
 

@@ -969,3 +969,52 @@ fn a_polled_task_is_listed_from_its_poll_on() {
     assert_eq!(t(1).completed_ns.get(), Some(10 * S - 3 * MS));
     assert!(t(2).completed_ns.is_none());
 }
+
+#[test]
+fn the_live_view_groups_live_tasks_by_site_and_judges_them_now() {
+    let mut a = agg();
+    // Two tasks at one site, one at another; one of the first pair completes.
+    for (id, site) in [
+        (1, "src/a.rs:1:1"),
+        (2, "src/a.rs:1:1"),
+        (3, "src/b.rs:2:2"),
+    ] {
+        a.spawn_call(1, Some(site.into()), None);
+        spawn(&mut a, id * MS, 0x1000 * id, id);
+        poll(&mut a, id * MS + 10, id * MS + 20, 0x1000 * id, id, 1);
+    }
+    a.ingest(&ev(EventKind::Complete, 5 * MS, 0x1000, 1, 1));
+    let now = a.now(20 * S, 0);
+    let site = |s: &str| {
+        now.sites
+            .iter()
+            .find(|r| r.site.as_deref() == Some(s))
+            .unwrap_or_else(|| panic!("{s} in {:?}", now.sites))
+    };
+    assert_eq!(now.live, 2);
+    assert_eq!(site("src/a.rs:1:1").live, 1);
+    assert_eq!(
+        site("src/a.rs:1:1").created,
+        2,
+        "both tasks were created since 0"
+    );
+    assert_eq!(site("src/b.rs:2:2").live, 1);
+    // Idle 20 s with a 10 s threshold: suspected leaks, counted per site.
+    assert_eq!(site("src/a.rs:1:1").leaked_suspected, 1);
+    assert_eq!(site("src/a.rs:1:1").polls, 2, "ended polls of the site");
+    // The next view counts only tasks created since this one.
+    assert_eq!(
+        a.now(21 * S, now.tasks_seen)
+            .sites
+            .iter()
+            .map(|r| r.created)
+            .sum::<u64>(),
+        0
+    );
+    // A site's tasks, judged now.
+    let tasks = a.tasks_at_site(Some("src/a.rs:1:1"), 20 * S);
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].id, 2);
+    assert_eq!(tasks[0].verdict, Verdict::Leaked);
+    assert!(tasks[0].idle_ns.is_some_and(|i| i > 19 * S));
+}

@@ -5,6 +5,7 @@ mod html;
 mod perfetto;
 mod sites;
 mod text;
+pub mod top;
 
 use serde::Serialize;
 

@@ -123,6 +123,8 @@ pub enum EndedBy {
     Interrupted,
     /// A recording with no end record (the tracer was stopped abruptly).
     Truncated,
+    /// Not ended: a live view saved the report while tracing went on (`top`'s `s`).
+    Snapshot,
     /// An end record this version does not know.
     #[serde(other)]
     Unknown,
@@ -135,6 +137,7 @@ impl EndedBy {
             EndedBy::TargetExit => "target_exit",
             EndedBy::TargetExec => "target_exec",
             EndedBy::Interrupted => "interrupted",
+            EndedBy::Snapshot => "snapshot",
             EndedBy::Truncated => "truncated",
             EndedBy::Unknown => "unknown",
         }
