@@ -194,7 +194,11 @@ fn top_in_a_terminal_finds_the_leaking_site_and_detaches() {
     keys(&["Enter"]);
     let s = wait_for("one task's detail", 10, |s| s.contains("spawned at:"));
     assert!(s.contains(short), "{s}");
+    // One at a time: a terminal reads two escapes in a row as one Alt-Escape.
     keys(&["Escape"]);
+    wait_for("the site's tasks again", 10, |s| {
+        s.contains("live tasks of")
+    });
     keys(&["Escape"]);
     wait_for("the site table again", 10, |s| s.contains("spawn sites"));
 

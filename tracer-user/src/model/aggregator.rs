@@ -125,6 +125,9 @@ struct Frame {
 struct SampledPoll {
     task: usize,
     last_ns: u64,
+    /// Samples since that found the thread in no known task: one is forgiven (a read
+    /// between two words of a switch, a task not yet known by id), two end the poll.
+    misses: u8,
 }
 
 /// How long after its spawn event a task may still be missing from its runtime's list:
@@ -891,8 +894,14 @@ impl Aggregator {
                     SampledPoll {
                         task: i,
                         last_ns: at,
+                        misses: 0,
                     },
                 );
+            }
+            // Not seen in it once: its poll may go on (a blocking poll split in two would
+            // never reach the stuck threshold); it ends, when it does, where last seen.
+            (Some(prev), None) if prev.misses == 0 => {
+                self.sampled.insert(tid, SampledPoll { misses: 1, ..prev });
             }
             (prev, now) => {
                 if let Some(prev) = prev {
@@ -908,6 +917,7 @@ impl Aggregator {
                         SampledPoll {
                             task: i,
                             last_ns: at,
+                            misses: 0,
                         },
                     );
                     let t = &mut self.tasks[i];

@@ -1018,3 +1018,27 @@ fn the_live_view_groups_live_tasks_by_site_and_judges_them_now() {
     assert_eq!(tasks[0].verdict, Verdict::Leaked);
     assert!(tasks[0].idle_ns.is_some_and(|i| i > 19 * S));
 }
+
+#[test]
+fn one_sample_missing_a_poll_does_not_split_it() {
+    let mut a = agg();
+    a.polls_sampled = true;
+    spawn(&mut a, MS, 0x1000, 1);
+    a.thread_samples(S, &[(10, Some(1))]);
+    // One sample finds the thread in no task, the next in the same task again: one poll.
+    a.thread_samples(S + 100 * MS, &[(10, None)]);
+    a.thread_samples(S + 200 * MS, &[(10, Some(1))]);
+    let t = &a.tasks[0];
+    assert_eq!((t.polls, t.running_since.get()), (1, Some(S)));
+    assert_eq!(
+        verdict_at(&a, 1, 3 * S).0,
+        Verdict::Stuck,
+        "one blocking poll"
+    );
+    // Two in a row end it, where it was last seen.
+    a.thread_samples(S + 300 * MS, &[(10, None)]);
+    a.thread_samples(S + 400 * MS, &[(10, None)]);
+    let t = &a.tasks[0];
+    assert!(t.running_since.is_none());
+    assert_eq!(t.last_poll_end_ns.get(), Some(S + 200 * MS));
+}
