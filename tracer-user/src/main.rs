@@ -141,6 +141,7 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                 // Nothing may write over the screen.
                 quiet: interactive || verdicts.quiet,
                 timeline: false,
+                keep: verdicts.retention(),
                 spawn_sites: true,
                 symbols,
                 mode,
@@ -184,8 +185,12 @@ async fn run(cli: Cli) -> Result<i32, Error> {
         }
         Command::Report { file, opts } => {
             let json = open_output(&opts)?;
-            let report =
-                replay::report_from_file(&file, thresholds(&opts), opts.perfetto.is_some())?;
+            let report = replay::report_from_file(
+                &file,
+                thresholds(&opts),
+                opts.perfetto.is_some(),
+                opts.retention(),
+            )?;
             finish(&opts, json, report)
         }
     }
@@ -202,6 +207,7 @@ fn window(opts: &TraceArgs) -> WindowOpts {
         ring_bytes: opts.ring_size,
         quiet: opts.verdicts.quiet,
         timeline: opts.verdicts.perfetto.is_some(),
+        keep: opts.verdicts.retention(),
         symbols: opts.symbols.clone(),
         spawn_sites: !opts.no_spawn_sites,
         mode: opts.mode,

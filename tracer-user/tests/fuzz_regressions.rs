@@ -19,7 +19,12 @@ fn report_every_way(path: &Path) {
         std::time::Duration::from_secs(1),
         std::time::Duration::from_secs(2),
     );
-    if let Ok(r) = tasktrace::cmd::replay::report_from_file(path, th, true) {
+    if let Ok(r) = tasktrace::cmd::replay::report_from_file(
+        path,
+        th,
+        true,
+        tasktrace::model::fold::Retention::default(),
+    ) {
         let _ = report::render_text(&r);
         let _ = report::render_html(&r);
         let _ = serde_json::to_vec(&report::render_perfetto(&r));

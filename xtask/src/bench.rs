@@ -255,6 +255,60 @@ pub fn memory(root: &Path, tasks: usize) -> Result<(), String> {
     Ok(())
 }
 
+#[derive(serde::Deserialize)]
+struct SummaryOnly {
+    summary: serde_json::Value,
+}
+
+/// Tracer memory against finished tasks: `tasktrace run` over the spawn loop at N/10 and
+/// N tasks (each spawned, polled once, finished), per mode and `--keep`: with folding,
+/// memory and the report follow the live tasks, not the finished ones.
+pub fn finished(root: &Path, tasks: usize) -> Result<(), String> {
+    let fixture = root.join("fixtures/spawnloop/target/release/fixture-spawnloop");
+    let tasktrace = root.join("target/release/tasktrace");
+    println!("bench finished (tasktrace run over fixtures/spawnloop; peak RSS, report size):");
+    for mode in ["lifecycle", "full"] {
+        for keep in ["recent", "all"] {
+            let mut row = Vec::new();
+            for n in [tasks / 10, tasks] {
+                let json = std::env::temp_dir().join(format!("tasktrace-bench-finished-{n}.json"));
+                let kib = peak_rss_kib(
+                    Command::new(&tasktrace)
+                        .args(["run", "-q", "--mode", mode, "--keep", keep, "--json"])
+                        .arg(&json)
+                        .arg("--")
+                        .arg(&fixture)
+                        .arg(n.to_string()),
+                )?;
+                let bytes = std::fs::metadata(&json).map_err(|e| e.to_string())?.len();
+                // Streamed, the summary only: a report of millions of tasks is gigabytes.
+                let file = std::fs::File::open(&json).map_err(|e| e.to_string())?;
+                let v: SummaryOnly = serde_json::from_reader(std::io::BufReader::new(file))
+                    .map_err(|e| e.to_string())?;
+                let _ = std::fs::remove_file(&json);
+                let s = &v.summary;
+                let seen = s["tasks_seen"].as_u64().unwrap_or(0);
+                if s["ok"] != s["tasks_seen"] {
+                    return Err(format!("{mode}/{keep}/{n}: not every task ok: {s}"));
+                }
+                println!(
+                    "  {mode:>9} --keep {keep:<6} {seen:>9} tasks ({:>9} folded): peak RSS {:>7.1} MiB, report {:>8.1} MB",
+                    s["folded"].as_u64().unwrap_or(0),
+                    kib as f64 / 1024.0,
+                    bytes as f64 / 1e6
+                );
+                row.push((kib as f64, bytes as f64));
+            }
+            println!(
+                "  {mode:>9} --keep {keep:<6} 10x the finished tasks: x{:.2} peak RSS, x{:.2} report size",
+                row[1].0 / row[0].0,
+                row[1].1 / row[0].1
+            );
+        }
+    }
+    Ok(())
+}
+
 fn measurement(out: &std::process::Output, key: &str) -> Result<f64, String> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout

@@ -15,12 +15,15 @@
 //!   (`fixtures/bench/manysites`, built only for this bench).
 //! - `bench memory [--tasks N]`: tracer memory per live task, `tasktrace record` on a
 //!   process holding N idle tasks (default 1 000 000) against one holding none.
+//! - `bench finished [--tasks N]`: tracer peak memory and report size as finished tasks
+//!   grow tenfold (N/10 and N tasks spawned and finished by `fixtures/spawnloop`), with
+//!   finished tasks folded (`--keep recent`, the default) and kept (`--keep all`).
 //! - `bench http`: requests/s of a hyper server under `wrk` load untraced, traced in
 //!   lifecycle and full mode, and with console-subscriber and a console client attached;
 //!   the throughput loss and CPU per request of each, for a server that spawns a task per
 //!   request and for one that spawns per connection only (`fixtures/bench/http`, built
 //!   only for this bench).
-//! - `bench` or `bench all [OPTIONS]`: poll, http, report, memory and attach in turn.
+//! - `bench` or `bench all [OPTIONS]`: poll, http, report, memory, finished and attach in turn.
 //! - `corpus [build] [--ci] [NAME…]`: build the real-program corpus (`fixtures/corpus/`,
 //!   crates.io programs as their authors ship them) and trace each, checking the oracle
 //!   of `tests/e2e_corpus.rs`; `build` only builds; `--ci`: the programs `.ci/run` traces.
@@ -56,7 +59,7 @@ fn main() -> ExitCode {
             None => Err("usage: cargo xtask fixture-path NAME".into()),
         },
         _ => Err(
-            "usage: cargo xtask <fixtures | fixture-path NAME | demo | kernels [--debug] [RELEASE…] | fuzz [--seconds N] [TARGET…] | corpus [build] [--ci] [NAME…] | bench [all | report [--events N] | spawn | poll | http | attach | dump [--tasks N] | memory [--tasks N]]>"
+            "usage: cargo xtask <fixtures | fixture-path NAME | demo | kernels [--debug] [RELEASE…] | fuzz [--seconds N] [TARGET…] | corpus [build] [--ci] [NAME…] | bench [all | report [--events N] | spawn | poll | http | attach | dump [--tasks N] | memory [--tasks N] | finished [--tasks N]]>"
                 .into(),
         ),
     };
@@ -110,7 +113,7 @@ mod fuzz;
 mod kernels;
 
 /// What `cargo xtask bench` (or `bench all`) runs, in this order.
-const ALL_BENCHES: [&str; 5] = ["poll", "http", "report", "memory", "attach"];
+const ALL_BENCHES: [&str; 6] = ["poll", "http", "report", "memory", "finished", "attach"];
 
 fn bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
@@ -175,6 +178,12 @@ fn bench(args: &[String]) -> Result<(), String> {
             build_tasktrace_release()?;
             build_fixture(&root().join("fixtures/bench/manysites"), "release")?;
             bench::attach(&root())
+        }
+        Some("finished") => {
+            let tasks = number_option(args, "--tasks", 3_000_000)?;
+            build_tasktrace_release()?;
+            build_fixture(&root().join("fixtures/spawnloop"), "release")?;
+            bench::finished(&root(), tasks)
         }
         Some("memory") => {
             let tasks = number_option(args, "--tasks", 1_000_000)?;

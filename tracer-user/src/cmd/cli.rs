@@ -162,6 +162,14 @@ pub struct VerdictArgs {
     /// Write a timeline for ui.perfetto.dev here (one track per task).
     #[arg(long, value_name = "PATH")]
     pub perfetto: Option<PathBuf>,
+    /// `recent`: tasks that finished healthy are counted per spawn site once the model
+    /// holds 100 000 tasks, so memory and the report follow the live tasks; `all`: every
+    /// task stays in the model and the report's `tasks` (memory grows with the window).
+    #[arg(long, value_enum, default_value_t = crate::model::fold::Keep::Recent)]
+    pub keep: crate::model::fold::Keep,
+    /// Fold from this many held tasks on (tests fold small windows with it).
+    #[arg(long, hide = true, default_value_t = crate::model::fold::FOLD_FLOOR)]
+    pub fold_from: usize,
     /// A task idle this long since its last poll is leaked.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub leak_after: Duration,
@@ -213,6 +221,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         ));
     }
     Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+impl VerdictArgs {
+    pub fn retention(&self) -> crate::model::fold::Retention {
+        crate::model::fold::Retention {
+            keep: self.keep,
+            fold_from: self.fold_from,
+        }
+    }
 }
 
 fn parse_verdict(s: &str) -> Result<Verdict, String> {

@@ -5,12 +5,17 @@ use std::path::Path;
 
 use crate::{
     error::Result,
-    model::{Aggregator, verdict::Thresholds},
+    model::{Aggregator, fold::Retention, verdict::Thresholds},
     report::{Meta, Report},
     stream::{EndRecord, EndedBy, Rec, tracefile},
 };
 
-pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> Result<Report> {
+pub fn report_from_file(
+    path: &Path,
+    thresholds: Thresholds,
+    timeline: bool,
+    keep: Retention,
+) -> Result<Report> {
     if path.is_dir() {
         return Err(crate::error::Error::TraceFileIsDirectory {
             path: path.to_owned(),
@@ -38,7 +43,7 @@ pub fn report_from_file(path: &Path, thresholds: Thresholds, timeline: bool) -> 
     let info = tracefile::stream(path, reader, |rec| {
         match &rec {
             Rec::Meta(meta) => {
-                agg = Some(Aggregator::for_window(meta, thresholds, timeline));
+                agg = Some(Aggregator::for_window(meta, thresholds, timeline, keep));
                 last_ts = meta.start_ns;
             }
             Rec::Task(ev) => last_ts = last_ts.max(ev.ts_ns),
@@ -175,7 +180,7 @@ mod tests {
     fn round_trip_reports_the_same_verdicts() {
         let path = std::env::temp_dir().join(format!("tt-rt-{}.trace", std::process::id()));
         write_sample(&path, true);
-        let r = report_from_file(&path, th(), false).unwrap();
+        let r = report_from_file(&path, th(), false, Retention::default()).unwrap();
         assert_eq!(r.summary.leaked, 2);
         assert_eq!(r.summary.leaked_definite, 1);
         assert_eq!(r.summary.alive_before_attach, 1);
@@ -223,7 +228,7 @@ mod tests {
         let mut data = std::fs::read(&path).unwrap();
         data.extend_from_slice(&[2, 200, 0, 0, 0, 1, 2, 3]);
         std::fs::write(&path, &data).unwrap();
-        let r = report_from_file(&path, th(), false).unwrap();
+        let r = report_from_file(&path, th(), false, Retention::default()).unwrap();
         assert_eq!(r.window.ended_by, EndedBy::Truncated);
         assert_eq!(r.summary.tasks_seen, 3);
         assert!(r.warnings.iter().any(|w| w.contains("cut at byte")));

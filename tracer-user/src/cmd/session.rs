@@ -30,6 +30,8 @@ pub struct WindowOpts {
     pub quiet: bool,
     /// Keep every poll and instant (for `--perfetto`).
     pub timeline: bool,
+    /// Which finished tasks the model keeps individually (`--keep`).
+    pub keep: crate::model::fold::Retention,
     /// Capture spawn sites (spawn-call probes and stack copies at spawn).
     pub spawn_sites: bool,
     /// An unstripped copy of the target's build, for its symbols.
@@ -339,7 +341,7 @@ impl<'o> Session<'o> {
         if let Some(w) = recording.as_mut() {
             w.meta(&meta);
         }
-        let agg = Aggregator::for_window(&meta, opts.thresholds, opts.timeline);
+        let agg = Aggregator::for_window(&meta, opts.thresholds, opts.timeline, opts.keep);
         let lists = ListReader::new(
             target.pid,
             knowledge,
@@ -1031,6 +1033,7 @@ mod tests {
     use super::*;
     use crate::{
         live::tasklist::{ListKind, OwnedList, Status},
+        model::fold::Retention,
         plan::PlanSummary,
         report::ProbeInfo,
     };
@@ -1112,7 +1115,7 @@ mod tests {
         let mut w = Writer::create(&path).unwrap();
         w.meta(&meta);
         let mut feed = Feed {
-            agg: Aggregator::for_window(&meta, th(), false),
+            agg: Aggregator::for_window(&meta, th(), false, Retention::default()),
             recording: Some(w),
         };
         feed.emit(Rec::Site {
@@ -1184,7 +1187,8 @@ mod tests {
                 unavailable: vec![],
             },
         );
-        let replayed = crate::cmd::replay::report_from_file(&path, th(), false).unwrap();
+        let replayed =
+            crate::cmd::replay::report_from_file(&path, th(), false, Retention::default()).unwrap();
         std::fs::remove_file(&path).ok();
         let json = |r: &Report, k: &str| serde_json::to_value(r).unwrap()[k].clone();
         for k in ["tasks", "summary", "diagnostics", "spawn_sites"] {
@@ -1201,7 +1205,7 @@ mod tests {
     fn a_large_reading_is_fed_in_parts_with_the_whole_lists_on_the_last() {
         let meta = meta(false);
         let mut feed = Feed {
-            agg: Aggregator::for_window(&meta, th(), false),
+            agg: Aggregator::for_window(&meta, th(), false, Retention::default()),
             recording: None,
         };
         const N: u64 = 70_000;

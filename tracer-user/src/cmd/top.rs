@@ -75,7 +75,7 @@ impl Watch for Once {
         if now.now_ns.saturating_sub(first) < self.refresh_ns {
             return Control::Go;
         }
-        let at = now.agg.now(now.now_ns, self.view.created_from());
+        let at = now.agg.now(now.now_ns);
         self.view.update(&at, now.meta, now.events, now.lost);
         print!("{}", render_text(&self.view, SortBy::Live, ""));
         let _ = std::io::stdout().flush();
@@ -97,7 +97,7 @@ struct Screen<'o> {
 
 impl Screen<'_> {
     fn refresh(&mut self, now: &Watched<'_>) {
-        let at = now.agg.now(now.now_ns, self.view.created_from());
+        let at = now.agg.now(now.now_ns);
         self.view.update(&at, now.meta, now.events, now.lost);
         if let Some((site, tasks)) = self.ui.site.as_mut() {
             *tasks = now.agg.tasks_at_site(site.as_deref(), now.now_ns);

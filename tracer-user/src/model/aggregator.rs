@@ -8,9 +8,10 @@ use std::{collections::HashMap, sync::Arc};
 use serde::Serialize;
 use tracer_common::{EVENT_FLAG_UNREADABLE, EventKind, TaskEvent};
 
-use super::verdict::{Judgement, Thresholds, judge};
+use super::verdict::{Judgement, Thresholds, Verdict, judge};
 use super::{
     PollTimes,
+    fold::{FOLD_AFTER_NS, Fold, Keep, RECENT_KEPT, Retention},
     index::TaskIndex,
     task::{LongPoll, SiteSource, Stamp, Task, TaskKind},
 };
@@ -199,9 +200,9 @@ pub struct Aggregator {
     listed_unspawned: HashMap<u64, usize>,
     /// Future type names by task vtable address (the stream's future records).
     pub futures: HashMap<u64, Arc<str>>,
-    /// Ids of tasks freed since the last reading was applied: the next reading may still
-    /// list them (it walked while they ran), and must not bring them back.
-    freed_since_reading: std::collections::HashSet<u64>,
+    /// Ids of tasks freed since the last reading was applied, and when: the next reading
+    /// may still list them (it walked while they ran), and must not bring them back.
+    freed_since_reading: HashMap<u64, u64>,
     /// Runtime (owner id) → when it began shutting its tasks down.
     pub shutdown_began: HashMap<u64, u64>,
     pub long_polls: Vec<LongPoll>,
@@ -241,6 +242,10 @@ pub struct Aggregator {
     losses: Vec<(u64, u64)>,
     /// Spans the target spent stopped (`Rec::Stopped`).
     stops: Vec<(u64, u64)>,
+    /// Finished healthy tasks counted per site instead of held (`fold`).
+    pub(super) fold: Fold,
+    /// The latest instant a record carried: folding waits `FOLD_AFTER_NS` past a task's end.
+    latest_ns: u64,
 }
 
 impl Aggregator {
@@ -284,16 +289,28 @@ impl Aggregator {
             thresholds,
             losses: Vec::new(),
             stops: Vec::new(),
+            fold: Fold::default(),
+            latest_ns: 0,
         }
     }
 
     /// The model of one window, configured from its metadata record.
-    pub fn for_window(meta: &MetaRecord, thresholds: Thresholds, timeline: bool) -> Self {
+    /// A timeline names every task by its index: it keeps them all, as `Keep::All` does.
+    pub fn for_window(
+        meta: &MetaRecord,
+        thresholds: Thresholds,
+        timeline: bool,
+        retention: Retention,
+    ) -> Self {
         let mut agg = Self::new(meta.state_bits, thresholds);
         agg.configure(&meta.summary);
         if timeline {
             agg.timeline = Some(Default::default());
         }
+        agg.fold.enabled = retention.keep == Keep::Recent && !timeline;
+        agg.fold.floor = retention.fold_from.max(1);
+        agg.fold.next_at = agg.fold.floor;
+        agg.fold.origin = Some(meta.start_ns);
         agg
     }
 
@@ -385,6 +402,9 @@ impl Aggregator {
             } => self.events_lost(*since_ns, *at_ns),
             Rec::Stopped { from_ns, to_ns } => self.stops.push((*from_ns, *to_ns)),
         }
+        if self.fold.enabled && self.tasks.len() >= self.fold.next_at {
+            self.fold_finished(false);
+        }
     }
 
     /// The kernel dropped events in `(since, at]`. Any task's history may have a hole
@@ -431,7 +451,12 @@ impl Aggregator {
     pub fn finish(&mut self) {
         self.finish_pending_ids();
         self.mark_spawned_before_attach();
+        self.fold.decide_before_attach(self.min_spawned_id);
         self.sites_from_code_by_vtable();
+        // A window that folded reports its live, flagged and latest finished tasks only.
+        if self.fold.enabled && (self.fold.total > 0 || self.tasks.len() >= self.fold.floor) {
+            self.fold_finished(true);
+        }
     }
 
     /// A spawn of a future type spawned from one place only (the plan's `static_sites`)
@@ -477,6 +502,11 @@ impl Aggregator {
             Some(s) => *self.site_slots.get(s)?,
         };
         self.site_polls.get(slot as usize)
+    }
+
+    /// Site indices in use are `0..=site_count()`.
+    pub fn site_count(&self) -> u32 {
+        self.site_names.len().saturating_sub(1) as u32
     }
 
     /// Where the tasks of site index `site` were spawned (`None`: unknown).
@@ -597,6 +627,7 @@ impl Aggregator {
             self.min_spawned_id = self.min_spawned_id.min(ev.task_id);
         }
         let ts = ev.ts_ns;
+        self.latest_ns = self.latest_ns.max(ts);
         match kind {
             EventKind::Spawn | EventKind::SpawnBlocking | EventKind::SpawnLocal => {
                 let task_kind = match kind {
@@ -775,13 +806,17 @@ impl Aggregator {
             // The window ends at it (the session stops there); nothing of a task.
             EventKind::Exec => {}
             EventKind::Dealloc => {
-                if let Some(i) = self.live.remove(ev.header, &self.tasks) {
+                let Some(i) = self.live.remove(ev.header, &self.tasks) else {
+                    self.fold.tombstones.remove(&ev.header);
+                    return;
+                };
+                {
                     self.alive = self
                         .alive
                         .saturating_sub(usize::from(!self.tasks[i].is_finished()));
                     self.forget_id(i);
                     if self.tasks[i].id != 0 {
-                        self.freed_since_reading.insert(self.tasks[i].id);
+                        self.freed_since_reading.insert(self.tasks[i].id, ts);
                     }
                     let t = &mut self.tasks[i];
                     if ev.task_id == 0 || t.id == 0 || t.id == ev.task_id {
@@ -952,6 +987,7 @@ impl Aggregator {
         if attach {
             self.attach_reading_at = Some(at);
         }
+        self.latest_ns = self.latest_ns.max(at);
         if self.reading_at != at || self.readings == 0 {
             self.readings += 1;
             self.reading_at = at;
@@ -970,7 +1006,9 @@ impl Aggregator {
                 }
                 // Freed since the walk saw it (its whole life fits in the walk): the
                 // model already knows its end.
-                None if self.freed_since_reading.contains(&lt.id) => {
+                None if self.freed_since_reading.contains_key(&lt.id)
+                    || self.fold.tombstones.get(&lt.header) == Some(&lt.id) =>
+                {
                     self.diagnostics.stale_listings += 1;
                     continue;
                 }
@@ -1141,6 +1179,11 @@ impl Aggregator {
             self.diagnostics.address_reuse +=
                 u64::from(!self.tasks[i].is_finished() && !self.completion_from_lists);
             self.retire(i, ev.ts_ns);
+        } else if let Some(&id) = self.fold.tombstones.get(&ev.header)
+            && (ev.task_id == 0 || ev.task_id == id)
+        {
+            // About a finished task folded away (a late wake): nothing to change.
+            return None;
         }
         let kind = if ev.owner_id == 0 {
             TaskKind::Blocking
@@ -1240,19 +1283,7 @@ impl Aggregator {
             if t.kind == TaskKind::Blocking || !owners.contains(&t.owner_id) {
                 continue;
             }
-            let born = t.spawned_ns.get().unwrap_or(t.first_seen_ns);
-            let (completed, freed) = (t.completed_ns.get(), t.freed_ns.get());
-            let ended = completed.into_iter().chain(freed).min().unwrap_or(u64::MAX);
-            // Without completion probes, a task freed and not seen completing (its free
-            // drained before the reading was applied) may have finished any time before.
-            let surely_ended_after = if self.completion_from_lists && completed.is_none() {
-                freed.map_or(u64::MAX, |_| 0)
-            } else {
-                ended
-            };
-            // Alive throughout the walk (it must be listed), at some point of it (it may).
-            let must = listed_by(t).max(born) < start && surely_ended_after > end;
-            let may = born <= end && ended > start;
+            let (must, may) = self.alive_during(t, start, end);
             let listed = t.listed_in == *number;
             check.listed += u64::from(listed);
             check.model_alive += u64::from(must);
@@ -1264,6 +1295,25 @@ impl Aggregator {
             }
         }
         Some(check)
+    }
+
+    /// Whether `t` was alive throughout a walk over `[start, end]` (it must be listed),
+    /// and at some point of it (it may be).
+    fn alive_during(&self, t: &Task, start: u64, end: u64) -> (bool, bool) {
+        let born = t.spawned_ns.get().unwrap_or(t.first_seen_ns);
+        let (completed, freed) = (t.completed_ns.get(), t.freed_ns.get());
+        let ended = completed.into_iter().chain(freed).min().unwrap_or(u64::MAX);
+        // Without completion probes, a task freed and not seen completing (its free
+        // drained before the reading was applied) may have finished any time before.
+        let surely_ended_after = if self.completion_from_lists && completed.is_none() {
+            freed.map_or(u64::MAX, |_| 0)
+        } else {
+            ended
+        };
+        (
+            listed_by(t).max(born) < start && surely_ended_after > end,
+            born <= end && ended > start,
+        )
     }
 
     /// Attached to a running process: a task no spawn event named whose id is smaller
@@ -1288,8 +1338,183 @@ impl Aggregator {
         self.pending_ids.clear();
     }
 
+    /// When `t` can be folded: its end, if it finished healthy long enough ago that no
+    /// event still in the ring, no reading and no detector can change what the report
+    /// says of it. `last`: the latest complete reading (its number, start, end, lists).
+    /// `ended_by`: the latest end a fold takes (none past the window's end).
+    fn fold_end(
+        &self,
+        t: &Task,
+        last: Option<(u32, u64, u64, &[u64])>,
+        ended_by: u64,
+    ) -> Option<u64> {
+        let ended = t
+            .completed_ns
+            .get()
+            .into_iter()
+            .chain(t.freed_ns.get())
+            .min()?;
+        if ended > ended_by
+            || t.is_plumbing()
+            // A blocking poll is reported with its task.
+            || t.longest_poll_ns >= self.thresholds.stuck_after_ns
+            || t.rare().frozen.is_some_and(|j| j.verdict != Verdict::Ok || j.certainty.is_some())
+        {
+            return None;
+        }
+        if let Some((number, start, end, owners)) = last {
+            // The alive check counts what the last reading listed, and what it should have.
+            let checked = t.kind != TaskKind::Blocking && owners.contains(&t.owner_id);
+            if t.listed_in == number || (checked && self.alive_during(t, start, end).0) {
+                return None;
+            }
+        }
+        Some(ended)
+    }
+
+    /// Folds every finished healthy task into its site's aggregate (`fold`), keeping the
+    /// others in order, and renumbers what holds task indices. Runs when the held tasks
+    /// reach `fold.next_at`, which then doubles the tasks kept: O(1) per task. `last_fold`:
+    /// the window has ended (no event can come): every such task but the latest
+    /// `RECENT_KEPT` is folded, whenever it ended.
+    pub(in crate::model) fn fold_finished(&mut self, last_fold: bool) {
+        let n = self.tasks.len();
+        let mut pinned = vec![false; n];
+        for f in self.stacks.values().flatten() {
+            pinned[f.task] = true;
+        }
+        for &i in self
+            .sampled
+            .values()
+            .map(|s| &s.task)
+            .chain(self.replaced_by_reading.values())
+            .chain(self.listed_unspawned.values())
+        {
+            pinned[i] = true;
+        }
+        let mut indexed = vec![0u8; n];
+        for i in self.live.values() {
+            indexed[i] |= 1;
+        }
+        for i in self.by_id.values() {
+            indexed[i] |= 2;
+        }
+        let last = self
+            .last_reading
+            .as_ref()
+            .map(|(number, start, end, owners)| (*number, *start, *end, owners.as_slice()));
+        let ended_by = if last_fold {
+            u64::MAX
+        } else {
+            self.latest_ns.saturating_sub(FOLD_AFTER_NS)
+        };
+        let mut ends: Vec<Option<u64>> = (0..n)
+            .map(|i| {
+                (!pinned[i])
+                    .then(|| self.fold_end(&self.tasks[i], last, ended_by))
+                    .flatten()
+            })
+            .collect();
+        if last_fold {
+            // The latest finished tasks stay, for a reader who wants some in full.
+            for e in ends
+                .iter_mut()
+                .rev()
+                .filter(|e| e.is_some())
+                .take(RECENT_KEPT)
+            {
+                *e = None;
+            }
+        }
+        // A folded task's site is final: where the code names it, as `finish` would.
+        for (i, end) in ends.iter().enumerate() {
+            let t = &self.tasks[i];
+            if end.is_some()
+                && t.site == 0
+                && t.vtable != 0
+                && let Some(site) = self.code_site_of_vtable(t.vtable)
+            {
+                let slot = self.intern_site(Some(site));
+                let t = &mut self.tasks[i];
+                t.site = slot;
+                t.site_source = SiteSource::Code;
+            }
+        }
+        let attach = self.attach_reading_at.is_some();
+        let first = self.min_spawned_id;
+        let mut fold = std::mem::take(&mut self.fold);
+        let mut remap = vec![u32::MAX; n];
+        let (mut i, mut kept) = (0usize, 0u32);
+        self.tasks.retain(|t| {
+            let at = i;
+            i += 1;
+            let Some(ended) = ends[at] else {
+                remap[at] = kept;
+                kept += 1;
+                return true;
+            };
+            let unspawned = attach && !t.before_attach && t.spawned_ns.is_none() && t.id != 0;
+            if unspawned && t.id < first {
+                fold.undecided.push((t.site, t.id));
+            }
+            fold.add(t, ended, t.before_attach);
+            if indexed[at] & 1 != 0 && t.freed_ns.is_none() {
+                fold.tombstones.insert(t.header, t.id);
+            }
+            false
+        });
+        fold.next_at = fold.floor.max(2 * self.tasks.len());
+        self.tasks.shrink_to(fold.next_at);
+        self.fold = fold;
+        let new = |i: usize| remap[i] as usize;
+        self.live.clear();
+        self.by_id.clear();
+        for (old, &flags) in indexed.iter().enumerate() {
+            if remap[old] == u32::MAX {
+                continue;
+            }
+            if flags & 1 != 0 {
+                self.live.insert(new(old), &self.tasks);
+            }
+            if flags & 2 != 0 {
+                self.by_id.insert(new(old), &self.tasks);
+            }
+        }
+        for f in self.stacks.values_mut().flatten() {
+            f.task = new(f.task);
+        }
+        for s in self.sampled.values_mut() {
+            s.task = new(s.task);
+        }
+        for i in self
+            .replaced_by_reading
+            .values_mut()
+            .chain(self.listed_unspawned.values_mut())
+        {
+            *i = new(*i);
+        }
+        // A reading started this long ago has been applied: its frees are settled.
+        let settled = self.latest_ns.saturating_sub(5 * FOLD_AFTER_NS);
+        self.freed_since_reading.retain(|_, &mut at| at >= settled);
+    }
+
+    /// Finished healthy tasks folded away, per site index.
+    pub fn folded(&self) -> &Fold {
+        &self.fold
+    }
+
+    /// Folds from `held` tasks on instead of `FOLD_FLOOR` (tests: a small window folds).
+    #[cfg(test)]
+    pub fn fold_at(&mut self, held: usize) {
+        self.fold.next_at = held;
+        self.fold.floor = held;
+    }
+
     fn insert(&mut self, task: Task) -> usize {
         let i = self.tasks.len();
+        if !self.fold.tombstones.is_empty() {
+            self.fold.tombstones.remove(&task.header);
+        }
         if task.owner_id != 0 {
             self.owners.insert(task.owner_id);
         }

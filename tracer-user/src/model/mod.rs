@@ -2,6 +2,7 @@
 //! event stream; detectors and renderers only read it.
 
 mod aggregator;
+pub mod fold;
 mod index;
 mod poll_times;
 mod task;

@@ -1,7 +1,8 @@
 //! What a live view (`tasktrace top`) shows at one instant, read from the model the
 //! reports are built from: live tasks by spawn site, judged as of now. Its cost follows
-//! the live tasks and the tasks created since the previous view, never the whole
-//! history, so it can run every second on a process that spawns 100 000 tasks a second.
+//! the tasks the model holds (live, flagged, finished since the last fold), never the
+//! whole history, so it can run every second on a process that spawns 100 000 tasks a
+//! second.
 
 use std::sync::Arc;
 
@@ -16,7 +17,8 @@ pub struct SiteNow {
     /// `None`: tasks whose spawn site is unknown.
     pub site: Option<Arc<str>>,
     pub live: u64,
-    /// Tasks of the site the model first saw since the previous view.
+    /// Tasks of the site the model has seen so far (held or folded): a view's spawn rate
+    /// is the difference between two.
     pub created: u64,
     pub leaked_definite: u64,
     pub leaked_suspected: u64,
@@ -38,8 +40,8 @@ pub struct Now {
     pub at_ns: u64,
     pub live: u64,
     pub sites: Vec<SiteNow>,
-    /// Tasks the model holds: the next view counts creations from here.
-    pub tasks_seen: usize,
+    /// Tasks the model has seen so far (held or folded).
+    pub tasks_seen: u64,
 }
 
 /// One task, as a live view's drill-down lists it.
@@ -62,9 +64,8 @@ pub struct TaskNow {
 }
 
 impl Aggregator {
-    /// Live tasks by site as of `at`; creations counted from task `created_from` on
-    /// (the previous view's [`Now::tasks_seen`]).
-    pub fn now(&self, at: u64, created_from: usize) -> Now {
+    /// Live tasks by site as of `at`.
+    pub fn now(&self, at: u64) -> Now {
         let mut sites: Vec<SiteNow> = Vec::new();
         let mut slot_of = vec![usize::MAX; self.site_names.len()];
         let mut row = |sites: &mut Vec<SiteNow>, site: u32| -> usize {
@@ -90,10 +91,16 @@ impl Aggregator {
             r.live += 1;
             count_verdict(r, &self.final_judgement(t, at));
         }
-        for t in self.tasks.get(created_from..).unwrap_or_default() {
+        for t in &self.tasks {
             if !t.is_plumbing() {
                 let r = row(&mut sites, t.site);
                 sites[r].created += 1;
+            }
+        }
+        for site in 0..=self.site_count() {
+            if let Some(f) = self.folded().site(site) {
+                let r = row(&mut sites, site);
+                sites[r].created += f.tasks;
             }
         }
         for r in &mut sites {
@@ -109,7 +116,7 @@ impl Aggregator {
             at_ns: at,
             live,
             sites,
-            tasks_seen: self.tasks.len(),
+            tasks_seen: self.folded().total + self.tasks.len() as u64,
         }
     }
 

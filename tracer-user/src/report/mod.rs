@@ -130,6 +130,10 @@ pub struct ProbeInfo {
 #[derive(Debug, Default, Serialize)]
 pub struct Summary {
     pub tasks_seen: u64,
+    /// Tasks that finished healthy and were counted per spawn site instead of listed in
+    /// `tasks` (`--keep recent`, once the model held 100 000 tasks); included in
+    /// `tasks_seen`, `completed`, `ok` and the sites' counts.
+    pub folded: u64,
     pub alive: u64,
     pub completed: u64,
     pub leaked: u64,
@@ -437,7 +441,25 @@ impl Report {
                 d.unmatched_poll_ends, d.address_reuse, d.unreadable_headers
             ));
         }
-        let spawn_sites = sites::spawn_sites(&tasks, window_ns, |s| agg.site_poll_times(s));
+        let folded = agg.folded();
+        let folded_sites: Vec<(Option<&str>, &crate::model::fold::FoldedSite)> = (0..=agg
+            .site_count())
+            .filter_map(|i| Some((agg.site_name(i).map(|s| &**s), folded.site(i)?)))
+            .collect();
+        for (_, f) in &folded_sites {
+            summary.tasks_seen += f.tasks;
+            summary.completed += f.tasks;
+            summary.ok += f.tasks;
+            summary.folded += f.tasks;
+            summary.alive_before_attach += f.before_attach;
+        }
+        let spawn_sites = sites::spawn_sites(
+            &tasks,
+            &folded_sites,
+            window_ns,
+            |t| folded.relative(meta.start_ns, t),
+            |s| agg.site_poll_times(s),
+        );
         let mut stuck_polls: Vec<StuckPoll> = long_polls
             .iter()
             .map(|p| StuckPoll {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::TaskReport;
-use crate::{model::PollTimes, model::verdict::Verdict};
+use crate::model::{PollTimes, fold::FoldedSite, verdict::Verdict};
 
 /// Samples in each site's live-count series.
 const SERIES_POINTS: u64 = 60;
@@ -26,6 +26,8 @@ pub struct SpawnSite {
     pub stuck: u64,
     pub never_polled: u64,
     pub ok: u64,
+    /// Of these, tasks that finished healthy and are not listed in the report's `tasks`.
+    pub folded: u64,
     /// Polls of its tasks that ended in the window, and their durations in microseconds
     /// (percentiles within 12.5 %, exact maximum); `null` without polls.
     pub polls: u64,
@@ -41,20 +43,35 @@ pub struct SpawnSite {
     pub growing: bool,
 }
 
+/// The sites of `tasks` and of the tasks folded away (`folded`: by site name; `rel`
+/// turns a window-relative instant into the folded series' clock).
 pub fn spawn_sites<'a>(
     tasks: &[TaskReport],
+    folded: &[(Option<&str>, &FoldedSite)],
     window_ns: u64,
+    rel: impl Fn(u64) -> u64,
     poll_times: impl Fn(Option<&str>) -> Option<&'a PollTimes>,
 ) -> Vec<SpawnSite> {
-    let mut groups: BTreeMap<Option<&str>, Vec<&TaskReport>> = BTreeMap::new();
+    let mut groups: BTreeMap<Option<&str>, (Vec<&TaskReport>, Option<&FoldedSite>)> =
+        BTreeMap::new();
     for t in tasks.iter().filter(|t| !t.runtime_plumbing) {
-        groups.entry(t.spawned_at.as_deref()).or_default().push(t);
+        groups.entry(t.spawned_at.as_deref()).or_default().0.push(t);
+    }
+    for &(site, f) in folded {
+        groups.entry(site).or_default().1 = Some(f);
     }
     let mut sites: Vec<SpawnSite> = groups
         .into_iter()
-        .map(|(site, ts)| {
+        .map(|(site, (ts, f))| {
             let count = |v: Verdict| ts.iter().filter(|t| t.counted_verdict() == v).count() as u64;
-            let series = live_series(&ts, window_ns);
+            let mut series = live_series(&ts, window_ns);
+            if let Some(f) = f {
+                for p in &mut series {
+                    p[1] += f.live_at(rel(p[0]));
+                }
+            }
+            let (folded, folded_spawned, folded_completed) =
+                f.map_or((0, 0, 0), |f| (f.tasks, f.spawned, f.completed));
             let (slope, r) = trend(&series);
             let gained = slope * window_ns as f64 / 1e9;
             let times = poll_times(site);
@@ -62,8 +79,10 @@ pub fn spawn_sites<'a>(
             let pct = |p: f64| us(times.and_then(|h| h.percentile(p)));
             SpawnSite {
                 site: site.map(str::to_owned),
-                spawned: ts.iter().filter(|t| t.spawned_at_ns.is_some()).count() as u64,
-                completed: ts.iter().filter(|t| t.completed_at_ns.is_some()).count() as u64,
+                spawned: ts.iter().filter(|t| t.spawned_at_ns.is_some()).count() as u64
+                    + folded_spawned,
+                completed: ts.iter().filter(|t| t.completed_at_ns.is_some()).count() as u64
+                    + folded_completed,
                 alive: ts
                     .iter()
                     .filter(|t| t.completed_at_ns.is_none() && !t.freed)
@@ -71,7 +90,8 @@ pub fn spawn_sites<'a>(
                 leaked: count(Verdict::Leaked),
                 stuck: count(Verdict::Stuck),
                 never_polled: count(Verdict::NeverPolled),
-                ok: count(Verdict::Ok),
+                ok: count(Verdict::Ok) + folded,
+                folded,
                 polls: times.map_or(0, |h| h.polls),
                 poll_p50_us: pct(50.0),
                 poll_p90_us: pct(90.0),

@@ -5,7 +5,7 @@ use tracer_common::{EventKind, TaskEvent};
 
 use super::{Meta, ProbeInfo, Report, render_html, render_perfetto, render_text};
 use crate::{
-    model::{Aggregator, verdict::Thresholds},
+    model::{Aggregator, fold::Retention, verdict::Thresholds},
     plan::{PlanSummary, Unavailable},
     stream::{MetaRecord, Rec, TargetInfo},
 };
@@ -55,7 +55,7 @@ fn report() -> Report {
         std::time::Duration::from_secs(1),
         std::time::Duration::from_secs(2),
     );
-    let mut agg = Aggregator::for_window(&meta, th, true);
+    let mut agg = Aggregator::for_window(&meta, th, true, Retention::default());
     for rec in [
         site("src/app.rs:10:5"),
         ev(EventKind::Spawn, MS, 0x1000, 1),
@@ -74,30 +74,149 @@ fn report() -> Report {
     ] {
         agg.apply(&rec);
     }
-    Report::build(
-        agg,
-        Meta {
-            target: target(),
-            start_ns: 0,
-            end_ns: 60 * S,
-            ended_by: crate::stream::EndedBy::Duration,
-            probes: ProbeInfo {
-                sites: 12,
-                attach: crate::plan::AttachMode::Multi,
-                attach_ms: 1.0,
-                detach_ms: 2.0,
-                mode: "full".into(),
-                emulated: 12,
-                single_stepped: 0,
-            },
-            lost_events: 3,
-            warnings: vec!["a warning for the reader".into()],
-            unavailable: vec![Unavailable {
-                what: "futures".into(),
-                why: "no symbols".into(),
-            }],
+    Report::build(agg, meta_60s())
+}
+
+fn meta_60s() -> Meta {
+    Meta {
+        target: target(),
+        start_ns: 0,
+        end_ns: 60 * S,
+        ended_by: crate::stream::EndedBy::Duration,
+        probes: ProbeInfo {
+            sites: 12,
+            attach: crate::plan::AttachMode::Multi,
+            attach_ms: 1.0,
+            detach_ms: 2.0,
+            mode: "full".into(),
+            emulated: 12,
+            single_stepped: 0,
         },
-    )
+        lost_events: 3,
+        warnings: vec!["a warning for the reader".into()],
+        unavailable: vec![Unavailable {
+            what: "futures".into(),
+            why: "no symbols".into(),
+        }],
+    }
+}
+
+/// A churning site (400 tasks, 5 ms each, over 20 s), one leaked task and one stuck,
+/// reported with every task kept and with the finished ones folded.
+fn churn_report(keep: Retention) -> Report {
+    let meta = MetaRecord::synthetic(target(), PlanSummary::all_probed());
+    let th = Thresholds::new(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(2),
+    );
+    let mut agg = Aggregator::for_window(&meta, th, false, keep);
+    agg.fold_at(50);
+    let mut recs = vec![
+        site("src/leak.rs:1:1"),
+        ev(EventKind::Spawn, S, 0x10, 1),
+        ev(EventKind::PollStart, S + MS, 0x10, 1),
+        ev(EventKind::PollEnd, S + 2 * MS, 0x10, 1),
+    ];
+    for i in 0..400u64 {
+        let (at, h, id) = (2 * S + i * 50 * MS, 0x1000 + i * 0x100, 10 + i);
+        recs.extend([
+            site("src/churn.rs:2:2"),
+            ev(EventKind::Spawn, at, h, id),
+            ev(EventKind::PollStart, at + MS, h, id),
+            ev(EventKind::Complete, at + 5 * MS, h, id),
+            ev(EventKind::PollEnd, at + 5 * MS, h, id),
+        ]);
+        if i % 2 == 0 {
+            recs.push(ev(EventKind::Dealloc, at + 6 * MS, h, id));
+        }
+        // A late wake of a task long finished (its waker outlived it).
+        if i == 300 {
+            recs.push(ev(
+                EventKind::WakeByVal,
+                at + 7 * MS,
+                0x1000 + 101 * 0x100,
+                0,
+            ));
+        }
+    }
+    recs.extend([
+        site("src/stuck.rs:3:3"),
+        ev(EventKind::Spawn, 30 * S, 0x20, 9000),
+        ev(EventKind::PollStart, 30 * S + MS, 0x20, 9000),
+    ]);
+    for rec in recs {
+        agg.apply(&rec);
+    }
+    let mut meta = meta_60s();
+    meta.lost_events = 0;
+    Report::build(agg, meta)
+}
+
+#[test]
+fn folding_finished_tasks_changes_no_count_verdict_or_series() {
+    let (all, folded) = (
+        churn_report(Retention::all()),
+        churn_report(Retention::default()),
+    );
+    let counts = |r: &Report| {
+        let s = &r.summary;
+        (
+            s.tasks_seen,
+            s.alive,
+            s.completed,
+            s.leaked,
+            s.stuck,
+            s.never_polled,
+            s.ok,
+        )
+    };
+    assert_eq!(counts(&all), (402, 2, 400, 1, 1, 0, 400));
+    assert_eq!(counts(&folded), counts(&all));
+    assert_eq!(all.summary.folded, 0);
+    assert!(folded.summary.folded >= 300, "{}", folded.summary.folded);
+    assert_eq!(
+        folded.tasks.len() as u64 + folded.summary.folded,
+        all.tasks.len() as u64
+    );
+    let sites = |r: &Report| {
+        r.spawn_sites
+            .iter()
+            .map(|s| {
+                (
+                    s.site.clone(),
+                    s.spawned,
+                    s.completed,
+                    s.alive,
+                    s.leaked,
+                    s.stuck,
+                    s.ok,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sites(&folded), sites(&all));
+    // Folded lives count as the mean population of a bucket (here 0.1 tasks), where the
+    // kept ones count at the instant (here 1: a spawn falls on every sample).
+    for (a, f) in all.spawn_sites.iter().zip(&folded.spawn_sites) {
+        for (pa, pf) in a.live_series.iter().zip(&f.live_series) {
+            assert!(pa[1].abs_diff(pf[1]) <= 1, "{:?}: {pa:?} {pf:?}", a.site);
+        }
+        assert_eq!(a.growing, f.growing);
+    }
+    let churn = |r: &Report| {
+        r.spawn_sites
+            .iter()
+            .find(|s| s.site.as_deref() == Some("src/churn.rs:2:2"))
+            .map(|s| (s.folded, s.live_series.iter().map(|p| p[1]).max()))
+            .unwrap()
+    };
+    assert_eq!(churn(&all).0, 0);
+    assert_eq!(churn(&folded).0, folded.summary.folded);
+    // The stuck task and the leak are reported task by task.
+    for id in [1, 9000] {
+        assert!(folded.tasks.iter().any(|t| t.id == id));
+    }
 }
 
 #[test]

@@ -125,38 +125,37 @@ pub struct TopView {
     /// Poll figures are known (full mode).
     pub polls: bool,
     history: HashMap<Option<Arc<str>>, History>,
-    /// The previous refresh: when, tasks the model held, probe records drained.
-    prev: Option<(u64, usize, u64)>,
+    /// The previous refresh: when, and probe records drained.
+    prev: Option<(u64, u64)>,
+    /// Tasks seen per site by the previous refresh (`SiteNow::created`).
+    prev_created: HashMap<Option<Arc<str>>, u64>,
     started_ns: u64,
     /// The live count per site at the previous refresh.
     prev_live: HashMap<Option<Arc<str>>, u64>,
 }
 
 impl TopView {
-    /// Where the next refresh counts new tasks from.
-    pub fn created_from(&self) -> usize {
-        self.prev.map_or(0, |p| p.1)
-    }
-
     pub fn update(&mut self, now: &Now, meta: &MetaRecord, events: u64, lost: u64) {
         if self.started_ns == 0 {
             self.started_ns = meta.start_ns.max(1);
         }
-        let (prev_at, _, prev_events) = self.prev.unwrap_or((meta.start_ns, 0, 0));
+        let (prev_at, prev_events) = self.prev.unwrap_or((meta.start_ns, 0));
         let dt = (now.at_ns.saturating_sub(prev_at) as f64 / 1e9).max(1e-3);
         let mut rows = Vec::with_capacity(now.sites.len());
         let mut spawned = 0u64;
         let mut seen = std::collections::HashSet::new();
         for s in &now.sites {
             seen.insert(s.site.clone());
-            spawned += s.created;
+            let before_created = self.prev_created.get(&s.site).copied().unwrap_or(0);
+            let created = s.created.saturating_sub(before_created);
+            spawned += created;
             let h = self.history.entry(s.site.clone()).or_default();
             if h.live.len() == HISTORY {
                 h.live.pop_front();
             }
             h.live.push_back(s.live);
             let before = self.prev_live.get(&s.site).copied().unwrap_or(0);
-            let finished = (s.created + before).saturating_sub(s.live);
+            let finished = (created + before).saturating_sub(s.live);
             let busy = (s.busy_ns >= h.busy_ns)
                 .then(|| (s.busy_ns - h.busy_ns) as f64 / (dt * 1e9) * 100.0);
             h.busy_ns = s.busy_ns;
@@ -164,7 +163,7 @@ impl TopView {
             rows.push(SiteRow {
                 site: s.site.clone(),
                 live: s.live,
-                spawned_per_s: s.created as f64 / dt,
+                spawned_per_s: created as f64 / dt,
                 finished_per_s: finished as f64 / dt,
                 growth_per_min: slope(&h.live) * 60.0,
                 history: h.live.iter().copied().collect(),
@@ -212,7 +211,12 @@ impl TopView {
             hits_per_s: events.saturating_sub(prev_events) as f64 / dt,
         };
         self.rows = rows;
-        self.prev = Some((now.at_ns, now.tasks_seen, events));
+        self.prev = Some((now.at_ns, events));
+        self.prev_created = now
+            .sites
+            .iter()
+            .map(|s| (s.site.clone(), s.created))
+            .collect();
     }
 
     /// The rows to show: matching `filter` (a substring of the site), sorted.
@@ -643,8 +647,9 @@ mod tests {
             &now(
                 2,
                 vec![
-                    site("src/a.rs:1:1", 12, 5, 0),
-                    site("src/b.rs:2:2", 1, 0, 1),
+                    // Cumulative: 5 more at a, none at b.
+                    site("src/a.rs:1:1", 12, 15, 0),
+                    site("src/b.rs:2:2", 1, 1, 1),
                 ],
             ),
             &meta,
@@ -659,7 +664,12 @@ mod tests {
         assert_eq!(v.header.hits_per_s, 200.0);
         assert_eq!(v.header.live, 13);
         // A site that drained keeps a row, at zero, and its finishing shows.
-        v.update(&now(3, vec![site("src/a.rs:1:1", 12, 0, 0)]), &meta, 300, 0);
+        v.update(
+            &now(3, vec![site("src/a.rs:1:1", 12, 15, 0)]),
+            &meta,
+            300,
+            0,
+        );
         let b = v.rows.iter().find(|r| r.label() == "src/b.rs:2:2").unwrap();
         assert_eq!((b.live, b.finished_per_s), (0, 1.0));
         let order = |s| v.shown(s, "").iter().map(|r| r.label()).collect::<Vec<_>>();
