@@ -65,9 +65,13 @@ fn corpus_oracle() {
         }
         let bin = program_binary(name, p["bin"].as_str().unwrap());
         for how in [How::Run, How::Record] {
-            let report = trace(name, &bin, how);
-            let f = Figures::of(&report);
+            let (report, rec) = trace(name, &bin, how);
+            let mut f = Figures::of(&report);
             failures.extend(f.failures(name, how));
+            match fold_check(name, how, &rec) {
+                Ok(line) => f.samples.push(line),
+                Err(e) => failures.push(e),
+            }
             rows.push((name.to_owned(), how, f));
         }
     }
@@ -147,8 +151,9 @@ fn wait_port(port: u16) {
 }
 
 /// Traces one program under its workload; returns the report.
-fn trace(name: &str, bin: &Path, how: How) -> Value {
+fn trace(name: &str, bin: &Path, how: How) -> (Value, PathBuf) {
     let json = tmp(&format!("corpus-{name}-{}.json", how.as_str()));
+    let rec = json.with_extension("trace");
     let _ = std::fs::remove_file(&json);
     let port = free_port();
     let docroot = tmp("corpus-www");
@@ -190,12 +195,14 @@ fn trace(name: &str, bin: &Path, how: How) -> Value {
         other => panic!("no workload for corpus program {other}"),
     };
     let thresholds = ["--leak-after", LEAK_AFTER];
+    let record_to = [std::ffi::OsStr::new("-o"), rec.as_os_str()];
     match (how, &workload) {
         (How::Run, Workload::Client) => {
             let server = TinyHttp::start();
             let out = tasktrace()
                 .args(["run", "-q", "--duration", "20s", "--json"])
                 .arg(&json)
+                .args(record_to)
                 .args(thresholds)
                 .arg("--")
                 .arg(bin)
@@ -227,6 +234,7 @@ fn trace(name: &str, bin: &Path, how: How) -> Value {
             let out = tasktrace()
                 .args(["record", "-q", "--duration", "5s", "--json"])
                 .arg(&json)
+                .args(record_to)
                 .args(thresholds)
                 .args(["--pid", &_client.id().to_string()])
                 .output()
@@ -237,6 +245,7 @@ fn trace(name: &str, bin: &Path, how: How) -> Value {
             let tracer = tasktrace()
                 .args(["run", "-q", "--duration", "7s", "--json"])
                 .arg(&json)
+                .args(record_to)
                 .args(thresholds)
                 .arg("--")
                 .arg(bin)
@@ -269,6 +278,7 @@ fn trace(name: &str, bin: &Path, how: How) -> Value {
             let out = tasktrace()
                 .args(["record", "-q", "--duration", "5s", "--json"])
                 .arg(&json)
+                .args(record_to)
                 .args(thresholds)
                 .args(["--pid", &server.id().to_string()])
                 .output()
@@ -277,7 +287,74 @@ fn trace(name: &str, bin: &Path, how: How) -> Value {
             assert_success(&out, &format!("record {name}"));
         }
     }
-    read_report(&json)
+    (read_report(&json), rec)
+}
+
+/// The summary and per-site counts a fold must leave alone.
+fn fold_counts(r: &Value) -> Vec<(String, Value)> {
+    let s = &r["summary"];
+    let mut v: Vec<(String, Value)> = [
+        "tasks_seen",
+        "alive",
+        "completed",
+        "leaked",
+        "leaked_definite",
+        "stuck",
+        "never_polled",
+        "uncertain",
+        "ok",
+        "alive_before_attach",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), s[*k].clone()))
+    .collect();
+    for site in r["spawn_sites"].as_array().unwrap() {
+        for k in [
+            "spawned",
+            "completed",
+            "alive",
+            "leaked",
+            "stuck",
+            "never_polled",
+            "ok",
+        ] {
+            v.push((format!("{} {k}", site["site"]), site[k].clone()));
+        }
+    }
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// The recording replayed twice, its finished tasks folded from 100 held on and kept
+/// whole: a program nobody here wrote must come out with the same counts either way.
+fn fold_check(name: &str, how: How, rec: &Path) -> Result<String, String> {
+    let replay = |extra: &[&str]| {
+        let json = rec.with_extension(format!("{}.json", extra.join("")));
+        let out = tasktrace()
+            .arg("report")
+            .arg(rec)
+            .args(["-q", "--leak-after", LEAK_AFTER, "--json"])
+            .arg(&json)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_success(&out, &format!("report {name}"));
+        read_report(&json)
+    };
+    let (folded, whole) = (replay(&["--fold-from", "100"]), replay(&["--keep", "all"]));
+    let (a, b) = (fold_counts(&folded), fold_counts(&whole));
+    let n = folded["summary"]["folded"].as_u64().unwrap_or(0);
+    if a != b {
+        let diff: Vec<_> = a.iter().zip(&b).filter(|(x, y)| x != y).take(5).collect();
+        return Err(format!(
+            "{name} {}: folding {n} tasks changed the counts: {diff:?}",
+            how.as_str()
+        ));
+    }
+    Ok(format!(
+        "{n} of {} tasks folded on replay (--fold-from 100), every count as kept whole",
+        whole["summary"]["tasks_seen"]
+    ))
 }
 
 enum Workload {
