@@ -83,8 +83,16 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             }
             Ok(exit::OK)
         }
-        Command::SynthTrace { file, events } => {
-            synth::write(&file, events)?;
+        Command::SynthTrace {
+            file,
+            events,
+            spawns_per_s,
+            seconds,
+        } => {
+            match spawns_per_s {
+                Some(rate) => synth::write_long(&file, rate, seconds)?,
+                None => synth::write(&file, events)?,
+            }
             Ok(exit::OK)
         }
         Command::Dump { pid, json, symbols } => {

@@ -255,9 +255,88 @@ pub fn memory(root: &Path, tasks: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// `tasktrace report` of a synthetic one-minute recording and of one `seconds` long, both
+/// at `rate` spawns a second (written by the recording's own writer: `synth-trace
+/// --spawns-per-s`): the report's size and the replay's peak memory must follow the live
+/// tasks, not the window's length.
+pub fn long(root: &Path, rate: u64, seconds: u64) -> Result<(), String> {
+    let tasktrace = root.join("target/release/tasktrace");
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    println!("bench long ({rate} spawns/s, a leak every 10 s; tasktrace report of each):");
+    let mut rows = Vec::new();
+    for secs in [60, seconds] {
+        let file = dir.join(format!("long-{rate}-{secs}.trace"));
+        let t = Instant::now();
+        let status = Command::new(&tasktrace)
+            .arg("synth-trace")
+            .arg(&file)
+            .args([
+                "--spawns-per-s",
+                &rate.to_string(),
+                "--seconds",
+                &secs.to_string(),
+            ])
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!(
+                "tasktrace synth-trace {}: {status}",
+                file.display()
+            ));
+        }
+        let trace_bytes = std::fs::metadata(&file).map_err(|e| e.to_string())?.len();
+        let written = t.elapsed().as_secs_f64();
+        let json = dir.join(format!("long-{rate}-{secs}.json"));
+        let (wall, kib) = measure(
+            Command::new(&tasktrace)
+                .arg("report")
+                .arg(&file)
+                .args(["-q", "--json"])
+                .arg(&json),
+        )?;
+        let _ = std::fs::remove_file(&file);
+        let bytes = std::fs::metadata(&json).map_err(|e| e.to_string())?.len();
+        let s = &summary_of(&json)?;
+        // A leak every 10 s, leaked once idle for the default 30 s.
+        let leaks = (secs.saturating_sub(30)) / 10;
+        let leaked = s["leaked"].as_u64().unwrap_or(0);
+        if leaked.abs_diff(leaks) > 1 {
+            return Err(format!(
+                "{secs} s: {leaked} leaked, expected about {leaks}: {s}"
+            ));
+        }
+        println!(
+            "  {secs:>6} s: {:>10} tasks ({:>10} folded, {leaked} leaked), trace {:>7.0} MiB written in {written:.0} s; report {:>6.2} MB, peak RSS {:>6.1} MiB, {wall:.1} s",
+            s["tasks_seen"],
+            s["folded"],
+            trace_bytes as f64 / (1 << 20) as f64,
+            bytes as f64 / 1e6,
+            kib as f64 / 1024.0,
+        );
+        rows.push((bytes as f64, kib as f64));
+    }
+    println!(
+        "bench long: {seconds} s against 60 s: x{:.2} report size, x{:.2} peak RSS",
+        rows[1].0 / rows[0].0,
+        rows[1].1 / rows[0].1
+    );
+    Ok(())
+}
+
 #[derive(serde::Deserialize)]
 struct SummaryOnly {
     summary: serde_json::Value,
+}
+
+/// A JSON report's summary, streamed (a report of millions of tasks is gigabytes); the
+/// report is removed.
+fn summary_of(json: &Path) -> Result<serde_json::Value, String> {
+    let file = std::fs::File::open(json).map_err(|e| e.to_string())?;
+    let v: SummaryOnly =
+        serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(json);
+    Ok(v.summary)
 }
 
 /// Tracer memory against finished tasks: `tasktrace run` over the spawn loop at N/10 and
@@ -281,12 +360,7 @@ pub fn finished(root: &Path, tasks: usize) -> Result<(), String> {
                         .arg(n.to_string()),
                 )?;
                 let bytes = std::fs::metadata(&json).map_err(|e| e.to_string())?.len();
-                // Streamed, the summary only: a report of millions of tasks is gigabytes.
-                let file = std::fs::File::open(&json).map_err(|e| e.to_string())?;
-                let v: SummaryOnly = serde_json::from_reader(std::io::BufReader::new(file))
-                    .map_err(|e| e.to_string())?;
-                let _ = std::fs::remove_file(&json);
-                let s = &v.summary;
+                let s = &summary_of(&json)?;
                 let seen = s["tasks_seen"].as_u64().unwrap_or(0);
                 if s["ok"] != s["tasks_seen"] {
                     return Err(format!("{mode}/{keep}/{n}: not every task ok: {s}"));

@@ -18,12 +18,15 @@
 //! - `bench finished [--tasks N]`: tracer peak memory and report size as finished tasks
 //!   grow tenfold (N/10 and N tasks spawned and finished by `fixtures/spawnloop`), with
 //!   finished tasks folded (`--keep recent`, the default) and kept (`--keep all`).
+//! - `bench long [--rate R] [--seconds S]`: `tasktrace report` of a synthetic one-minute
+//!   and S-second recording (default an hour) of R short tasks spawned a second (default
+//!   10 000) and a leak every 10 s: report size and peak memory, long against short.
 //! - `bench http`: requests/s of a hyper server under `wrk` load untraced, traced in
 //!   lifecycle and full mode, and with console-subscriber and a console client attached;
 //!   the throughput loss and CPU per request of each, for a server that spawns a task per
 //!   request and for one that spawns per connection only (`fixtures/bench/http`, built
 //!   only for this bench).
-//! - `bench` or `bench all [OPTIONS]`: poll, http, report, memory, finished and attach in turn.
+//! - `bench` or `bench all [OPTIONS]`: poll, http, report, memory, finished, long and attach in turn.
 //! - `corpus [build] [--ci] [NAME…]`: build the real-program corpus (`fixtures/corpus/`,
 //!   crates.io programs as their authors ship them) and trace each, checking the oracle
 //!   of `tests/e2e_corpus.rs`; `build` only builds; `--ci`: the programs `.ci/run` traces.
@@ -59,7 +62,7 @@ fn main() -> ExitCode {
             None => Err("usage: cargo xtask fixture-path NAME".into()),
         },
         _ => Err(
-            "usage: cargo xtask <fixtures | fixture-path NAME | demo | kernels [--debug] [RELEASE…] | fuzz [--seconds N] [TARGET…] | corpus [build] [--ci] [NAME…] | bench [all | report [--events N] | spawn | poll | http | attach | dump [--tasks N] | memory [--tasks N] | finished [--tasks N]]>"
+            "usage: cargo xtask <fixtures | fixture-path NAME | demo | kernels [--debug] [RELEASE…] | fuzz [--seconds N] [TARGET…] | corpus [build] [--ci] [NAME…] | bench [all | report [--events N] | spawn | poll | http | attach | dump [--tasks N] | memory [--tasks N] | finished [--tasks N] | long [--rate R] [--seconds S]]>"
                 .into(),
         ),
     };
@@ -113,7 +116,9 @@ mod fuzz;
 mod kernels;
 
 /// What `cargo xtask bench` (or `bench all`) runs, in this order.
-const ALL_BENCHES: [&str; 6] = ["poll", "http", "report", "memory", "finished", "attach"];
+const ALL_BENCHES: [&str; 7] = [
+    "poll", "http", "report", "memory", "finished", "long", "attach",
+];
 
 fn bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
@@ -178,6 +183,12 @@ fn bench(args: &[String]) -> Result<(), String> {
             build_tasktrace_release()?;
             build_fixture(&root().join("fixtures/bench/manysites"), "release")?;
             bench::attach(&root())
+        }
+        Some("long") => {
+            let rate = number_option(args, "--rate", 10_000)?;
+            let seconds = number_option(args, "--seconds", 3_600)?;
+            build_tasktrace_release()?;
+            bench::long(&root(), rate, seconds)
         }
         Some("finished") => {
             let tasks = number_option(args, "--tasks", 3_000_000)?;

@@ -115,6 +115,13 @@ pub enum Command {
         #[arg(long, default_value_t = 10_000_000,
               value_parser = clap::value_parser!(u64).range(1..=10_000_000_000))]
         events: u64,
+        /// Instead, a long window of short tasks spawned at this rate (`cargo xtask bench
+        /// long`), for `--seconds` of simulated time.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        spawns_per_s: Option<u64>,
+        #[arg(long, default_value_t = 3600,
+              value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        seconds: u64,
     },
 }
 
