@@ -491,3 +491,38 @@ pub fn run_checked(
     assert_matches_truth(&report, &truth);
     (stdout, report, truth)
 }
+
+/// The summary and per-site counts a fold must leave alone.
+pub fn fold_counts(r: &Value) -> Vec<(String, Value)> {
+    let s = &r["summary"];
+    let mut v: Vec<(String, Value)> = [
+        "tasks_seen",
+        "alive",
+        "completed",
+        "leaked",
+        "leaked_definite",
+        "stuck",
+        "never_polled",
+        "uncertain",
+        "ok",
+        "alive_before_attach",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), s[*k].clone()))
+    .collect();
+    for site in r["spawn_sites"].as_array().unwrap() {
+        for k in [
+            "spawned",
+            "completed",
+            "alive",
+            "leaked",
+            "stuck",
+            "never_polled",
+            "ok",
+        ] {
+            v.push((format!("{} {k}", site["site"]), site[k].clone()));
+        }
+    }
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
