@@ -10,6 +10,7 @@
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::pt_regs,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user, generated::bpf_get_attach_cookie,
@@ -124,15 +125,24 @@ fn on_entry(ctx: &ProbeContext) -> u32 {
     // its site is found by unwinding a copy of the stack, queued before the spawn.
     // SAFETY: see `event`.
     if (kind == EventKind::Spawn as u8 || kind == EventKind::SpawnBlocking as u8)
-        && unsafe { core::ptr::read_volatile(&STACK_BYTES) } != 0
-        && !spawn_call_seen()
-        // SAFETY: a plain lookup; the value is not used.
-        && unsafe { SITE_KNOWN.get(&ev.vtable) }.is_none()
+        && needs_stack(&ev)
     {
-        emit_stack(ctx);
+        // SAFETY: the context of a uprobe is the target thread's saved registers.
+        emit_stack(unsafe { &*ctx.regs });
     }
     submit(&ev);
     0
+}
+
+/// A spawn no spawn call announced, of a future whose site the code does not name.
+#[inline(always)]
+fn needs_stack(ev: &TaskEvent) -> bool {
+    // SAFETY: see `event`.
+    let stack_bytes = unsafe { core::ptr::read_volatile(&STACK_BYTES) };
+    stack_bytes != 0
+        && !spawn_call_seen()
+        // SAFETY: a plain lookup; the value is not used.
+        && unsafe { SITE_KNOWN.get(&ev.vtable) }.is_none()
 }
 
 /// The target execs another program (or itself anew): the tasks of the old image are
@@ -175,6 +185,12 @@ fn on_return(ctx: &RetProbeContext) -> u32 {
         0
     };
     if let Some(ev) = event(ctx, header) {
+        // A spawn taken at its function's return (the function that binds the task was
+        // inlined away, or before tokio 1.30 builds it): the stack is the caller's.
+        if ev.kind == EventKind::Spawn as u8 && needs_stack(&ev) {
+            // SAFETY: the context of a uretprobe is the target thread's saved registers.
+            emit_stack(unsafe { &*ctx.regs });
+        }
         submit(&ev);
     }
     0
@@ -305,14 +321,12 @@ fn emit_id(ctx: &ProbeContext) {
 /// stops short of the stack's end by retrying smaller sizes: a read that runs into the
 /// guard page above the stack fails whole.
 #[inline(always)]
-fn emit_stack(ctx: &ProbeContext) {
+fn emit_stack(regs: &pt_regs) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: see `event`.
     if (pid_tgid >> 32) as u32 != unsafe { core::ptr::read_volatile(&TARGET_TGID) } {
         return;
     }
-    // SAFETY: the context of a uprobe is the target thread's saved registers.
-    let regs = unsafe { &*ctx.regs };
     let Some(mut slot) = EVENTS.reserve::<StackEvent>(0) else {
         count_lost();
         return;

@@ -1,4 +1,5 @@
-//! The build matrix ops meet: tokio 1.38, 1.43, 1.47 and 1.54 (latest), each in the
+//! The build matrix ops meet: tokio 1.23 (the oldest supported), 1.25, 1.28, 1.32, 1.36
+//! (older lines still in production), 1.38, 1.43, 1.47 and 1.54 (latest), each in the
 //! default release profile, thin LTO, fat LTO with one codegen unit, panic=abort and
 //! strip=symbols. Every cell is traced for real and its verdict counts compared with the
 //! ground truth the fixture prints; `inspect` is checked against what the cell is.
@@ -31,17 +32,38 @@ fn inspect(bin: &Path, extra: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// `stripped`: no symbols given, so spawn sites and futures are unavailable (and must
-/// be said to be).
+/// The cell's tokio `major.minor`, as a number to compare (`"1.28/fat"` → 28).
+fn minor(cell: &str) -> u32 {
+    let version = cell.split('/').next().unwrap();
+    version.split('.').nth(1).unwrap().parse().unwrap()
+}
+
+/// Before 1.39 a task id is a `u64` drawn with a plain `fetch_add`, which has no shape to
+/// find it by: only its symbol finds the draws.
+fn plain_id_draws(cell: &str) -> bool {
+    minor(cell) < 39
+}
+
+/// What the cell's tokio version cannot show (its version file says so): before 1.29 a
+/// LocalSet's list reads as a runtime's.
+fn degraded(cell: &str) -> &'static [&'static str] {
+    if minor(cell) < 29 {
+        &["LocalSet tasks alive before attach"]
+    } else {
+        &[]
+    }
+}
+
 /// What a stripped cell cannot show: future names, and spawn sites where the code does
 /// not name them (from 1.39 its task-id draws are found, and through them some sites;
-/// 1.38's plain `fetch_add` draw is found by its symbol only).
-fn stripped_unavailable(cell: &str) -> [&'static str; 2] {
-    if cell.starts_with("1.38") {
-        ["spawn sites", "futures"]
+/// before, the plain `fetch_add` draw is found by its symbol only).
+fn stripped_unavailable(cell: &str) -> Vec<&'static str> {
+    let sites = if plain_id_draws(cell) {
+        "spawn sites"
     } else {
-        ["some spawn sites", "futures"]
-    }
+        "some spawn sites"
+    };
+    [&[sites, "futures"][..], degraded(cell)].concat()
 }
 
 fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
@@ -76,8 +98,8 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
     assert_eq!(s["leaked_definite"], 0, "{cell}");
     let unavailable = unavailable(&report);
     // Launched: every task's spawn was seen, at a spawn probe or, with no symbols, at its
-    // task-id draw (1.38's draw is a plain `fetch_add` only its symbol finds).
-    if !(stripped && cell.starts_with("1.38")) {
+    // task-id draw (before 1.39 the draw is a plain `fetch_add` only its symbol finds).
+    if !(stripped && plain_id_draws(cell)) {
         let tasks = report["tasks"].as_array().unwrap();
         let unseen: Vec<&Value> = tasks
             .iter()
@@ -93,7 +115,11 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
         return;
     }
     // One probe hit per poll: wakes are left to the task-list readings.
-    assert_eq!(unavailable, ["wakes"], "{cell}");
+    assert_eq!(
+        unavailable,
+        [&["wakes"][..], degraded(cell)].concat(),
+        "{cell}"
+    );
     // Spawn sites: every task the program spawned names a site outside tokio and std
     // (exact file:line:col where a spawn function survived; the caller's function, found
     // by unwinding, under fat LTO). Tokio's own worker-thread tasks have none.
@@ -214,11 +240,11 @@ fn cells(version: &str) {
             assert_eq!(i["traits"]["lto_likely"], false, "{cell}");
         }
         assert!(
-            i["unavailable"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|u| u["what"] == "spawn sites" || u["what"] == "wakes"),
+            i["unavailable"].as_array().unwrap().iter().all(|u| {
+                u["what"] == "spawn sites"
+                    || u["what"] == "wakes"
+                    || degraded(&cell).contains(&u["what"].as_str().unwrap())
+            }),
             "{cell}: {i}"
         );
         assert_eq!(i["tier"], "symbols", "{cell}");
@@ -244,10 +270,10 @@ fn cells(version: &str) {
     assert_eq!(unavailable, stripped_unavailable(&cell), "{cell}");
     assert_eq!(i["task_vtables"]["waker_by_scan"], true, "{cell}");
     // Spawns are seen at their task-id draws, found without the counter's symbol: the
-    // same draws as the symbols find in the same build (1.38's plain `fetch_add` has no
-    // shape to find it by: none, rather than a wrong counter).
+    // same draws as the symbols find in the same build (before 1.39 a plain `fetch_add`
+    // has no shape to find it by: none, rather than a wrong counter).
     let draws = i["id_draws"].as_u64().unwrap();
-    if version == "1.38" {
+    if plain_id_draws(&cell) {
         assert_eq!(draws, 0, "{cell}");
     } else {
         assert!(draws > 0, "{cell}: no task-id draw found");
@@ -279,6 +305,32 @@ fn cells(version: &str) {
         &with_symbols,
         false,
     );
+}
+
+/// The oldest supported version.
+#[test]
+fn tokio_1_23() {
+    cells("1.23");
+}
+
+#[test]
+fn tokio_1_25() {
+    cells("1.25");
+}
+
+#[test]
+fn tokio_1_28() {
+    cells("1.28");
+}
+
+#[test]
+fn tokio_1_32() {
+    cells("1.32");
+}
+
+#[test]
+fn tokio_1_36() {
+    cells("1.36");
 }
 
 #[test]

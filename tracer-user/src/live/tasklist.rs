@@ -22,7 +22,7 @@ use crate::{
     binary::locations::TaskVtable,
     error::{Error, Result},
     live::memory::{Memory, ReadMemory},
-    tokio_versions::{Knowledge, Layout},
+    tokio_versions::{Knowledge, Layout, RuntimeList},
 };
 
 pub use crate::tokio_versions::{ListKind, Status};
@@ -352,29 +352,48 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
         None
     }
 
-    /// `OwnedTasks` whose `id` is at `id_addr`: every shard, walked.
+    /// `OwnedTasks` whose `id` is at `id_addr`: every shard (or its one list), walked.
     fn walk_runtime(&self, owner: u64, id_addr: u64) -> Option<(OwnedList, Vec<LiveTask>)> {
-        let l = &self.layout.lists;
-        let lists_field = id_addr.checked_add_signed(l.sharded_lists_from_id)?;
-        let lists = self.mem.u64(lists_field)?;
-        let len = self.mem.u64(lists_field + 8)?;
-        let mask = self
-            .mem
-            .u64(id_addr.checked_add_signed(l.sharded_mask_from_id)?)?;
-        let count = self
-            .mem
-            .u64(id_addr.checked_add_signed(l.sharded_count_from_id)?);
-        if !len.is_power_of_two() || len > 1 << 16 || mask != len - 1 || lists == 0 {
-            return None;
-        }
-        if !lists.is_multiple_of(8) {
-            return None;
-        }
+        // (head, tail) field addresses of each list, and the count the runtime keeps.
+        let (lists, count): (Vec<(u64, u64)>, Option<u64>) = match self.layout.lists.runtime {
+            RuntimeList::Sharded(l) => {
+                let lists_field = id_addr.checked_add_signed(l.lists_from_id)?;
+                let lists = self.mem.u64(lists_field)?;
+                let len = self.mem.u64(lists_field + 8)?;
+                let mask = self.mem.u64(id_addr.checked_add_signed(l.mask_from_id)?)?;
+                let count = self.mem.u64(id_addr.checked_add_signed(l.count_from_id)?);
+                if !len.is_power_of_two() || len > 1 << 16 || mask != len - 1 || lists == 0 {
+                    return None;
+                }
+                if !lists.is_multiple_of(8) {
+                    return None;
+                }
+                let shards = (0..len)
+                    .map(|shard| {
+                        let base = lists + shard * l.shard_stride;
+                        (base + l.shard_head, base + l.shard_tail)
+                    })
+                    .collect();
+                (shards, count)
+            }
+            RuntimeList::Single {
+                head_from_id,
+                tail_from_id,
+                count_from_id,
+            } => {
+                let head = id_addr.checked_add_signed(head_from_id)?;
+                let tail = id_addr.checked_add_signed(tail_from_id)?;
+                let count = count_from_id
+                    .and_then(|c| id_addr.checked_add_signed(c))
+                    .and_then(|at| self.mem.u64(at));
+                (vec![(head, tail)], count)
+            }
+        };
+        let shards = lists.len() as u64;
         let mut out = Vec::new();
         let mut incomplete = 0;
-        for shard in 0..len {
-            let base = lists + shard * l.shard_stride;
-            match self.walk_stable(owner, base + l.shard_head, base + l.shard_tail) {
+        for (head, tail) in lists {
+            match self.walk_stable(owner, head, tail) {
                 // Decoded shard by shard: a list of a million tasks is never held twice.
                 Some(Some(nodes)) => out.extend(
                     nodes
@@ -391,7 +410,7 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
                 owner_id: owner,
                 kind: ListKind::Runtime,
                 address: id_addr,
-                shards: len,
+                shards,
                 declared: count,
                 tasks: out.len() as u64,
                 incomplete_shards: incomplete,
@@ -634,7 +653,7 @@ mod tests {
     use super::*;
     use crate::{
         live::memory::HeapImage,
-        tokio_versions::{self, ListLayout},
+        tokio_versions::{self, ListLayout, ShardedLayout},
     };
 
     /// Task cells, one per 0x100 bytes (`header(id)`), and other heap objects.
@@ -681,6 +700,13 @@ mod tests {
         &k().layout.lists
     }
 
+    fn sh() -> ShardedLayout {
+        match l().runtime {
+            RuntimeList::Sharded(sh) => sh,
+            RuntimeList::Single { .. } => panic!("the newest layout is sharded"),
+        }
+    }
+
     fn header(id: u64) -> u64 {
         HEAP + id * 0x100
     }
@@ -706,11 +732,11 @@ mod tests {
     }
 
     fn shard_head_at(i: u64) -> u64 {
-        SHARDS + i * l().shard_stride + l().shard_head
+        SHARDS + i * sh().shard_stride + sh().shard_head
     }
 
     fn shard_tail_at(i: u64) -> u64 {
-        SHARDS + i * l().shard_stride + l().shard_tail
+        SHARDS + i * sh().shard_stride + sh().shard_tail
     }
 
     /// `OwnedTasks.id`, somewhere inside the runtime handle.
@@ -780,15 +806,12 @@ mod tests {
         m.put(RT_ARC + 8, 1);
         let id = rt_id();
         m.put(id, RT);
-        let lists = from_id(id, l().sharded_lists_from_id);
+        let lists = from_id(id, sh().lists_from_id);
         m.put(lists, SHARDS);
         m.put(lists + 8, SHARD_TASKS.len() as u64);
-        m.put(
-            from_id(id, l().sharded_mask_from_id),
-            SHARD_TASKS.len() as u64 - 1,
-        );
+        m.put(from_id(id, sh().mask_from_id), SHARD_TASKS.len() as u64 - 1);
         let count = SHARD_TASKS.iter().map(|s| s.len() as u64).sum();
-        m.put(from_id(id, l().sharded_count_from_id), count);
+        m.put(from_id(id, sh().count_from_id), count);
         for (i, ids) in SHARD_TASKS.iter().enumerate() {
             for &t in *ids {
                 task(&mut m, RT, t, RT_ARC);
@@ -913,6 +936,92 @@ mod tests {
             t.join_handle,
             t.no_way_to_run
         )
+    }
+
+    /// Before 1.35 a runtime keeps one list (counted from 1.29), and the ids sat after
+    /// the lists before 1.30: every such version file's offsets find and walk them.
+    #[test]
+    fn one_list_runtimes_of_older_tokio_are_walked() {
+        let mut seen = 0;
+        for k in tokio_versions::all() {
+            let RuntimeList::Single {
+                head_from_id,
+                tail_from_id,
+                count_from_id,
+            } = k.layout.lists.runtime
+            else {
+                continue;
+            };
+            seen += 1;
+            let ll = &k.layout.lists;
+            let mut m = HeapImage::default();
+            m.map(HEAP, HEAP_LEN);
+            m.map(HANDLES, HANDLES_LEN);
+            m.put(RT_ARC, 7);
+            m.put(RT_ARC + 8, 1);
+            m.put(rt_id(), RT);
+            let all: Vec<u64> = SHARD_TASKS.concat();
+            if let Some(c) = count_from_id {
+                m.put(from_id(rt_id(), c), all.len() as u64);
+            }
+            for &t in &all {
+                task(&mut m, RT, t, RT_ARC);
+            }
+            link(
+                &mut m,
+                from_id(rt_id(), head_from_id),
+                from_id(rt_id(), tail_from_id),
+                &all,
+            );
+            m.put(LOCAL_ARC, 3);
+            m.put(LOCAL_ARC + 8, 1);
+            m.put(local_id(), LOCAL);
+            for &t in LOCAL_TASKS {
+                task(&mut m, LOCAL, t, LOCAL_ARC);
+            }
+            link(
+                &mut m,
+                from_id(local_id(), ll.local_head_from_id),
+                from_id(local_id(), ll.local_tail_from_id),
+                LOCAL_TASKS,
+            );
+            let r = Reader::with_memory(m, 0, k, &[VT_A, VT_B]);
+            let s = r.snapshot(0).unwrap();
+            let v = k.first;
+            assert_eq!(s.warnings, Vec::<String>::new(), "{v}");
+            assert_eq!(ids(&s), vec![11, 12, 13, 14, 15, 21, 22], "{v}");
+            let count = count_from_id.map(|_| 5);
+            // Before 1.29 a LocalSet's list sits where a runtime's does, relative to the
+            // id: it is walked all the same, as a runtime's (the version file says so).
+            let alike =
+                (head_from_id, tail_from_id) == (ll.local_head_from_id, ll.local_tail_from_id);
+            assert_eq!(
+                alike,
+                k.first < tokio_versions::Version::new(1, 29, 0),
+                "{v}"
+            );
+            let local_kind = if alike {
+                ListKind::Runtime
+            } else {
+                ListKind::LocalSet
+            };
+            assert_eq!(
+                lists(&s),
+                vec![
+                    (RT, ListKind::Runtime, rt_id(), 1, count, 5, 0),
+                    (LOCAL, local_kind, local_id(), 1, None, 2, 0),
+                ],
+                "{v}"
+            );
+            assert_eq!(
+                alike,
+                k.degraded
+                    .iter()
+                    .any(|d| d.what == "LocalSet tasks alive before attach"),
+                "{v}"
+            );
+        }
+        assert_eq!(seen, 3, "1.23, 1.29 and 1.30 keep one list");
     }
 
     #[test]
@@ -1042,7 +1151,7 @@ mod tests {
 
         // Not a sharded list at all: a length that is no power of two.
         let mut m = target();
-        m.put(from_id(rt_id(), l().sharded_lists_from_id) + 8, 3);
+        m.put(from_id(rt_id(), sh().lists_from_id) + 8, 3);
         let r = reader(m);
         assert!(r.walk_runtime(RT, rt_id()).is_none());
         let s = r.snapshot_from(0, &known()).unwrap();
@@ -1159,7 +1268,7 @@ mod tests {
     #[test]
     fn counter_disagreeing_with_a_complete_walk_warns() {
         let mut m = target();
-        m.put(from_id(rt_id(), l().sharded_count_from_id), 6);
+        m.put(from_id(rt_id(), sh().count_from_id), 6);
         let s = reader(m).snapshot_from(0, &known()).unwrap();
         assert_eq!(
             s.warnings,

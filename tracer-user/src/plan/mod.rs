@@ -432,7 +432,10 @@ impl Plan {
                     .extend(sites(bin, function, EventKind::Spawn, HeaderArg::Ret));
             }
             let found = plan.ret.len() > before;
-            if found {
+            // Inlined all the way into the callers (fat LTO before 1.30): each spawn is
+            // still seen where it draws its task id (`add_id_sites`), found by the
+            // counter's symbol.
+            if found || s.id_counter(&bin.tokio_data).is_some() {
                 missing.retain(|m| *m != s.owned_bind_inner);
             }
         }
@@ -448,11 +451,22 @@ impl Plan {
                 missing,
             });
         }
-        plan.note_mode_losses();
+        plan.note_losses(k);
         Ok(plan)
     }
 
-    /// What lifecycle mode, or a missing thread sampler, gives up: said in every report.
+    /// What lifecycle mode, a missing thread sampler or the tokio version gives up: said
+    /// in every report.
+    fn note_losses(&mut self, k: &Knowledge) {
+        self.note_mode_losses();
+        for d in k.degraded {
+            self.unavailable.push(Unavailable {
+                what: d.what.into(),
+                why: d.why.into(),
+            });
+        }
+    }
+
     fn note_mode_losses(&mut self) {
         let mut lose = |what: &str, why: &str| {
             self.unavailable.push(Unavailable {
@@ -621,7 +635,7 @@ impl Plan {
     /// way into their caller, or every path in a stripped binary): every spawn then has
     /// a spawn event, whatever the compiler inlined.
     fn add_id_sites(&mut self, bin: &BinaryInfo, table: &LocationTable, k: &Knowledge) {
-        let counter = bin.tokio_data.get(k.symbols.id_counter).copied();
+        let counter = k.symbols.id_counter(&bin.tokio_data);
         let draws = crate::binary::spawn_ids::find(table, counter, k.symbols.id_draw_retries);
         self.id_draws = draws.len();
         let is_spawn = |s: &Site| {
@@ -630,13 +644,21 @@ impl Plan {
                 Some(EventKind::Spawn | EventKind::SpawnBlocking | EventKind::SpawnLocal)
             )
         };
-        let probed: HashSet<u64> = self
+        let mut probed: HashSet<u64> = self
             .entry
             .iter()
             .chain(&self.ret)
             .filter(|s| is_spawn(s))
             .map(|s| s.vaddr)
             .collect();
+        // No async spawn probe at all (every spawn path inlined): a function reaching the
+        // blocking pool's probe may draw ids for async spawns too, so no draw is covered.
+        let async_spawn_probed = self.entry.iter().chain(&self.ret).any(|s| {
+            EventKind::from_u8(tracer_common::cookie_kind(s.cookie)) == Some(EventKind::Spawn)
+        });
+        if !async_spawn_probed {
+            probed.clear();
+        }
         // Every draw's site, probed or not: the vtables its path stores are named by it.
         let vtables: Vec<u64> = if bin.has_symtab {
             table.task_vtables(bin.instances(k.symbols.raw_poll), &k.layout)
@@ -836,7 +858,7 @@ impl Plan {
                 why,
             });
         }
-        plan.note_mode_losses();
+        plan.note_losses(k);
         Ok(plan)
     }
 }

@@ -3,7 +3,10 @@
 //! bits, the probed symbol names, `CONTEXT`; and what does not vary at all: how tokio's
 //! own symbols and sources are named, its spawn functions generic over the future.
 
-use super::{ContextLayout, Layout, ListLayout, RefBits, Slot, Slots, StateBits, SymbolNames};
+use super::{
+    ContextLayout, Layout, ListLayout, RefBits, RuntimeList, ShardedLayout, Slot, Slots, StateBits,
+    SymbolNames,
+};
 
 /// A demangled symbol of tokio's own (`tokio::…`, or an impl of one of its types).
 pub fn is_tokio_symbol(name: &str) -> bool {
@@ -72,24 +75,28 @@ pub const LAYOUT: Layout = Layout {
     lists: LISTS,
 };
 
-/// Owned-task lists as 1.39+ lay them out; 1.38 differs in `sharded_lists_from_id` only.
+/// Owned-task lists as 1.39+ lay them out; 1.38 differs in `lists_from_id` only.
 pub const LISTS: ListLayout = ListLayout {
     // Trailer { owned: Pointers { prev, next }, waker, .. }
     trailer_prev: 0,
     trailer_next: 8,
     arc_data: 16,
     handle_search: 4096,
-    // ShardedList { lists @0x00, added @0x10, count @0x18, shard_mask @0x20 }, id @0x28.
-    sharded_lists_from_id: -0x28,
-    sharded_mask_from_id: -0x08,
-    sharded_count_from_id: -0x10,
+    runtime: RuntimeList::Sharded(SHARDED),
+    // LocalOwnedTasks { id @0x00, inner: OwnedTasksInner { list { head, tail }, closed } @0x08 }
+    local_head_from_id: 0x08,
+    local_tail_from_id: 0x10,
+};
+
+/// 1.39+: ShardedList { lists @0x00, added @0x10, count @0x18, shard_mask @0x20 }, id @0x28.
+pub const SHARDED: ShardedLayout = ShardedLayout {
+    lists_from_id: -0x28,
+    mask_from_id: -0x08,
+    count_from_id: -0x10,
     // Mutex<LinkedList> { futex: u32, poison: bool, data: LinkedList { head, tail } }
     shard_stride: 0x18,
     shard_head: 0x08,
     shard_tail: 0x10,
-    // LocalOwnedTasks { id @0x00, inner: OwnedTasksInner { list { head, tail }, closed } @0x08 }
-    local_head_from_id: 0x08,
-    local_tail_from_id: 0x10,
 };
 
 pub const STATE: StateBits = StateBits {
@@ -139,7 +146,7 @@ pub const SYMBOLS: SymbolNames = SymbolNames {
             ],
         ],
     ],
-    id_counter: "tokio::runtime::task::id::Id::next::NEXT_ID",
+    id_counters: &["tokio::runtime::task::id::Id::next::NEXT_ID"],
     // `Id(u64)`: a plain `fetch_add`, no retry loop (so no shape to find it by).
     id_draw_retries: false,
     spawn_calls: &[
@@ -169,4 +176,12 @@ pub const CONTEXT: ContextLayout = ContextLayout {
     symbol: "tokio::runtime::context::CONTEXT::",
     task_id: 48,
     tagged: false,
+};
+
+/// Before 1.39: `current_task_id: Option<Id(u64)>` at 32, a tag word then the id (DWARF
+/// of 1.25.3, 1.28.2, 1.32.1, 1.36.0, 1.38.2; read live from a 1.28.2 worker too).
+pub const CONTEXT_TAGGED: ContextLayout = ContextLayout {
+    task_id: 32,
+    tagged: true,
+    ..CONTEXT
 };

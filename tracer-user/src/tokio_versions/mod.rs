@@ -5,7 +5,10 @@
 
 mod base;
 pub mod shapes;
-mod v1_38;
+mod v1_23;
+mod v1_29;
+mod v1_30;
+mod v1_35;
 mod v1_39;
 
 pub use base::{
@@ -138,18 +141,38 @@ pub struct ListLayout {
     pub arc_data: u64,
     /// How many bytes of the scheduler handle to search for the list's `id`.
     pub handle_search: u64,
-    /// `OwnedTasks` (multi-thread and current-thread runtimes), relative to its `id`:
-    /// `ShardedList.lists` (a boxed slice: pointer, then length), `shard_mask`, `count`.
-    pub sharded_lists_from_id: i64,
-    pub sharded_mask_from_id: i64,
-    pub sharded_count_from_id: i64,
+    /// `OwnedTasks` of multi-thread and current-thread runtimes.
+    pub runtime: RuntimeList,
+    /// `LocalOwnedTasks` (LocalSet), relative to its `id`: `LinkedList.head`, `.tail`.
+    pub local_head_from_id: i64,
+    pub local_tail_from_id: i64,
+}
+
+/// How `OwnedTasks` holds its tasks, offsets relative to its `id`.
+#[derive(Clone, Copy, Debug)]
+pub enum RuntimeList {
+    /// 1.36+: a `ShardedList`, whose `lists` is a boxed slice (pointer, then length) of
+    /// `Mutex<LinkedList>` shards.
+    Sharded(ShardedLayout),
+    /// Before 1.36: one `Mutex<LinkedList>` inside `OwnedTasks`; from 1.32 a count
+    /// beside it (`CountedLinkedList`).
+    Single {
+        head_from_id: i64,
+        tail_from_id: i64,
+        count_from_id: Option<i64>,
+    },
+}
+
+/// `ShardedList`, relative to `OwnedTasks.id`.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardedLayout {
+    pub lists_from_id: i64,
+    pub mask_from_id: i64,
+    pub count_from_id: i64,
     /// One shard, a `Mutex<LinkedList>`: its size and where `head` and `tail` sit.
     pub shard_stride: u64,
     pub shard_head: u64,
     pub shard_tail: u64,
-    /// `LocalOwnedTasks` (LocalSet), relative to its `id`: `LinkedList.head`, `.tail`.
-    pub local_head_from_id: i64,
-    pub local_tail_from_id: i64,
 }
 
 /// tokio's per-thread `CONTEXT` (a `thread_local!` in `runtime/context.rs`): while a
@@ -207,8 +230,9 @@ pub struct SymbolNames {
     /// the binary kept any function of is probed, all of its kept functions.
     pub parks: &'static [&'static [&'static [&'static str]]],
     /// tokio's task-id counter (`Id::next`'s static), a data symbol: every spawn path draws
-    /// one id from it, in an inlined retry loop (`spawn_ids`).
-    pub id_counter: &'static str,
+    /// one id from it, in an inlined retry loop (`spawn_ids`). The first name the binary
+    /// has (the module moved within a range).
+    pub id_counters: &'static [&'static str],
     /// Ids are non-zero and `Id::next` is a retry loop (`lock xadd; test; je retry`): the
     /// loop's shape finds the counter without its symbol. Without it (plain `fetch_add`)
     /// only the symbol does.
@@ -230,10 +254,37 @@ pub struct Knowledge {
     pub refs: RefBits,
     pub symbols: SymbolNames,
     pub context: ContextLayout,
+    /// What this range cannot show as later ones do: said by `inspect` and every report.
+    pub degraded: &'static [Degraded],
+}
+
+/// Something a version's internals do not let tasktrace see, and why.
+#[derive(Debug)]
+pub struct Degraded {
+    pub what: &'static str,
+    pub why: &'static str,
 }
 
 /// Supported ranges, oldest first.
-const ALL: &[&Knowledge] = &[&v1_38::KNOWLEDGE, &v1_39::KNOWLEDGE];
+const ALL: &[&Knowledge] = &[
+    &v1_23::KNOWLEDGE,
+    &v1_29::KNOWLEDGE,
+    &v1_30::KNOWLEDGE,
+    &v1_35::KNOWLEDGE,
+    &v1_39::KNOWLEDGE,
+];
+
+impl SymbolNames {
+    /// The task-id counter's address (file address), if the binary names it.
+    pub fn id_counter(&self, data: &std::collections::HashMap<String, u64>) -> Option<u64> {
+        self.id_counters.iter().find_map(|&n| data.get(n).copied())
+    }
+}
+
+/// Every version file, oldest first.
+pub fn all() -> &'static [&'static Knowledge] {
+    ALL
+}
 
 /// What choosing a knowledge file for a binary produced.
 #[derive(Debug)]
@@ -257,7 +308,10 @@ pub fn select(version: Option<Version>) -> Result<Selection, String> {
     };
     if v < ALL[0].first {
         return Err(format!(
-            "tokio {v} is older than the oldest supported version ({}); supported: {}",
+            "tokio {v} is older than the oldest supported version ({}); supported: {}. \
+             Before 1.23 a task's id and scheduler sit where its future's type puts them \
+             (the task vtable has no offsets to find them by); a build against tokio \
+             1.23 or later (`cargo update -p tokio`) can be traced",
             ALL[0].first,
             supported_range()
         ));
@@ -337,7 +391,12 @@ mod tests {
 
     #[test]
     fn selects_by_range() {
-        assert!(select(Some(Version::new(1, 20, 0))).is_err());
+        assert!(select(Some(Version::new(1, 22, 0))).is_err());
+        let s = select(Some(Version::new(1, 28, 2))).unwrap();
+        assert_eq!(s.knowledge.first, Version::new(1, 23, 0));
+        assert!(s.warning.is_none());
+        let s = select(Some(Version::new(1, 36, 0))).unwrap();
+        assert_eq!(s.knowledge.first, Version::new(1, 35, 0));
         let s = select(Some(Version::new(1, 54, 1))).unwrap();
         assert!(s.warning.is_none());
         let s = select(Some(Version::new(1, 99, 0))).unwrap();

@@ -19,4 +19,5 @@ pub static KNOWLEDGE: Knowledge = Knowledge {
         ..SYMBOLS
     },
     context: CONTEXT,
+    degraded: &[],
 };
