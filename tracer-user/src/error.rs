@@ -121,6 +121,11 @@ pub enum Error {
     )]
     TraceFileIsDirectory { path: PathBuf },
     #[error(
+        "cannot compare {}: {why}.\n  hint: `report A --baseline B` takes two trace files (`-o`) or two JSON reports (`--json`), in any mix",
+        path.display()
+    )]
+    NotComparable { path: PathBuf, why: String },
+    #[error(
         "{} is not the same build as {}: GNU build-id {} vs {}.\n  hint: --symbols needs the unstripped binary of exactly this build (same build-id); keep it from the build that produced the deployed binary",
         symbols.display(),
         target.display(),
@@ -172,6 +177,7 @@ impl Error {
             | Error::Output { .. }
             | Error::TraceFile { .. }
             | Error::TraceFileIsDirectory { .. }
+            | Error::NotComparable { .. }
             | Error::SymbolsMismatch { .. }
             | Error::KernelLacks { .. } => exit::BAD_INPUT,
             Error::Privileges { .. } => exit::PRIVILEGES,

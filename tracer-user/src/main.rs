@@ -8,7 +8,7 @@ use clap::Parser;
 use tasktrace::{
     cmd::{
         cli::{Cli, Command, TraceArgs, VerdictArgs},
-        dump, inspect, replay, session,
+        compare, dump, inspect, replay, session,
         session::WindowOpts,
         synth, top,
     },
@@ -191,7 +191,44 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             }
             Ok(exit::OK)
         }
-        Command::Report { file, opts } => {
+        Command::Report {
+            file,
+            baseline: Some(baseline),
+            opts,
+        } => {
+            if opts.perfetto.is_some() || !opts.fail_on.is_empty() {
+                return Err(Error::NotComparable {
+                    path: file,
+                    why: "--perfetto and --fail-on report one window, not a comparison".into(),
+                });
+            }
+            let out = open_output(&opts)?;
+            let c = compare::compare_files(&file, &baseline, thresholds(&opts), opts.retention())?;
+            if !opts.quiet {
+                print!("{}", report::compare::render_compare_text(&c));
+            }
+            write_out(
+                out.json,
+                opts.json.as_ref(),
+                |w| {
+                    serde_json::to_writer_pretty(&mut *w, &c)?;
+                    w.write_all(b"\n")
+                },
+                opts.quiet,
+            )?;
+            write_out(
+                out.html,
+                opts.html.as_ref(),
+                |w| w.write_all(report::render_compare_html(&c).as_bytes()),
+                opts.quiet,
+            )?;
+            Ok(exit::OK)
+        }
+        Command::Report {
+            file,
+            baseline: None,
+            opts,
+        } => {
             let json = open_output(&opts)?;
             let report = replay::report_from_file(
                 &file,

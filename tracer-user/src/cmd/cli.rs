@@ -101,8 +101,13 @@ pub enum Command {
     },
     /// Report on a trace file written by `run -o` or `record -o`, without the target.
     Report {
-        /// The trace file.
+        /// The trace file (or, with `--baseline`, a trace file or a JSON report).
         file: PathBuf,
+        /// Compare with this earlier window (a trace file or a JSON report): per spawn
+        /// site, live, leaked, stuck and never-polled counts and poll percentiles before
+        /// and after, sorted by change; `--json` and `--html` then write the comparison.
+        #[arg(long, value_name = "FILE")]
+        baseline: Option<PathBuf>,
         #[command(flatten)]
         opts: VerdictArgs,
     },

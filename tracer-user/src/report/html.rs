@@ -149,7 +149,7 @@ window {window:.1} s, ended by {ended} · thresholds: leaked after {leak} ms idl
 
 /// Text from the target made inert in a page: markup escaped, and control characters
 /// shown as `\u{..}` (a page read with `cat` must not drive the terminal either).
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     super::terminal_safe(s)
         .replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -158,7 +158,7 @@ fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-fn svg(
+pub(super) fn svg(
     draw: impl FnOnce(
         &DrawingArea<SVGBackend, plotters::coord::Shift>,
     ) -> Result<(), Box<dyn std::error::Error>>,
@@ -190,7 +190,7 @@ fn x_at(ns: u64, window_s: f64) -> f64 {
 }
 
 /// Counts as a chart's y range (forged counts are clamped, not overflowed).
-const MAX_Y: u64 = 1 << 48;
+pub(super) const MAX_Y: u64 = 1 << 48;
 
 fn live_chart(r: &Report) -> String {
     let window_s = window_s(r);

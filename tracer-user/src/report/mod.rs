@@ -1,6 +1,8 @@
 //! The report: built once from the aggregator's final state, then rendered as JSON
 //! (`docs/report-format.md`) or as the text summary. Renderers only read it.
 
+pub mod compare;
+mod compare_html;
 mod html;
 mod perfetto;
 mod sites;
@@ -9,6 +11,7 @@ pub mod top;
 
 use serde::Serialize;
 
+pub use compare_html::render_compare_html;
 pub use html::render_html;
 pub use perfetto::render_perfetto;
 pub use sites::SpawnSite;

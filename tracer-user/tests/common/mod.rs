@@ -47,24 +47,44 @@ pub fn tasktrace() -> Command {
 /// The release-built fixture binary, built on first use (the test command builds all of
 /// them up front through `cargo xtask fixtures`).
 pub fn fixture(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<BTreeSet<String>>> = OnceLock::new();
+    fixture_built(name, None)
+}
+
+/// The fixture built with one of its cargo features (in `target/FEATURE/`): the same
+/// source, another build, as a deploy would ship it.
+pub fn fixture_with(name: &str, feature: &str) -> PathBuf {
+    fixture_built(name, Some(feature))
+}
+
+fn fixture_built(name: &str, feature: Option<&str>) -> PathBuf {
+    // (fixture, feature) pairs built by this test process.
+    type Builds = BTreeSet<(String, Option<String>)>;
+    static BUILT: OnceLock<Mutex<Builds>> = OnceLock::new();
     let dir = root().join("fixtures").join(name);
-    let bin = dir.join("target/release").join(format!("fixture-{name}"));
+    let target = match feature {
+        Some(f) => dir.join("target").join(f),
+        None => dir.join("target"),
+    };
+    let bin = target.join("release").join(format!("fixture-{name}"));
     let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
-    if !built.contains(name) {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "--quiet",
-                "--manifest-path",
-            ])
+    if built.insert((name.to_owned(), feature.map(str::to_owned))) {
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.args(["build", "--release", "--locked", "--quiet"]);
+        if let Some(f) = feature {
+            cargo
+                .args(["--features", f])
+                .arg("--target-dir")
+                .arg(&target);
+        }
+        let status = cargo
+            .arg("--manifest-path")
             .arg(dir.join("Cargo.toml"))
             .status()
             .expect("run cargo");
-        assert!(status.success(), "building fixture {name} failed");
-        built.insert(name.to_owned());
+        assert!(
+            status.success(),
+            "building fixture {name} ({feature:?}) failed"
+        );
     }
     bin
 }
