@@ -126,6 +126,10 @@ pub enum Error {
     )]
     NotComparable { path: PathBuf, why: String },
     #[error(
+        "no flight recorder is tracing pid {pid}: {why}.\n  hint: start one with `tasktrace record --pid {pid} --flight 10m -o DIR`"
+    )]
+    NoFlightRecorder { pid: u32, why: String },
+    #[error(
         "{} is not the same build as {}: GNU build-id {} vs {}.\n  hint: --symbols needs the unstripped binary of exactly this build (same build-id); keep it from the build that produced the deployed binary",
         symbols.display(),
         target.display(),
@@ -178,6 +182,7 @@ impl Error {
             | Error::TraceFile { .. }
             | Error::TraceFileIsDirectory { .. }
             | Error::NotComparable { .. }
+            | Error::NoFlightRecorder { .. }
             | Error::SymbolsMismatch { .. }
             | Error::KernelLacks { .. } => exit::BAD_INPUT,
             Error::Privileges { .. } => exit::PRIVILEGES,

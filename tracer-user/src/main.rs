@@ -8,7 +8,7 @@ use clap::Parser;
 use tasktrace::{
     cmd::{
         cli::{Cli, Command, TraceArgs, VerdictArgs},
-        compare, dump, inspect, replay, session,
+        compare, dump, flight, inspect, replay, session,
         session::WindowOpts,
         synth, top,
     },
@@ -154,6 +154,7 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                 symbols,
                 mode,
                 attach: None,
+                flight: None,
             };
             let pid = target.pid;
             let opts = top::TopOpts {
@@ -189,6 +190,14 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                     report.summary.never_polled
                 );
             }
+            Ok(exit::OK)
+        }
+        Command::Snapshot { pid } => {
+            let dir = flight::snapshot(pid)?;
+            eprintln!(
+                "tasktrace: asked the flight recorder of pid {pid} for an incident: it writes it in {}",
+                dir.display()
+            );
             Ok(exit::OK)
         }
         Command::Report {
@@ -257,11 +266,22 @@ fn window(opts: &TraceArgs) -> WindowOpts {
         spawn_sites: !opts.no_spawn_sites,
         mode: opts.mode,
         attach: opts.attach,
+        flight: opts.flight.map(|keep| flight::FlightOpts {
+            keep,
+            max_bytes: opts.flight_size as usize,
+            dir: opts.output.clone().unwrap_or_else(|| ".".into()),
+            triggers: opts.trigger.clone(),
+        }),
     }
 }
 
 /// The trace file of `-o`, created before tracing so a bad path fails before attaching.
+/// The trace file of `-o`; a flight recorder's `-o` is the directory of its incidents.
 fn open_recording(opts: &TraceArgs) -> Result<Option<Writer>, Error> {
+    if opts.flight.is_some() {
+        flight::prepare_dir(opts.output.as_deref().unwrap_or(std::path::Path::new(".")))?;
+        return Ok(None);
+    }
     opts.output.as_deref().map(Writer::create).transpose()
 }
 

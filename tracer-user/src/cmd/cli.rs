@@ -99,6 +99,12 @@ pub enum Command {
         #[arg(last = true)]
         cmd: Vec<OsString>,
     },
+    /// Ask the flight recorder (`record --flight`) tracing PID to write an incident now.
+    Snapshot {
+        /// The traced process.
+        #[arg(long)]
+        pid: u32,
+    },
     /// Report on a trace file written by `run -o` or `record -o`, without the target.
     Report {
         /// The trace file (or, with `--baseline`, a trace file or a JSON report).
@@ -151,6 +157,20 @@ pub struct TraceArgs {
     /// (spawns, completions, sampled polls; see docs/user-guide.md for what it loses).
     #[arg(long, value_enum, default_value_t = crate::plan::Mode::Full)]
     pub mode: crate::plan::Mode,
+    /// Flight recorder: trace until stopped, keep the last D of the stream in memory
+    /// (not written), and write an incident trace into the `-o` directory (default: here)
+    /// on SIGUSR1 or `tasktrace snapshot`, when a `--trigger` verdict appears, and when the
+    /// target exits. Each incident reports with `tasktrace report`.
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    pub flight: Option<Duration>,
+    /// The flight ring's memory cap (a power of two, K/M suffixes); beyond it older spans
+    /// go first.
+    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    pub flight_size: u32,
+    /// Write a flight incident when a verdict appears or grows: `leaked:definite`,
+    /// `leaked`, `stuck`, `never_polled` (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = crate::cmd::flight::parse_trigger)]
+    pub trigger: Vec<crate::cmd::flight::Trigger>,
     /// Ring buffer size in bytes (power of two; K/M suffixes accepted).
     #[arg(long, value_parser = parse_size, default_value = "8M")]
     pub ring_size: u32,
@@ -263,7 +283,7 @@ fn parse_size(s: &str) -> Result<u32, String> {
     let bytes = n.saturating_mul(mult);
     if !bytes.is_power_of_two() || !(4096..=(1 << 30)).contains(&bytes) {
         return Err(format!(
-            "ring size must be a power of two between 4K and 1G, got `{s}`"
+            "a size must be a power of two between 4K and 1G, got `{s}`"
         ));
     }
     Ok(bytes as u32)

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod compare;
 pub mod dump;
+pub mod flight;
 pub mod inspect;
 pub mod replay;
 pub mod session;

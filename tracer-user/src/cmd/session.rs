@@ -5,6 +5,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::{
     binary::read_binary,
+    cmd::flight::Flight,
     error::{Error, Result},
     live::{
         clock::monotonic_ns,
@@ -18,7 +19,8 @@ use crate::{
     plan::Plan,
     report::{Meta, Report},
     stream::{
-        EndRecord, EndedBy, MetaRecord, Rec, TargetInfo, records::ListedTask, tracefile::Writer,
+        EndRecord, EndedBy, MetaRecord, Rec, TargetInfo, flight::FlightRing, records::ListedTask,
+        tracefile::Writer,
     },
     tokio_versions,
 };
@@ -39,6 +41,8 @@ pub struct WindowOpts {
     pub mode: crate::plan::Mode,
     /// An attach path forced by `--attach` (else the kernel's features decide).
     pub attach: Option<crate::plan::AttachMode>,
+    /// Run as a flight recorder (`--flight`): the records go to a ring, not a file.
+    pub flight: Option<crate::cmd::flight::FlightOpts>,
 }
 
 /// How often the ring is drained (the kernel side never wakes the reader per event).
@@ -118,6 +122,8 @@ pub struct Session<'o> {
     /// The target has been stopped (SIGSTOP, a debugger) since: time that counts toward
     /// no threshold.
     stopped_since: Option<u64>,
+    /// When to write incidents, as a flight recorder.
+    flight: Option<Flight>,
 }
 
 /// The live side of the stream: what turns the probes' raw records into the stream's
@@ -145,12 +151,16 @@ struct Live {
 struct Feed {
     agg: Aggregator,
     recording: Option<Writer>,
+    flight: Option<FlightRing>,
 }
 
 impl Feed {
     fn emit(&mut self, rec: Rec) {
         if let Some(w) = self.recording.as_mut() {
             w.record(&rec);
+        }
+        if let Some(ring) = self.flight.as_mut() {
+            ring.push(&rec);
         }
         self.agg.apply(&rec);
     }
@@ -294,6 +304,7 @@ impl<'o> Session<'o> {
         }
         let mut locator = Locator::new(table, target.pid, target.exe.clone());
         locator.set_vtable_sites(plan.code_sites());
+        let target_pid = target.pid;
         let target_info = TargetInfo {
             pid: target.pid,
             pid_in_namespace: target.pid_in_namespace(),
@@ -359,7 +370,10 @@ impl<'o> Session<'o> {
             .collect();
         let mut session = Session {
             opts,
-            periodic_readings: !plan.completion_probed || !plan.wakes_probed,
+            // A flight recorder's ring starts at a reading: readings keep coming.
+            periodic_readings: !plan.completion_probed
+                || !plan.wakes_probed
+                || opts.flight.is_some(),
             sites_unmarked: plan.static_sites.iter().any(|s| !s.vtables.is_empty())
                 || !plan.vtable_sites.is_empty(),
             target,
@@ -367,7 +381,13 @@ impl<'o> Session<'o> {
             plan,
             probes,
             live: Live {
-                feed: Feed { agg, recording },
+                feed: Feed {
+                    agg,
+                    recording,
+                    flight: opts.flight.as_ref().map(|f| {
+                        FlightRing::new(f.keep.as_nanos().min(u64::MAX as u128) as u64, f.max_bytes)
+                    }),
+                },
                 locator,
                 futures: HashMap::new(),
                 caller_sites,
@@ -386,6 +406,7 @@ impl<'o> Session<'o> {
             lost_seen: 0,
             lost_checked_ns: start_ns,
             stopped_since: None,
+            flight: opts.flight.clone().map(|f| Flight::start(f, target_pid)),
         };
         // Tasks alive before attach: only the runtimes' own lists know them (a launched
         // command has not started yet: it has none).
@@ -429,6 +450,10 @@ impl<'o> Session<'o> {
             .map_err(Error::Signals)?;
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
+        // A flight recorder writes an incident on SIGUSR1 (`tasktrace snapshot`).
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                .map_err(Error::Signals)?;
         // A status line while recording, only on a terminal (quiet in pipes, logs, CI).
         let progress = (!self.opts.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .then(|| {
@@ -483,6 +508,7 @@ impl<'o> Session<'o> {
                         w.flush();
                     }
                     self.ticks += 1;
+                    self.flight_tick();
                     let gone = self.ticks.is_multiple_of(10) && self.watch_target();
                     let exited = match self.launched.as_mut() {
                         Some(l) => l.poll_exit().is_some(),
@@ -497,8 +523,19 @@ impl<'o> Session<'o> {
                 }
                 _ = &mut ctrl_c => break EndedBy::Interrupted,
                 _ = sigterm.recv() => break EndedBy::Interrupted,
+                _ = usr1.recv() => {
+                    if self.flight.is_some() {
+                        self.incident("asked (SIGUSR1 or `tasktrace snapshot`)");
+                    } else if !self.opts.quiet {
+                        eprintln!("tasktrace: SIGUSR1 ignored: not a flight recorder (--flight)");
+                    }
+                }
             }
         };
+        // The minutes before the target went away are what a flight recorder is for.
+        if ended_by == EndedBy::TargetExit && self.flight.is_some() {
+            self.incident("the target exited");
+        }
         if let Some(bar) = progress {
             bar.finish_and_clear();
         }
@@ -510,6 +547,67 @@ impl<'o> Session<'o> {
             self.lists = Some(lists);
         }
         Ok(ended_by)
+    }
+
+    /// A flight recorder's upkeep: the ring trimmed to its span every 100 ms, the
+    /// triggers checked every second.
+    fn flight_tick(&mut self) {
+        if self.flight.is_none() {
+            return;
+        }
+        let now = monotonic_ns();
+        if self.ticks.is_multiple_of(10)
+            && let Some(ring) = self.live.feed.flight.as_mut()
+        {
+            ring.trim(now);
+        }
+        if self.ticks.is_multiple_of(100)
+            && let Some(why) = self
+                .flight
+                .as_mut()
+                .and_then(|f| f.due(&self.live.feed.agg, now))
+        {
+            self.incident(&why);
+        }
+    }
+
+    /// Writes the flight ring as an incident trace, after everything the probes queued.
+    fn incident(&mut self, why: &str) {
+        self.drain();
+        let (Some(flight), Some(ring)) = (self.flight.as_mut(), self.live.feed.flight.as_ref())
+        else {
+            return;
+        };
+        let path = flight.next_path(self.target.pid);
+        let mut warnings = vec![format!("incident: {why}")];
+        if ring.cut_for_size > 0 {
+            warnings.push(format!(
+                "the flight ring was cut {} time(s) to stay under --flight-size: it covers \
+                 less than --flight",
+                ring.cut_for_size
+            ));
+        }
+        warnings.extend(self.warnings.iter().cloned());
+        let end = EndRecord {
+            end_ns: monotonic_ns(),
+            ended_by: EndedBy::Snapshot,
+            lost_events: self.probes.lost_events(),
+            detach_ms: 0.0,
+            after_window: 0,
+            warnings,
+        };
+        match ring.write(&path, &self.meta, &end) {
+            Ok(()) => eprintln!(
+                "tasktrace: incident ({why}): wrote {} ({:.1} MiB ring)",
+                path.display(),
+                ring.bytes() as f64 / (1 << 20) as f64
+            ),
+            Err(e) => {
+                let w = format!("incident ({why}) not written: {e}");
+                eprintln!("tasktrace: {w}");
+                self.warnings.push(w);
+            }
+        }
     }
 
     /// One drain period: the ring, the status line, the thread sampler.
@@ -782,7 +880,9 @@ impl<'o> Session<'o> {
             );
         }
         let Live { feed, .. } = self.live;
-        let Feed { agg, mut recording } = feed;
+        let Feed {
+            agg, mut recording, ..
+        } = feed;
         let mut end = EndRecord {
             end_ns,
             ended_by,
@@ -1117,6 +1217,7 @@ mod tests {
         let mut feed = Feed {
             agg: Aggregator::for_window(&meta, th(), false, Retention::default()),
             recording: Some(w),
+            flight: None,
         };
         feed.emit(Rec::Site {
             tid: 3,
@@ -1207,6 +1308,7 @@ mod tests {
         let mut feed = Feed {
             agg: Aggregator::for_window(&meta, th(), false, Retention::default()),
             recording: None,
+            flight: None,
         };
         const N: u64 = 70_000;
         for i in 1..=N {
