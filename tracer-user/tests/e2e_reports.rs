@@ -66,7 +66,8 @@ fn html_and_perfetto_reports_of_the_demo() {
         "leaked",
         "stuck",
         "never-polled",
-        "chart-live",
+        "timeline",
+        "drill-down",
         "chart-polls",
         "chart-stuck",
     ] {

@@ -1,7 +1,8 @@
-//! `--html`: one self-contained page (no network) for the morning after: the verdict
-//! summary, flagged tasks grouped by spawn site, and charts drawn with plotters as inline
-//! SVG: live tasks by top spawn sites, the poll-duration distribution, and stuck polls on
-//! a per-thread timeline.
+//! `--html`: one self-contained page (no network) for the morning after, read as the
+//! incident's story: the verdict summary, a timeline (live tasks of the top spawn sites,
+//! when each verdict set in, lost events, stops, the attach and an incident's trigger),
+//! flagged tasks grouped by spawn site, a drill-down per site, and charts drawn with
+//! plotters as inline SVG: the poll-duration distribution and stuck polls per thread.
 
 use std::fmt::Write as _;
 
@@ -19,7 +20,7 @@ pub fn render_html(r: &Report) -> String {
 <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}
 td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left;font-size:14px}}th{{background:#f3f3f3}}
 .n{{font-size:28px;font-weight:bold}}.card{{display:inline-block;margin:0 1.5em 1em 0}}.bad{{color:#b00}}
-.chart{{margin:1em 0}}code{{font-size:13px}}</style></head><body>
+.chart{{margin:1em 0}}code{{font-size:13px}}.legend{{list-style:none;padding:0;margin:.3em 0}}</style></head><body>
 <h1>tasktrace report</h1>
 <p id="target">pid {pid} · <code>{binary}</code> · tokio {tokio} · build-id <code>{build}</code><br>
 window {window:.1} s, ended by {ended} · thresholds: leaked after {leak} ms idle, stuck after {stuck} ms, never polled after {np} ms</p>
@@ -62,6 +63,23 @@ window {window:.1} s, ended by {ended} · thresholds: leaked after {leak} ms idl
     for w in &r.warnings {
         let _ = writeln!(h, "<p class=\"bad\">warning: {}</p>", esc(w));
     }
+    let _ = write!(
+        h,
+        r#"<h2>Timeline</h2><p>Live tasks of the top spawn sites; marks along the top: when each
+verdict set in (<span class="bad">▲ leaked</span>, <span style="color:#c60">▲ stuck</span>,
+<span style="color:#639">▲ never polled</span>); shaded: <span class="bad">events lost</span>,
+<span style="color:#888">target stopped</span>; dashed: {}.</p><div class="chart" id="timeline">{}{}</div>
+"#,
+        match incident(r) {
+            Some(why) => format!(
+                "the ring's start (tasks alive before it were listed there) and the incident: {}",
+                esc(why)
+            ),
+            None => "the attach".into(),
+        },
+        timeline_chart(r),
+        timeline_legend(r)
+    );
     for verdict in [Verdict::Leaked, Verdict::Stuck, Verdict::NeverPolled] {
         let id = verdict.as_str().replace('_', "-");
         let tasks: Vec<_> = r
@@ -128,11 +146,7 @@ window {window:.1} s, ended by {ended} · thresholds: leaked after {leak} ms idl
         );
     }
     h.push_str("</table>\n");
-    let _ = write!(
-        h,
-        r#"<h2>Live tasks by spawn site</h2><div class="chart" id="chart-live">{}</div>"#,
-        live_chart(r)
-    );
+    drill_down(&mut h, r);
     let _ = write!(
         h,
         r#"<h2>Poll durations</h2><div class="chart" id="chart-polls">{}</div>"#,
@@ -192,7 +206,28 @@ fn x_at(ns: u64, window_s: f64) -> f64 {
 /// Counts as a chart's y range (forged counts are clamped, not overflowed).
 pub(super) const MAX_Y: u64 = 1 << 48;
 
-fn live_chart(r: &Report) -> String {
+/// The reason of a flight-recorder incident, if this report is one (its end is then
+/// the trigger).
+fn incident(r: &Report) -> Option<&str> {
+    r.warnings.iter().find_map(|w| w.strip_prefix("incident: "))
+}
+
+/// When a flagged task's verdict set in, relative to the window: the condition began
+/// `for_ns` before it was judged, and became a verdict once past its threshold (a
+/// definite leak at once).
+fn onset(r: &Report, t: &super::TaskReport) -> u64 {
+    let th = &r.thresholds;
+    let after_ms = match t.counted_verdict() {
+        Verdict::Leaked if t.certainty == Some(crate::model::verdict::Certainty::Definite) => 0,
+        Verdict::Leaked => th.leak_after_ms,
+        Verdict::Stuck => th.stuck_after_ms,
+        Verdict::NeverPolled => th.never_polled_after_ms,
+        Verdict::Ok => 0,
+    };
+    (t.judged_at_ns.saturating_sub(t.for_ns) + after_ms * 1_000_000).min(r.window.duration_ns)
+}
+
+fn timeline_chart(r: &Report) -> String {
     let window_s = window_s(r);
     let top: Vec<_> = r.spawn_sites.iter().take(6).collect();
     let max_y = top
@@ -202,43 +237,166 @@ fn live_chart(r: &Report) -> String {
         .unwrap_or(0)
         .min(MAX_Y)
         + 1;
+    // Headroom above the lines for the verdict marks.
+    let top_y = max_y + max_y / 8 + 2;
     svg(|root| {
         let mut chart = ChartBuilder::on(root)
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(48)
-            .build_cartesian_2d(0f64..window_s, 0u64..max_y)?;
+            .build_cartesian_2d(0f64..window_s, 0u64..top_y)?;
         chart
             .configure_mesh()
             .x_desc("seconds into the window")
             .y_desc("live tasks")
             .draw()?;
-        for (i, site) in top.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            // plotters escapes markup in SVG text; control characters are ours to neutralise.
-            let name = site.site.as_deref().map_or_else(
-                || "unknown site".into(),
-                |s| super::terminal_safe(s).into_owned(),
-            );
-            chart
-                .draw_series(LineSeries::new(
-                    site.live_series
-                        .iter()
-                        .map(|p| (x_at(p[0], window_s), p[1].min(max_y))),
-                    color.stroke_width(2),
-                ))?
-                .label(name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-                });
+        let span = |(a, b): (u64, u64), color: RGBAColor| {
+            Rectangle::new(
+                [(x_at(a, window_s), 0), (x_at(b.max(a), window_s), top_y)],
+                color.filled(),
+            )
+        };
+        chart.draw_series(
+            r.diagnostics
+                .stopped_spans
+                .iter()
+                .map(|&s| span(s, RGBColor(150, 150, 150).mix(0.25))),
+        )?;
+        chart.draw_series(
+            r.diagnostics
+                .lost_spans
+                .iter()
+                .map(|&s| span(s, RED.mix(0.2))),
+        )?;
+        let dashed = |x: f64| {
+            DashedLineSeries::new(
+                vec![(x, 0), (x, top_y)],
+                6,
+                4,
+                BLACK.mix(0.6).stroke_width(1),
+            )
+        };
+        chart.draw_series(dashed(0.0))?;
+        if incident(r).is_some() {
+            chart.draw_series(dashed(window_s))?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        for (i, site) in top.iter().enumerate() {
+            chart.draw_series(LineSeries::new(
+                site.live_series
+                    .iter()
+                    .map(|p| (x_at(p[0], window_s), p[1].min(max_y))),
+                Palette99::pick(i).to_rgba().stroke_width(2),
+            ))?;
+        }
+        let mark_y = max_y + max_y / 16 + 1;
+        chart.draw_series(r.tasks.iter().filter_map(|t| {
+            let color = match t.counted_verdict() {
+                Verdict::Leaked => RED,
+                Verdict::Stuck => RGBColor(204, 102, 0),
+                Verdict::NeverPolled => RGBColor(102, 51, 153),
+                Verdict::Ok => return None,
+            };
+            Some(TriangleMarker::new(
+                (x_at(onset(r, t), window_s), mark_y),
+                6,
+                color.filled(),
+            ))
+        }))?;
         Ok(())
     })
+}
+
+/// The timeline's legend, in the page rather than over the lines and marks.
+fn timeline_legend(r: &Report) -> String {
+    let mut h = String::from(r#"<ul class="legend">"#);
+    for (i, site) in r.spawn_sites.iter().take(6).enumerate() {
+        let c = Palette99::pick(i).to_rgba();
+        let _ = write!(
+            h,
+            r#"<li><span style="color:rgb({},{},{})">━━</span> <code>{}</code> ({} alive at the end{})</li>"#,
+            c.0,
+            c.1,
+            c.2,
+            esc(site.site.as_deref().unwrap_or("unknown site")),
+            site.alive,
+            if site.growing {
+                format!(", <b class=\"bad\">growing {:+.1}/s</b>", site.growth_per_s)
+            } else {
+                String::new()
+            }
+        );
+    }
+    h.push_str("</ul>");
+    h
+}
+
+/// Per spawn site, folded open on demand (no script): its counts and its flagged and
+/// live tasks, the longest first.
+fn drill_down(h: &mut String, r: &Report) {
+    const SITES: usize = 50;
+    const TASKS: usize = 20;
+    h.push_str(r#"<h2>By spawn site</h2><div id="drill-down">"#);
+    for s in r.spawn_sites.iter().take(SITES) {
+        let mut tasks: Vec<_> = r
+            .tasks
+            .iter()
+            .filter(|t| !t.runtime_plumbing && t.spawned_at.as_deref() == s.site.as_deref())
+            .filter(|t| t.counted_verdict() != Verdict::Ok || t.ended_at_ns().is_none())
+            .collect();
+        tasks.sort_by_key(|t| {
+            (
+                t.counted_verdict() == Verdict::Ok,
+                std::cmp::Reverse(t.for_ns),
+            )
+        });
+        let flagged = s.leaked + s.stuck + s.never_polled;
+        let _ = write!(
+            h,
+            "<details{}><summary><code>{}</code> — {} spawned, {} alive, {}</summary>\
+             <table><tr><th>task</th><th>verdict</th><th>state</th><th>for</th><th>polls</th>\
+             <th>future</th></tr>",
+            if flagged > 0 { " open" } else { "" },
+            esc(s.site.as_deref().unwrap_or("unknown site")),
+            s.spawned,
+            s.alive,
+            if flagged > 0 {
+                format!(
+                    "<b class=\"bad\">{} leaked, {} stuck, {} never polled</b>",
+                    s.leaked, s.stuck, s.never_polled
+                )
+            } else {
+                "nothing flagged".into()
+            }
+        );
+        for t in tasks.iter().take(TASKS) {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{:?}</td><td>{:.1} s</td><td>{}</td><td><code>{}</code></td></tr>",
+                t.id,
+                t.counted_verdict().as_str().replace('_', " "),
+                t.state,
+                t.for_ns as f64 / 1e9,
+                t.polls,
+                esc(t.future.as_deref().unwrap_or(""))
+            );
+        }
+        if tasks.len() > TASKS {
+            let _ = write!(
+                h,
+                "<tr><td colspan=\"6\">… and {} more</td></tr>",
+                tasks.len() - TASKS
+            );
+        }
+        h.push_str("</table></details>\n");
+    }
+    if r.spawn_sites.len() > SITES {
+        let _ = write!(
+            h,
+            "<p>… and {} more sites (all are in the table above and in the JSON report)</p>",
+            r.spawn_sites.len() - SITES
+        );
+    }
+    h.push_str("</div>\n");
 }
 
 fn poll_chart(r: &Report) -> String {

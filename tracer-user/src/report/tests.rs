@@ -275,6 +275,25 @@ fn html_is_one_self_contained_page_with_the_verdicts_and_charts() {
     }
 }
 
+/// The incident story on top: one mark per flagged task on the timeline, the trigger of
+/// a flight incident named, and each flagged site open in the drill-down.
+#[test]
+fn html_timeline_marks_each_verdict_and_names_an_incidents_trigger() {
+    let mut r = report();
+    let h = render_html(&r);
+    let timeline = &h[h.find("<h2>Timeline</h2>").unwrap()..h.find("id=\"leaked\"").unwrap()];
+    assert_eq!(timeline.matches("<polygon").count(), 3, "{timeline}");
+    assert!(timeline.contains("dashed: the attach."), "{timeline}");
+    let drill = &h[h.find("id=\"drill-down\"").unwrap()..];
+    assert!(
+        drill.contains("<details open><summary><code>src/app.rs:20:9</code>"),
+        "{drill}"
+    );
+    r.warnings.push("incident: trigger stuck 1 (was 0)".into());
+    let h = render_html(&r);
+    assert!(h.contains("the incident: trigger stuck 1 (was 0)"), "{h}");
+}
+
 #[test]
 fn perfetto_has_a_slice_per_poll_and_an_instant_per_flag() {
     let v = render_perfetto(&report());
