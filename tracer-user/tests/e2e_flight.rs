@@ -184,3 +184,44 @@ fn snapshot_without_a_recorder_says_how_to_start_one() {
     assert!(stderr.contains("no flight recorder"), "{stderr}");
     assert!(stderr.contains("--flight"), "{stderr}");
 }
+
+/// `--trigger growth:RATE`: the growth fixture's leaking site (5 live tasks more every
+/// second) fires it, named in the incident; its steady site does not.
+#[test]
+fn a_growing_site_triggers_an_incident_naming_it() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let (target, truth) = start_with_truth(&fixture("growth"), &[]);
+    let dir = tmp("flight-growth");
+    let _ = std::fs::remove_dir_all(&dir);
+    let pid = target.id().to_string();
+    let mut recorder = Target(
+        tasktrace()
+            .args(["record", "--pid", &pid, "--flight", "10s", "-o"])
+            .arg(&dir)
+            .args(["--trigger", "growth:2", "-q"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let incident = wait_for(&dir, 1, "incident on growth").remove(0);
+    // SAFETY: signalling a child we started.
+    unsafe { libc::kill(recorder.id() as i32, libc::SIGINT) };
+    assert!(recorder.0.wait().unwrap().success());
+    assert_eq!(incidents(&dir).len(), 1, "one site grew, once");
+    let json = tmp("flight-growth.json");
+    let out = tasktrace()
+        .arg("report")
+        .arg(&incident)
+        .args(["-q", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert_success(&out, "report of the growth incident");
+    let why = read_report(&json)["warnings"].to_string();
+    let growing = truth["growing"].as_str().unwrap();
+    assert!(why.contains(&format!("growth {growing} +")), "{why}");
+    assert!(!why.contains(truth["steady"].as_str().unwrap()), "{why}");
+}

@@ -168,7 +168,8 @@ pub struct TraceArgs {
     #[arg(long, value_parser = parse_size, default_value = "256M")]
     pub flight_size: u32,
     /// Write a flight incident when a verdict appears or grows: `leaked:definite`,
-    /// `leaked`, `stuck`, `never_polled` (comma-separated).
+    /// `leaked`, `stuck`, `never_polled`; or when a spawn site's live tasks grow faster
+    /// than RATE a second over the last 30 s: `growth:RATE` (comma-separated).
     #[arg(long, value_delimiter = ',', value_parser = crate::cmd::flight::parse_trigger)]
     pub trigger: Vec<crate::cmd::flight::Trigger>,
     /// Ring buffer size in bytes (power of two; K/M suffixes accepted).

@@ -11,13 +11,16 @@ use crate::{
     model::Aggregator,
 };
 
-/// A verdict whose first appearance (and every later increase) writes an incident.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A verdict whose first appearance (and every later increase) writes an incident, or a
+/// spawn site whose live tasks grow faster than a rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Trigger {
     LeakedDefinite,
     Leaked,
     Stuck,
     NeverPolled,
+    /// Live tasks per second, over the last [`GROWTH_SPAN`], at one site.
+    Growth(f64),
 }
 
 impl Trigger {
@@ -27,9 +30,15 @@ impl Trigger {
             Trigger::Leaked => "leaked",
             Trigger::Stuck => "stuck",
             Trigger::NeverPolled => "never_polled",
+            Trigger::Growth(_) => "growth",
         }
     }
 }
+
+/// A site's growth is measured over this much of the recent past…
+pub const GROWTH_SPAN: Duration = Duration::from_secs(30);
+/// …once at least this much of it has been seen.
+const GROWTH_MIN_SPAN: Duration = Duration::from_secs(5);
 
 pub fn parse_trigger(s: &str) -> std::result::Result<Trigger, String> {
     match s.trim() {
@@ -37,9 +46,13 @@ pub fn parse_trigger(s: &str) -> std::result::Result<Trigger, String> {
         "leaked" => Ok(Trigger::Leaked),
         "stuck" => Ok(Trigger::Stuck),
         "never_polled" | "never-polled" => Ok(Trigger::NeverPolled),
-        other => Err(format!(
-            "unknown trigger {other:?}: use leaked:definite, leaked, stuck or never_polled"
-        )),
+        other => match other.strip_prefix("growth:").map(str::parse::<f64>) {
+            Some(Ok(rate)) if rate > 0.0 && rate.is_finite() => Ok(Trigger::Growth(rate)),
+            _ => Err(format!(
+                "unknown trigger {other:?}: use leaked:definite, leaked, stuck, never_polled \
+                 or growth:RATE (live tasks per second at one spawn site, e.g. growth:5)"
+            )),
+        },
     }
 }
 
@@ -57,6 +70,10 @@ pub struct FlightOpts {
 pub struct Flight {
     pub opts: FlightOpts,
     fired: Vec<(Trigger, u64)>,
+    /// Live tasks per site at each check over the last [`GROWTH_SPAN`] (growth triggers).
+    history: std::collections::VecDeque<(u64, std::collections::HashMap<Option<String>, u64>)>,
+    /// Sites a growth trigger fired for (once each).
+    grown: std::collections::HashSet<Option<String>>,
     incidents: u32,
     pidfile: Option<PathBuf>,
 }
@@ -76,6 +93,8 @@ impl Flight {
         Self {
             opts,
             fired,
+            history: Default::default(),
+            grown: Default::default(),
             incidents: 0,
             pidfile,
         }
@@ -96,18 +115,67 @@ impl Flight {
                     Trigger::Leaked => s.leaked_definite + s.leaked_suspected,
                     Trigger::Stuck => s.stuck,
                     Trigger::NeverPolled => s.never_polled,
+                    Trigger::Growth(_) => 0,
                 })
                 .sum()
         };
         let mut why = Vec::new();
+        let mut growth = None;
         for (t, seen) in &mut self.fired {
+            if let Trigger::Growth(rate) = *t {
+                growth = Some(rate);
+                continue;
+            }
             let n = count(*t);
             if n > *seen {
                 why.push(format!("{} {} (was {})", t.as_str(), n, seen));
                 *seen = n;
             }
         }
+        if let Some(rate) = growth {
+            let live: std::collections::HashMap<Option<String>, u64> = now
+                .sites
+                .iter()
+                .map(|s| (s.site.as_deref().map(str::to_owned), s.live))
+                .collect();
+            self.history.push_back((now_ns, live));
+            let span = GROWTH_SPAN.as_nanos() as u64;
+            while self
+                .history
+                .front()
+                .is_some_and(|(t, _)| now_ns.saturating_sub(*t) > span)
+            {
+                self.history.pop_front();
+            }
+            why.extend(self.grown_sites(rate));
+        }
         (!why.is_empty()).then(|| format!("trigger {}", why.join(", ")))
+    }
+
+    /// Sites whose live tasks grew faster than `rate` a second over the history, each
+    /// named once.
+    fn grown_sites(&mut self, rate: f64) -> Vec<String> {
+        let (Some((t0, then)), Some((t1, now))) = (self.history.front(), self.history.back())
+        else {
+            return Vec::new();
+        };
+        let dt = t1.saturating_sub(*t0) as f64 / 1e9;
+        if dt < GROWTH_MIN_SPAN.as_secs_f64() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (site, &live) in now {
+            let before = then.get(site).copied().unwrap_or(0);
+            let per_s = (live as f64 - before as f64) / dt;
+            if per_s >= rate && self.grown.insert(site.clone()) {
+                out.push(format!(
+                    "growth {} {per_s:+.1} live tasks/s over {dt:.0} s (threshold {rate}/s)",
+                    site.as_deref().unwrap_or("(unknown site)")
+                ));
+            }
+        }
+        out.sort();
+        out
     }
 
     /// The next incident's file: `DIR/incident-PID-UNIXTIME-N.trace`.
