@@ -130,6 +130,14 @@ pub enum Error {
     )]
     NoFlightRecorder { pid: u32, why: String },
     #[error(
+        "cannot serve metrics on {addr}: {err}.\n  hint: give a free HOST:PORT, e.g. --prometheus 127.0.0.1:9464"
+    )]
+    Listen {
+        addr: String,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error(
         "{} is not the same build as {}: GNU build-id {} vs {}.\n  hint: --symbols needs the unstripped binary of exactly this build (same build-id); keep it from the build that produced the deployed binary",
         symbols.display(),
         target.display(),
@@ -183,6 +191,7 @@ impl Error {
             | Error::TraceFileIsDirectory { .. }
             | Error::NotComparable { .. }
             | Error::NoFlightRecorder { .. }
+            | Error::Listen { .. }
             | Error::SymbolsMismatch { .. }
             | Error::KernelLacks { .. } => exit::BAD_INPUT,
             Error::Privileges { .. } => exit::PRIVILEGES,

@@ -8,7 +8,7 @@ use clap::Parser;
 use tasktrace::{
     cmd::{
         cli::{Cli, Command, TraceArgs, VerdictArgs},
-        compare, dump, flight, inspect, replay, session,
+        compare, dump, flight, inspect, replay, serve, session,
         session::WindowOpts,
         synth, top,
     },
@@ -45,15 +45,31 @@ async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Run { opts, cmd } => {
             let json = open_output(&opts.verdicts)?;
             let trace = open_recording(&opts)?;
+            let mut metrics = metrics_watch(&opts)?;
             let (target, launched) = target::launch(&cmd)?;
-            let report = session::trace(target, Some(launched), &window(&opts), trace).await?;
+            let report = session::trace_watched(
+                target,
+                Some(launched),
+                &window(&opts),
+                trace,
+                metrics.as_mut().map(|m| m as &mut dyn session::Watch),
+            )
+            .await?;
             finish(&opts.verdicts, json, report)
         }
         Command::Record { pid, opts } => {
             let json = open_output(&opts.verdicts)?;
             let trace = open_recording(&opts)?;
+            let mut metrics = metrics_watch(&opts)?;
             let target = target::Target::from_pid(pid)?;
-            let report = session::trace(target, None, &window(&opts), trace).await?;
+            let report = session::trace_watched(
+                target,
+                None,
+                &window(&opts),
+                trace,
+                metrics.as_mut().map(|m| m as &mut dyn session::Watch),
+            )
+            .await?;
             finish(&opts.verdicts, json, report)
         }
         Command::Inspect {
@@ -276,6 +292,21 @@ fn window(opts: &TraceArgs) -> WindowOpts {
 }
 
 /// The trace file of `-o`, created before tracing so a bad path fails before attaching.
+/// `--prometheus ADDR`: the metrics server, listening before anything attaches.
+fn metrics_watch(opts: &TraceArgs) -> Result<Option<serve::MetricsWatch>, Error> {
+    let Some(addr) = opts.prometheus.as_deref() else {
+        return Ok(None);
+    };
+    let server = serve::MetricsServer::start(addr)?;
+    if !opts.verdicts.quiet {
+        eprintln!(
+            "tasktrace: serving metrics on http://{}/metrics",
+            server.addr
+        );
+    }
+    Ok(Some(serve::MetricsWatch::new(server)))
+}
+
 /// The trace file of `-o`; a flight recorder's `-o` is the directory of its incidents.
 fn open_recording(opts: &TraceArgs) -> Result<Option<Writer>, Error> {
     if opts.flight.is_some() {

@@ -157,6 +157,10 @@ pub struct TraceArgs {
     /// (spawns, completions, sampled polls; see docs/user-guide.md for what it loses).
     #[arg(long, value_enum, default_value_t = crate::plan::Mode::Full)]
     pub mode: crate::plan::Mode,
+    /// Serve the window's Prometheus metrics on this HOST:PORT while it runs
+    /// (`GET /metrics`, OpenMetrics text; docs/user-guide.md lists them).
+    #[arg(long, value_name = "ADDR")]
+    pub prometheus: Option<String>,
     /// Flight recorder: trace until stopped, keep the last D of the stream in memory
     /// (not written), and write an incident trace into the `-o` directory (default: here)
     /// on SIGUSR1 or `tasktrace snapshot`, when a `--trigger` verdict appears, and when the

@@ -7,6 +7,7 @@ pub mod dump;
 pub mod flight;
 pub mod inspect;
 pub mod replay;
+pub mod serve;
 pub mod session;
 pub mod synth;
 pub mod term;

@@ -84,8 +84,19 @@ pub async fn trace(
     opts: &WindowOpts,
     recording: Option<Writer>,
 ) -> Result<Report> {
+    trace_watched(target, launched, opts, recording, None).await
+}
+
+/// [`trace`], showing the model to `watch` every tick (`--prometheus`).
+pub async fn trace_watched(
+    target: Target,
+    launched: Option<Launched>,
+    opts: &WindowOpts,
+    recording: Option<Writer>,
+    watch: Option<&mut dyn Watch>,
+) -> Result<Report> {
     let mut session = Session::attach(target, launched, opts, recording)?;
-    let ended_by = session.run().await?;
+    let ended_by = session.run_watched(watch).await?;
     Ok(session.close(ended_by).await)
 }
 

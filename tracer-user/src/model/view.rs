@@ -17,6 +17,10 @@ pub struct SiteNow {
     /// `None`: tasks whose spawn site is unknown.
     pub site: Option<Arc<str>>,
     pub live: u64,
+    /// Of the live tasks: scheduled (woken, waiting for a worker), running, idle.
+    pub scheduled: u64,
+    pub running: u64,
+    pub idle: u64,
     /// Tasks of the site the model has seen so far (held or folded): a view's spawn rate
     /// is the difference between two.
     pub created: u64,
@@ -89,6 +93,11 @@ impl Aggregator {
             let k = row(&mut sites, t.site);
             let r = &mut sites[k];
             r.live += 1;
+            match t.state() {
+                TaskState::Scheduled => r.scheduled += 1,
+                TaskState::Running => r.running += 1,
+                _ => r.idle += 1,
+            }
             count_verdict(r, &self.final_judgement(t, at));
         }
         for t in &self.tasks {

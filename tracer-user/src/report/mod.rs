@@ -4,6 +4,7 @@
 pub mod compare;
 mod compare_html;
 mod html;
+pub mod metrics;
 mod perfetto;
 mod sites;
 mod text;

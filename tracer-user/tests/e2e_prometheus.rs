@@ -1,0 +1,187 @@
+//! End to end: `record --prometheus ADDR` scraped by a real Prometheus server (Debian's
+//! `prometheus`, started by the test on loopback with a 1 s scrape of the tracer): its
+//! query API returns the matrix fixture's ground truth — leaked, stuck and never-polled
+//! tasks — leaks on the fixture's two leaking sites.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An instant query's single value (`None`: no series yet).
+fn query(prometheus: &str, q: &str) -> Option<f64> {
+    let body = http_get(prometheus, &format!("/api/v1/query?query={}", encode(q)))?;
+    let v: Value = serde_json::from_str(&body).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_ground_truth_of_a_traced_process() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let prometheus_bin = which("prometheus").expect("prometheus (scripts/setup.sh installs it)");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    // Launched by `run`: every task is seen from its spawn, so the ground truth holds as
+    // printed (attached later, the never-polled tasks alive before attach read as
+    // starved: their polls before attach are unknowable).
+    let mut recorder = Target(
+        tasktrace()
+            .args(["run", "--duration", "60s", "--prometheus", &metrics])
+            .args([
+                "--leak-after",
+                "1500ms",
+                "--stuck-after",
+                "1s",
+                "--never-polled-after",
+                "1500ms",
+                "-q",
+                "--",
+            ])
+            .arg(matrix_fixture("1.54", "release"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Read on a thread to the end: the report printed at exit must find its pipe open.
+    let stdout = recorder.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if let Some(t) = l.strip_prefix("TASKTRACE_GROUND_TRUTH ") {
+                let _ = tx.send(t.to_owned());
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("ground truth");
+    let truth: Value = serde_json::from_str(&line).unwrap();
+    let dir = tmp("prometheus");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tasktrace\n    static_configs:\n      - targets: ['{metrics}']\n"
+        ),
+    )
+    .unwrap();
+    let web = format!("127.0.0.1:{}", free_port());
+    let _prometheus = Target(
+        Command::new(prometheus_bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let sum = |metric: &str| format!("sum({metric}{{job=\"tasktrace\"}})");
+    let want = [
+        (
+            sum("tasktrace_leaked_tasks"),
+            truth["leaked"].as_f64().unwrap(),
+        ),
+        (
+            sum("tasktrace_stuck_tasks"),
+            truth["stuck"].as_f64().unwrap(),
+        ),
+        (
+            sum("tasktrace_never_polled_tasks"),
+            truth["never_polled"].as_f64().unwrap(),
+        ),
+        // The fixture's leaks wait at two sites: a Notify and a kept channel.
+        ("count(tasktrace_leaked_tasks > 0)".to_owned(), 2.0),
+        ("up{job=\"tasktrace\"}".to_owned(), 1.0),
+        (sum("tasktrace_lost_events_total"), 0.0),
+    ];
+    let until = Instant::now() + Duration::from_secs(40);
+    loop {
+        let got: Vec<Option<f64>> = want.iter().map(|(q, _)| query(&web, q)).collect();
+        if want
+            .iter()
+            .zip(&got)
+            .all(|((_, w), g)| g.is_some_and(|g| g == *w))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "Prometheus never agreed with the ground truth: want {want:?}, got {got:?}\nmetrics:\n{}",
+            http_get(&metrics, "/metrics").unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The live-task series carry the state label, and spawns count up.
+    let live = query(&web, "sum(tasktrace_live_tasks{state=\"idle\"})");
+    assert!(
+        live.is_some_and(|n| n >= truth["leaked"].as_f64().unwrap()),
+        "{live:?}"
+    );
+    let spawned = query(&web, &sum("tasktrace_spawned_tasks_total"));
+    assert!(spawned.is_some_and(|n| n >= 10.0), "{spawned:?}");
+    // SAFETY: signalling a child we started.
+    unsafe { libc::kill(recorder.id() as i32, libc::SIGINT) };
+    assert!(recorder.0.wait().unwrap().success());
+}
+
+#[test]
+fn a_taken_metrics_address_is_refused_before_attaching() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = tasktrace()
+        .args(["record", "--pid", "1", "--prometheus", &addr])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot serve metrics"), "{stderr}");
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
