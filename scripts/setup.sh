@@ -63,7 +63,8 @@ fi
 # Debian packages the tests use: bpftool (no tasktrace program may outlive tasktrace) and
 # chromium (the HTML report must render in a real browser); wrk, the load generator of
 # `cargo xtask bench http`; tmux, the terminal `tasktrace top`'s e2e test drives; prometheus, the
-# server that scrapes `--prometheus` in its e2e test; and QEMU with what virtme-ng builds its initramfs from
+# server that scrapes `--prometheus` in its e2e test; golang-go, whose `go tool pprof` reads
+# `--pprof`; and QEMU with what virtme-ng builds its initramfs from
 # (busybox, depmod), to boot the kernels of `cargo xtask kernels`.
 missing=()
 command -v bpftool >/dev/null 2>&1 || missing+=(bpftool)
@@ -71,6 +72,7 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 [ -x /bin/busybox ] || missing+=(busybox-static)
 command -v depmod >/dev/null 2>&1 || [ -x /sbin/depmod ] || missing+=(kmod)

@@ -221,10 +221,11 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             baseline: Some(baseline),
             opts,
         } => {
-            if opts.perfetto.is_some() || !opts.fail_on.is_empty() {
+            if opts.perfetto.is_some() || opts.pprof.is_some() || !opts.fail_on.is_empty() {
                 return Err(Error::NotComparable {
                     path: file,
-                    why: "--perfetto and --fail-on report one window, not a comparison".into(),
+                    why: "--perfetto, --pprof and --fail-on report one window, not a comparison"
+                        .into(),
                 });
             }
             let out = open_output(&opts)?;
@@ -321,6 +322,7 @@ struct Outputs {
     json: Option<Output>,
     html: Option<Output>,
     perfetto: Option<Output>,
+    pprof: Option<Output>,
 }
 
 /// An output file created safely (`stream::output`: no planted symlink is followed; the
@@ -338,6 +340,7 @@ fn open_output(opts: &VerdictArgs) -> Result<Outputs, Error> {
         json: open(&opts.json)?,
         html: open(&opts.html)?,
         perfetto: open(&opts.perfetto)?,
+        pprof: open(&opts.pprof)?,
     })
 }
 
@@ -390,6 +393,12 @@ fn finish(opts: &VerdictArgs, out: Outputs, report: report::Report) -> Result<i3
         out.perfetto,
         opts.perfetto.as_ref(),
         |w| Ok(serde_json::to_writer(w, &report::render_perfetto(&report))?),
+        quiet,
+    )?;
+    write_out(
+        out.pprof,
+        opts.pprof.as_ref(),
+        |w| w.write_all(&report::render_pprof(&report)?),
         quiet,
     )?;
     let failed: Vec<&str> = opts

@@ -199,6 +199,11 @@ pub struct VerdictArgs {
     /// Write a timeline for ui.perfetto.dev here (one track per task).
     #[arg(long, value_name = "PATH")]
     pub perfetto: Option<PathBuf>,
+    /// Also write the tasks alive at the window's end as a pprof profile (gzipped
+    /// protobuf, sample type tasks/count, by spawn site, labelled by verdict, state,
+    /// certainty and age) for `go tool pprof`, Pyroscope or Grafana.
+    #[arg(long, value_name = "PATH")]
+    pub pprof: Option<PathBuf>,
     /// `recent`: tasks that finished healthy are counted per spawn site once the model
     /// holds 100 000 tasks, so memory and the report follow the live tasks; `all`: every
     /// task stays in the model and the report's `tasks` (memory grows with the window).

@@ -6,6 +6,7 @@ mod compare_html;
 mod html;
 pub mod metrics;
 mod perfetto;
+mod pprof;
 mod sites;
 mod text;
 pub mod top;
@@ -15,6 +16,7 @@ use serde::Serialize;
 pub use compare_html::render_compare_html;
 pub use html::render_html;
 pub use perfetto::render_perfetto;
+pub use pprof::render_pprof;
 pub use sites::SpawnSite;
 pub use text::render_text;
 
