@@ -129,6 +129,8 @@ pub enum Error {
         "no flight recorder is tracing pid {pid}: {why}.\n  hint: start one with `tasktrace record --pid {pid} --flight 10m -o DIR`"
     )]
     NoFlightRecorder { pid: u32, why: String },
+    #[error("{0}")]
+    Usage(String),
     #[error(
         "cannot serve metrics on {addr}: {err}.\n  hint: give a free HOST:PORT, e.g. --prometheus 127.0.0.1:9464"
     )]
@@ -191,6 +193,7 @@ impl Error {
             | Error::TraceFileIsDirectory { .. }
             | Error::NotComparable { .. }
             | Error::NoFlightRecorder { .. }
+            | Error::Usage(_)
             | Error::Listen { .. }
             | Error::SymbolsMismatch { .. }
             | Error::KernelLacks { .. } => exit::BAD_INPUT,

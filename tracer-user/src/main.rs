@@ -7,6 +7,7 @@ use clap::Parser;
 
 use tasktrace::{
     cmd::{
+        agent,
         cli::{Cli, Command, TraceArgs, VerdictArgs},
         compare, dump, flight, inspect, replay, serve, session,
         session::WindowOpts,
@@ -206,6 +207,49 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                     report.summary.never_polled
                 );
             }
+            Ok(exit::OK)
+        }
+        Command::Agent {
+            pid,
+            exe,
+            all,
+            listen,
+            rescan,
+            mode,
+            leak_after,
+            stuck_after,
+            never_polled_after,
+            quiet,
+        } => {
+            if pid.is_empty() && exe.is_empty() && !all {
+                return Err(Error::Usage(
+                    "tasktrace agent: say which processes to trace: --pid PID, --exe NAME or --all"
+                        .into(),
+                ));
+            }
+            let window = WindowOpts {
+                duration: None,
+                thresholds: Thresholds::new(leak_after, stuck_after, never_polled_after),
+                ring_bytes: 8 << 20,
+                quiet,
+                timeline: false,
+                keep: Default::default(),
+                spawn_sites: true,
+                symbols: None,
+                mode,
+                attach: None,
+                flight: None,
+            };
+            agent::run(agent::AgentOpts {
+                select: agent::Selection {
+                    pids: pid,
+                    exes: exe,
+                    all,
+                },
+                listen,
+                rescan,
+                window,
+            })?;
             Ok(exit::OK)
         }
         Command::Snapshot { pid } => {

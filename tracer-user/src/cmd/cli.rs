@@ -99,6 +99,37 @@ pub enum Command {
         #[arg(last = true)]
         cmd: Vec<OsString>,
     },
+    /// Always on: trace every selected process of this host (rescanned every few
+    /// seconds, restarts followed) and serve them on one HTTP address: /metrics
+    /// (Prometheus), /debug/pprof/tasks and /debug/pprof/leaked (pprof), /report.json and
+    /// /report.html (?pid=). Runs until SIGINT or SIGTERM (docs/tasktrace-agent.service).
+    Agent {
+        /// Trace this process (repeatable).
+        #[arg(long)]
+        pid: Vec<u32>,
+        /// Trace processes of this executable: a file name, or a whole path (repeatable).
+        #[arg(long)]
+        exe: Vec<String>,
+        /// Trace every process whose executable holds tokio.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
+        listen: String,
+        /// How often to look for new processes.
+        #[arg(long, value_parser = parse_duration, default_value = "5s")]
+        rescan: Duration,
+        /// `lifecycle` (the default: no per-poll probe) or `full`.
+        #[arg(long, value_enum, default_value_t = crate::plan::Mode::Lifecycle)]
+        mode: crate::plan::Mode,
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        leak_after: Duration,
+        #[arg(long, value_parser = parse_duration, default_value = "1s")]
+        stuck_after: Duration,
+        #[arg(long, value_parser = parse_duration, default_value = "5s")]
+        never_polled_after: Duration,
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Ask the flight recorder (`record --flight`) tracing PID to write an incident now.
     Snapshot {
         /// The traced process.

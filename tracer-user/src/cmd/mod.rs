@@ -1,6 +1,7 @@
 //! The verbs, on top of every stage: `run`/`record` (a live `session`), `report` (a
 //! `replay` of a trace file, or a `compare` of two windows), `inspect`, `dump`, `top` (a live view), and the command line they share.
 
+pub mod agent;
 pub mod cli;
 pub mod compare;
 pub mod dump;

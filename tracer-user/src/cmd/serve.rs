@@ -15,13 +15,68 @@ use crate::{
     error::{Error, Result},
     report::{
         Report,
-        metrics::{Counters, render_metrics},
+        metrics::{Counters, View, render_metrics},
     },
 };
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// How often the metrics are rendered from the model.
 const RENDER_EVERY_NS: u64 = 1_000_000_000;
+
+/// An HTTP answer: status line, content type, body.
+pub struct Answer {
+    pub status: &'static str,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn ok(content_type: &'static str, body: Vec<u8>) -> Self {
+        Self {
+            status: "200 OK",
+            content_type,
+            body,
+        }
+    }
+
+    pub fn error(status: &'static str, msg: String) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: msg.into_bytes(),
+        }
+    }
+}
+
+pub const OPENMETRICS: &str = CONTENT_TYPE;
+
+/// Binds `addr` now (a taken or bad address fails before anything attaches) and answers
+/// every request on a thread of its own with `route(path, query)`.
+pub fn listen(
+    addr: &str,
+    route: impl Fn(&str, &str) -> Answer + Send + Sync + 'static,
+) -> Result<SocketAddr> {
+    let err = |err| Error::Listen {
+        addr: addr.to_owned(),
+        err,
+    };
+    let listener = TcpListener::bind(addr).map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    let route = Arc::new(route);
+    std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                // One thread per connection: a slow request (a report) holds up no scrape.
+                let route = route.clone();
+                let _ = std::thread::Builder::new()
+                    .name("http-conn".into())
+                    .spawn(move || answer(conn, &*route));
+            }
+        })
+        .map_err(err)?;
+    Ok(bound)
+}
 
 /// Serves the latest metrics text on `addr` until the process ends.
 pub struct MetricsServer {
@@ -30,34 +85,24 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Binds now, so that a taken or bad address fails before anything attaches.
     pub fn start(addr: &str) -> Result<Self> {
-        let listener = TcpListener::bind(addr).map_err(|err| Error::Listen {
-            addr: addr.to_owned(),
-            err,
-        })?;
-        let bound = listener.local_addr().map_err(|err| Error::Listen {
-            addr: addr.to_owned(),
-            err,
-        })?;
         let latest = Arc::new(Mutex::new(String::from("# EOF\n")));
         let shared = latest.clone();
-        std::thread::Builder::new()
-            .name("metrics-http".into())
-            .spawn(move || {
-                for conn in listener.incoming().flatten() {
-                    let body = shared.lock().map(|s| s.clone()).unwrap_or_default();
-                    let _ = answer(conn, &body);
-                }
-            })
-            .map_err(|err| Error::Listen {
-                addr: addr.to_owned(),
-                err,
-            })?;
-        Ok(Self {
-            latest,
-            addr: bound,
-        })
+        let addr = listen(addr, move |path, _| match path {
+            "/metrics" => Answer::ok(
+                CONTENT_TYPE,
+                shared
+                    .lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_default()
+                    .into_bytes(),
+            ),
+            _ => Answer::error(
+                "404 Not Found",
+                "not found: tasktrace serves /metrics\n".into(),
+            ),
+        })?;
+        Ok(Self { latest, addr })
     }
 
     fn set(&self, text: String) {
@@ -68,9 +113,9 @@ impl MetricsServer {
 }
 
 /// One request, one answer, then the connection closes (what a scraper needs).
-fn answer(conn: TcpStream, body: &str) -> std::io::Result<()> {
+fn answer(conn: TcpStream, route: &dyn Fn(&str, &str) -> Answer) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut request = String::new();
     reader.read_line(&mut request)?;
@@ -79,23 +124,18 @@ fn answer(conn: TcpStream, body: &str) -> std::io::Result<()> {
     while reader.read_line(&mut line)? > 2 {
         line.clear();
     }
-    let path = request.split_whitespace().nth(1).unwrap_or("");
-    let path = path.split('?').next().unwrap_or("");
+    let target = request.split_whitespace().nth(1).unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let a = route(path, query);
     let mut conn = conn;
-    if path == "/metrics" {
-        write!(
-            conn,
-            "HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-    } else {
-        let msg = "not found: tasktrace serves /metrics\n";
-        write!(
-            conn,
-            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
-            msg.len()
-        )
-    }
+    write!(
+        conn,
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        a.status,
+        a.content_type,
+        a.body.len()
+    )?;
+    conn.write_all(&a.body)
 }
 
 /// Renders the model's metrics for the server once a second.
@@ -116,12 +156,15 @@ impl Watch for MetricsWatch {
             self.last_ns = now.now_ns;
             let view = now.agg.now(now.now_ns);
             self.server.set(render_metrics(
-                &view,
-                &now.meta.target,
-                Counters {
-                    probe_hits: now.events,
-                    lost_events: now.lost,
-                },
+                &[View {
+                    now: &view,
+                    target: &now.meta.target,
+                    counters: Counters {
+                        probe_hits: now.events,
+                        lost_events: now.lost,
+                    },
+                }],
+                &Default::default(),
             ));
         }
         Control::Go

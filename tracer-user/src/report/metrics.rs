@@ -68,8 +68,24 @@ pub struct Counters {
     pub lost_events: u64,
 }
 
-/// The metrics text of `now` for `target`.
-pub fn render_metrics(now: &Now, target: &TargetInfo, counters: Counters) -> String {
+/// One traced process as the metrics see it.
+pub struct View<'a> {
+    pub now: &'a Now,
+    pub target: &'a TargetInfo,
+    pub counters: Counters,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Exe {
+    exe: String,
+}
+
+/// The metrics text of every traced process; `attach_errors`: failed attaches by
+/// executable (the agent's; empty for one window).
+pub fn render_metrics(
+    views: &[View<'_>],
+    attach_errors: &std::collections::BTreeMap<String, u64>,
+) -> String {
     let mut registry = Registry::with_prefix("tasktrace");
     let live = Family::<SiteState, Gauge>::default();
     let leaked = Family::<SiteCertainty, Gauge>::default();
@@ -79,6 +95,8 @@ pub fn render_metrics(now: &Now, target: &TargetInfo, counters: Counters) -> Str
     let hits = Family::<Target, Counter>::default();
     let lost = Family::<Target, Counter>::default();
     let capped = Family::<Target, Gauge>::default();
+    let errors = Family::<Exe, Counter>::default();
+    let targets = Gauge::<i64>::default();
     registry.register(
         "live_tasks",
         "Tasks alive now, by spawn site and state (scheduled, running, idle)",
@@ -115,61 +133,74 @@ pub fn render_metrics(now: &Now, target: &TargetInfo, counters: Counters) -> Str
         "Spawn sites summed under site=\"(other)\" beyond the label cap",
         capped.clone(),
     );
-    let exe = label(&target.binary);
-    let pid = target.pid;
-    let t = Target {
-        exe: exe.clone(),
-        pid,
-    };
-    hits.get_or_create(&t).inc_by(counters.probe_hits);
-    lost.get_or_create(&t).inc_by(counters.lost_events);
-    let mut sites: Vec<_> = now.sites.iter().collect();
-    sites.sort_by_key(|s| std::cmp::Reverse(s.live + s.created));
-    capped
-        .get_or_create(&t)
-        .set(sites.len().saturating_sub(MAX_SITES) as i64);
-    for (i, s) in sites.iter().enumerate() {
-        let name = if i < MAX_SITES {
-            label(s.site.as_deref().unwrap_or("(unknown)"))
-        } else {
-            "(other)".to_owned()
-        };
-        let site = Site {
+    registry.register(
+        "attach_errors",
+        "Processes tasktrace could not attach to, by executable",
+        errors.clone(),
+    );
+    registry.register("targets", "Processes traced now", targets.clone());
+    targets.set(views.len() as i64);
+    for (exe, n) in attach_errors {
+        errors.get_or_create(&Exe { exe: label(exe) }).inc_by(*n);
+    }
+    for v in views {
+        let (now, target, counters) = (v.now, v.target, v.counters);
+        let exe = label(&target.binary);
+        let pid = target.pid;
+        let t = Target {
             exe: exe.clone(),
             pid,
-            site: name.clone(),
         };
-        for (state, n) in [
-            ("scheduled", s.scheduled),
-            ("running", s.running),
-            ("idle", s.idle),
-        ] {
-            live.get_or_create(&SiteState {
+        hits.get_or_create(&t).inc_by(counters.probe_hits);
+        lost.get_or_create(&t).inc_by(counters.lost_events);
+        let mut sites: Vec<_> = now.sites.iter().collect();
+        sites.sort_by_key(|s| std::cmp::Reverse(s.live + s.created));
+        capped
+            .get_or_create(&t)
+            .set(sites.len().saturating_sub(MAX_SITES) as i64);
+        for (i, s) in sites.iter().enumerate() {
+            let name = if i < MAX_SITES {
+                label(s.site.as_deref().unwrap_or("(unknown)"))
+            } else {
+                "(other)".to_owned()
+            };
+            let site = Site {
                 exe: exe.clone(),
                 pid,
                 site: name.clone(),
-                state,
-            })
-            .inc_by(n as i64);
-        }
-        for (certainty, n) in [
-            ("definite", s.leaked_definite),
-            ("suspected", s.leaked_suspected),
-        ] {
-            leaked
-                .get_or_create(&SiteCertainty {
+            };
+            for (state, n) in [
+                ("scheduled", s.scheduled),
+                ("running", s.running),
+                ("idle", s.idle),
+            ] {
+                live.get_or_create(&SiteState {
                     exe: exe.clone(),
                     pid,
                     site: name.clone(),
-                    certainty,
+                    state,
                 })
                 .inc_by(n as i64);
+            }
+            for (certainty, n) in [
+                ("definite", s.leaked_definite),
+                ("suspected", s.leaked_suspected),
+            ] {
+                leaked
+                    .get_or_create(&SiteCertainty {
+                        exe: exe.clone(),
+                        pid,
+                        site: name.clone(),
+                        certainty,
+                    })
+                    .inc_by(n as i64);
+            }
+            stuck.get_or_create(&site).inc_by(s.stuck as i64);
+            never_polled
+                .get_or_create(&site)
+                .inc_by(s.never_polled as i64);
+            spawned.get_or_create(&site).inc_by(s.created);
         }
-        stuck.get_or_create(&site).inc_by(s.stuck as i64);
-        never_polled
-            .get_or_create(&site)
-            .inc_by(s.never_polled as i64);
-        spawned.get_or_create(&site).inc_by(s.created);
     }
     let mut out = String::new();
     // Writing into a String cannot fail.
@@ -216,13 +247,17 @@ mod tests {
             build_id: None,
             tokio_version: None,
         };
+        let errors = [("/usr/bin/other".to_owned(), 2)].into_iter().collect();
         let text = render_metrics(
-            &now,
-            &target,
-            Counters {
-                probe_hits: 100,
-                lost_events: 3,
-            },
+            &[View {
+                now: &now,
+                target: &target,
+                counters: Counters {
+                    probe_hits: 100,
+                    lost_events: 3,
+                },
+            }],
+            &errors,
         );
         let exe = r#"exe="/srv/app \"x\"\n\\",pid="42""#;
         for line in [
@@ -236,6 +271,8 @@ mod tests {
             format!(r#"tasktrace_lost_events_total{{{exe}}} 3"#),
             format!(r#"tasktrace_probe_hits_total{{{exe}}} 100"#),
             format!(r#"tasktrace_sites_capped{{{exe}}} 0"#),
+            r#"tasktrace_attach_errors_total{exe="/usr/bin/other"} 2"#.to_owned(),
+            "tasktrace_targets 1".to_owned(),
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
         }

@@ -16,7 +16,7 @@ use serde::Serialize;
 pub use compare_html::render_compare_html;
 pub use html::render_html;
 pub use perfetto::render_perfetto;
-pub use pprof::render_pprof;
+pub use pprof::{render_pprof, render_pprof_of};
 pub use sites::SpawnSite;
 pub use text::render_text;
 

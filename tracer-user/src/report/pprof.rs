@@ -104,6 +104,15 @@ fn state(s: TaskState) -> &'static str {
 
 /// The gzipped profile of `r`'s live tasks.
 pub fn render_pprof(r: &Report) -> std::io::Result<Vec<u8>> {
+    render_pprof_of(r, None)
+}
+
+/// The profile of `r`'s live tasks with verdict `only` (`None`: all of them): the
+/// agent's `/debug/pprof/leaked` is `Some(Leaked)`.
+pub fn render_pprof_of(
+    r: &Report,
+    only: Option<crate::model::verdict::Verdict>,
+) -> std::io::Result<Vec<u8>> {
     // (site, verdict, state, certainty, age, future) → tasks.
     type Key<'a> = (
         Option<&'a str>,
@@ -116,7 +125,10 @@ pub fn render_pprof(r: &Report) -> std::io::Result<Vec<u8>> {
     let mut samples: BTreeMap<Key, u64> = BTreeMap::new();
     let end = r.window.duration_ns;
     for t in &r.tasks {
-        if t.runtime_plumbing || t.ended_at_ns().is_some() {
+        if t.runtime_plumbing
+            || t.ended_at_ns().is_some()
+            || only.is_some_and(|v| t.counted_verdict() != v)
+        {
             continue;
         }
         let certainty = t.certainty.map(|c| match c {
