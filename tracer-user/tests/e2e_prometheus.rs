@@ -241,6 +241,25 @@ fn the_agent_follows_processes_and_a_restart_into_prometheus() {
     let report: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(report["target"]["pid"], c);
     assert_eq!(report["summary"]["leaked"].as_f64(), Some(leaked));
+    let profile = tmp("agent-leaked.pb.gz");
+    let mut s = TcpStream::connect(&metrics).unwrap();
+    write!(s, "GET /debug/pprof/leaked?pid={c} HTTP/1.0\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    std::fs::write(&profile, &raw[at..]).unwrap();
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-raw"])
+        .arg(&profile)
+        .output()
+        .expect("go (scripts/setup.sh installs golang-go)");
+    let raw = String::from_utf8_lossy(&out.stdout);
+    let samples = raw.split_once("Locations").unwrap().0;
+    let total: f64 = samples
+        .lines()
+        .filter_map(|l| l.trim().split_once(": ")?.0.parse::<f64>().ok())
+        .sum();
+    assert_eq!(total, leaked, "the agent's leak profile: {raw}");
     // SAFETY: signalling a child we started.
     unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
     assert!(agent.0.wait().unwrap().success(), "the agent stops cleanly");
