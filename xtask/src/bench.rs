@@ -517,3 +517,120 @@ pub(crate) fn start_until(
         .any(|l| ready(&l));
     Ok((child, found))
 }
+
+/// Resident memory of a process now, in KiB (`VmRSS`).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// CPU time (user + system) of a process so far, in seconds.
+fn cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut f = rest.split(' ').skip(11);
+    let ticks: u64 = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
+}
+
+/// `cargo xtask bench agent`: `tasktrace agent` on a target spawning `rate` tasks a second
+/// for `seconds`: its memory and CPU every 10 s (bounded: the model folds finished tasks),
+/// and the tasks it saw, from its own /metrics.
+pub fn agent(root: &Path, rate: u64, seconds: u64) -> Result<(), String> {
+    use std::time::{Duration, Instant};
+    let (target, ready) = start_until(
+        Command::new(root.join("fixtures/spawnloop/target/release/fixture-spawnloop"))
+            .args(["--rate", &rate.to_string()]),
+        |l| l.starts_with("SPAWNING"),
+    )?;
+    let mut target = scopeguard(target);
+    if !ready {
+        return Err("fixture-spawnloop --rate did not start".into());
+    }
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?;
+    let agent = Command::new(root.join("target/release/tasktrace"))
+        .args(["agent", "--pid", &target.0.id().to_string(), "--listen"])
+        .arg(listen.to_string())
+        .arg("-q")
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let agent = scopeguard(agent);
+    let apid = agent.0.id();
+    let started = Instant::now();
+    println!(
+        "bench agent: tasktrace agent --pid (lifecycle mode) on fixture-spawnloop --rate {rate} (spawns/s), {seconds} s:"
+    );
+    println!(
+        "  {:>6}  {:>10}  {:>14}  {:>12}",
+        "t (s)", "RSS (MiB)", "CPU (% core)", "tasks seen"
+    );
+    let (mut last_cpu, mut last_t) = (cpu_s(apid).unwrap_or(0.0), 0.0f64);
+    let mut rss = Vec::new();
+    let mut cpu = Vec::new();
+    let mut t = 10u64;
+    while t <= seconds {
+        let at = started + Duration::from_secs(t);
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        let now_s = started.elapsed().as_secs_f64();
+        let c = cpu_s(apid).ok_or("the agent exited")?;
+        let r = rss_kib(apid).ok_or("the agent exited")? as f64 / 1024.0;
+        let share = (c - last_cpu) / (now_s - last_t) * 100.0;
+        let seen = spawned(&listen.to_string());
+        println!("  {t:>6}  {r:>10.1}  {share:>14.2}  {seen:>12}");
+        rss.push(r);
+        cpu.push(share);
+        (last_cpu, last_t) = (c, now_s);
+        t += 10;
+    }
+    drop(agent);
+    target.0.kill().ok();
+    if let (Some(first), Some(last)) = (rss.first(), rss.last()) {
+        let mut c = cpu.clone();
+        println!(
+            "  RSS at 10 s {first:.1} MiB, at {seconds} s {last:.1} MiB (x{:.2}); agent CPU median {:.2} % of one core",
+            last / first,
+            median(&mut c)
+        );
+    }
+    Ok(())
+}
+
+/// The tasks the agent saw spawned so far: its `tasktrace_spawned_tasks_total`, summed.
+fn spawned(addr: &str) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with("tasktrace_spawned_tasks_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A child killed (SIGINT, then reaped) when dropped.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child, not reaped yet.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
+    }
+}
+
+fn scopeguard(c: std::process::Child) -> Guard {
+    Guard(c)
+}

@@ -40,6 +40,8 @@ enum Variant {
     /// A mode and extra options.
     Traced(&'static str, &'static [&'static str]),
     Console,
+    /// `tasktrace agent --pid` (lifecycle mode, serving /metrics) attached to the server.
+    Agent,
 }
 
 impl Variant {
@@ -50,6 +52,7 @@ impl Variant {
                 .trim_end()
                 .to_owned(),
             Variant::Console => "console-subscriber + client".into(),
+            Variant::Agent => "tasktrace agent (lifecycle)".into(),
         }
     }
 }
@@ -277,7 +280,12 @@ fn scenario(
             println!("{line}");
         }
     }
-    if let (Some(l), Some(c)) = (loss(medians[1]), loss(medians[variants.len() - 1])) {
+    let with_console = matches!(variants.last(), Some(Variant::Console));
+    if let (true, Some(l), Some(c)) = (
+        with_console,
+        loss(medians[1]),
+        loss(medians[variants.len() - 1]),
+    ) {
         let per_round = match (
             paired_median(&runs[1], &runs[0]),
             paired_median(&runs[variants.len() - 1], &runs[0]),
@@ -349,6 +357,7 @@ fn run(root: &Path, variant: Variant, server_args: &[&str]) -> Result<Run, Strin
             })
         }
         Variant::Traced(mode, extra) => traced(root, server.id(), mode, extra, port),
+        Variant::Agent => agent(root, server.id(), port),
         Variant::Console => {
             let client = fixture.join(CONSOLE_TARGET).join("release/console-client");
             let mut child = Command::new(&client)
@@ -436,6 +445,57 @@ fn traced(root: &Path, pid: u32, mode: &str, extra: &[&str], port: u16) -> Resul
         observer_us,
         traced: Some((events / requests, lost)),
     })
+}
+
+/// A wrk run with `tasktrace agent --pid` attached to the server.
+fn agent(root: &Path, pid: u32, port: u16) -> Result<Run, String> {
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(root.join("target/release/tasktrace"));
+    cmd.args(["agent", "--pid", &pid.to_string(), "--listen"])
+        .arg(listen.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut tracer = Reaped::new(child, libc::SIGINT);
+    let (attached, stderr) =
+        watch_lines(stderr, "tasktrace agent: ", "tracing pid", ATTACH_TIMEOUT);
+    std::thread::sleep(SETTLE);
+    if !attached {
+        let _ = tracer.stop();
+        return Err(format!(
+            "tasktrace agent did not attach:\n{}",
+            joined(stderr)
+        ));
+    }
+    let measured = measured_wrk(port, pid, Some(tracer.id()));
+    let status = tracer.stop().map_err(|e| e.to_string())?;
+    let (rps, server_us, observer_us, _) = measured?;
+    if !status.success() {
+        return Err(format!(
+            "tasktrace agent ended with {status}:\n{}",
+            joined(stderr)
+        ));
+    }
+    Ok(Run {
+        rps,
+        server_us,
+        observer_us,
+        traced: None,
+    })
+}
+
+/// `cargo xtask bench agent`'s throughput part: the server spawning a task per request,
+/// untraced against the agent attached.
+pub fn agent_loss(root: &Path) -> Result<(), String> {
+    scenario(
+        root,
+        "a task spawned per request, tasktrace agent attached",
+        &[],
+        &[Variant::Untraced, Variant::Agent],
+    )
 }
 
 /// `wrk` against the server: (requests/s, requests).

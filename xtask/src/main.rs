@@ -21,6 +21,9 @@
 //! - `bench long [--rate R] [--seconds S]`: `tasktrace report` of a synthetic one-minute
 //!   and S-second recording (default an hour) of R short tasks spawned a second (default
 //!   10 000) and a leak every 10 s: report size and peak memory, long against short.
+//! - `bench agent [--rate R] [--seconds S]`: `tasktrace agent` on `fixtures/spawnloop`
+//!   spawning R tasks a second (default 10 000) for S seconds (default 120): its RSS and
+//!   CPU every 10 s; then `bench http`'s server untraced against the agent attached.
 //! - `bench http`: requests/s of a hyper server under `wrk` load untraced, traced in
 //!   lifecycle and full mode, and with console-subscriber and a console client attached;
 //!   the throughput loss and CPU per request of each, for a server that spawns a task per
@@ -62,7 +65,7 @@ fn main() -> ExitCode {
             None => Err("usage: cargo xtask fixture-path NAME".into()),
         },
         _ => Err(
-            "usage: cargo xtask <fixtures | fixture-path NAME | demo | kernels [--debug] [RELEASE…] | fuzz [--seconds N] [TARGET…] | corpus [build] [--ci] [NAME…] | bench [all | report [--events N] | spawn | poll | http | attach | dump [--tasks N] | memory [--tasks N] | finished [--tasks N] | long [--rate R] [--seconds S]]>"
+            "usage: cargo xtask <fixtures | fixture-path NAME | demo | kernels [--debug] [RELEASE…] | fuzz [--seconds N] [TARGET…] | corpus [build] [--ci] [NAME…] | bench [all | report [--events N] | spawn | poll | http | attach | dump [--tasks N] | memory [--tasks N] | finished [--tasks N] | long [--rate R] [--seconds S] | agent [--rate R] [--seconds S]]>"
                 .into(),
         ),
     };
@@ -116,8 +119,8 @@ mod fuzz;
 mod kernels;
 
 /// What `cargo xtask bench` (or `bench all`) runs, in this order.
-const ALL_BENCHES: [&str; 7] = [
-    "poll", "http", "report", "memory", "finished", "long", "attach",
+const ALL_BENCHES: [&str; 8] = [
+    "poll", "http", "report", "memory", "finished", "long", "agent", "attach",
 ];
 
 fn bench(args: &[String]) -> Result<(), String> {
@@ -183,6 +186,15 @@ fn bench(args: &[String]) -> Result<(), String> {
             build_tasktrace_release()?;
             build_fixture(&root().join("fixtures/bench/manysites"), "release")?;
             bench::attach(&root())
+        }
+        Some("agent") => {
+            let rate = number_option(args, "--rate", 10_000)?;
+            let seconds = number_option(args, "--seconds", 120)?;
+            build_tasktrace_release()?;
+            build_fixture(&root().join("fixtures/spawnloop"), "release")?;
+            build_fixture(&root().join(bench_http::FIXTURE), "release")?;
+            bench::agent(&root(), rate, seconds)?;
+            bench_http::agent_loss(&root())
         }
         Some("long") => {
             let rate = number_option(args, "--rate", 10_000)?;
