@@ -189,13 +189,10 @@ fn the_agent_follows_processes_and_a_restart_into_prometheus() {
     let (other, _) = start_with_truth(&bin, &[]);
     let not_tokio = Target(Command::new("sleep").arg("120").spawn().unwrap());
     let metrics = format!("127.0.0.1:{}", free_port());
-    // Full mode: every poll seen, so a consumer woken every 150 ms is never taken for a
-    // leak (lifecycle mode reads such a task as unchanged between readings).
+    // In its default, lifecycle mode: no per-poll probe, verdicts from the readings.
     let mut agent = Target(
         tasktrace()
-            .args([
-                "agent", "--all", "--rescan", "1s", "--mode", "full", "--listen", &metrics,
-            ])
+            .args(["agent", "--all", "--rescan", "1s", "--listen", &metrics])
             .args([
                 "--leak-after",
                 "1500ms",

@@ -548,6 +548,8 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
         /// Pointers followed per task, and words read behind each.
         const MAX_POINTERS: usize = 16;
         const WORDS_BEHIND: u64 = 8;
+        /// Where a 128-byte-aligned value starts in its `ArcInner`.
+        const CACHE_PAD: u64 = 128;
         let vt = self.vtables.get(&t.vtable)?;
         let len = vt
             .trailer_offset
@@ -584,8 +586,25 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
             .iter()
             .flat_map(|&p| (0..WORDS_BEHIND).map(move |i| p + i * 8))
             .collect();
-        for w in self.mem.u64s(&addrs) {
+        let words = self.mem.u64s(&addrs);
+        for w in &words {
             h.write_u64(w.unwrap_or(0));
+        }
+        // An `Arc` of a cache-padded value (tokio's channels: `Chan` starts with a
+        // `CachePadded` sender half) is its two counts, then padding (never written, so
+        // anything) up to 128 bytes: the moving state (a channel's tail position) is
+        // behind it. What looks like an `ArcInner` (two plausible counts) is read there too.
+        let counts = |c: Option<u64>| c.is_some_and(|c| (1..=1 << 24).contains(&c));
+        let padded: Vec<u64> = behind
+            .iter()
+            .zip(words.chunks(WORDS_BEHIND as usize))
+            .filter(|(_, w)| w.len() == WORDS_BEHIND as usize && counts(w[0]) && counts(w[1]))
+            .flat_map(|(&p, _)| (0..WORDS_BEHIND).map(move |i| p + CACHE_PAD + i * 8))
+            .collect();
+        if !padded.is_empty() {
+            for w in self.mem.u64s(&padded) {
+                h.write_u64(w.unwrap_or(0));
+            }
         }
         Some(h.finish())
     }
@@ -1318,6 +1337,23 @@ mod tests {
             .map(|(b, _)| b.0)
             .collect();
         assert_eq!(changed, vec![11]);
+
+        // Task 14 waits on a channel: an `Arc` whose value is cache-padded (its counts,
+        // then zeros to 128 bytes). A message sent moves the tail behind the padding.
+        let chan = HEAP + 0xa000;
+        r.mem.put(chan, 2);
+        r.mem.put(chan + 8, 1);
+        // Padding is whatever the allocator left there.
+        r.mem.put(chan + 16, 0xdead_beef);
+        r.mem.put(header(14) + 0x38, chan);
+        let waiting = digests(&r);
+        r.mem.put(chan + 128 + 8, 7);
+        let sent = digests(&r);
+        let changed: Vec<u64> = (waiting.iter().zip(&sent))
+            .filter(|(b, a)| b != a)
+            .map(|(b, _)| b.0)
+            .collect();
+        assert_eq!(changed, vec![14], "a message moved the channel's tail");
     }
 
     #[test]
