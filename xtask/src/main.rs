@@ -19,8 +19,9 @@
 //!   grow tenfold (N/10 and N tasks spawned and finished by `fixtures/spawnloop`), with
 //!   finished tasks folded (`--keep recent`, the default) and kept (`--keep all`).
 //! - `bench long [--rate R] [--seconds S]`: `tasktrace report` of a synthetic one-minute
-//!   and S-second recording (default an hour) of R short tasks spawned a second (default
-//!   10 000) and a leak every 10 s: report size and peak memory, long against short.
+//!   and S-second recording (default an hour; `--seconds 86400` for a day) of R short
+//!   tasks spawned a second (default 10 000) and a leak every 10 s, streamed through a
+//!   FIFO (no file): report size and peak memory, long against short.
 //! - `bench agent [--rate R] [--seconds S]`: `tasktrace agent` on `fixtures/spawnloop`
 //!   spawning R tasks a second (default 10 000) for S seconds (default 120): its RSS and
 //!   CPU every 10 s; then `bench http`'s server untraced against the agent attached.
@@ -199,6 +200,9 @@ fn bench(args: &[String]) -> Result<(), String> {
         Some("long") => {
             let rate = number_option(args, "--rate", 10_000)?;
             let seconds = number_option(args, "--seconds", 3_600)?;
+            if seconds > 86_400 {
+                return Err("bench long: --seconds is at most a day (86400)".into());
+            }
             build_tasktrace_release()?;
             bench::long(&root(), rate, seconds)
         }
