@@ -11,15 +11,6 @@ use std::path::Path;
 use common::*;
 use serde_json::Value;
 
-const THRESHOLDS: [&str; 6] = [
-    "--leak-after",
-    "1500ms",
-    "--stuck-after",
-    "1s",
-    "--never-polled-after",
-    "1500ms",
-];
-
 fn inspect(bin: &Path, extra: &[&str]) -> Value {
     let out = tasktrace()
         .arg("inspect")
@@ -71,7 +62,7 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
     let out = tasktrace()
         .args(["run", "-q", "--duration", "4s", "--json"])
         .arg(&json)
-        .args(THRESHOLDS)
+        .args(MATRIX_THRESHOLDS)
         .args(extra)
         .arg("--")
         .arg(bin)

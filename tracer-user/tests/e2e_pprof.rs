@@ -63,15 +63,8 @@ fn go_tool_pprof_reads_the_task_profile_with_the_ground_truth_per_site() {
         .arg(&profile)
         .arg("--json")
         .arg(&json)
-        .args([
-            "--leak-after",
-            "1500ms",
-            "--stuck-after",
-            "1s",
-            "--never-polled-after",
-            "1500ms",
-            "--",
-        ])
+        .args(MATRIX_THRESHOLDS)
+        .arg("--")
         .arg(matrix_fixture("1.54", "release"))
         .output()
         .unwrap();

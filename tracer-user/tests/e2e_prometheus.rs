@@ -18,14 +18,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -64,16 +56,8 @@ fn a_real_prometheus_scrapes_the_ground_truth_of_a_traced_process() {
     let mut recorder = Target(
         tasktrace()
             .args(["run", "--duration", "60s", "--prometheus", &metrics])
-            .args([
-                "--leak-after",
-                "1500ms",
-                "--stuck-after",
-                "1s",
-                "--never-polled-after",
-                "1500ms",
-                "-q",
-                "--",
-            ])
+            .args(MATRIX_THRESHOLDS)
+            .args(["-q", "--"])
             .arg(matrix_fixture("1.54", "release"))
             .stdout(Stdio::piped())
             .spawn()

@@ -439,18 +439,23 @@ impl<'o> Session<'o> {
     /// What the window holds so far, reported while tracing goes on (the model is
     /// copied: the window continues unchanged).
     pub fn snapshot(&self) -> Report {
-        let end = EndRecord {
+        let end = self.snapshot_end(self.warnings.clone());
+        Report::build(
+            self.live.feed.agg.clone(),
+            Meta::of_window(&self.meta, &end),
+        )
+    }
+
+    /// The end of the window as of now, while it goes on (a snapshot, an incident).
+    fn snapshot_end(&self, warnings: Vec<String>) -> EndRecord {
+        EndRecord {
             end_ns: monotonic_ns(),
             ended_by: EndedBy::Snapshot,
             lost_events: self.probes.lost_events(),
             detach_ms: 0.0,
             after_window: 0,
-            warnings: self.warnings.clone(),
-        };
-        Report::build(
-            self.live.feed.agg.clone(),
-            Meta::of_window(&self.meta, &end),
-        )
+            warnings,
+        }
     }
 
     /// [`Self::run`], showing the model to `watch` every tick.
@@ -599,14 +604,7 @@ impl<'o> Session<'o> {
             ));
         }
         warnings.extend(self.warnings.iter().cloned());
-        let end = EndRecord {
-            end_ns: monotonic_ns(),
-            ended_by: EndedBy::Snapshot,
-            lost_events: self.probes.lost_events(),
-            detach_ms: 0.0,
-            after_window: 0,
-            warnings,
-        };
+        let end = self.snapshot_end(warnings);
         match ring.write(&path, &self.meta, &end) {
             Ok(()) => eprintln!(
                 "tasktrace: incident ({why}): wrote {} ({:.1} MiB ring)",

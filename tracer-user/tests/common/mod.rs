@@ -477,6 +477,24 @@ pub const THRESHOLDS: [&str; 6] = [
     "2s",
 ];
 
+/// The matrix fixture's thresholds: its ground truth holds 300 ms after it starts.
+pub const MATRIX_THRESHOLDS: [&str; 6] = [
+    "--leak-after",
+    "1500ms",
+    "--stuck-after",
+    "1s",
+    "--never-polled-after",
+    "1500ms",
+];
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// What a report or an inspection lists as unavailable (`unavailable[].what`).
 pub fn unavailable(v: &Value) -> Vec<String> {
     v["unavailable"]
