@@ -547,13 +547,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// CPU time (user + system) of a process so far, in seconds.
 fn cpu_s(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut f = rest.split(' ').skip(11);
-    let ticks: u64 = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(ticks as f64 / hz)
+    crate::bench_http::cpu_us(pid).map(|us| us / 1e6)
 }
 
 /// `cargo xtask bench agent`: `tasktrace agent` on a target spawning `rate` tasks a second

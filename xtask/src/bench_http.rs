@@ -68,7 +68,7 @@ struct Run {
 }
 
 /// CPU time (user + system) a process has used so far, in microseconds.
-fn cpu_us(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_us(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces): utime is the 12th, stime 13th.
     let rest = &stat[stat.rfind(')')? + 2..];
