@@ -90,7 +90,9 @@ fn spawns_are_seen_when_bind_inner_is_inlined() {
         i["plan"]["spawn"]
             .get("tokio::runtime::task::list::OwnedTasks::bind_inner")
             .is_none(),
-        "{i}"
+        "this test needs a binary whose bind_inner is inlined, and fixture-spawnloop's no \
+         longer is: a change to fixtures/spawnloop changed its code generation (give a new \
+         benchmark mode its own crate under fixtures/bench). inspect: {i}"
     );
     let json = tmp("spawnloop.json");
     let out = tasktrace()

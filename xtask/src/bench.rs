@@ -556,13 +556,13 @@ fn cpu_s(pid: u32) -> Option<f64> {
 pub fn agent(root: &Path, rate: u64, seconds: u64) -> Result<(), String> {
     use std::time::{Duration, Instant};
     let (target, ready) = start_until(
-        Command::new(root.join("fixtures/spawnloop/target/release/fixture-spawnloop"))
-            .args(["--rate", &rate.to_string()]),
+        Command::new(root.join("fixtures/bench/spawnrate/target/release/fixture-spawnrate"))
+            .arg(rate.to_string()),
         |l| l.starts_with("SPAWNING"),
     )?;
     let mut target = scopeguard(target);
     if !ready {
-        return Err("fixture-spawnloop --rate did not start".into());
+        return Err("fixture-spawnrate did not start".into());
     }
     let listen = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -577,7 +577,7 @@ pub fn agent(root: &Path, rate: u64, seconds: u64) -> Result<(), String> {
     let apid = agent.0.id();
     let started = Instant::now();
     println!(
-        "bench agent: tasktrace agent --pid (lifecycle mode) on fixture-spawnloop --rate {rate} (spawns/s), {seconds} s:"
+        "bench agent: tasktrace agent --pid (lifecycle mode) on fixture-spawnrate {rate} (spawns/s), {seconds} s:"
     );
     println!(
         "  {:>6}  {:>10}  {:>14}  {:>12}",

@@ -22,7 +22,7 @@
 //!   and S-second recording (default an hour; `--seconds 86400` for a day) of R short
 //!   tasks spawned a second (default 10 000) and a leak every 10 s, streamed through a
 //!   FIFO (no file): report size and peak memory, long against short.
-//! - `bench agent [--rate R] [--seconds S]`: `tasktrace agent` on `fixtures/spawnloop`
+//! - `bench agent [--rate R] [--seconds S]`: `tasktrace agent` on `fixtures/bench/spawnrate`
 //!   spawning R tasks a second (default 10 000) for S seconds (default 120): its RSS and
 //!   CPU every 10 s; then `bench http`'s server untraced against the agent attached.
 //! - `bench http`: requests/s of a hyper server under `wrk` load untraced, traced in
@@ -192,7 +192,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             let rate = number_option(args, "--rate", 10_000)?;
             let seconds = number_option(args, "--seconds", 120)?;
             build_tasktrace_release()?;
-            build_fixture(&root().join("fixtures/spawnloop"), "release")?;
+            build_fixture(&root().join("fixtures/bench/spawnrate"), "release")?;
             build_fixture(&root().join(bench_http::FIXTURE), "release")?;
             bench::agent(&root(), rate, seconds)?;
             bench_http::agent_loss(&root())
