@@ -206,7 +206,7 @@ impl LocationTable {
         self.data.get(at..at + len as usize)
     }
 
-    fn u64_at(&self, vaddr: u64) -> Option<u64> {
+    pub fn u64_at(&self, vaddr: u64) -> Option<u64> {
         Some(u64::from_le_bytes(self.bytes(vaddr, 8)?.try_into().ok()?))
     }
 

@@ -368,7 +368,8 @@ impl<'o> Session<'o> {
             target.pid,
             knowledge,
             bin.instances(knowledge.symbols.raw_poll),
-            plan.mode == crate::plan::Mode::Lifecycle,
+            plan.mode.polls_sampled(),
+            plan.id_counter,
         );
         let sampler = plan
             .current_task
@@ -425,6 +426,8 @@ impl<'o> Session<'o> {
             session.read_lists_now(Reading::Attach);
         }
         if let Some(l) = launched.as_mut() {
+            // Before its first instruction: every spawn of the window is counted.
+            session.task_ids_at_start();
             l.release();
         }
         session.launched = launched;
@@ -712,6 +715,15 @@ impl<'o> Session<'o> {
         self.live.feed.emit(Rec::Samples { at_ns, samples });
     }
 
+    /// tokio's task-id counter of a launched target, about to exec: the value the
+    /// binary's file gives it (its image is not mapped yet).
+    fn task_ids_at_start(&mut self) {
+        if let Some(next_id) = self.plan.id_counter_initial {
+            let at_ns = monotonic_ns();
+            self.live.feed.emit(Rec::TaskIds { at_ns, next_id });
+        }
+    }
+
     /// Starts a periodic reading on a blocking thread (the reader's first use needs the
     /// task vtables at their addresses in the target, resolved here).
     fn start_reading(&mut self) -> Option<std::thread::JoinHandle<(ListReader, ReadResult)>> {
@@ -721,6 +733,11 @@ impl<'o> Session<'o> {
                 .locator
                 .task_vtables(&lists.polls, &lists.knowledge.layout)
         });
+        if lists.counter_at.is_none()
+            && let Some(vaddr) = lists.id_counter
+        {
+            lists.counter_at = self.live.locator.bias().map(|b| b.wrapping_add(vaddr));
+        }
         let owners = self.live.feed.agg.owners.clone();
         // A plain thread: the tracer itself spawns no tokio task (a stripped tasktrace is
         // the test's tokio binary without task vtables).
@@ -789,6 +806,9 @@ impl<'o> Session<'o> {
             for vtable in vtables {
                 self.live.describe_vtable(vtable);
             }
+        }
+        if let Some((at_ns, next_id)) = self.lists.as_mut().and_then(|l| l.counter.take()) {
+            self.live.feed.emit(Rec::TaskIds { at_ns, next_id });
         }
         if reading == Reading::Periodic {
             let took = read.as_ref().map_or(0.0, |s| s.read_ms);
@@ -940,6 +960,12 @@ struct ListReader {
     readings: u32,
     digests: bool,
     not_found: std::collections::HashSet<u64>,
+    /// tokio's task-id counter: its file address, then its address in the target.
+    id_counter: Option<u64>,
+    counter_at: Option<u64>,
+    /// The counter as the last reading started: (when, next id); read even when the
+    /// lists could not be (a launched target before its runtime exists).
+    counter: Option<(u64, u64)>,
 }
 
 impl ListReader {
@@ -948,6 +974,7 @@ impl ListReader {
         knowledge: &'static tokio_versions::Knowledge,
         polls: &[u64],
         digests: bool,
+        id_counter: Option<u64>,
     ) -> Self {
         Self {
             pid,
@@ -958,6 +985,9 @@ impl ListReader {
             readings: 0,
             digests,
             not_found: Default::default(),
+            id_counter,
+            counter_at: None,
+            counter: None,
         }
     }
 
@@ -972,6 +1002,12 @@ impl ListReader {
         vtables: Option<Option<Vec<crate::binary::locations::TaskVtable>>>,
         owners: &std::collections::HashSet<u64>,
     ) -> ReadResult {
+        use crate::live::memory::ReadMemory;
+        let taken = monotonic_ns();
+        self.counter = self
+            .counter_at
+            .and_then(|at| crate::live::memory::Memory::new(self.pid).u64(at))
+            .map(|id| (taken, id));
         if self.reader.is_none() {
             let vtables = vtables
                 .flatten()
@@ -994,7 +1030,7 @@ impl ListReader {
         };
         self.readings += 1;
         let snap = reader
-            .snapshot_from(monotonic_ns(), known)
+            .snapshot_from(taken, known)
             .map_err(|e| e.to_string())?;
         let full_scan = known.is_empty();
         self.known = snap.lists.clone();

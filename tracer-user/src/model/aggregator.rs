@@ -165,6 +165,21 @@ pub struct Timeline {
     pub instants: Vec<(usize, u64, &'static str)>,
 }
 
+/// tokio's task-id counter at its first and last reading: (when, the next id).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskIds {
+    pub first: Option<(u64, u64)>,
+    pub last: Option<(u64, u64)>,
+}
+
+impl TaskIds {
+    /// Tasks spawned between the first and the last reading, and over how long (ns).
+    pub fn spawned(&self) -> Option<(u64, u64)> {
+        let ((t0, a), (t1, b)) = (self.first?, self.last?);
+        Some((b.saturating_sub(a), t1.saturating_sub(t0)))
+    }
+}
+
 /// Cloned only to report mid-window (a live view's save) while tracing goes on.
 #[derive(Clone)]
 pub struct Aggregator {
@@ -240,6 +255,8 @@ pub struct Aggregator {
     thresholds: Thresholds,
     /// Spans `(since, at]` in which the kernel dropped events (`Rec::Lost`), merged.
     losses: Vec<(u64, u64)>,
+    /// tokio's task-id counter, first and last read (`Rec::TaskIds`).
+    pub task_ids: TaskIds,
     /// Spans the target spent stopped (`Rec::Stopped`).
     stops: Vec<(u64, u64)>,
     /// Finished healthy tasks counted per site instead of held (`fold`).
@@ -289,6 +306,7 @@ impl Aggregator {
             thresholds,
             losses: Vec::new(),
             stops: Vec::new(),
+            task_ids: TaskIds::default(),
             fold: Fold::default(),
             latest_ns: 0,
         }
@@ -320,7 +338,7 @@ impl Aggregator {
     pub(in crate::model) fn configure(&mut self, plan: &PlanSummary) {
         self.completion_from_lists = !plan.completion_probed;
         self.poll_ends_inferred = plan.polls_probed && !plan.poll_ends_probed;
-        self.polls_sampled = plan.mode == crate::plan::Mode::Lifecycle;
+        self.polls_sampled = plan.mode.polls_sampled();
         self.thresholds.lifecycle = self.polls_sampled;
         self.vtable_sites.clear();
         self.id_sites = plan
@@ -401,6 +419,10 @@ impl Aggregator {
                 since_ns, at_ns, ..
             } => self.events_lost(*since_ns, *at_ns),
             Rec::Stopped { from_ns, to_ns } => self.stops.push((*from_ns, *to_ns)),
+            Rec::TaskIds { at_ns, next_id } => {
+                self.task_ids.first.get_or_insert((*at_ns, *next_id));
+                self.task_ids.last = Some((*at_ns, *next_id));
+            }
         }
         if self.fold.enabled && self.tasks.len() >= self.fold.next_at {
             self.fold_finished(false);

@@ -64,6 +64,10 @@ pub enum Mode {
     /// Spawn, completion, cancellation and deallocation only; which task each thread is
     /// polling is sampled, and task states are read from memory about once a second.
     Lifecycle,
+    /// No uprobe at all: the task lists read from memory about once a second (every task
+    /// that lives longer than that), tokio's task-id counter (how many were spawned) and
+    /// the thread sampler. Its cost follows the live tasks, not the spawn or poll rate.
+    Sample,
 }
 
 impl Mode {
@@ -71,7 +75,13 @@ impl Mode {
         match self {
             Mode::Full => "full",
             Mode::Lifecycle => "lifecycle",
+            Mode::Sample => "sample",
         }
+    }
+
+    /// Polls are not probed: the task-list readings and the thread sampler stand for them.
+    pub fn polls_sampled(self) -> bool {
+        self != Mode::Full
     }
 }
 
@@ -155,6 +165,12 @@ pub struct Plan {
     pub id_sites: Vec<crate::binary::spawn_ids::IdSite>,
     /// Task-id draws found in the code: one per spawn path instance.
     pub id_draws: usize,
+    /// File address of tokio's task-id counter, read with every task-list reading: how
+    /// many tasks were spawned (sample mode's only spawn count).
+    pub id_counter: Option<u64>,
+    /// Its value in the file: what it holds when the program starts (a launched target's
+    /// first reading, taken before its first instruction).
+    pub id_counter_initial: Option<u64>,
     /// Task vtables whose spawn site the code shows (`spawn_ids::vtable_sites`): names
     /// the site of tasks no spawn probe saw, those alive before attach included.
     pub vtable_sites: Vec<VtableSite>,
@@ -268,7 +284,7 @@ impl Plan {
         // One hit per poll: the sampler tells when a thread left its poll, so neither the
         // poll's return nor wakes need a probe. Without it, the classic three.
         let sampled = current_task.is_some();
-        let lifecycle = opts.mode == Mode::Lifecycle;
+        let lifecycle = opts.mode.polls_sampled();
         let mut plan = Plan {
             tier: "symbols",
             // Lifecycle mode reads the task lists every second anyway: an async task gone
@@ -468,6 +484,7 @@ impl Plan {
     }
 
     fn note_mode_losses(&mut self) {
+        let m = self.mode.as_str();
         let mut lose = |what: &str, why: &str| {
             self.unavailable.push(Unavailable {
                 what: what.into(),
@@ -481,22 +498,47 @@ impl Plan {
                  task (woken, not run) is found by the task-state readings, about 1 s apart",
             );
         }
-        if self.mode == Mode::Lifecycle {
+        if self.mode == Mode::Sample {
+            lose(
+                "spawn and completion times",
+                "sample mode probes nothing: a task is seen by the task-list readings, about \
+                 1 s apart, so a task that lives shorter than that is only counted (tokio's \
+                 task-id counter), a task's spawn and end are known to within a reading, and \
+                 a cancelled task cannot be told from a completed one",
+            );
+            lose(
+                "blocking-pool tasks",
+                "sample mode probes nothing and spawn_blocking tasks are in no task list: \
+                 they are not seen",
+            );
+            lose(
+                "spawn sites the code does not show",
+                "sample mode names a task's spawn site from its future type (the code's \
+                 spawn sites, `inspect` lists them); other tasks have none",
+            );
+        }
+        if self.mode.polls_sampled() {
             lose(
                 "poll times",
-                "lifecycle mode probes no poll: no poll counts, durations or per-site \
-                 percentiles, no long polls",
+                &format!(
+                    "{m} mode probes no poll: no poll counts, durations or per-site \
+                     percentiles, no long polls"
+                ),
             );
             lose(
                 "wakes",
-                "lifecycle mode probes no wake: a starved task (woken, not run) is seen by \
-                 the task-state readings, about 1 s apart",
+                &format!(
+                    "{m} mode probes no wake: a starved task (woken, not run) is seen by \
+                     the task-state readings, about 1 s apart"
+                ),
             );
             lose(
                 "idle time",
-                "lifecycle mode cannot see a task's polls: `leaked` needs the state-word \
-                 proof (definite) or a task whose future did not change between readings \
-                 at least --leak-after apart (suspected)",
+                &format!(
+                    "{m} mode cannot see a task's polls: `leaked` needs the state-word \
+                     proof (definite) or a task whose future did not change between \
+                     readings at least --leak-after apart (suspected)"
+                ),
             );
             if !self.thread_sampling {
                 lose(
@@ -537,10 +579,16 @@ impl Plan {
         } else {
             Self::for_stripped(path, bin, table, k, opts.mode)?
         };
-        if plan.stack_bytes > 0 && bin.has_symtab {
+        let sample = opts.mode == Mode::Sample;
+        if (plan.stack_bytes > 0 || sample) && bin.has_symtab {
             plan.name_sites_from_code(bin, table, k);
         }
         plan.add_id_sites(bin, table, k);
+        plan.id_counter = k.symbols.id_counter(&bin.tokio_data);
+        plan.id_counter_initial = plan.id_counter.and_then(|v| table.u64_at(v));
+        if sample {
+            plan.drop_probes();
+        }
         // Stripped: where the code names some spawn sites, say which are missing instead.
         let named = plan
             .id_sites
@@ -563,6 +611,16 @@ impl Plan {
         }
         plan.place(table);
         Ok(plan)
+    }
+
+    /// Sample mode: the sites were planned (so that the binary is known to be a tokio
+    /// the version files describe, and the code's spawn sites are named), none is probed.
+    fn drop_probes(&mut self) {
+        self.entry.clear();
+        self.ret.clear();
+        self.id_sites.clear();
+        self.stack_bytes = 0;
+        self.completion_probed = false;
     }
 
     /// Drops the spawn-call probes of future types whose every spawn call the code shows

@@ -156,6 +156,18 @@ pub struct Summary {
     pub long_polls: u64,
     pub lost_events: u64,
     pub runtime_plumbing: u64,
+    /// Tasks spawned between the first and the last reading of tokio's task-id counter
+    /// (every spawn, the ones too short for any reading included), and over how long:
+    /// `null` where the counter's symbol is unknown (stripped binaries).
+    pub spawned: Option<SpawnCount>,
+}
+
+/// What tokio's task-id counter says was spawned.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct SpawnCount {
+    pub tasks: u64,
+    pub over_ns: u64,
+    pub per_second: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -304,6 +316,15 @@ impl Report {
             agg.stops().iter().map(|&(s, e)| (rel(s), rel(e))).collect();
         let mut summary = Summary {
             lost_events: meta.lost_events,
+            spawned: agg.task_ids.spawned().map(|(tasks, over_ns)| SpawnCount {
+                tasks,
+                over_ns,
+                per_second: if over_ns > 0 {
+                    tasks as f64 * 1e9 / over_ns as f64
+                } else {
+                    0.0
+                },
+            }),
             ..Default::default()
         };
         // Needs the tasks by index: before they are consumed.

@@ -41,6 +41,15 @@ pub fn render_text(r: &Report) -> String {
         s.long_polls,
         s.lost_events
     );
+    if let Some(n) = s.spawned.filter(|n| n.over_ns > 0) {
+        let _ = writeln!(
+            out,
+            "  {} tasks spawned in {} ({:.0}/s), by tokio's task-id counter",
+            n.tasks,
+            secs(n.over_ns),
+            n.per_second
+        );
+    }
     for w in &r.warnings {
         let _ = writeln!(out, "  warning: {}", safe(w));
     }

@@ -169,9 +169,10 @@ impl FlightRing {
 fn at(rec: &Rec) -> Option<u64> {
     match rec {
         Rec::Task(ev) => Some(ev.ts_ns),
-        Rec::TaskList { at_ns, .. } | Rec::Samples { at_ns, .. } | Rec::Lost { at_ns, .. } => {
-            Some(*at_ns)
-        }
+        Rec::TaskList { at_ns, .. }
+        | Rec::Samples { at_ns, .. }
+        | Rec::TaskIds { at_ns, .. }
+        | Rec::Lost { at_ns, .. } => Some(*at_ns),
         Rec::Stopped { to_ns, .. } => Some(*to_ns),
         Rec::Meta(_) | Rec::Site { .. } | Rec::Future { .. } => None,
     }

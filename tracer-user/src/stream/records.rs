@@ -198,4 +198,11 @@ pub enum Rec {
         at_ns: u64,
         samples: Vec<(u32, Option<u64>)>,
     },
+    /// tokio's task-id counter read at `at_ns`: the id its next task will get. Ids are
+    /// drawn once per spawned task, so two readings give how many tasks were spawned in
+    /// between, the ones no probe and no list reading saw included.
+    TaskIds {
+        at_ns: u64,
+        next_id: u64,
+    },
 }

@@ -30,6 +30,7 @@ const KIND_TASKLIST: u8 = 6;
 const KIND_SAMPLES: u8 = 7;
 const KIND_LOST: u8 = 8;
 const KIND_STOPPED: u8 = 9;
+const KIND_TASK_IDS: u8 = 10;
 /// Tasks per task-list record (keeps each record far below `MAX_RECORD`).
 const TASKLIST_CHUNK: usize = 20_000;
 /// No record is this large; a longer length means corruption, not a big window.
@@ -70,6 +71,13 @@ struct SamplesRecord {
     at_ns: u64,
     /// (thread id, id of the task it was polling).
     samples: Vec<(u32, Option<u64>)>,
+}
+
+/// tokio's task-id counter (`Rec::TaskIds`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TaskIdsRecord {
+    at_ns: u64,
+    next_id: u64,
 }
 
 /// A span the target spent stopped (`Rec::Stopped`).
@@ -191,6 +199,13 @@ impl Writer {
                     since_ns: *since_ns,
                     at_ns: *at_ns,
                     total: *total,
+                },
+            ),
+            Rec::TaskIds { at_ns, next_id } => self.json(
+                KIND_TASK_IDS,
+                &TaskIdsRecord {
+                    at_ns: *at_ns,
+                    next_id: *next_id,
                 },
             ),
             Rec::Stopped { from_ns, to_ns } => self.json(
@@ -371,7 +386,7 @@ pub fn stream(
         }
         let kind = head[0];
         let len = u32::from_le_bytes(head[1..5].try_into().unwrap());
-        if !(KIND_META..=KIND_STOPPED).contains(&kind) {
+        if !(KIND_META..=KIND_TASK_IDS).contains(&kind) {
             return Err(corrupt(at, &format!("unknown record kind {kind}")));
         }
         if len > MAX_RECORD {
@@ -457,6 +472,13 @@ pub fn stream(
                 on_record(Rec::Stopped {
                     from_ns: r.from_ns,
                     to_ns: r.to_ns,
+                });
+            }
+            KIND_TASK_IDS => {
+                let r: TaskIdsRecord = serde_json::from_slice(&body).map_err(json_err)?;
+                on_record(Rec::TaskIds {
+                    at_ns: r.at_ns,
+                    next_id: r.next_id,
                 });
             }
             KIND_LOST => {
