@@ -165,9 +165,11 @@ fn record_attaches_to_a_running_process_and_survives_its_exit() {
     let demo = fixture("demo");
     let json = tmp("record.json");
     let out_path = tmp("record-demo.out");
+    // Attached before the demo spawns anything, with room for a slow attach on a loaded
+    // machine (see e2e_record).
     let mut target = Target(
         Command::new(&demo)
-            .args(["--start-after", "1.5", "--exit-after", "7"])
+            .args(["--start-after", "3", "--exit-after", "8.5"])
             .stdout(std::fs::File::create(&out_path).unwrap())
             .spawn()
             .unwrap(),

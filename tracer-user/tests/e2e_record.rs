@@ -79,9 +79,12 @@ fn record_then_signal(signal: i32, name: &str) -> (Value, Value, Option<Value>) 
         tmp(&format!("{name}-replay.json")),
         tmp(&format!("{name}-demo.out")),
     );
+    // The demo spawns its pitfalls 3 s after it starts: the tracer must have attached by
+    // then (attach took over 0.7 s on a loaded CI machine: tasks spawned before it are
+    // alive before attach, and never-polled ones then read as starved).
     let mut target = Target(
         Command::new(fixture("demo"))
-            .args(["--start-after", "1"])
+            .args(["--start-after", "3"])
             .stdout(std::fs::File::create(&demo_out).unwrap())
             .spawn()
             .unwrap(),
@@ -97,7 +100,7 @@ fn record_then_signal(signal: i32, name: &str) -> (Value, Value, Option<Value>) 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    sleep(Duration::from_secs(6));
+    sleep(Duration::from_secs(8));
     let tracer_pid = tracer.id();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(tracer_pid as i32, signal) };
