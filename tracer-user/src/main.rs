@@ -172,6 +172,7 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                 mode,
                 attach: None,
                 flight: None,
+                spawn_budget: tasktrace::cmd::spawn_gate::DEFAULT_BUDGET,
             };
             let pid = target.pid;
             let opts = top::TopOpts {
@@ -239,6 +240,7 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                 mode,
                 attach: None,
                 flight: None,
+                spawn_budget: tasktrace::cmd::spawn_gate::DEFAULT_BUDGET,
             };
             agent::run(agent::AgentOpts {
                 select: agent::Selection {
@@ -326,6 +328,7 @@ fn window(opts: &TraceArgs) -> WindowOpts {
         symbols: opts.symbols.clone(),
         spawn_sites: !opts.no_spawn_sites,
         mode: opts.mode,
+        spawn_budget: opts.spawn_budget,
         attach: opts.attach,
         flight: opts.flight.map(|keep| flight::FlightOpts {
             keep,

@@ -414,53 +414,96 @@ fn measurement(out: &std::process::Output, key: &str) -> Result<f64, String> {
 
 /// Per-poll cost: eight tasks yielding (each poll: wake, schedule, poll), untraced and
 /// traced in each mode, interleaved; probe hits per poll from the traced runs' own event
-/// counts (every event is one probe hit: one-hit polls have no return trampoline).
+/// counts (every event is one probe hit: one-hit polls have no return trampoline); the
+/// tracer's CPU from the children's rusage of `tasktrace run` less the fixture's own.
 pub fn poll(root: &Path) -> Result<(), String> {
-    const N: u64 = 2_000_000;
+    // Polls per run: full mode's ~1 µs polls would take minutes at the others' count, and
+    // the others' ~70 ns polls need this many for a run of seconds (the tracer's CPU a
+    // second includes its attach and detach: a short run would be mostly those).
+    const N: u64 = 20_000_000;
+    let polls = |mode: &str| if mode == "full" { N / 10 } else { N };
     const ROUNDS: usize = 5;
-    const MODES: [&str; 2] = ["full", "lifecycle"];
+    const MODES: [&str; 3] = ["full", "lifecycle", "sample"];
     let fixture = root.join("fixtures/bench/pollloop/target/release/fixture-pollloop");
     let tasktrace = root.join("target/release/tasktrace");
     let json = std::env::temp_dir().join("tasktrace-bench-poll.json");
     let mut plain = Vec::new();
-    let mut traced: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+    #[derive(Default)]
+    struct Traced {
+        ns: Vec<f64>,
+        hits: Vec<f64>,
+        ratio: Vec<f64>,
+        tracer_cpu: Vec<f64>,
+    }
+    let mut traced: [Traced; 3] = Default::default();
     for _ in 0..ROUNDS {
         let out = Command::new(&fixture)
             .arg(N.to_string())
             .output()
             .map_err(|e| e.to_string())?;
-        plain.push(measurement(&out, "NS_PER_POLL ")?);
-        for (mode, (ns, hits)) in MODES.iter().zip(traced.iter_mut()) {
+        let untraced = measurement(&out, "NS_PER_POLL ")?;
+        plain.push(untraced);
+        for (mode, t) in MODES.iter().zip(traced.iter_mut()) {
+            let before = children_cpu_s();
+            let started = std::time::Instant::now();
             let out = Command::new(&tasktrace)
                 .args(["run", "-q", "--ring-size", "64M", "--mode", mode, "--json"])
                 .arg(&json)
                 .arg("--")
                 .arg(&fixture)
-                .arg(N.to_string())
+                .arg(polls(mode).to_string())
                 .output()
                 .map_err(|e| e.to_string())?;
-            ns.push(measurement(&out, "NS_PER_POLL ")?);
+            let wall = started.elapsed().as_secs_f64();
+            let both = children_cpu_s() - before;
+            let ns = measurement(&out, "NS_PER_POLL ")?;
+            t.ns.push(ns);
+            t.ratio.push(untraced / ns);
+            let target = measurement(&out, "CPU_S ")?;
+            t.tracer_cpu.push((both - target).max(0.0) / wall);
             let r: serde_json::Value = serde_json::from_slice(
                 &std::fs::read(&json).map_err(|e| format!("{}: {e}", json.display()))?,
             )
             .map_err(|e| e.to_string())?;
             let events = r["diagnostics"]["events"].as_f64().unwrap_or(0.0);
             // The fixture polls N times after a warm-up of N/10.
-            hits.push(events / (N + N / 10) as f64);
+            t.hits
+                .push(events / (polls(mode) + polls(mode) / 10) as f64);
         }
     }
     let a = median(&mut plain);
-    println!("bench poll ({N} yielding polls, median of {ROUNDS} interleaved runs):");
+    println!(
+        "bench poll ({N} yielding polls a run, {} in full mode; median of {ROUNDS} interleaved runs):",
+        N / 10
+    );
     println!("  untraced:            {a:>7.0} ns/poll");
-    for (mode, (ns, hits)) in MODES.iter().zip(traced.iter_mut()) {
-        let (b, h) = (median(ns), median(hits));
+    for (mode, t) in MODES.iter().zip(traced.iter_mut()) {
+        let (b, h) = (median(&mut t.ns), median(&mut t.hits));
+        let lo = t.ratio.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = t.ratio.iter().copied().fold(0.0, f64::max);
         println!(
             "  --mode {mode:<10}    {b:>7.0} ns/poll  (+{:.0} ns, x{:.2}; {h:.2} probe hits per poll)",
             b - a,
             b / a
         );
+        println!(
+            "  {:<20} throughput x{:.3} of untraced per round (median; x{lo:.3}..x{hi:.3}), tracer CPU {:.1}% of a core (attach and detach included)",
+            "",
+            median(&mut t.ratio),
+            median(&mut t.tracer_cpu) * 100.0
+        );
     }
     Ok(())
+}
+
+/// CPU time (user + system) of this process's waited-for children, descendants they
+/// waited for included, in seconds.
+fn children_cpu_s() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 /// Attach and detach time with a large plan: `tasktrace record` on a target with 700 task
@@ -629,17 +672,134 @@ fn spawned(addr: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// A child killed (SIGINT, then reaped) when dropped.
-struct Guard(std::process::Child);
+/// A child killed (SIGINT, then reaped) when dropped, unless already reaped (`.1`).
+struct Guard(std::process::Child, bool);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if self.1 {
+            return;
+        }
         // SAFETY: signalling our own child, not reaped yet.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
         let _ = self.0.wait();
     }
 }
 
+impl Guard {
+    /// SIGINT, then reaped: how it ended.
+    fn stop(mut self) -> std::io::Result<std::process::ExitStatus> {
+        // SAFETY: signalling our own child, not reaped yet.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        self.1 = true;
+        self.0.wait()
+    }
+}
+
 fn scopeguard(c: std::process::Child) -> Guard {
-    Guard(c)
+    Guard(c, false)
+}
+
+/// `cargo xtask bench busy`: a target spawning `rate` tasks a second with `live` tasks
+/// parked for good, untraced and under `tasktrace record --pid --mode MODE`, interleaved
+/// rounds of `seconds` each: the target's CPU a second both ways (what tracing costs a
+/// target that does not saturate its cores), the tracer's own, and the spawn rate and probe
+/// time the report gives.
+pub fn busy(root: &Path, rate: u64, live: u64, seconds: u64, mode: &str) -> Result<(), String> {
+    use std::time::{Duration, Instant};
+    const ROUNDS: usize = 3;
+    let fixture = root.join("fixtures/bench/spawnrate/target/release/fixture-spawnrate");
+    let json = std::env::temp_dir().join("tasktrace-bench-busy.json");
+    let start = || -> Result<Guard, String> {
+        let (target, ready) = start_until(
+            Command::new(&fixture)
+                .arg(rate.to_string())
+                .args(["--live", &live.to_string()]),
+            |l| l.starts_with("SPAWNING"),
+        )?;
+        let target = scopeguard(target);
+        if !ready {
+            return Err("fixture-spawnrate did not start".into());
+        }
+        // The parked tasks spawned, the rate steady.
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(target)
+    };
+    // CPU a second of each process over `seconds`.
+    let over = |pids: &[u32]| -> Result<Vec<f64>, String> {
+        let before: Vec<f64> = pids.iter().map(|&p| cpu_s(p).unwrap_or(0.0)).collect();
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(seconds));
+        let wall = t0.elapsed().as_secs_f64();
+        pids.iter()
+            .zip(before)
+            .map(|(&p, b)| Ok((cpu_s(p).ok_or("a process exited")? - b) / wall))
+            .collect()
+    };
+    let (mut plain, mut target_traced, mut tracer, mut ratio) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut last = serde_json::Value::Null;
+    for round in 1..=ROUNDS {
+        let t = start()?;
+        let untraced = over(&[t.0.id()])?[0];
+        drop(t);
+        let t = start()?;
+        let _ = std::fs::remove_file(&json);
+        let rec = Command::new(root.join("target/release/tasktrace"))
+            .args([
+                "record",
+                "-q",
+                "--pid",
+                &t.0.id().to_string(),
+                "--mode",
+                mode,
+            ])
+            .args(["--duration", "600s", "--json"])
+            .arg(&json)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let rec = scopeguard(rec);
+        // Attached, and the attach-time reading of the live tasks done.
+        std::thread::sleep(Duration::from_secs(5));
+        let m = over(&[t.0.id(), rec.0.id()])?;
+        // SIGINT ends the window: the report is written.
+        let status = rec.stop().map_err(|e| e.to_string())?;
+        drop(t);
+        if !status.success() {
+            return Err(format!("tasktrace record ended with {status}"));
+        }
+        last = summary_of(&json)?;
+        eprintln!(
+            "xtask: bench busy round {round}: target {:.1}% untraced, {:.1}% traced; tracer {:.1}% of a core",
+            untraced * 100.0,
+            m[0] * 100.0,
+            m[1] * 100.0
+        );
+        plain.push(untraced);
+        target_traced.push(m[0]);
+        tracer.push(m[1]);
+        ratio.push(untraced / m[0]);
+    }
+    let lo = ratio.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratio.iter().copied().fold(0.0, f64::max);
+    println!(
+        "bench busy: fixture-spawnrate {rate} spawns/s, {live} tasks alive, tasktrace record --pid --mode {mode}, {seconds} s, median of {ROUNDS} interleaved rounds:"
+    );
+    println!(
+        "  target CPU: {:.1}% of a core untraced, {:.1}% traced (untraced/traced per round x{:.3} median, x{lo:.3}..x{hi:.3})",
+        median(&mut plain) * 100.0,
+        median(&mut target_traced) * 100.0,
+        median(&mut ratio)
+    );
+    println!(
+        "  tracer CPU: {:.1}% of a core",
+        median(&mut tracer) * 100.0
+    );
+    println!(
+        "  last report: {:.0} spawns/s counted, spawn probes {} , {} lost events",
+        last["spawned"]["per_second"].as_f64().unwrap_or(f64::NAN),
+        last["spawn_probes"],
+        last["lost_events"]
+    );
+    Ok(())
 }

@@ -142,6 +142,7 @@ pub fn http(root: &Path) -> Result<(), String> {
             // One probe hit per spawned task instead of two: what naming spawn sites costs.
             Variant::Traced("lifecycle", &["--no-spawn-sites"]),
             Variant::Traced("full", &[]),
+            Variant::Traced("sample", &[]),
             Variant::Console,
         ],
     );
@@ -155,6 +156,7 @@ pub fn http(root: &Path) -> Result<(), String> {
             Variant::Untraced,
             Variant::Traced("lifecycle", &[]),
             Variant::Traced("full", &[]),
+            Variant::Traced("sample", &[]),
             Variant::Console,
         ],
     );
@@ -275,30 +277,38 @@ fn scenario(
                 } else {
                     "tracer"
                 };
-                line += &format!(", {who} {o:.1} µs/request");
+                // µs per request × requests per second: µs of CPU per second.
+                line += &format!(", {who} {o:.1} µs/request = {:.1}% of a core", o * m / 1e4);
             }
             println!("{line}");
         }
     }
-    let with_console = matches!(variants.last(), Some(Variant::Console));
-    if let (true, Some(l), Some(c)) = (
-        with_console,
-        loss(medians[1]),
-        loss(medians[variants.len() - 1]),
-    ) {
-        let per_round = match (
-            paired_median(&runs[1], &runs[0]),
-            paired_median(&runs[variants.len() - 1], &runs[0]),
-        ) {
-            (Some(l), Some(c)) => {
-                format!(" ({:.2} from the per-round ratios)", (1.0 - l) / (1.0 - c))
+    let console = variants.len() - 1;
+    if matches!(variants.last(), Some(Variant::Console)) {
+        for (i, v) in variants.iter().enumerate() {
+            let Variant::Traced(mode, []) = v else {
+                continue;
+            };
+            if mode == &"full" {
+                continue;
             }
-            _ => String::new(),
-        };
-        println!(
-            "  lifecycle's throughput loss / console-subscriber's: {:.2}{per_round}",
-            l / c
-        );
+            let (Some(l), Some(c)) = (loss(medians[i]), loss(medians[console])) else {
+                continue;
+            };
+            let per_round = match (
+                paired_median(&runs[i], &runs[0]),
+                paired_median(&runs[console], &runs[0]),
+            ) {
+                (Some(l), Some(c)) => {
+                    format!(" ({:.2} from the per-round ratios)", (1.0 - l) / (1.0 - c))
+                }
+                _ => String::new(),
+            };
+            println!(
+                "  {mode}'s throughput loss / console-subscriber's: {:.2}{per_round}",
+                l / c
+            );
+        }
     }
     let errors: Vec<String> = variants
         .iter()

@@ -25,8 +25,12 @@
 //! - `bench agent [--rate R] [--seconds S]`: `tasktrace agent` on `fixtures/bench/spawnrate`
 //!   spawning R tasks a second (default 10 000) for S seconds (default 120): its RSS and
 //!   CPU every 10 s; then `bench http`'s server untraced against the agent attached.
+//! - `bench busy [--rate R] [--live N] [--seconds S] [--mode M]`: `fixtures/bench/spawnrate`
+//!   spawning R tasks a second (default 100 000) with N tasks parked (default 100 000),
+//!   untraced against `tasktrace record --pid --mode M` (default sample), S seconds a round
+//!   (default 20): the target's CPU both ways and the tracer's own.
 //! - `bench http`: requests/s of a hyper server under `wrk` load untraced, traced in
-//!   lifecycle and full mode, and with console-subscriber and a console client attached;
+//!   lifecycle, full and sample mode, and with console-subscriber and a console client attached;
 //!   the throughput loss and CPU per request of each, for a server that spawns a task per
 //!   request and for one that spawns per connection only (`fixtures/bench/http`, built
 //!   only for this bench).
@@ -120,8 +124,8 @@ mod fuzz;
 mod kernels;
 
 /// What `cargo xtask bench` (or `bench all`) runs, in this order.
-const ALL_BENCHES: [&str; 8] = [
-    "poll", "http", "report", "memory", "finished", "long", "agent", "attach",
+const ALL_BENCHES: [&str; 9] = [
+    "poll", "http", "busy", "report", "memory", "finished", "long", "agent", "attach",
 ];
 
 fn bench(args: &[String]) -> Result<(), String> {
@@ -196,6 +200,19 @@ fn bench(args: &[String]) -> Result<(), String> {
             build_fixture(&root().join(bench_http::FIXTURE), "release")?;
             bench::agent(&root(), rate, seconds)?;
             bench_http::agent_loss(&root())
+        }
+        Some("busy") => {
+            let rate = number_option(args, "--rate", 100_000)?;
+            let live = number_option(args, "--live", 100_000)?;
+            let seconds = number_option(args, "--seconds", 20)?;
+            let mode = args
+                .iter()
+                .position(|a| a == "--mode")
+                .and_then(|i| args.get(i + 1))
+                .map_or("sample", String::as_str);
+            build_tasktrace_release()?;
+            build_fixture(&root().join("fixtures/bench/spawnrate"), "release")?;
+            bench::busy(&root(), rate, live, seconds, mode)
         }
         Some("long") => {
             let rate = number_option(args, "--rate", 10_000)?;

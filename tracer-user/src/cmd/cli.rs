@@ -188,6 +188,11 @@ pub struct TraceArgs {
     /// (spawns, completions, sampled polls; see docs/user-guide.md for what it loses).
     #[arg(long, value_enum, default_value_t = crate::plan::Mode::Full)]
     pub mode: crate::plan::Mode,
+    /// Sample mode: probe spawns (for their sites and times) while the target spawns
+    /// fewer tasks a second than this; above it, for 0.1 s every 10 s or more, so that
+    /// the probes never cost more than this many hits a second. 0: never.
+    #[arg(long, value_name = "N", default_value_t = crate::cmd::spawn_gate::DEFAULT_BUDGET)]
+    pub spawn_budget: u64,
     /// Serve the window's Prometheus metrics on this HOST:PORT while it runs
     /// (`GET /metrics`, OpenMetrics text; docs/user-guide.md lists them).
     #[arg(long, value_name = "ADDR")]

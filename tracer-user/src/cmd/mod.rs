@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod replay;
 pub mod serve;
 pub mod session;
+pub mod spawn_gate;
 pub mod synth;
 pub mod term;
 pub mod top;

@@ -50,6 +50,7 @@ pub fn report_from_file(
             Rec::TaskList { at_ns, .. }
             | Rec::Samples { at_ns, .. }
             | Rec::TaskIds { at_ns, .. }
+            | Rec::SpawnProbes { at_ns, .. }
             | Rec::Lost { at_ns, .. }
             | Rec::Stopped { to_ns: at_ns, .. } => last_ts = last_ts.max(*at_ns),
             Rec::Site { .. } | Rec::Future { .. } => {}

@@ -5,7 +5,10 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::{
     binary::read_binary,
-    cmd::flight::Flight,
+    cmd::{
+        flight::Flight,
+        spawn_gate::{Change, SpawnGate},
+    },
     error::{Error, Result},
     live::{
         clock::monotonic_ns,
@@ -43,6 +46,9 @@ pub struct WindowOpts {
     pub attach: Option<crate::plan::AttachMode>,
     /// Run as a flight recorder (`--flight`): the records go to a ring, not a file.
     pub flight: Option<crate::cmd::flight::FlightOpts>,
+    /// Sample mode: probe spawns while the target spawns fewer tasks a second than this
+    /// (`cmd::spawn_gate`; 0: never).
+    pub spawn_budget: u64,
 }
 
 /// How often the ring is drained (the kernel side never wakes the reader per event).
@@ -135,6 +141,20 @@ pub struct Session<'o> {
     stopped_since: Option<u64>,
     /// When to write incidents, as a flight recorder.
     flight: Option<Flight>,
+    /// Sample mode: when the spawn probes are attached.
+    gate: Option<Gate>,
+}
+
+/// Sample mode's spawn gate and what it measures by: tokio's task-id counter in the
+/// target (read every gate tick), else the spawn events.
+struct Gate {
+    gate: SpawnGate,
+    budget: u64,
+    /// The counter's file address, then its address in the target.
+    counter: Option<u64>,
+    counter_at: Option<u64>,
+    memory: crate::live::memory::Memory,
+    last_tick_ns: u64,
 }
 
 /// The live side of the stream: what turns the probes' raw records into the stream's
@@ -155,6 +175,8 @@ struct Live {
     exec_at: Option<u64>,
     /// A launched command's own exec into the program starts the trace: not an end.
     execs_expected: u32,
+    /// Spawn events seen (the spawn gate's count where tokio's counter is unknown).
+    spawn_events: u64,
 }
 
 /// Writes each record to the trace file (when recording), then applies it to the model:
@@ -212,6 +234,15 @@ impl Live {
             }
             Record::Task(ev) => {
                 self.describe_vtable(ev.vtable);
+                self.spawn_events += u64::from(matches!(
+                    tracer_common::EventKind::from_u8(ev.kind),
+                    Some(
+                        tracer_common::EventKind::Spawn
+                            | tracer_common::EventKind::SpawnLocal
+                            | tracer_common::EventKind::SpawnBlocking
+                            | tracer_common::EventKind::SpawnId
+                    )
+                ));
                 // An out-of-line id draw: its caller (the return address the probe read)
                 // is the spawn, and the code there names it.
                 if ev.kind == tracer_common::EventKind::SpawnId as u8
@@ -404,6 +435,7 @@ impl<'o> Session<'o> {
                 futures: HashMap::new(),
                 caller_sites,
                 cutoff: u64::MAX,
+                spawn_events: 0,
                 exec_at: None,
                 execs_expected: u32::from(launched.is_some()),
             },
@@ -419,7 +451,36 @@ impl<'o> Session<'o> {
             lost_checked_ns: start_ns,
             stopped_since: None,
             flight: opts.flight.clone().map(|f| Flight::start(f, target_pid)),
+            gate: None,
         };
+        if session.plan.spawns_gated {
+            // A running process may spawn far above the budget from the first instant
+            // (and the attach-time reading takes a while): its rate is measured first.
+            // A launched command starts at none.
+            let gate = if launched.is_none() && session.plan.id_counter.is_some() {
+                SpawnGate::measuring(opts.spawn_budget, start_ns)
+            } else {
+                SpawnGate::new(opts.spawn_budget, start_ns)
+            };
+            if gate.armed() {
+                session.live.feed.emit(Rec::SpawnProbes {
+                    at_ns: start_ns,
+                    armed: true,
+                    rate: None,
+                    budget: opts.spawn_budget,
+                });
+            } else {
+                session.probes.disarm();
+            }
+            session.gate = Some(Gate {
+                gate,
+                budget: opts.spawn_budget,
+                counter: session.plan.id_counter,
+                counter_at: None,
+                memory: crate::live::memory::Memory::new(target_pid),
+                last_tick_ns: start_ns,
+            });
+        }
         // Tasks alive before attach: only the runtimes' own lists know them (a launched
         // command has not started yet: it has none).
         if launched.is_none() {
@@ -652,6 +713,57 @@ impl<'o> Session<'o> {
         if self.ticks.is_multiple_of(SAMPLE_EVERY_TICKS) {
             self.sample_threads();
         }
+        self.gate_tick();
+    }
+
+    /// Sample mode: attaches or detaches the spawn probes as the spawn rate says, every
+    /// gate window (100 ms, whatever the drain period).
+    fn gate_tick(&mut self) {
+        use crate::live::memory::ReadMemory;
+        let Some(g) = self.gate.as_mut() else {
+            return;
+        };
+        let now = monotonic_ns();
+        if now.saturating_sub(g.last_tick_ns) < crate::cmd::spawn_gate::WINDOW_NS {
+            return;
+        }
+        g.last_tick_ns = now;
+        if g.counter_at.is_none()
+            && let (Some(vaddr), Some(bias)) = (g.counter, self.live.locator.bias())
+        {
+            g.counter_at = Some(bias.wrapping_add(vaddr));
+        }
+        let counted = g.counter_at.and_then(|at| g.memory.u64(at));
+        let spawned = counted.or(Some(self.live.spawn_events));
+        let Some(change) = g.gate.tick(now, spawned, counted.is_some()) else {
+            return;
+        };
+        let armed = match change {
+            Change::Arm { .. } if self.probes.armed() => return,
+            Change::Arm { .. } => match self.probes.arm() {
+                Ok(_) => true,
+                Err(e) => {
+                    g.gate.arm_failed(now);
+                    self.warnings.push(format!(
+                        "could not attach the spawn probes again ({e}): tasks spawned from \
+                         {:.1}s into the window on are seen by the task-list readings only",
+                        now.saturating_sub(self.meta.start_ns) as f64 / 1e9
+                    ));
+                    return;
+                }
+            },
+            Change::Disarm => {
+                self.probes.disarm();
+                false
+            }
+        };
+        let rec = Rec::SpawnProbes {
+            at_ns: now,
+            armed,
+            rate: g.gate.rate,
+            budget: g.budget,
+        };
+        self.live.feed.emit(rec);
     }
 
     /// Whether the target is gone; notes the spans it spends stopped (a stopped process

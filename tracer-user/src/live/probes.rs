@@ -5,7 +5,7 @@
 
 use std::{
     num::NonZeroU32,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -45,11 +45,25 @@ pub struct Probes {
     lost: PerCpuArray<MapData, u64>,
     threads: Option<BpfHashMap<MapData, u32, u64>>,
     site_known: Option<BpfHashMap<MapData, u64, u8>>,
-    /// Per-site links (perf-event path).
+    /// The probe links: one per program (`uprobe_multi`) or one per site (perf-event
+    /// path), owned here so that they can be released in parallel, and taken off and put
+    /// back by [`Probes::disarm`] and [`Probes::arm`].
     links: Links,
+    /// What re-attaching the sites needs.
+    sites_again: SiteSet,
+    /// Links being released off the event loop (a release waits for the kernel).
+    releasing: Vec<std::thread::JoinHandle<()>>,
     pub attach_time: Duration,
     pub sites: usize,
     pub mode: AttachMode,
+}
+
+/// The plan's sites and where they go: kept to attach them again.
+struct SiteSet {
+    binary: PathBuf,
+    pid: NonZeroU32,
+    entry: Vec<Site>,
+    ret: Vec<Site>,
 }
 
 impl Probes {
@@ -98,19 +112,13 @@ impl Probes {
             .load(OBJECT)
             .map_err(|e| bpf_error("loading the eBPF object", e))?;
         let pid = NonZeroU32::new(tgid).ok_or_else(|| bpf_missing("pid 0"))?;
-        let mut links = Links::default();
-        match mode {
-            AttachMode::Multi => {
-                attach_multi(&mut ebpf, "task_entry", &plan.entry, binary, pid)?;
-                attach_multi(&mut ebpf, "task_return", &plan.ret, binary, pid)?;
-            }
-            AttachMode::Perf => {
-                let name = "task_entry_one";
-                attach_each(&mut ebpf, name, &plan.entry, binary, pid, &mut links.entry)?;
-                let name = "task_return_one";
-                attach_each(&mut ebpf, name, &plan.ret, binary, pid, &mut links.ret)?;
-            }
-        }
+        let sites_again = SiteSet {
+            binary: binary.to_owned(),
+            pid,
+            entry: plan.entry.clone(),
+            ret: plan.ret.clone(),
+        };
+        let links = attach_sites(&mut ebpf, &sites_again, mode)?;
         if plan.thread_sampling {
             attach_thread_sampler(&mut ebpf)?;
         }
@@ -136,10 +144,47 @@ impl Probes {
             threads,
             site_known,
             links,
+            sites_again,
+            releasing: Vec::new(),
             attach_time: started.elapsed(),
             sites: plan.site_count(),
             mode,
         })
+    }
+
+    /// Whether the plan's sites are attached now.
+    pub fn armed(&self) -> bool {
+        !self.links.entry.is_empty() || !self.links.ret.is_empty()
+    }
+
+    /// Detaches the plan's sites, keeping the programs, the ring and the maps: events
+    /// already queued stay readable. The links are released on a thread of their own
+    /// (each release waits for the kernel to be done with its uprobes).
+    pub fn disarm(&mut self) {
+        let links = std::mem::take(&mut self.links);
+        self.releasing.retain(|h| !h.is_finished());
+        // Without a thread to spare the closure, links and all, is dropped here: the
+        // links detach on this thread instead.
+        if let Ok(h) = std::thread::Builder::new()
+            .name("probe-release".into())
+            .spawn(move || release_links(links, &|_, _| {}))
+        {
+            self.releasing.push(h);
+        }
+    }
+
+    /// Attaches the plan's sites again after [`Probes::disarm`]; how long it took.
+    pub fn arm(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        if self.armed() {
+            return Ok(Duration::ZERO);
+        }
+        let ebpf = self
+            .ebpf
+            .as_mut()
+            .ok_or_else(|| bpf_missing("programs unloaded"))?;
+        self.links = attach_sites(ebpf, &self.sites_again, self.mode)?;
+        Ok(started.elapsed())
     }
 
     /// Hands every queued event to `sink`; returns how many.
@@ -200,6 +245,9 @@ impl Probes {
     pub fn detach(&mut self, progress: &(dyn Fn(usize, usize) + Sync)) -> Duration {
         let started = Instant::now();
         release_links(std::mem::take(&mut self.links), progress);
+        for h in self.releasing.drain(..) {
+            let _ = h.join();
+        }
         if let Some(mut ebpf) = self.ebpf.take() {
             // Return probes first. Measured on 6.18: releasing the entry link first takes
             // 10-25 s (its uprobe sync waits on the return instances that the still
@@ -230,10 +278,36 @@ fn load_uprobe<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut UProbe> {
         .ok_or_else(|| bpf_missing(&format!("program {name} missing from the object")))?
         .try_into()
         .map_err(|e: ProgramError| bpf_error("a program of the wrong type", e))?;
-    program
-        .load()
-        .map_err(|e| bpf_error(&format!("loading {name}"), e))?;
+    // Loaded once: attaching again (the spawn gate) reuses it.
+    if program.fd().is_err() {
+        program
+            .load()
+            .map_err(|e| bpf_error(&format!("loading {name}"), e))?;
+    }
     Ok(program)
+}
+
+/// Every site of `set`, by the kernel's attach path; the links come back owned.
+fn attach_sites(ebpf: &mut Ebpf, set: &SiteSet, mode: AttachMode) -> Result<Links> {
+    let mut links = Links::default();
+    let (binary, pid) = (set.binary.as_path(), set.pid);
+    match mode {
+        AttachMode::Multi => {
+            links
+                .entry
+                .extend(attach_multi(ebpf, "task_entry", &set.entry, binary, pid)?);
+            links
+                .ret
+                .extend(attach_multi(ebpf, "task_return", &set.ret, binary, pid)?);
+        }
+        AttachMode::Perf => {
+            let name = "task_entry_one";
+            attach_each(ebpf, name, &set.entry, binary, pid, &mut links.entry)?;
+            let name = "task_return_one";
+            attach_each(ebpf, name, &set.ret, binary, pid, &mut links.ret)?;
+        }
+    }
+    Ok(links)
 }
 
 fn point(s: &Site) -> UProbeAttachPoint<'static> {
@@ -250,21 +324,25 @@ fn attach_multi(
     sites: &[Site],
     binary: &Path,
     pid: NonZeroU32,
-) -> Result<()> {
+) -> Result<Option<UProbeLink>> {
     if sites.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    load_uprobe(ebpf, name)?
+    let program = load_uprobe(ebpf, name)?;
+    let id = program
         .attach(
             sites.iter().map(point),
             binary,
             UProbeScope::OneProcess(pid),
         )
         .map_err(|e| bpf_error(&format!("attaching {name} to {} sites", sites.len()), e))?;
-    Ok(())
+    let link = program
+        .take_link(id)
+        .map_err(|e| bpf_error(&format!("taking the link of {name}"), e))?;
+    Ok(Some(link))
 }
 
-/// Per-site links of the perf-event path, by program.
+/// Probe links by program: one each (`uprobe_multi`) or one per site (perf-event path).
 #[derive(Default)]
 struct Links {
     entry: Vec<UProbeLink>,

@@ -180,6 +180,37 @@ impl TaskIds {
     }
 }
 
+/// Sample mode's spawn probes over the window (`Rec::SpawnProbes`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpawnProbing {
+    /// The most spawns a second they were to probe.
+    pub budget: u64,
+    /// Attached since then, now.
+    pub armed_since: Option<u64>,
+    /// Time attached before `armed_since`.
+    pub armed_ns: u64,
+    /// Detached this many times (the target spawned faster than the budget).
+    pub disarms: u32,
+    /// The highest spawn rate measured when they were detached.
+    pub peak_rate: Option<f64>,
+    /// When they were first attached.
+    pub first_ns: Option<u64>,
+}
+
+impl SpawnProbing {
+    /// How long they were attached by `until`.
+    pub fn armed_by(&self, until: u64) -> u64 {
+        self.armed_ns + self.armed_since.map_or(0, |s| until.saturating_sub(s))
+    }
+}
+
+/// A site learned for a task vtable: one site, or several (then none is given).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Learned {
+    Site(u32),
+    Several,
+}
+
 /// Cloned only to report mid-window (a live view's save) while tracing goes on.
 #[derive(Clone)]
 pub struct Aggregator {
@@ -257,6 +288,15 @@ pub struct Aggregator {
     losses: Vec<(u64, u64)>,
     /// tokio's task-id counter, first and last read (`Rec::TaskIds`).
     pub task_ids: TaskIds,
+    /// Sample mode's spawn probes (`Rec::SpawnProbes`); `None` in the other modes.
+    pub spawn_probing: Option<SpawnProbing>,
+    /// Task vtable → the site probed spawns of it named: tasks of it spawned unprobed
+    /// take it (`SiteSource::Learned`).
+    learned_sites: HashMap<u64, Learned>,
+    /// A site was learned since tasks last took theirs.
+    learned_new: bool,
+    /// Blocking-pool spawns are not followed (sample mode: nothing would see them end).
+    ignore_blocking: bool,
     /// Spans the target spent stopped (`Rec::Stopped`).
     stops: Vec<(u64, u64)>,
     /// Finished healthy tasks counted per site instead of held (`fold`).
@@ -307,6 +347,10 @@ impl Aggregator {
             losses: Vec::new(),
             stops: Vec::new(),
             task_ids: TaskIds::default(),
+            spawn_probing: None,
+            learned_sites: HashMap::new(),
+            learned_new: false,
+            ignore_blocking: false,
             fold: Fold::default(),
             latest_ns: 0,
         }
@@ -338,6 +382,7 @@ impl Aggregator {
     pub(in crate::model) fn configure(&mut self, plan: &PlanSummary) {
         self.completion_from_lists = !plan.completion_probed;
         self.poll_ends_inferred = plan.polls_probed && !plan.poll_ends_probed;
+        self.ignore_blocking = plan.mode == crate::plan::Mode::Sample;
         self.polls_sampled = plan.mode.polls_sampled();
         self.thresholds.lifecycle = self.polls_sampled;
         self.vtable_sites.clear();
@@ -423,6 +468,12 @@ impl Aggregator {
                 self.task_ids.first.get_or_insert((*at_ns, *next_id));
                 self.task_ids.last = Some((*at_ns, *next_id));
             }
+            Rec::SpawnProbes {
+                at_ns,
+                armed,
+                rate,
+                budget,
+            } => self.spawn_probes(*at_ns, *armed, *rate, *budget),
         }
         if self.fold.enabled && self.tasks.len() >= self.fold.next_at {
             self.fold_finished(false);
@@ -473,8 +524,9 @@ impl Aggregator {
     pub fn finish(&mut self) {
         self.finish_pending_ids();
         self.mark_spawned_before_attach();
-        self.fold.decide_before_attach(self.min_spawned_id);
+        self.fold.decide_before_attach(self.first_id_after_attach());
         self.sites_from_code_by_vtable();
+        self.take_learned_sites();
         // A window that folded reports its live, flagged and latest finished tasks only.
         if self.fold.enabled && (self.fold.total > 0 || self.tasks.len() >= self.fold.floor) {
             self.fold_finished(true);
@@ -651,6 +703,10 @@ impl Aggregator {
         let ts = ev.ts_ns;
         self.latest_ns = self.latest_ns.max(ts);
         match kind {
+            EventKind::SpawnBlocking if self.ignore_blocking => {
+                // Its spawn call's Location is its own, not the thread's next spawn's.
+                self.pending_spawns.remove(&ev.tid);
+            }
             EventKind::Spawn | EventKind::SpawnBlocking | EventKind::SpawnLocal => {
                 let task_kind = match kind {
                     EventKind::SpawnBlocking => TaskKind::Blocking,
@@ -672,6 +728,7 @@ impl Aggregator {
                             .map_or((None, SiteSource::None), PendingSpawn::site);
                         self.tasks[old].site = self.intern_site(site);
                         self.tasks[old].site_source = source;
+                        self.learn_site(old);
                         return;
                     }
                     self.retire(old, ts);
@@ -686,6 +743,7 @@ impl Aggregator {
                 task.site = self.intern_site(site);
                 task.site_source = source;
                 let i = self.insert(task);
+                self.learn_site(i);
                 self.instant(i, ts, "spawn");
             }
             EventKind::PollStart => {
@@ -1054,6 +1112,9 @@ impl Aggregator {
                     if let Some(site) = self.code_site_of_vtable(lt.vtable) {
                         task.site = self.intern_site(Some(site));
                         task.site_source = SiteSource::Code;
+                    } else if let Some(site) = self.learned_site(lt.vtable) {
+                        task.site = site;
+                        task.site_source = SiteSource::Learned;
                     }
                     match lt.status {
                         Status::Idle => {
@@ -1120,6 +1181,9 @@ impl Aggregator {
             if lt.no_way_to_run && t.running_since.is_none() && t.scheduled_since.is_none() {
                 t.rare_mut().no_way_to_run_at.set_if_none(at);
             }
+        }
+        if complete_owners.is_some() {
+            self.take_learned_sites();
         }
         if let Some(owners) = complete_owners {
             self.freed_since_reading.clear();
@@ -1236,6 +1300,77 @@ impl Aggregator {
             t.site = site;
             t.site_source = source;
         }
+        self.learn_site(i);
+    }
+
+    /// A task whose spawn a probe saw: its site becomes its vtable's, for the tasks of
+    /// that future type spawned unprobed (once it is the only site seen for it).
+    fn learn_site(&mut self, i: usize) {
+        let t = &self.tasks[i];
+        if t.vtable == 0
+            || t.site == 0
+            || !matches!(t.site_source, SiteSource::Probe | SiteSource::Stack)
+        {
+            return;
+        }
+        let (vtable, site) = (t.vtable, t.site);
+        match self.learned_sites.get(&vtable) {
+            Some(Learned::Site(s)) if *s == site => {}
+            Some(Learned::Several) => {}
+            Some(Learned::Site(_)) => {
+                self.learned_sites.insert(vtable, Learned::Several);
+            }
+            None => {
+                self.learned_sites.insert(vtable, Learned::Site(site));
+                self.learned_new = true;
+            }
+        }
+    }
+
+    /// The site learned for a task vtable, if one only.
+    fn learned_site(&self, vtable: u64) -> Option<u32> {
+        match self.learned_sites.get(&vtable) {
+            Some(Learned::Site(s)) => Some(*s),
+            _ => None,
+        }
+    }
+
+    /// Tasks spawned unprobed take the sites learned since they were first seen.
+    fn take_learned_sites(&mut self) {
+        if !std::mem::take(&mut self.learned_new) {
+            return;
+        }
+        for i in 0..self.tasks.len() {
+            let t = &self.tasks[i];
+            if t.site != 0 || t.vtable == 0 {
+                continue;
+            }
+            if let Some(site) = self.learned_site(t.vtable) {
+                let t = &mut self.tasks[i];
+                t.site = site;
+                t.site_source = SiteSource::Learned;
+            }
+        }
+    }
+
+    fn spawn_probes(&mut self, at: u64, armed: bool, rate: Option<f64>, budget: u64) {
+        let p = self.spawn_probing.get_or_insert_with(SpawnProbing::default);
+        p.budget = budget;
+        match (armed, p.armed_since) {
+            (true, None) => {
+                p.armed_since = Some(at);
+                p.first_ns.get_or_insert(at);
+            }
+            (false, Some(since)) => {
+                p.armed_ns += at.saturating_sub(since);
+                p.armed_since = None;
+                p.disarms += 1;
+            }
+            _ => {}
+        }
+        if let Some(r) = rate {
+            p.peak_rate = Some(p.peak_rate.map_or(r, |m: f64| m.max(r)));
+        }
     }
 
     /// Tasks whose site no spawn event named (first seen in a poll or a task-list
@@ -1346,12 +1481,19 @@ impl Aggregator {
         if self.attach_reading_at.is_none() {
             return;
         }
-        let first = self.min_spawned_id;
+        let first = self.first_id_after_attach();
         for t in &mut self.tasks {
             if t.spawned_ns.is_none() && !t.before_attach && t.id != 0 && t.id < first {
                 t.before_attach = true;
             }
         }
+    }
+
+    /// The smallest id a task spawned after attach can have: tokio's counter at the
+    /// first reading, or the smallest id a spawn event carried.
+    fn first_id_after_attach(&self) -> u64 {
+        let counter = self.task_ids.first.map_or(u64::MAX, |(_, next)| next);
+        self.min_spawned_id.min(counter)
     }
 
     /// Id draws never joined to a task by the end of the window.

@@ -143,6 +143,10 @@ pub enum SiteSource {
     Code,
     /// A copy of the stack at the spawn, unwound to the first frame outside tokio and std.
     Stack,
+    /// Learned: the one site a probe saw other tasks of its future type (task vtable)
+    /// spawned at; the task itself was spawned unprobed (sample mode's spawn gate was
+    /// shut, or before attach).
+    Learned,
 }
 
 /// `null` when unknown, else its name: one byte in the report's per-task record.
@@ -162,6 +166,7 @@ impl SiteSource {
             SiteSource::Probe => Some("probe"),
             SiteSource::Code => Some("code"),
             SiteSource::Stack => Some("stack"),
+            SiteSource::Learned => Some("learned"),
         }
     }
 }

@@ -1035,3 +1035,107 @@ fn one_sample_missing_a_poll_does_not_split_it() {
     assert!(t.running_since.is_none());
     assert_eq!(t.last_poll_end_ns.get(), Some(S + 200 * MS));
 }
+
+// Sample mode: spawn probes attached part of the time (`Rec::SpawnProbes`).
+
+fn sample_plan() -> PlanSummary {
+    PlanSummary {
+        mode: crate::plan::Mode::Sample,
+        completion_probed: false,
+        ..probed()
+    }
+}
+
+fn listed_as(h: u64, id: u64, vtable: u64) -> ListedTask {
+    ListedTask {
+        vtable,
+        ..listed(h, id, Status::Idle, 2, true)
+    }
+}
+
+/// A site a spawn probe saw is its future type's: tasks of that type spawned while the
+/// probes were detached take it, whether they were listed before or after the probe saw
+/// one; a type spawned from two sites names neither.
+#[test]
+fn tasks_spawned_unprobed_take_the_site_their_future_type_was_seen_at() {
+    let mut a = agg();
+    a.configure(&sample_plan());
+    let site_of = |a: &Aggregator, id: u64| {
+        let t = a.tasks.iter().find(|t| t.id == id).expect("task");
+        (a.site_name(t.site).map(|s| s.to_string()), t.site_source)
+    };
+    let probed_spawn = |a: &mut Aggregator, ts: u64, h: u64, id: u64, vt: u64, site: &str| {
+        a.spawn_call(1, Some(site.into()), None);
+        let mut e = ev(EventKind::Spawn, ts, h, id, 1);
+        e.vtable = vt;
+        a.ingest(&e);
+    };
+    probed_spawn(&mut a, MS, 0x1000, 1, 0x5000, "src/hot.rs:1:1");
+    // Listed before any spawn of its type was probed: no site yet.
+    a.task_list(&[listed_as(0x3000, 3, 0x7000)], S, false, None);
+    assert_eq!(site_of(&a, 3).0, None);
+    probed_spawn(&mut a, S + MS, 0x4000, 4, 0x7000, "src/b.rs:2:2");
+    // Two types spawned from two sites each... one of them only.
+    probed_spawn(&mut a, S + 2 * MS, 0x6000, 6, 0x9000, "src/c.rs:3:3");
+    probed_spawn(&mut a, S + 3 * MS, 0x6100, 7, 0x9000, "src/c.rs:4:4");
+    a.task_list(
+        &[
+            listed_as(0x2000, 2, 0x5000),
+            listed_as(0x3000, 3, 0x7000),
+            listed_as(0x8000, 8, 0x9000),
+        ],
+        2 * S,
+        false,
+        Some(&[1]),
+    );
+    let learned = super::SiteSource::Learned;
+    assert_eq!(site_of(&a, 2), (Some("src/hot.rs:1:1".into()), learned));
+    assert_eq!(site_of(&a, 3), (Some("src/b.rs:2:2".into()), learned));
+    assert_eq!(site_of(&a, 8).0, None);
+    assert_eq!(
+        site_of(&a, 1),
+        (Some("src/hot.rs:1:1".into()), super::SiteSource::Probe)
+    );
+}
+
+/// Sample mode keeps no blocking-pool task (no completion of one is seen, and no list
+/// holds them), and its spawn does not name the next async task's site.
+#[test]
+fn sample_mode_keeps_no_blocking_task() {
+    let mut a = agg();
+    a.configure(&sample_plan());
+    a.spawn_call(1, Some("src/blocking.rs:1:1".into()), None);
+    a.ingest(&ev(EventKind::SpawnBlocking, MS, 0x1000, 1, 1));
+    assert!(a.tasks.is_empty());
+    a.ingest(&ev(EventKind::Spawn, 2 * MS, 0x2000, 2, 1));
+    let t = &a.tasks[0];
+    assert_eq!(a.site_name(t.site), None);
+}
+
+/// The time attached adds up over arm/disarm records; the peak rate is the highest one
+/// any record measured.
+#[test]
+fn spawn_probe_time_attached_adds_up() {
+    use crate::stream::records::Rec;
+    let mut a = agg();
+    a.configure(&sample_plan());
+    let rec = |at: u64, armed: bool, rate: Option<f64>| Rec::SpawnProbes {
+        at_ns: at,
+        armed,
+        rate,
+        budget: 2000,
+    };
+    a.apply(&rec(0, true, None));
+    a.apply(&rec(S, false, Some(5000.0)));
+    a.apply(&rec(10 * S, true, Some(9000.0)));
+    a.apply(&rec(10 * S + 100 * MS, false, Some(4000.0)));
+    let p = a.spawn_probing.as_ref().unwrap();
+    assert_eq!(p.disarms, 2);
+    assert_eq!(p.armed_by(20 * S), S + 100 * MS);
+    assert_eq!(p.peak_rate, Some(9000.0));
+    a.apply(&rec(20 * S, true, None));
+    assert_eq!(
+        a.spawn_probing.as_ref().unwrap().armed_by(21 * S),
+        2 * S + 100 * MS
+    );
+}

@@ -174,6 +174,9 @@ pub struct Plan {
     /// Task vtables whose spawn site the code shows (`spawn_ids::vtable_sites`): names
     /// the site of tasks no spawn probe saw, those alive before attach included.
     pub vtable_sites: Vec<VtableSite>,
+    /// The sites are attached only while the spawn gate says (sample mode): every one of
+    /// them is a spawn probe.
+    pub spawns_gated: bool,
 }
 
 /// A task vtable (file address) and where its tasks are spawned.
@@ -501,20 +504,24 @@ impl Plan {
         if self.mode == Mode::Sample {
             lose(
                 "spawn and completion times",
-                "sample mode probes nothing: a task is seen by the task-list readings, about \
-                 1 s apart, so a task that lives shorter than that is only counted (tokio's \
-                 task-id counter), a task's spawn and end are known to within a reading, and \
-                 a cancelled task cannot be told from a completed one",
+                "sample mode probes spawns only while the target spawns fewer tasks a \
+                 second than --spawn-budget (above it, for 0.1 s every 10 s or more), and no \
+                 completion: a task spawned while the spawn probes are off is first seen by \
+                 a task-list reading, about 1 s apart, so one that lives shorter than that \
+                 is only counted (tokio's task-id counter); a task's end is known to within \
+                 a reading, and a cancelled task cannot be told from a completed one",
             );
             lose(
                 "blocking-pool tasks",
-                "sample mode probes nothing and spawn_blocking tasks are in no task list: \
-                 they are not seen",
+                "sample mode probes no completion and spawn_blocking tasks are in no task \
+                 list: they are not seen",
             );
             lose(
-                "spawn sites the code does not show",
-                "sample mode names a task's spawn site from its future type (the code's \
-                 spawn sites, `inspect` lists them); other tasks have none",
+                "spawn sites of tasks spawned unprobed",
+                "a task spawned while the spawn probes were off takes its site from the \
+                 code (its future type's one spawn site; `inspect` lists them) or from \
+                 spawns of its future type the probes saw (`learned`); other tasks have \
+                 none",
             );
         }
         if self.mode.polls_sampled() {
@@ -587,7 +594,7 @@ impl Plan {
         plan.id_counter = k.symbols.id_counter(&bin.tokio_data);
         plan.id_counter_initial = plan.id_counter.and_then(|v| table.u64_at(v));
         if sample {
-            plan.drop_probes();
+            plan.keep_spawn_probes_only();
         }
         // Stripped: where the code names some spawn sites, say which are missing instead.
         let named = plan
@@ -614,13 +621,26 @@ impl Plan {
     }
 
     /// Sample mode: the sites were planned (so that the binary is known to be a tokio
-    /// the version files describe, and the code's spawn sites are named), none is probed.
-    fn drop_probes(&mut self) {
-        self.entry.clear();
-        self.ret.clear();
-        self.id_sites.clear();
-        self.stack_bytes = 0;
+    /// the version files describe, and the code's spawn sites are named); only the spawn
+    /// sites stay, and those only while the session's spawn gate holds them attached
+    /// (`cmd::spawn_gate`): no poll, completion or deallocation is probed.
+    fn keep_spawn_probes_only(&mut self) {
+        let spawn = |s: &Site| {
+            matches!(
+                EventKind::from_u8(tracer_common::cookie_kind(s.cookie)),
+                Some(
+                    EventKind::Spawn
+                        | EventKind::SpawnLocal
+                        | EventKind::SpawnBlocking
+                        | EventKind::SpawnCall
+                        | EventKind::SpawnId
+                )
+            )
+        };
+        self.entry.retain(spawn);
+        self.ret.retain(spawn);
         self.completion_probed = false;
+        self.spawns_gated = true;
     }
 
     /// Drops the spawn-call probes of future types whose every spawn call the code shows

@@ -160,6 +160,22 @@ pub struct Summary {
     /// (every spawn, the ones too short for any reading included), and over how long:
     /// `null` where the counter's symbol is unknown (stripped binaries).
     pub spawned: Option<SpawnCount>,
+    /// Sample mode: how long its spawn probes were attached (`null` in other modes).
+    pub spawn_probes: Option<SpawnProbes>,
+}
+
+/// Sample mode's spawn probes over the window (`cmd::spawn_gate`).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct SpawnProbes {
+    /// The most spawns a second they were to probe (`--spawn-budget`).
+    pub budget: u64,
+    pub armed_ns: u64,
+    /// `armed_ns` over the window.
+    pub armed_fraction: f64,
+    /// Times they were detached because the target spawned faster than the budget.
+    pub disarms: u32,
+    /// The highest spawn rate they were detached at.
+    pub peak_rate: Option<f64>,
 }
 
 /// What tokio's task-id counter says was spawned.
@@ -196,7 +212,8 @@ pub struct TaskReport {
     pub spawned_at: Option<std::sync::Arc<str>>,
     /// How `spawned_at` was found: `probe` (a spawn call's Location or caller), `code`
     /// (the place the code spawns its future type from, or the Location the spawning code
-    /// loads), `stack` (a stack copy unwound); `null` when unknown.
+    /// loads), `stack` (a stack copy unwound), `learned` (spawned unprobed: the one site
+    /// the probes saw its future type spawned at); `null` when unknown.
     pub site_source: crate::model::SiteSource,
     /// The future's type (`myapp::handlers::analytics::{closure#0}`), when the binary's
     /// symbols carry it.
@@ -324,6 +341,21 @@ impl Report {
                 } else {
                     0.0
                 },
+            }),
+            spawn_probes: agg.spawn_probing.map(|p| {
+                let armed_ns = p.armed_by(meta.end_ns);
+                let window = meta.end_ns.saturating_sub(meta.start_ns);
+                SpawnProbes {
+                    budget: p.budget,
+                    armed_ns,
+                    armed_fraction: if window > 0 {
+                        (armed_ns as f64 / window as f64).min(1.0)
+                    } else {
+                        0.0
+                    },
+                    disarms: p.disarms,
+                    peak_rate: p.peak_rate,
+                }
             }),
             ..Default::default()
         };

@@ -50,6 +50,19 @@ pub fn render_text(r: &Report) -> String {
             n.per_second
         );
     }
+    if let Some(p) = s.spawn_probes {
+        let _ = writeln!(
+            out,
+            "  spawn probes attached {:.0}% of the window (budget {}/s{})",
+            p.armed_fraction * 100.0,
+            p.budget,
+            match (p.disarms, p.peak_rate) {
+                (0, _) => String::new(),
+                (n, Some(r)) => format!("; detached {n}x, the target spawning up to {r:.0}/s"),
+                (n, None) => format!("; detached {n}x"),
+            }
+        );
+    }
     for w in &r.warnings {
         let _ = writeln!(out, "  warning: {}", safe(w));
     }

@@ -205,4 +205,13 @@ pub enum Rec {
         at_ns: u64,
         next_id: u64,
     },
+    /// Sample mode's spawn probes were attached (`armed`) or detached at `at_ns`, the
+    /// target spawning `rate` tasks a second as then measured, against a budget of
+    /// `budget` (`cmd::spawn_gate`).
+    SpawnProbes {
+        at_ns: u64,
+        armed: bool,
+        rate: Option<f64>,
+        budget: u64,
+    },
 }

@@ -31,6 +31,7 @@ const KIND_SAMPLES: u8 = 7;
 const KIND_LOST: u8 = 8;
 const KIND_STOPPED: u8 = 9;
 const KIND_TASK_IDS: u8 = 10;
+const KIND_SPAWN_PROBES: u8 = 11;
 /// Tasks per task-list record (keeps each record far below `MAX_RECORD`).
 const TASKLIST_CHUNK: usize = 20_000;
 /// No record is this large; a longer length means corruption, not a big window.
@@ -78,6 +79,16 @@ struct SamplesRecord {
 struct TaskIdsRecord {
     at_ns: u64,
     next_id: u64,
+}
+
+/// Sample mode's spawn probes attached or detached (`Rec::SpawnProbes`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SpawnProbesRecord {
+    at_ns: u64,
+    armed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rate: Option<f64>,
+    budget: u64,
 }
 
 /// A span the target spent stopped (`Rec::Stopped`).
@@ -206,6 +217,20 @@ impl Writer {
                 &TaskIdsRecord {
                     at_ns: *at_ns,
                     next_id: *next_id,
+                },
+            ),
+            Rec::SpawnProbes {
+                at_ns,
+                armed,
+                rate,
+                budget,
+            } => self.json(
+                KIND_SPAWN_PROBES,
+                &SpawnProbesRecord {
+                    at_ns: *at_ns,
+                    armed: *armed,
+                    rate: *rate,
+                    budget: *budget,
                 },
             ),
             Rec::Stopped { from_ns, to_ns } => self.json(
@@ -386,7 +411,7 @@ pub fn stream(
         }
         let kind = head[0];
         let len = u32::from_le_bytes(head[1..5].try_into().unwrap());
-        if !(KIND_META..=KIND_TASK_IDS).contains(&kind) {
+        if !(KIND_META..=KIND_SPAWN_PROBES).contains(&kind) {
             return Err(corrupt(at, &format!("unknown record kind {kind}")));
         }
         if len > MAX_RECORD {
@@ -479,6 +504,15 @@ pub fn stream(
                 on_record(Rec::TaskIds {
                     at_ns: r.at_ns,
                     next_id: r.next_id,
+                });
+            }
+            KIND_SPAWN_PROBES => {
+                let r: SpawnProbesRecord = serde_json::from_slice(&body).map_err(json_err)?;
+                on_record(Rec::SpawnProbes {
+                    at_ns: r.at_ns,
+                    armed: r.armed,
+                    rate: r.rate,
+                    budget: r.budget,
                 });
             }
             KIND_LOST => {
