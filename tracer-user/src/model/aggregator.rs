@@ -191,10 +191,8 @@ pub struct SpawnProbing {
     pub armed_ns: u64,
     /// Detached this many times (the target spawned faster than the budget).
     pub disarms: u32,
-    /// The highest spawn rate measured when they were detached.
+    /// The highest spawn rate any of its records measured.
     pub peak_rate: Option<f64>,
-    /// When they were first attached.
-    pub first_ns: Option<u64>,
 }
 
 impl SpawnProbing {
@@ -525,8 +523,8 @@ impl Aggregator {
         self.finish_pending_ids();
         self.mark_spawned_before_attach();
         self.fold.decide_before_attach(self.first_id_after_attach());
-        self.sites_from_code_by_vtable();
-        self.take_learned_sites();
+        self.learned_new = false;
+        self.sites_by_vtable(true);
         // A window that folded reports its live, flagged and latest finished tasks only.
         if self.fold.enabled && (self.fold.total > 0 || self.tasks.len() >= self.fold.floor) {
             self.fold_finished(true);
@@ -1337,19 +1335,8 @@ impl Aggregator {
 
     /// Tasks spawned unprobed take the sites learned since they were first seen.
     fn take_learned_sites(&mut self) {
-        if !std::mem::take(&mut self.learned_new) {
-            return;
-        }
-        for i in 0..self.tasks.len() {
-            let t = &self.tasks[i];
-            if t.site != 0 || t.vtable == 0 {
-                continue;
-            }
-            if let Some(site) = self.learned_site(t.vtable) {
-                let t = &mut self.tasks[i];
-                t.site = site;
-                t.site_source = SiteSource::Learned;
-            }
+        if std::mem::take(&mut self.learned_new) {
+            self.sites_by_vtable(false);
         }
     }
 
@@ -1359,7 +1346,6 @@ impl Aggregator {
         match (armed, p.armed_since) {
             (true, None) => {
                 p.armed_since = Some(at);
-                p.first_ns.get_or_insert(at);
             }
             (false, Some(since)) => {
                 p.armed_ns += at.saturating_sub(since);
@@ -1374,21 +1360,26 @@ impl Aggregator {
     }
 
     /// Tasks whose site no spawn event named (first seen in a poll or a task-list
-    /// reading, alive before attach): where their future type is spawned from one place
-    /// only (`static_sites`), that place.
-    fn sites_from_code_by_vtable(&mut self) {
+    /// reading, alive before attach, spawned while sample mode's probes were off): with
+    /// `code`, the one place their future type is spawned from (`static_sites`), else the
+    /// one site probed spawns of it showed (`learned`).
+    fn sites_by_vtable(&mut self, code: bool) {
         for i in 0..self.tasks.len() {
             let t = &self.tasks[i];
             if t.site != 0 || t.vtable == 0 {
                 continue;
             }
-            let Some(site) = self.code_site_of_vtable(t.vtable) else {
-                continue;
+            let vtable = t.vtable;
+            let (slot, source) = match code.then(|| self.code_site_of_vtable(vtable)).flatten() {
+                Some(site) => (self.intern_site(Some(site)), SiteSource::Code),
+                None => match self.learned_site(vtable) {
+                    Some(slot) => (slot, SiteSource::Learned),
+                    None => continue,
+                },
             };
-            let slot = self.intern_site(Some(site));
             let t = &mut self.tasks[i];
             t.site = slot;
-            t.site_source = SiteSource::Code;
+            t.site_source = source;
         }
     }
 
