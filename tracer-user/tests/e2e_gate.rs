@@ -79,15 +79,11 @@ fn above_the_spawn_budget_the_probes_step_aside_and_the_leaks_are_found() {
         .iter()
         .filter_map(|t| t["first_seen_ns"].as_u64())
         .collect();
-    // Known defect, tracked in the closing note of 2026-12-03: now and then (1 run in 5
-    // here) one leaked task's future digest differs at the end reading, and the task is
-    // taken for polled then (`active`). Up to 3 of the 100 may be missed that way; a
-    // miss beyond that, or any task flagged that is not a leak, fails.
     let want = truth["leaked"].as_u64().unwrap();
-    assert!(
-        (want - 3..=want).contains(&(leaked.len() as u64)),
-        "{} leaked tasks of {want} (last first seen at {:?} ns)",
-        leaked.len(),
+    assert_eq!(
+        leaked.len() as u64,
+        want,
+        "leaked tasks (last first seen at {:?} ns)",
         first_seen.iter().max()
     );
     // Each at its site: the Location tokio received, or, where the code names the spawn

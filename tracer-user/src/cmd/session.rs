@@ -55,6 +55,9 @@ pub struct WindowOpts {
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// Once the ring has overflowed, it is drained this often instead.
 const DRAIN_FAST: Duration = Duration::from_millis(1);
+/// The tick while no probe is attached, as many drain periods.
+const DRAIN_IDLE_TICKS: u64 = 10;
+const DRAIN_IDLE: Duration = Duration::from_millis(10 * DRAIN_IDLE_TICKS);
 
 /// A live view of the window (`top`): shown the model every drain tick, it says whether
 /// the window goes on. It only reads; the session owns the model.
@@ -525,7 +528,8 @@ impl<'o> Session<'o> {
     /// [`Self::run`], showing the model to `watch` every tick.
     pub async fn run_watched(&mut self, mut watch: Option<&mut dyn Watch>) -> Result<EndedBy> {
         let deadline = self.opts.duration.map(|d| tokio::time::Instant::now() + d);
-        let mut tick = tokio::time::interval(DRAIN_EVERY);
+        let mut period = DRAIN_EVERY;
+        let mut tick = tokio::time::interval(period);
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(Error::Signals)?;
         let ctrl_c = tokio::signal::ctrl_c();
@@ -550,11 +554,24 @@ impl<'o> Session<'o> {
         let ended_by = loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let overflowed = self.lost_seen > 0;
                     self.tick(progress.as_ref());
-                    if !overflowed && self.lost_seen > 0 {
-                        // The ring overflowed: drain it ten times as often from now on.
-                        tick = tokio::time::interval(DRAIN_FAST);
+                    // The ring overflowed: drained ten times as often from then on. No
+                    // probe attached (sample mode between spawn windows): nothing comes
+                    // into it, and a tick every 100 ms does what ten would.
+                    let want = if self.lost_seen > 0 {
+                        DRAIN_FAST
+                    } else if self.gate.is_some() && !self.probes.armed() {
+                        DRAIN_IDLE
+                    } else {
+                        DRAIN_EVERY
+                    };
+                    if want != period {
+                        period = want;
+                        // Every count below stays a multiple of what it is tested against.
+                        if period == DRAIN_IDLE {
+                            self.ticks = self.ticks.next_multiple_of(DRAIN_IDLE_TICKS);
+                        }
+                        tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
                     }
                     if self.live.exec_at.is_some() {
                         break EndedBy::TargetExec;
@@ -587,7 +604,8 @@ impl<'o> Session<'o> {
                     if let Some(w) = self.live.feed.recording.as_mut() {
                         w.flush();
                     }
-                    self.ticks += 1;
+                    // Counted in drain periods (10 ms), whatever the tick's.
+                    self.ticks += if period == DRAIN_IDLE { DRAIN_IDLE_TICKS } else { 1 };
                     self.flight_tick();
                     let gone = self.ticks.is_multiple_of(10) && self.watch_target();
                     let exited = match self.launched.as_mut() {
@@ -922,11 +940,8 @@ impl<'o> Session<'o> {
         if let Some((at_ns, next_id)) = self.lists.as_mut().and_then(|l| l.counter.take()) {
             self.live.feed.emit(Rec::TaskIds { at_ns, next_id });
         }
-        if reading == Reading::Periodic {
-            let took = read.as_ref().map_or(0.0, |s| s.read_ms);
-            self.next_reading = tokio::time::Instant::now()
-                + READ_EVERY.max(Duration::from_secs_f64(took * 20.0 / 1e3));
-        }
+        let read_cpu_ms = read.as_ref().map_or(0.0, |s| s.cpu_ms);
+        let applying = std::time::Instant::now();
         apply_task_list(
             read,
             reading,
@@ -934,6 +949,13 @@ impl<'o> Session<'o> {
             &mut self.warnings,
             self.opts.quiet,
         );
+        if reading == Reading::Periodic {
+            // The readings' cost follows the live tasks: the period stretches so that
+            // reading and applying them takes at most 1/READ_COST_SHARE of a core.
+            let cost_s = read_cpu_ms / 1e3 + applying.elapsed().as_secs_f64();
+            self.next_reading = tokio::time::Instant::now()
+                + READ_EVERY.max(Duration::from_secs_f64(cost_s * READ_COST_SHARE));
+        }
     }
 
     /// A bar for the detach of per-site links (about 0.1 s each, in parallel), on a
@@ -1058,6 +1080,8 @@ fn vtable_site(locator: &mut Locator, vtable: u64) -> Option<Arc<str>> {
 const SAMPLE_EVERY_TICKS: u64 = 10;
 /// Period of the task-list readings during a window (stretched when one is slow).
 const READ_EVERY: Duration = Duration::from_secs(1);
+/// A reading's CPU time, its own and the model's, times this is the least period.
+const READ_COST_SHARE: f64 = 40.0;
 
 /// Reads the target's task lists (see `tasklist`) during a window: a memory scan finds
 /// them, later readings walk them directly (with a fresh scan every tenth, for runtimes

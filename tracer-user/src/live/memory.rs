@@ -36,6 +36,61 @@ pub trait ReadMemory {
     fn u64s(&self, addrs: &[u64]) -> Vec<Option<u64>> {
         addrs.iter().map(|&a| self.u64(a)).collect()
     }
+
+    /// Reads every `(address, length)` span: their bytes back to back, and whether each
+    /// was read whole (a span that was not is zeros).
+    fn read_spans(&self, spans: &[(u64, usize)]) -> Spans {
+        spans_one_by_one(self, spans)
+    }
+}
+
+/// `read_spans` by one read per span.
+fn spans_one_by_one<M: ReadMemory + ?Sized>(mem: &M, spans: &[(u64, usize)]) -> Spans {
+    let mut out = Spans::zeroed(spans);
+    for (i, &(addr, len)) in spans.iter().enumerate() {
+        let at = out.starts[i];
+        out.ok[i] = mem.read(addr, &mut out.bytes[at..at + len]).is_some();
+        if !out.ok[i] {
+            out.bytes[at..at + len].fill(0);
+        }
+    }
+    out
+}
+
+/// What `read_spans` read.
+pub struct Spans {
+    pub bytes: Vec<u8>,
+    /// Where each span starts in `bytes`, and one past the last.
+    starts: Vec<usize>,
+    pub ok: Vec<bool>,
+}
+
+impl Spans {
+    pub fn zeroed(spans: &[(u64, usize)]) -> Self {
+        let mut starts = Vec::with_capacity(spans.len() + 1);
+        let mut total = 0;
+        for &(_, len) in spans {
+            starts.push(total);
+            total += len;
+        }
+        starts.push(total);
+        Self {
+            bytes: vec![0; total],
+            starts,
+            ok: vec![false; spans.len()],
+        }
+    }
+
+    /// Span `i`'s bytes, if it was read whole.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        self.ok[i].then(|| &self.bytes[self.starts[i]..self.starts[i + 1]])
+    }
+
+    /// Span `i` as little-endian words (a partial last word dropped), if read whole.
+    pub fn words(&self, i: usize) -> Option<impl Iterator<Item = u64> + '_> {
+        self.get(i)
+            .map(|b| b.as_chunks::<8>().0.iter().map(|w| u64::from_le_bytes(*w)))
+    }
 }
 
 /// A live process's memory.
@@ -63,45 +118,14 @@ impl Memory {
     /// Reads one `u64` at each address, many per system call; `None` where unreadable.
     /// Inherent as well as the trait's, so callers need not import the trait.
     pub fn u64s(&self, addrs: &[u64]) -> Vec<Option<u64>> {
-        let mut out = vec![None; addrs.len()];
-        for (chunk_i, chunk) in addrs.chunks(IOV_MAX).enumerate() {
-            let mut vals = vec![0u64; chunk.len()];
-            let local: Vec<libc::iovec> = vals
-                .iter_mut()
-                .map(|v| libc::iovec {
-                    iov_base: (v as *mut u64).cast(),
-                    iov_len: 8,
-                })
-                .collect();
-            let remote: Vec<libc::iovec> = chunk
-                .iter()
-                .map(|&a| libc::iovec {
-                    iov_base: a as *mut libc::c_void,
-                    iov_len: 8,
-                })
-                .collect();
-            // SAFETY: every local iovec points at one element of `vals`.
-            let n = unsafe {
-                libc::process_vm_readv(
-                    self.pid,
-                    local.as_ptr(),
-                    local.len() as libc::c_ulong,
-                    remote.as_ptr(),
-                    remote.len() as libc::c_ulong,
-                    0,
-                )
-            };
-            // The kernel stops at the first unreadable address: read the rest one by one.
-            let done = if n < 0 { 0 } else { n as usize / 8 };
-            let base = chunk_i * IOV_MAX;
-            for (i, v) in vals.iter().enumerate().take(done) {
-                out[base + i] = Some(*v);
-            }
-            for (i, &a) in chunk.iter().enumerate().skip(done) {
-                out[base + i] = self.u64(a);
-            }
-        }
-        out
+        let spans: Vec<(u64, usize)> = addrs.iter().map(|&a| (a, 8)).collect();
+        let read = ReadMemory::read_spans(self, &spans);
+        (0..addrs.len())
+            .map(|i| {
+                read.get(i)
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+            })
+            .collect()
     }
 
     /// Whether this process may read the target at all (ptrace access mode).
@@ -154,6 +178,123 @@ impl ReadMemory for Memory {
         // The inherent, batched one (inherent methods take precedence).
         Memory::u64s(self, addrs)
     }
+
+    fn read_spans(&self, spans: &[(u64, usize)]) -> Spans {
+        // Spans close together (tasks allocated one after another, the objects they
+        // point to) are read as one run: the kernel's cost is per piece and per page
+        // pinned, not per byte. A run that cannot be read whole (it crosses unmapped
+        // memory) is read span by span.
+        let mut order: Vec<usize> = (0..spans.len()).filter(|&i| spans[i].1 > 0).collect();
+        order.sort_unstable_by_key(|&i| spans[i].0);
+        let mut runs: Vec<(u64, usize)> = Vec::new();
+        // The run each span of `order` is in.
+        let mut run_of: Vec<usize> = Vec::with_capacity(order.len());
+        for &i in &order {
+            let (addr, len) = spans[i];
+            let end = addr.saturating_add(len as u64);
+            match runs.last_mut() {
+                Some((start, run_len))
+                    if addr <= *start + *run_len as u64 + RUN_GAP && end - *start <= RUN_MAX =>
+                {
+                    *run_len = (*run_len).max((end - *start) as usize);
+                }
+                _ => runs.push((addr, len)),
+            }
+            run_of.push(runs.len() - 1);
+        }
+        let read = self.read_pieces(&runs);
+        let mut out = Spans::zeroed(spans);
+        let mut alone = Vec::new();
+        for (&i, &r) in order.iter().zip(&run_of) {
+            let Some(run) = read.get(r) else {
+                alone.push(i);
+                continue;
+            };
+            let from = (spans[i].0 - runs[r].0) as usize;
+            let at = out.starts[i];
+            out.bytes[at..at + spans[i].1].copy_from_slice(&run[from..from + spans[i].1]);
+            out.ok[i] = true;
+        }
+        if !alone.is_empty() {
+            let pieces: Vec<(u64, usize)> = alone.iter().map(|&i| spans[i]).collect();
+            let read = self.read_pieces(&pieces);
+            for (k, &i) in alone.iter().enumerate() {
+                if let Some(b) = read.get(k) {
+                    let at = out.starts[i];
+                    out.bytes[at..at + spans[i].1].copy_from_slice(b);
+                    out.ok[i] = true;
+                }
+            }
+        }
+        // Empty spans are read whole.
+        for (i, &(_, len)) in spans.iter().enumerate() {
+            if len == 0 {
+                out.ok[i] = true;
+            }
+        }
+        out
+    }
+}
+
+/// Spans closer than this are read as one piece (the bytes between read for nothing).
+const RUN_GAP: u64 = 512;
+/// The longest piece spans are merged into.
+const RUN_MAX: u64 = 1 << 20;
+
+impl Memory {
+    /// Reads each span as its own piece, `IOV_MAX` of them per system call.
+    fn read_pieces(&self, spans: &[(u64, usize)]) -> Spans {
+        let mut out = Spans::zeroed(spans);
+        let mut next = 0;
+        while next < spans.len() {
+            let chunk = &spans[next..spans.len().min(next + IOV_MAX)];
+            let base = out.starts[next];
+            let end = out.starts[next + chunk.len()];
+            let mut local = Vec::with_capacity(chunk.len());
+            let mut rest = &mut out.bytes[base..end];
+            for &(_, len) in chunk {
+                let (this, tail) = std::mem::take(&mut rest).split_at_mut(len);
+                local.push(libc::iovec {
+                    iov_base: this.as_mut_ptr().cast(),
+                    iov_len: len,
+                });
+                rest = tail;
+            }
+            let remote: Vec<libc::iovec> = chunk
+                .iter()
+                .map(|&(addr, len)| libc::iovec {
+                    iov_base: addr as *mut libc::c_void,
+                    iov_len: len,
+                })
+                .collect();
+            // SAFETY: the local iovecs are disjoint parts of `out.bytes`, which outlives
+            // the call; the remote side is only read by the kernel, which checks it.
+            let n = unsafe {
+                libc::process_vm_readv(
+                    self.pid,
+                    local.as_ptr(),
+                    local.len() as libc::c_ulong,
+                    remote.as_ptr(),
+                    remote.len() as libc::c_ulong,
+                    0,
+                )
+            };
+            let n = if n < 0 { 0 } else { n as usize };
+            // The kernel stops at the first span it cannot read: the spans read whole
+            // are done, that one failed, and the reading resumes after it.
+            let mut i = next;
+            while i < next + chunk.len() && out.starts[i + 1] - base <= n {
+                out.ok[i] = true;
+                i += 1;
+            }
+            if i < next + chunk.len() {
+                out.bytes[out.starts[i]..out.starts[i + 1]].fill(0);
+                i += 1;
+            }
+            next = i;
+        }
+        out
+    }
 }
 
 /// The regions of `maps` the scan reads.
@@ -180,6 +321,8 @@ pub struct HeapImage {
     regions: Vec<(u64, Vec<u8>)>,
     /// Address of a varying word: its values in turn, and how many reads touched it.
     varying: Vec<(u64, Vec<u64>, std::cell::Cell<usize>)>,
+    /// `read_spans` calls: what would be system calls on a live target.
+    pub span_reads: std::cell::Cell<usize>,
 }
 
 #[cfg(test)]
@@ -273,6 +416,11 @@ impl ReadMemory for HeapImage {
         Ok(n)
     }
 
+    fn read_spans(&self, spans: &[(u64, usize)]) -> Spans {
+        self.span_reads.set(self.span_reads.get() + 1);
+        spans_one_by_one(self, spans)
+    }
+
     fn writable_regions(&self) -> io::Result<Vec<Region>> {
         Ok(self
             .regions
@@ -315,6 +463,81 @@ mod tests {
         assert_eq!(m.u64(&value as *const u64 as u64), Some(value));
         let got = m.u64s(&[&value as *const u64 as u64, 8, &other as *const u64 as u64]);
         assert_eq!(got, vec![Some(value), None, Some(42)]);
+    }
+
+    #[test]
+    fn reads_spans_of_own_memory_past_unreadable_ones() {
+        let values: Vec<u64> = (0..3000).map(|i| i * 3 + 1).collect();
+        let at = |i: usize| &values[i] as *const u64 as u64;
+        let m = Memory::new(std::process::id());
+        // More than one call's worth, with unreadable spans first, inside and last.
+        let mut spans = vec![(8, 16)];
+        for i in 0..2999 {
+            spans.push((at(i), if i % 2 == 0 { 16 } else { 8 }));
+            if i % 700 == 5 {
+                spans.push((16, 8));
+            }
+        }
+        spans.push((24, 8));
+        let read = m.read_spans(&spans);
+        // As span-by-span reads would have it.
+        let mut want = Vec::new();
+        for &(addr, len) in &spans {
+            let mut b = vec![0; len];
+            let ok = m.read(addr, &mut b).is_some();
+            assert_eq!(ok, addr > 4096);
+            want.extend(if ok { b } else { vec![0; len] });
+        }
+        assert_eq!(read.bytes, want);
+        assert_eq!(read.ok.iter().filter(|ok| !**ok).count(), 1 + 5 + 1);
+        assert_eq!(read.get(0), None);
+        let second: Vec<u64> = read.words(1).unwrap().collect();
+        assert_eq!(second, vec![1, 4]);
+        assert_eq!(read.words(2).unwrap().collect::<Vec<_>>(), vec![4]);
+    }
+
+    #[test]
+    fn a_piece_across_unmapped_memory_is_read_span_by_span() {
+        // Three pages, the middle one unmapped.
+        // SAFETY: a fresh private mapping, unmapped in part, then whole, by this test only.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                3 * 4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let base = base as u64;
+        // SAFETY: inside the mapping made above.
+        unsafe {
+            *((base + 4088) as *mut u64) = 5;
+            *((base + 8192) as *mut u64) = 6;
+            assert_eq!(libc::munmap((base + 4096) as *mut libc::c_void, 4096), 0);
+        }
+        let m = Memory::new(std::process::id());
+        // Close enough to be one piece, which the hole makes unreadable.
+        let spans = [
+            (base + 4088, 8),
+            (base + 4100, 8),
+            (base + 8192, 8),
+            (base + 4080, 16),
+        ];
+        let read = m.read_spans(&spans);
+        assert_eq!(read.ok, vec![true, false, true, true]);
+        assert_eq!(
+            m.u64s(&[base + 4088, base + 4096, base + 8192]),
+            vec![Some(5), None, Some(6)]
+        );
+        assert_eq!(read.words(3).unwrap().collect::<Vec<_>>(), vec![0, 5]);
+        // SAFETY: the rest of the mapping made above.
+        unsafe {
+            libc::munmap(base as *mut libc::c_void, 4096);
+            libc::munmap((base + 8192) as *mut libc::c_void, 4096);
+        }
     }
 
     #[test]

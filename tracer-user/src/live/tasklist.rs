@@ -11,17 +11,18 @@
 //! `prev` links agreeing); a list that changes under the walk is re-read, and the state
 //! words are read twice so that a verdict of certainty rests on a stable reading.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
+
+// Lookups by address, several per task read: the fast hasher (addresses are not chosen
+// by anyone hostile to the tracer's hash tables).
+use hashbrown::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     binary::locations::TaskVtable,
     error::{Error, Result},
-    live::memory::{Memory, ReadMemory},
+    live::memory::{Memory, ReadMemory, Spans},
     tokio_versions::{Knowledge, Layout, RuntimeList},
 };
 
@@ -33,8 +34,9 @@ const CHUNK: usize = 1 << 20;
 const CANDIDATES_PER_OWNER: usize = 16;
 /// A list longer than this is a cycle or garbage, not tasks.
 const MAX_LIST: usize = 1 << 24;
-/// Re-reads of a list that changed while it was walked.
-const WALK_ATTEMPTS: usize = 4;
+/// Reads of a list that changed while it was walked (a shard whose head tasks come and
+/// go 20 000 times a second may take several).
+const WALK_ATTEMPTS: usize = 8;
 /// Pause between the two readings of the state words.
 const RECHECK_AFTER: Duration = Duration::from_millis(20);
 
@@ -84,6 +86,8 @@ pub struct Snapshot {
     /// CLOCK_MONOTONIC when the reading started.
     pub taken_ns: u64,
     pub read_ms: f64,
+    /// CPU time the reading took (of the thread that read).
+    pub cpu_ms: f64,
     pub scanned_bytes: u64,
     pub lists: Vec<OwnedList>,
     pub tasks: Vec<LiveTask>,
@@ -101,6 +105,88 @@ pub struct Reader<'a, M: ReadMemory = Memory> {
     span: (u64, u64),
     /// Hash every task's `Core` (lifecycle mode: the only sign a task was polled).
     pub digests: bool,
+    /// Bytes read at a header: its words the walk needs and the task id after them.
+    header_len: usize,
+    /// Each task's vtable and owner at the last reading, by header: a walk reads the
+    /// tasks it has seen before all at once, header and links, before it starts (and
+    /// checks every vtable it guessed).
+    seen: std::cell::RefCell<HashMap<u64, (u64, u64)>>,
+    /// What a digest reads behind each heap pointer followed at the last reading: fixed
+    /// the first time the pointer is followed, so that a digest changes with the bytes
+    /// of the object only, never with what happens to be next to it.
+    behind: std::cell::RefCell<HashMap<u64, Behind>>,
+}
+
+/// How much of the object behind a pointer a digest reads.
+#[derive(Clone, Copy, Debug)]
+struct Behind {
+    /// Bytes from the pointer on.
+    len: u64,
+    /// And 64 bytes 128 on: the object looks like the `ArcInner` of a cache-padded value.
+    padded: bool,
+}
+
+/// The usable size of a glibc `malloc` chunk from its size word (the word before the
+/// pointer it returned), if the word reads as one: a multiple of 16 from 32 bytes to
+/// 1 MiB, not `mmap`ped. Another allocator keeps no such word: whatever is there then
+/// rarely passes, and a digest fixes what it reads of each object the first time anyway.
+fn glibc_usable(size_word: u64) -> Option<u64> {
+    const IS_MMAPPED: u64 = 2;
+    let size = size_word & !7;
+    (size_word & IS_MMAPPED == 0 && size % 16 == 0 && (32..=1 << 20).contains(&size))
+        .then(|| size - 8)
+}
+
+/// CPU time of the calling thread so far, in milliseconds.
+fn thread_cpu_ms() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
+}
+
+/// Where the listed tasks lie in memory: from each header to the end of its trailer.
+struct Cells(Vec<(u64, u64)>);
+
+impl Cells {
+    /// Bytes a trailer spans (its owned-list links, waker and hooks), rounded up.
+    const TRAILER: u64 = 64;
+
+    /// The cells of these tasks and of those of the last reading: a task missing from
+    /// this one (in a shard that kept changing under the walk) is still where it was, and
+    /// its neighbours' pointers into it are still not theirs to hash.
+    fn new(
+        tasks: &[LiveTask],
+        last: &HashMap<u64, (u64, u64)>,
+        vtables: &HashMap<u64, TaskVtable>,
+    ) -> Self {
+        let cell = |header: u64, vtable: u64| {
+            let vt = vtables.get(&vtable)?;
+            Some((header, header + vt.trailer_offset + Self::TRAILER))
+        };
+        let mut cells: Vec<(u64, u64)> = tasks
+            .iter()
+            .filter_map(|t| cell(t.header, t.vtable))
+            .chain(last.iter().filter_map(|(&h, &(vt, _))| cell(h, vt)))
+            .collect();
+        cells.sort_unstable();
+        cells.dedup();
+        Self(cells)
+    }
+
+    fn inside(&self, p: u64) -> bool {
+        let i = self.0.partition_point(|&(start, _)| start <= p);
+        i > 0 && p < self.0[i - 1].1
+    }
+
+    /// Bytes from `p` to the start of the next task after it.
+    fn room(&self, p: u64) -> u64 {
+        let i = self.0.partition_point(|&(start, _)| start <= p);
+        self.0.get(i).map_or(u64::MAX, |&(start, _)| start - p)
+    }
 }
 
 /// A header found by the scan, not yet trusted.
@@ -110,6 +196,15 @@ struct Candidate {
     vtable: u64,
 }
 
+/// A node a walk step read, validated but for its links.
+#[derive(Clone, Copy)]
+struct Stepped {
+    cursor: usize,
+    id: u64,
+    vtable: u64,
+    state: u64,
+}
+
 /// A task as read during a walk.
 #[derive(Clone, Copy, Debug)]
 struct Node {
@@ -117,7 +212,6 @@ struct Node {
     id: u64,
     vtable: u64,
     state: u64,
-    next: u64,
 }
 
 impl<'a> Reader<'a> {
@@ -150,6 +244,12 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
             vtables: vtables.iter().map(|v| (v.vaddr, *v)).collect(),
             span,
             digests: false,
+            header_len: vtables
+                .iter()
+                .map(|v| v.id_offset as usize + 8)
+                .fold(8 * tracer_common::HEADER_READ_WORDS, usize::max),
+            seen: Default::default(),
+            behind: Default::default(),
         }
     }
 
@@ -162,6 +262,7 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
     /// no memory scan; falls back to a full snapshot when any of them no longer walks.
     pub fn snapshot_from(&self, taken_ns: u64, known: &[OwnedList]) -> Result<Snapshot> {
         let started = Instant::now();
+        let cpu_started = thread_cpu_ms();
         let mut snap = Snapshot {
             taken_ns,
             ..Default::default()
@@ -216,17 +317,9 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
             snap.lists.push(list);
         }
 
-        // Every state word read a second time, in parts (no second copy of the list).
+        // Every state word read a second time, in parts (no second copy of the list);
+        // with digests, together with the `Core` after it, in one read per task.
         std::thread::sleep(RECHECK_AFTER);
-        let mut addrs = Vec::new();
-        for part in snap.tasks.chunks_mut(1 << 16) {
-            addrs.clear();
-            addrs.extend(part.iter().map(|t| t.header + self.layout.header_state));
-            for (t, second) in part.iter_mut().zip(self.mem.u64s(&addrs)) {
-                let first = t.state;
-                self.classify(t, second.unwrap_or(first), second == Some(first));
-            }
-        }
         if self.digests {
             let mut regions: Vec<(u64, u64)> = self
                 .mem
@@ -236,12 +329,27 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
                 .map(|r| (r.start, r.end))
                 .collect();
             regions.sort_unstable();
-            let mut buf = Vec::new();
-            for t in &mut snap.tasks {
-                t.digest = self.digest(t, &regions, &mut buf).map_or(0, |d| d.max(1));
+            self.recheck_and_digest(&mut snap.tasks, &regions);
+        } else {
+            let mut addrs = Vec::new();
+            for part in snap.tasks.chunks_mut(1 << 16) {
+                addrs.clear();
+                addrs.extend(part.iter().map(|t| t.header + self.layout.header_state));
+                for (t, second) in part.iter_mut().zip(self.mem.u64s(&addrs)) {
+                    self.recheck(t, second);
+                }
             }
         }
+        let mut seen = self.seen.borrow_mut();
+        seen.clear();
+        seen.extend(
+            snap.tasks
+                .iter()
+                .map(|t| (t.header, (t.vtable, t.owner_id))),
+        );
+        drop(seen);
         snap.read_ms = started.elapsed().as_secs_f64() * 1e3;
+        snap.cpu_ms = thread_cpu_ms() - cpu_started;
         Ok(snap)
     }
 
@@ -392,8 +500,28 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
         let shards = lists.len() as u64;
         let mut out = Vec::new();
         let mut incomplete = 0;
-        for (head, tail) in lists {
-            match self.walk_stable(owner, head, tail) {
+        // All shards walked in step first; one that changed under it (or did not read
+        // as a list) is walked again on its own, as often as it takes.
+        let ends_at: Vec<u64> = lists.iter().flat_map(|&(h, t)| [h, t]).collect();
+        let ends: Vec<Option<(u64, u64)>> = self
+            .mem
+            .u64s(&ends_at)
+            .chunks(2)
+            .map(|e| match (e[0], e[1]) {
+                (Some(h), Some(t)) if (h == 0) == (t == 0) => Some((h, t)),
+                _ => None,
+            })
+            .collect();
+        let readable: Vec<(u64, u64)> = ends.iter().flatten().copied().collect();
+        let mut walked = self.walk_in_step(owner, &readable, true).into_iter();
+        for ((head, tail), ends) in lists.into_iter().zip(ends) {
+            // That walk was the first attempt (ends that disagree count as one too).
+            let first = match ends.map(|_| walked.next().expect("one walk per list")) {
+                Some(Walk::Done(nodes)) => Some(Some(nodes)),
+                Some(Walk::Changed) => self.walk_stable(owner, head, tail, 1, true),
+                _ => self.walk_stable(owner, head, tail, 1, false),
+            };
+            match first {
                 // Decoded shard by shard: a list of a million tasks is never held twice.
                 Some(Some(nodes)) => out.extend(
                     nodes
@@ -424,7 +552,7 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
         let l = &self.layout.lists;
         let head = id_addr.checked_add_signed(l.local_head_from_id)?;
         let tail = id_addr.checked_add_signed(l.local_tail_from_id)?;
-        let (nodes, incomplete) = match self.walk_stable(owner, head, tail)? {
+        let (nodes, incomplete) = match self.walk_stable(owner, head, tail, 0, false)? {
             Some(nodes) => (
                 nodes
                     .into_iter()
@@ -449,11 +577,18 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
     }
 
     /// Walks the list whose head and tail pointers are at these addresses, re-reading it
-    /// while it changes under the walk. `None`: not a list of this owner's tasks;
-    /// `Some(None)`: a list that never held still.
-    fn walk_stable(&self, owner: u64, head_at: u64, tail_at: u64) -> Option<Option<Vec<Node>>> {
-        let mut seen_valid = false;
-        for _ in 0..WALK_ATTEMPTS {
+    /// while it changes under the walk, `tried` attempts having been made already (one of
+    /// which `seen_valid`: met a task of this owner). `None`: not a list of this owner's
+    /// tasks; `Some(None)`: a list that never held still.
+    fn walk_stable(
+        &self,
+        owner: u64,
+        head_at: u64,
+        tail_at: u64,
+        tried: usize,
+        mut seen_valid: bool,
+    ) -> Option<Option<Vec<Node>>> {
+        for _ in tried..WALK_ATTEMPTS {
             let head = self.mem.u64(head_at)?;
             let tail = self.mem.u64(tail_at)?;
             if (head == 0) != (tail == 0) {
@@ -470,143 +605,442 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
     }
 
     fn walk(&self, owner: u64, head: u64, tail: u64) -> Walk {
-        let mut out = Vec::new();
-        let mut prev = 0u64;
-        let mut node = head;
-        while node != 0 {
-            if out.len() >= MAX_LIST {
-                return Walk::Changed;
-            }
-            let Some((n, owner_id, back)) = self.read_node(node) else {
-                return if out.is_empty() {
-                    Walk::Foreign
-                } else {
-                    Walk::Changed
-                };
-            };
-            if owner_id != owner {
-                return if out.is_empty() {
-                    Walk::Foreign
-                } else {
-                    Walk::Changed
-                };
-            }
-            if back != prev {
-                return Walk::Changed;
-            }
-            prev = node;
-            node = n.next;
-            out.push(n);
-        }
-        if prev == tail {
-            Walk::Done(out)
-        } else {
-            Walk::Changed
-        }
+        self.walk_in_step(owner, &[(head, tail)], false)
+            .pop()
+            .expect("one walk per list")
     }
 
-    /// One task of a list: its node, owner id and `prev` pointer; `None` unless its
-    /// vtable is a known task vtable.
-    fn read_node(&self, header: u64) -> Option<(Node, u64, u64)> {
-        let mut h = [0u8; 8 * tracer_common::HEADER_READ_WORDS];
-        self.mem.read(header, &mut h)?;
-        let word =
-            |at: u64| u64::from_le_bytes(h[at as usize..at as usize + 8].try_into().unwrap());
-        let vtable = word(self.layout.header_vtable);
-        let vt = self.vtables.get(&vtable)?;
+    /// Walks the lists from these (head, tail) pairs in step: each step reads the next
+    /// node of every list at once (their headers in one read, then their ids and links in
+    /// another), so a runtime's shards together cost what its longest one does. With
+    /// `prefetch`, the tasks of this owner seen at the last reading are read first, all
+    /// at once (they are mostly still there, and close together in memory): the steps
+    /// then read only the tasks spawned since. Every node is validated: a known task
+    /// vtable, this owner, and a `prev` link agreeing.
+    fn walk_in_step(&self, owner: u64, ends: &[(u64, u64)], prefetch: bool) -> Vec<Walk> {
+        struct Cursor {
+            tail: u64,
+            prev: u64,
+            node: u64,
+            out: Vec<Node>,
+            end: Option<Walk>,
+        }
+        impl Cursor {
+            /// The walk met something that is not this owner's next task.
+            fn lost(&mut self) {
+                self.end = Some(if self.out.is_empty() {
+                    Walk::Foreign
+                } else {
+                    Walk::Changed
+                });
+            }
+        }
+        let mut cur: Vec<Cursor> = ends
+            .iter()
+            .map(|&(head, tail)| Cursor {
+                tail,
+                prev: 0,
+                node: head,
+                out: Vec::new(),
+                end: None,
+            })
+            .collect();
         let l = &self.layout.lists;
-        let trailer = header + vt.trailer_offset;
-        let vals = self.mem.u64s(&[
-            header + vt.id_offset,
-            trailer + l.trailer_prev,
-            trailer + l.trailer_next,
-        ]);
-        let (Some(id), Some(prev), Some(next)) = (vals[0], vals[1], vals[2]) else {
-            return None;
+        // A trailer's links, as offsets from the trailer: one span.
+        let links_from = l.trailer_prev.min(l.trailer_next);
+        let links_len = (l.trailer_prev.max(l.trailer_next) - links_from + 8) as usize;
+        let links_at =
+            |node: u64, vt: &TaskVtable| (node + vt.trailer_offset + links_from, links_len);
+        let word = |b: &[u8], at: u64| {
+            b.get(at as usize..at as usize + 8)
+                .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
         };
-        Some((
-            Node {
-                header,
-                id,
-                vtable,
-                state: word(self.layout.header_state),
-                next,
-            },
-            word(self.layout.header_owner_id),
-            prev,
-        ))
+        let seen = self.seen.borrow();
+        // The vtable a node had at the last reading, if it is a known one.
+        let guess = |node: u64| seen.get(&node).and_then(|(vt, _)| self.vtables.get(vt));
+        // Header and links of each task of this owner seen at the last reading.
+        let (pre_index, pre): (HashMap<u64, usize>, Spans) = if prefetch && !seen.is_empty() {
+            let nodes: Vec<(u64, &TaskVtable)> = seen
+                .iter()
+                .filter(|(_, (_, o))| *o == owner)
+                .filter_map(|(&h, (vt, _))| Some((h, self.vtables.get(vt)?)))
+                .collect();
+            let spans: Vec<(u64, usize)> = nodes
+                .iter()
+                .flat_map(|&(h, vt)| [(h, self.header_len), links_at(h, vt)])
+                .collect();
+            let index = nodes
+                .iter()
+                .enumerate()
+                .map(|(k, &(h, _))| (h, 2 * k))
+                .collect();
+            (index, self.mem.read_spans(&spans))
+        } else {
+            (HashMap::new(), Spans::zeroed(&[]))
+        };
+        // Nodes whose guessed vtable could not be read where it said: read plainly.
+        let mut unguessed: HashSet<u64> = HashSet::new();
+        // Where each node's header and links come from: the prefetch, or a read now of
+        // its header and (seen before) its links at once, or its header alone.
+        enum From {
+            Pre(usize),
+            Read(usize),
+        }
+        // Buffers of every step, kept: a step costs a few lookups per list, no more.
+        let mut active: Vec<usize> = Vec::with_capacity(cur.len());
+        let mut spans: Vec<(u64, usize)> = Vec::new();
+        let mut from: Vec<(From, Option<&TaskVtable>)> = Vec::with_capacity(cur.len());
+        // (cursor, id, vtable, state, links) of each node that is a task of this owner;
+        // those whose links are still to read, and where they are.
+        let mut found: Vec<(Stepped, Option<(u64, u64)>)> = Vec::new();
+        let mut pending: Vec<Stepped> = Vec::new();
+        let mut pending_spans: Vec<(u64, usize)> = Vec::new();
+        loop {
+            for c in cur.iter_mut().filter(|c| c.end.is_none()) {
+                if c.node == 0 {
+                    c.end = Some(if c.prev == c.tail {
+                        Walk::Done(std::mem::take(&mut c.out))
+                    } else {
+                        Walk::Changed
+                    });
+                } else if c.out.len() >= MAX_LIST {
+                    c.end = Some(Walk::Changed);
+                }
+            }
+            active.clear();
+            active.extend((0..cur.len()).filter(|&i| cur[i].end.is_none()));
+            if active.is_empty() {
+                break;
+            }
+            spans.clear();
+            from.clear();
+            for &i in &active {
+                let node = cur[i].node;
+                let g = guess(node).filter(|_| !unguessed.contains(&node));
+                match pre_index.get(&node) {
+                    Some(&k) if g.is_some() && pre.ok[k] && pre.ok[k + 1] => {
+                        from.push((From::Pre(k), g));
+                    }
+                    _ => {
+                        from.push((From::Read(spans.len()), g));
+                        spans.push((node, self.header_len));
+                        if let Some(vt) = g {
+                            spans.push(links_at(node, vt));
+                        }
+                    }
+                }
+            }
+            let read = if spans.is_empty() {
+                Spans::zeroed(&[])
+            } else {
+                self.mem.read_spans(&spans)
+            };
+            found.clear();
+            pending.clear();
+            pending_spans.clear();
+            for (&i, (src, g)) in active.iter().zip(&from) {
+                let c = &mut cur[i];
+                let (header, links) = match *src {
+                    From::Pre(k) => (pre.get(k), pre.get(k + 1)),
+                    From::Read(k) => (read.get(k), g.and_then(|_| read.get(k + 1))),
+                };
+                let Some(h) = header else {
+                    c.lost();
+                    continue;
+                };
+                let vtable = word(h, self.layout.header_vtable).expect("header words read");
+                let Some(vt) = self.vtables.get(&vtable) else {
+                    c.lost();
+                    continue;
+                };
+                if word(h, self.layout.header_owner_id) != Some(owner) {
+                    c.lost();
+                    continue;
+                }
+                let state = word(h, self.layout.header_state).expect("header words read");
+                let Some(id) = word(h, vt.id_offset) else {
+                    c.lost();
+                    continue;
+                };
+                let read_links = |b: &[u8]| {
+                    let back = word(b, l.trailer_prev - links_from).expect("links read");
+                    let next = word(b, l.trailer_next - links_from).expect("links read");
+                    (back, next)
+                };
+                match (g, links) {
+                    (Some(g), Some(b)) if g.vaddr == vtable => {
+                        found.push((
+                            Stepped {
+                                cursor: i,
+                                id,
+                                vtable,
+                                state,
+                            },
+                            Some(read_links(b)),
+                        ));
+                    }
+                    // Its links unreadable where its vtable puts them: not a task.
+                    (Some(g), None) if g.vaddr == vtable => c.lost(),
+                    _ => {
+                        if g.is_some() {
+                            unguessed.insert(c.node);
+                        }
+                        pending.push(Stepped {
+                            cursor: i,
+                            id,
+                            vtable,
+                            state,
+                        });
+                        pending_spans.push(links_at(c.node, vt));
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                let read = self.mem.read_spans(&pending_spans);
+                for (k, &step) in pending.iter().enumerate() {
+                    let links = read.get(k).map(|b| {
+                        let back = word(b, l.trailer_prev - links_from).expect("links read");
+                        let next = word(b, l.trailer_next - links_from).expect("links read");
+                        (back, next)
+                    });
+                    found.push((step, links));
+                }
+            }
+            for &(
+                Stepped {
+                    cursor,
+                    id,
+                    vtable,
+                    state,
+                },
+                links,
+            ) in &found
+            {
+                let c = &mut cur[cursor];
+                let Some((back, next)) = links else {
+                    c.lost();
+                    continue;
+                };
+                if back != c.prev {
+                    c.end = Some(Walk::Changed);
+                    continue;
+                }
+                c.out.push(Node {
+                    header: c.node,
+                    id,
+                    vtable,
+                    state,
+                });
+                c.prev = c.node;
+                c.node = next;
+            }
+        }
+        cur.into_iter()
+            .map(|c| c.end.expect("every walk ended"))
+            .collect()
     }
 
-    /// Hash of the task's `Core` (scheduler, id, future) and of the first bytes behind
-    /// each heap pointer in it: a future keeps much of its moving state behind pointers
-    /// (a boxed `Sleep`'s deadline, a channel's indices), so a polled task almost always
-    /// changes the hash, and a task nobody polls or wakes keeps it.
-    fn digest(&self, t: &LiveTask, heap: &[(u64, u64)], buf: &mut Vec<u8>) -> Option<u64> {
-        use std::hash::Hasher;
+    /// Hash of each task's `Core` (scheduler, id, future) and of the first bytes behind
+    /// each heap pointer in it, read in batches: a future keeps much of its moving state
+    /// behind pointers (a boxed `Sleep`'s deadline, a channel's indices), so a polled task
+    /// almost always changes the hash, and a task nobody polls or wakes keeps it.
+    /// The second reading of a task's state word (`None`: unreadable by then).
+    fn recheck(&self, t: &mut LiveTask, second: Option<u64>) {
+        let first = t.state;
+        self.classify(t, second.unwrap_or(first), second == Some(first));
+    }
+
+    /// The second reading of each task's state word, and the hash of its `Core`
+    /// (scheduler, id, future) and of the first bytes behind each heap pointer in it,
+    /// both from one read of the task, in batches: a future keeps much of its moving
+    /// state behind pointers (a boxed `Sleep`'s deadline, a channel's indices), so a
+    /// polled task almost always changes the hash, and a task nobody polls or wakes keeps
+    /// it. An object many tasks point to (their shared state) is read once a batch.
+    fn recheck_and_digest(&self, tasks: &mut [LiveTask], heap: &[(u64, u64)]) {
+        use std::hash::{DefaultHasher, Hasher};
+        /// Tasks whose cores are read together (at most this many `Core`s held at once).
+        const BATCH: usize = 512;
         /// Futures larger than this are hashed by their first part.
         const MAX_CORE: u64 = 16 << 10;
-        /// Pointers followed per task, and words read behind each.
+        /// Pointers followed per task, and bytes read behind each.
         const MAX_POINTERS: usize = 16;
-        const WORDS_BEHIND: u64 = 8;
+        const BYTES_BEHIND: u64 = 64;
         /// Where a 128-byte-aligned value starts in its `ArcInner`.
         const CACHE_PAD: u64 = 128;
-        let vt = self.vtables.get(&t.vtable)?;
-        let len = vt
-            .trailer_offset
-            .checked_sub(vt.scheduler_offset)?
-            .min(MAX_CORE);
-        buf.resize(len as usize, 0);
-        self.mem.read(t.header + vt.scheduler_offset, buf)?;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        h.write(buf);
+        let cells = Cells::new(tasks, &self.seen.borrow(), &self.vtables);
         let in_heap = |p: u64| {
             let i = heap.partition_point(|&(start, _)| start <= p);
             i > 0 && p < heap[i - 1].1
         };
-        // `Core.scheduler` comes first: an `Arc` of the runtime's handle, whose counts
-        // and queues change with every task spawned or run on the runtime, so nothing
-        // behind it is hashed (nor behind the task itself, which a waker points to).
-        let handle = buf.first_chunk::<8>().map(|w| u64::from_le_bytes(*w));
-        let mut behind: Vec<u64> = Vec::new();
-        for w in buf.as_chunks::<8>().0 {
-            let p = u64::from_le_bytes(*w);
-            if p % 8 == 0
-                && in_heap(p)
-                && p != t.header
-                && Some(p) != handle
-                && !behind.contains(&p)
-            {
-                behind.push(p);
-                if behind.len() == MAX_POINTERS {
-                    break;
+        let known = self.behind.take();
+        let mut kept: HashMap<u64, Behind> = HashMap::with_capacity(known.len());
+        for part in tasks.chunks_mut(BATCH) {
+            let state_at = self.layout.header_state as usize;
+            // Header to the end of the `Core` (or its first part), and where the `Core`
+            // starts in it; a task of no known vtable: its state word alone.
+            let cells_read: Vec<((u64, usize), Option<usize>)> = part
+                .iter()
+                .map(|t| {
+                    self.vtables
+                        .get(&t.vtable)
+                        .filter(|vt| {
+                            vt.scheduler_offset as usize >= state_at + 8
+                                && vt.trailer_offset >= vt.scheduler_offset
+                        })
+                        .map_or(((t.header + state_at as u64, 8), None), |vt| {
+                            let core = (vt.trailer_offset - vt.scheduler_offset).min(MAX_CORE);
+                            (
+                                (t.header, (vt.scheduler_offset + core) as usize),
+                                Some(vt.scheduler_offset as usize),
+                            )
+                        })
+                })
+                .collect();
+            let spans: Vec<(u64, usize)> = cells_read.iter().map(|(s, _)| *s).collect();
+            let read = self.mem.read_spans(&spans);
+            let mut hashers: Vec<Option<DefaultHasher>> = Vec::with_capacity(part.len());
+            // (task in `part`, index in `spans`) of every pointer followed.
+            let mut behind: Vec<(usize, usize)> = Vec::new();
+            let mut spans: Vec<(u64, usize)> = Vec::new();
+            let mut by_pointer: HashMap<u64, usize> = HashMap::new();
+            for (i, t) in part.iter_mut().enumerate() {
+                let (span, core_at) = cells_read[i];
+                let bytes = read.get(i);
+                let state = match (bytes, core_at) {
+                    (Some(b), Some(_)) => Some(&b[state_at..state_at + 8]),
+                    (Some(b), None) => Some(b),
+                    (None, _) => None,
+                };
+                self.recheck(t, state.map(|w| u64::from_le_bytes(w.try_into().unwrap())));
+                let Some(buf) = bytes.zip(core_at).map(|(b, at)| &b[at..]) else {
+                    hashers.push(None);
+                    continue;
+                };
+                debug_assert_eq!(span.0, t.header);
+                let mut h = DefaultHasher::new();
+                h.write(buf);
+                hashers.push(Some(h));
+                // `Core.scheduler` comes first: an `Arc` of the runtime's handle, whose
+                // counts and queues change with every task spawned or run on the runtime,
+                // so nothing behind it is hashed. Nor is anything inside a listed task (its
+                // own or another's, which a waker or a waiter's links point into): that is
+                // the other task's state, and a task's trailer holds its owned-list links,
+                // which change whenever a neighbour in the list is spawned or finishes.
+                let handle = buf.first_chunk::<8>().map(|w| u64::from_le_bytes(*w));
+                let first = behind.len();
+                for w in buf.as_chunks::<8>().0 {
+                    let p = u64::from_le_bytes(*w);
+                    // The word before the object too: the allocator's header, if any.
+                    if p % 8 == 0
+                        && in_heap(p)
+                        && Some(p) != handle
+                        && !cells.inside(p)
+                        && !behind[first..].iter().any(|&(_, j)| spans[j].0 == p - 8)
+                    {
+                        let j = *by_pointer.entry(p).or_insert_with(|| {
+                            spans.push((p - 8, 8 + BYTES_BEHIND as usize));
+                            spans.len() - 1
+                        });
+                        behind.push((i, j));
+                        if behind.len() - first == MAX_POINTERS {
+                            break;
+                        }
+                    }
                 }
             }
-        }
-        let addrs: Vec<u64> = behind
-            .iter()
-            .flat_map(|&p| (0..WORDS_BEHIND).map(move |i| p + i * 8))
-            .collect();
-        let words = self.mem.u64s(&addrs);
-        for w in &words {
-            h.write_u64(w.unwrap_or(0));
-        }
-        // An `Arc` of a cache-padded value (tokio's channels: `Chan` starts with a
-        // `CachePadded` sender half) is its two counts, then padding (never written, so
-        // anything) up to 128 bytes: the moving state (a channel's tail position) is
-        // behind it. What looks like an `ArcInner` (two plausible counts) is read there too.
-        let counts = |c: Option<u64>| c.is_some_and(|c| (1..=1 << 24).contains(&c));
-        let padded: Vec<u64> = behind
-            .iter()
-            .zip(words.chunks(WORDS_BEHIND as usize))
-            .filter(|(_, w)| w.len() == WORDS_BEHIND as usize && counts(w[0]) && counts(w[1]))
-            .flat_map(|(&p, _)| (0..WORDS_BEHIND).map(move |i| p + CACHE_PAD + i * 8))
-            .collect();
-        if !padded.is_empty() {
-            for w in self.mem.u64s(&padded) {
-                h.write_u64(w.unwrap_or(0));
+            let words = self.words(&spans);
+            // An `Arc` of a cache-padded value (tokio's channels: `Chan` starts with a
+            // `CachePadded` sender half) is its two counts, then padding (never written,
+            // so anything) up to 128 bytes: the moving state (a channel's tail position)
+            // is behind it. What looks like an `ArcInner` (two plausible counts) large
+            // enough is read there too.
+            let counts = |c: u64| (1..=1 << 24).contains(&c);
+            let what: Vec<Behind> = spans
+                .iter()
+                .zip(&words)
+                .map(|(&(at, _), w)| {
+                    let p = at + 8;
+                    let b = match known.get(&p).or(kept.get(&p)) {
+                        Some(b) => *b,
+                        None => {
+                            let size = glibc_usable(w[0]);
+                            let room = cells.room(p);
+                            let len = BYTES_BEHIND.min(room).min(size.unwrap_or(u64::MAX));
+                            Behind {
+                                len: len / 8 * 8,
+                                padded: w.len() >= 3
+                                    && counts(w[1])
+                                    && counts(w[2])
+                                    && size.is_none_or(|s| s >= CACHE_PAD + BYTES_BEHIND)
+                                    && room >= CACHE_PAD + BYTES_BEHIND,
+                            }
+                        }
+                    };
+                    kept.insert(p, b);
+                    b
+                })
+                .collect();
+            for &(i, j) in &behind {
+                if let Some(h) = &mut hashers[i] {
+                    let n = (what[j].len / 8) as usize;
+                    words[j][1..].iter().take(n).for_each(|&w| h.write_u64(w));
+                }
+            }
+            let padded_at: Vec<Option<(u64, usize)>> = spans
+                .iter()
+                .zip(&what)
+                .map(|(&(at, _), b)| {
+                    b.padded
+                        .then_some((at + 8 + CACHE_PAD, BYTES_BEHIND as usize))
+                })
+                .collect();
+            let padded: Vec<(u64, usize)> = padded_at.iter().flatten().copied().collect();
+            if !padded.is_empty() {
+                // Index of each pointer's padded span in `padded`.
+                let mut k = 0;
+                let index: Vec<Option<usize>> = padded_at
+                    .iter()
+                    .map(|s| {
+                        s.map(|_| {
+                            k += 1;
+                            k - 1
+                        })
+                    })
+                    .collect();
+                let words = self.words(&padded);
+                for &(i, j) in &behind {
+                    if let (Some(h), Some(k)) = (&mut hashers[i], index[j]) {
+                        words[k].iter().for_each(|&w| h.write_u64(w));
+                    }
+                }
+            }
+            for (t, h) in part.iter_mut().zip(hashers) {
+                t.digest = h.map_or(0, |h| h.finish().max(1));
             }
         }
-        Some(h.finish())
+        // Only the pointers of this reading are remembered.
+        self.behind.replace(kept);
+    }
+
+    /// The words of each span; a word that cannot be read is 0 (a span cut short by
+    /// unmapped memory is read word by word).
+    fn words(&self, spans: &[(u64, usize)]) -> Vec<Vec<u64>> {
+        let read = self.mem.read_spans(spans);
+        spans
+            .iter()
+            .enumerate()
+            .map(|(i, &(p, len))| match read.words(i) {
+                Some(w) => w.collect(),
+                None => {
+                    let addrs: Vec<u64> = (0..len as u64 / 8).map(|k| p + k * 8).collect();
+                    self.mem
+                        .u64s(&addrs)
+                        .into_iter()
+                        .map(|w| w.unwrap_or(0))
+                        .collect()
+                }
+            })
+            .collect()
     }
 
     /// A walked node, as its first reading of the state word says (not yet stable).
@@ -1246,6 +1680,63 @@ mod tests {
     }
 
     #[test]
+    fn shards_are_walked_in_step() {
+        // Shards of 2, 0, 3 and 0 tasks: three steps, each reading every shard's next
+        // header at once, then their links, however many shards there are.
+        let r = reader(target());
+        let (list, _) = r.walk_runtime(RT, rt_id()).unwrap();
+        assert_eq!(list.tasks, 5);
+        assert_eq!(r.mem.span_reads.get(), 3 * 2);
+        // Tasks seen at a reading are all read at once at the next walk, before it
+        // starts; a task spawned since is read in step.
+        r.snapshot_from(0, &known()).unwrap();
+        let before = r.mem.span_reads.get();
+        let (list, tasks) = r.walk_runtime(RT, rt_id()).unwrap();
+        assert_eq!((list.tasks, list.incomplete_shards), (5, 0));
+        assert_eq!(r.mem.span_reads.get() - before, 1);
+        assert_eq!(
+            tasks.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![11, 12, 13, 14, 15]
+        );
+    }
+
+    #[test]
+    fn tasks_spawned_and_finished_since_the_last_reading_are_walked_right() {
+        let mut r = reader(target());
+        r.snapshot_from(0, &known()).unwrap();
+        // Task 14 finished (unlinked), 16 spawned at the head of the first shard.
+        task(&mut r.mem, RT, 16, RT_ARC);
+        link(
+            &mut r.mem,
+            shard_head_at(0),
+            shard_tail_at(0),
+            &[16, 11, 12],
+        );
+        link(&mut r.mem, shard_head_at(2), shard_tail_at(2), &[13, 15]);
+        let s = r.snapshot_from(0, &known()).unwrap();
+        assert_eq!(s.warnings, Vec::<String>::new());
+        assert_eq!(lists(&s), vec![rt_list(5, 0), local_list(2, 0)]);
+        assert_eq!(ids(&s), vec![16, 11, 12, 13, 15, 21, 22]);
+        // And the reading after that knows 16.
+        assert_eq!(r.seen.borrow().get(&header(16)), Some(&(VT_A.vaddr, RT)));
+        assert!(!r.seen.borrow().contains_key(&header(14)));
+    }
+
+    #[test]
+    fn a_guessed_vtable_that_changed_is_read_again() {
+        // Task 13's cell reused by a task of the other future type since the last reading.
+        let mut r = reader(target());
+        r.snapshot_from(0, &known()).unwrap();
+        r.seen.get_mut().insert(header(13), (VT_B.vaddr, RT));
+        r.seen.get_mut().insert(header(12), (VT_A.vaddr, RT));
+        let s = r.snapshot_from(0, &known()).unwrap();
+        assert_eq!(s.warnings, Vec::<String>::new());
+        assert_eq!(lists(&s), vec![rt_list(5, 0), local_list(2, 0)]);
+        assert_eq!(ids(&s), vec![11, 12, 13, 14, 15, 21, 22]);
+        assert_eq!(r.seen.borrow().get(&header(13)), Some(&(VT_A.vaddr, RT)));
+    }
+
+    #[test]
     fn shard_that_never_holds_still_is_incomplete() {
         // Stale at every one of the walker's attempts, right only after.
         let mut heads = vec![header(14); WALK_ATTEMPTS];
@@ -1354,6 +1845,59 @@ mod tests {
             .map(|(b, _)| b.0)
             .collect();
         assert_eq!(changed, vec![14], "a message moved the channel's tail");
+
+        // Task 11 waits in a list whose next waiter is inside task 13's future, and on
+        // an object that ends where task 15 starts: 13 polled changes 13's digest only,
+        // and 15's header and list links are not 11's state.
+        r.mem.put(header(11) + 0x40, header(13) + 0x50);
+        r.mem.put(header(11) + 0x48, header(15) - 0x10);
+        let linked = digests(&r);
+        r.mem.put(header(13) + 0x50, 0x77);
+        let polled = digests(&r);
+        let changed: Vec<u64> = (linked.iter().zip(&polled))
+            .filter(|(b, a)| b != a)
+            .map(|(b, _)| b.0)
+            .collect();
+        assert_eq!(changed, vec![13], "only the task whose future changed");
+        r.mem.put(state_at(15), refs(3) | k().refs.join_interest);
+        assert_eq!(digests(&r), polled, "a neighbour's header is its own");
+
+        // Task 15 waits on a small `Arc` glibc allocated (a 48-byte chunk: 40 bytes
+        // usable, counts first): what lies after it is another object's, and it is too
+        // small to be cache-padded.
+        let small = HEAP + 0xb000;
+        r.mem.put(small - 8, 0x31);
+        r.mem.put(small, 3);
+        r.mem.put(small + 8, 1);
+        r.mem.put(header(15) + 0x38, small);
+        let waiting = digests(&r);
+        r.mem.put(small + 48, 5);
+        r.mem.put(small + 128 + 8, 5);
+        assert_eq!(digests(&r), waiting, "beyond the object");
+        r.mem.put(small + 32, 5);
+        let changed: Vec<u64> = (waiting.iter().zip(&digests(&r)))
+            .filter(|(b, a)| b != a)
+            .map(|(b, _)| b.0)
+            .collect();
+        assert_eq!(changed, vec![15], "inside the object");
+    }
+
+    #[test]
+    fn a_task_missing_from_a_reading_leaves_its_neighbours_digests_alone() {
+        let digest_of =
+            |s: &Snapshot, id: u64| s.tasks.iter().find(|t| t.id == id).map(|t| t.digest);
+        let mut m = target();
+        // Task 11 waits in a list whose next waiter is inside task 13's future.
+        m.put(header(11) + 0x40, header(13) + 0x50);
+        let mut r = reader(m);
+        r.digests = true;
+        let all = r.snapshot_from(0, &known()).unwrap();
+        // Shard 2 (13, 14, 15) keeps changing under every walk: 13 is not listed.
+        r.mem.vary(shard_head_at(2), vec![header(14)]);
+        let some = r.snapshot_from(0, &known()).unwrap();
+        assert_eq!(lists(&some)[0], rt_list(2, 1));
+        assert_eq!(digest_of(&some, 13), None);
+        assert_eq!(digest_of(&some, 11), digest_of(&all, 11));
     }
 
     #[test]
