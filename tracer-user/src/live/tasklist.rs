@@ -133,7 +133,7 @@ struct Behind {
 fn glibc_usable(size_word: u64) -> Option<u64> {
     const IS_MMAPPED: u64 = 2;
     let size = size_word & !7;
-    (size_word & IS_MMAPPED == 0 && size % 16 == 0 && (32..=1 << 20).contains(&size))
+    (size_word & IS_MMAPPED == 0 && size.is_multiple_of(16) && (32..=1 << 20).contains(&size))
         .then(|| size - 8)
 }
 
