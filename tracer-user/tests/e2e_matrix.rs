@@ -164,6 +164,48 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
     );
 }
 
+/// Sample mode on a cell: no uprobe but the spawn probes, the verdicts from the task
+/// lists and the thread sampler, the same as with every probe.
+fn sample_counts(cell: &str, bin: &Path, extra: &[&str]) {
+    let json = tmp(&format!("matrix-sample-{}.json", cell.replace('/', "-")));
+    let out = tasktrace()
+        .args([
+            "run",
+            "-q",
+            "--mode",
+            "sample",
+            "--duration",
+            "4s",
+            "--json",
+        ])
+        .arg(&json)
+        .args(MATRIX_THRESHOLDS)
+        .args(extra)
+        .arg("--")
+        .arg(bin)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{cell} (sample): stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TASKTRACE_GROUND_TRUTH "))
+        .unwrap_or_else(|| panic!("{cell} (sample): no ground truth:\n{stdout}"));
+    let truth: Value = serde_json::from_str(line).unwrap();
+    let report = read_report(&json);
+    assert_eq!(report["probes"]["mode"], "sample", "{cell}");
+    let s = &report["summary"];
+    for k in ["leaked", "stuck", "never_polled"] {
+        assert_eq!(s[k], truth[k], "{cell} (sample): {k}\n{stdout}\n{s}");
+    }
+    assert_eq!(s["lost_events"], 0, "{cell} (sample)");
+    assert_eq!(s["leaked_definite"], 0, "{cell} (sample)");
+}
+
 /// `dump` of a running cell: the version's list layout is found and walked. The fixture's
 /// leaks are idle, its undriven runtime's tasks notified, its blocking task running.
 /// `nameless`: the binary names no future type (stripped, or legacy-mangled).
@@ -243,6 +285,7 @@ fn cells(version: &str) {
             assert_eq!(i["task_vtables"][k], true, "{cell}: {k}");
         }
         trace_counts(&cell, &bin, &[], false);
+        sample_counts(&cell, &bin, &[]);
         dump_counts(&cell, &bin, &[], false);
     }
     // strip=symbols: traced from the task and waker vtables found by pattern, with what
@@ -279,6 +322,7 @@ fn cells(version: &str) {
         );
     }
     trace_counts(&cell, &stripped, &[], true);
+    sample_counts(&cell, &stripped, &[]);
     dump_counts(&cell, &stripped, &[], true);
     // …and with the unstripped twin of the same build, every verdict is back.
     let release = matrix_fixture(version, "release");

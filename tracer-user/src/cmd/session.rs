@@ -890,7 +890,7 @@ impl<'o> Session<'o> {
     }
 
     /// A reading at attach or at the end, waited for here while the ring keeps being
-    /// drained (100 000 tasks take ~0.4 s to walk: a busy target would fill the ring).
+    /// drained (100 000 tasks take ~0.3 s to read: a busy target would fill the ring).
     /// At attach, what the walk finds predates every event: the events drained meanwhile
     /// are held back and applied after it.
     fn read_lists_now(&mut self, reading: Reading) {

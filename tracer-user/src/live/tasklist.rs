@@ -865,8 +865,13 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
         /// Pointers followed per task, and bytes read behind each.
         const MAX_POINTERS: usize = 16;
         const BYTES_BEHIND: u64 = 64;
+        /// Bytes read of an object whose size the allocator says.
+        const MAX_OBJECT: u64 = 512;
         /// Where a 128-byte-aligned value starts in its `ArcInner`.
         const CACHE_PAD: u64 = 128;
+        /// A runtime handle's size where the allocator does not say (tokio 1.47's
+        /// multi-thread handle takes 456 bytes).
+        const HANDLE_GUESS: u64 = 1024;
         let cells = Cells::new(tasks, &self.seen.borrow(), &self.vtables);
         let in_heap = |p: u64| {
             let i = heap.partition_point(|&(start, _)| start <= p);
@@ -874,6 +879,11 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
         };
         let known = self.behind.take();
         let mut kept: HashMap<u64, Behind> = HashMap::with_capacity(known.len());
+        // Each runtime handle's allocation (from glibc's size word, else a guess): a
+        // future's bytes often hold stale pointers into it (uninitialised parts of the
+        // task's memory, last used by another task), and behind them are the runtime's
+        // queues and counters, which change all the time.
+        let mut handles: HashMap<u64, u64> = HashMap::new();
         for part in tasks.chunks_mut(BATCH) {
             let state_at = self.layout.header_state as usize;
             // Header to the end of the `Core` (or its first part), and where the `Core`
@@ -898,6 +908,23 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
                 .collect();
             let spans: Vec<(u64, usize)> = cells_read.iter().map(|(s, _)| *s).collect();
             let read = self.mem.read_spans(&spans);
+            let new_handles: Vec<u64> = (0..part.len())
+                .filter_map(|i| {
+                    let at = cells_read[i].1?;
+                    let b = read.get(i)?;
+                    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().unwrap()))
+                })
+                .filter(|h| *h > 8 && !handles.contains_key(h))
+                .collect::<HashSet<u64>>()
+                .into_iter()
+                .collect();
+            if !new_handles.is_empty() {
+                let before: Vec<u64> = new_handles.iter().map(|h| h - 8).collect();
+                for (h, w) in new_handles.iter().zip(self.mem.u64s(&before)) {
+                    let span = w.and_then(glibc_usable).unwrap_or(HANDLE_GUESS);
+                    handles.insert(*h, span);
+                }
+            }
             let mut hashers: Vec<Option<DefaultHasher>> = Vec::with_capacity(part.len());
             // (task in `part`, index in `spans`) of every pointer followed.
             let mut behind: Vec<(usize, usize)> = Vec::new();
@@ -922,23 +949,29 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
                 hashers.push(Some(h));
                 // `Core.scheduler` comes first: an `Arc` of the runtime's handle, whose
                 // counts and queues change with every task spawned or run on the runtime,
-                // so nothing behind it is hashed. Nor is anything inside a listed task (its
+                // so nothing inside it is hashed. Nor is anything inside a listed task (its
                 // own or another's, which a waker or a waiter's links point into): that is
                 // the other task's state, and a task's trailer holds its owned-list links,
                 // which change whenever a neighbour in the list is spawned or finishes.
                 let handle = buf.first_chunk::<8>().map(|w| u64::from_le_bytes(*w));
+                let in_handle = |p: u64| {
+                    handle.is_some_and(|h| {
+                        p >= h && p - h < handles.get(&h).copied().unwrap_or(HANDLE_GUESS)
+                    })
+                };
                 let first = behind.len();
                 for w in buf.as_chunks::<8>().0 {
                     let p = u64::from_le_bytes(*w);
                     // The word before the object too: the allocator's header, if any.
                     if p % 8 == 0
                         && in_heap(p)
-                        && Some(p) != handle
+                        && !in_handle(p)
                         && !cells.inside(p)
                         && !behind[first..].iter().any(|&(_, j)| spans[j].0 == p - 8)
                     {
                         let j = *by_pointer.entry(p).or_insert_with(|| {
-                            spans.push((p - 8, 8 + BYTES_BEHIND as usize));
+                            let len = known.get(&p).map_or(MAX_OBJECT, |b| b.len);
+                            spans.push((p - 8, 8 + len as usize));
                             spans.len() - 1
                         });
                         behind.push((i, j));
@@ -962,16 +995,19 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
                     let p = at + 8;
                     let b = match known.get(&p).or(kept.get(&p)) {
                         Some(b) => *b,
+                        // Where glibc says how large the object is, all of it (its
+                        // first 512 bytes); else its first 64 bytes, and 64 more behind
+                        // a cache line of padding where it looks like an `ArcInner`.
                         None => {
                             let size = glibc_usable(w[0]);
                             let room = cells.room(p);
-                            let len = BYTES_BEHIND.min(room).min(size.unwrap_or(u64::MAX));
+                            let len = size.map_or(BYTES_BEHIND, |s| s.min(MAX_OBJECT)).min(room);
                             Behind {
                                 len: len / 8 * 8,
-                                padded: w.len() >= 3
+                                padded: size.is_none()
+                                    && w.len() >= 3
                                     && counts(w[1])
                                     && counts(w[2])
-                                    && size.is_none_or(|s| s >= CACHE_PAD + BYTES_BEHIND)
                                     && room >= CACHE_PAD + BYTES_BEHIND,
                             }
                         }
@@ -1880,6 +1916,22 @@ mod tests {
             .map(|(b, _)| b.0)
             .collect();
         assert_eq!(changed, vec![15], "inside the object");
+
+        // Task 15 also points into a 264-byte object (a tokio 1.23 `Chan`, its receive
+        // index far into it), and holds a stale pointer into the runtime's handle.
+        let chan = HEAP + 0xc000;
+        r.mem.put(chan - 8, 0x111);
+        r.mem.put(header(15) + 0x40, chan);
+        r.mem.put(header(15) + 0x48, RT_ARC + 0x90);
+        let waiting = digests(&r);
+        r.mem.put(RT_ARC + 0x98, 12);
+        assert_eq!(digests(&r), waiting, "the runtime's queues moved");
+        r.mem.put(chan + 200, 1);
+        let changed: Vec<u64> = (waiting.iter().zip(&digests(&r)))
+            .filter(|(b, a)| b != a)
+            .map(|(b, _)| b.0)
+            .collect();
+        assert_eq!(changed, vec![15], "a message received");
     }
 
     #[test]
