@@ -57,13 +57,15 @@ fn stripped_unavailable(cell: &str) -> Vec<&'static str> {
     [&[sites, "futures"][..], degraded(cell)].concat()
 }
 
-fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
-    let json = tmp(&format!("matrix-{}.json", cell.replace('/', "-")));
+/// `tasktrace run` of a cell for 4 s with the matrix thresholds: its ground truth, its
+/// report and its stdout.
+fn run_cell(cell: &str, bin: &Path, args: &[&str]) -> (Value, Value, String) {
+    let json = tmp(&format!("matrix-{}.json", cell.replace(['/', ' '], "-")));
     let out = tasktrace()
         .args(["run", "-q", "--duration", "4s", "--json"])
         .arg(&json)
         .args(MATRIX_THRESHOLDS)
-        .args(extra)
+        .args(args)
         .arg("--")
         .arg(bin)
         .output()
@@ -79,7 +81,11 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
         .find_map(|l| l.strip_prefix("TASKTRACE_GROUND_TRUTH "))
         .unwrap_or_else(|| panic!("{cell}: no ground truth:\n{stdout}"));
     let truth: Value = serde_json::from_str(line).unwrap();
-    let report = read_report(&json);
+    (truth, read_report(&json), stdout)
+}
+
+fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
+    let (truth, report, stdout) = run_cell(cell, bin, extra);
     let s = &report["summary"];
     for k in ["leaked", "stuck", "never_polled"] {
         assert_eq!(s[k], truth[k], "{cell}: {k}\n{stdout}");
@@ -167,43 +173,15 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
 /// Sample mode on a cell: no uprobe but the spawn probes, the verdicts from the task
 /// lists and the thread sampler, the same as with every probe.
 fn sample_counts(cell: &str, bin: &Path, extra: &[&str]) {
-    let json = tmp(&format!("matrix-sample-{}.json", cell.replace('/', "-")));
-    let out = tasktrace()
-        .args([
-            "run",
-            "-q",
-            "--mode",
-            "sample",
-            "--duration",
-            "4s",
-            "--json",
-        ])
-        .arg(&json)
-        .args(MATRIX_THRESHOLDS)
-        .args(extra)
-        .arg("--")
-        .arg(bin)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{cell} (sample): stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("TASKTRACE_GROUND_TRUTH "))
-        .unwrap_or_else(|| panic!("{cell} (sample): no ground truth:\n{stdout}"));
-    let truth: Value = serde_json::from_str(line).unwrap();
-    let report = read_report(&json);
+    let cell = &format!("{cell} (sample)");
+    let (truth, report, stdout) = run_cell(cell, bin, &[&["--mode", "sample"], extra].concat());
     assert_eq!(report["probes"]["mode"], "sample", "{cell}");
     let s = &report["summary"];
     for k in ["leaked", "stuck", "never_polled"] {
-        assert_eq!(s[k], truth[k], "{cell} (sample): {k}\n{stdout}\n{s}");
+        assert_eq!(s[k], truth[k], "{cell}: {k}\n{stdout}\n{s}");
     }
-    assert_eq!(s["lost_events"], 0, "{cell} (sample)");
-    assert_eq!(s["leaked_definite"], 0, "{cell} (sample)");
+    assert_eq!(s["lost_events"], 0, "{cell}");
+    assert_eq!(s["leaked_definite"], 0, "{cell}");
 }
 
 /// `dump` of a running cell: the version's list layout is found and walked. The fixture's
