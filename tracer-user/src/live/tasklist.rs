@@ -597,6 +597,12 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
             b.get(at as usize..at as usize + 8)
                 .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
         };
+        // (prev, next) from a links span.
+        let read_links = |b: &[u8]| {
+            let back = word(b, l.trailer_prev - links_from).expect("links read");
+            let next = word(b, l.trailer_next - links_from).expect("links read");
+            (back, next)
+        };
         let seen = self.seen.borrow();
         // The vtable a node had at the last reading, if it is a known one.
         let guess = |node: u64| seen.get(&node).and_then(|(vt, _)| self.vtables.get(vt));
@@ -704,11 +710,6 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
                     c.lost();
                     continue;
                 };
-                let read_links = |b: &[u8]| {
-                    let back = word(b, l.trailer_prev - links_from).expect("links read");
-                    let next = word(b, l.trailer_next - links_from).expect("links read");
-                    (back, next)
-                };
                 match (g, links) {
                     (Some(g), Some(b)) if g.vaddr == vtable => {
                         found.push((
@@ -740,12 +741,7 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
             if !pending.is_empty() {
                 let read = self.mem.read_spans(&pending_spans);
                 for (k, &step) in pending.iter().enumerate() {
-                    let links = read.get(k).map(|b| {
-                        let back = word(b, l.trailer_prev - links_from).expect("links read");
-                        let next = word(b, l.trailer_next - links_from).expect("links read");
-                        (back, next)
-                    });
-                    found.push((step, links));
+                    found.push((step, read.get(k).map(read_links)));
                 }
             }
             for &(
