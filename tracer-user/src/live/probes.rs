@@ -49,6 +49,8 @@ pub struct Probes {
     /// path), owned here so that they can be released in parallel, and taken off and put
     /// back by [`Probes::disarm`] and [`Probes::arm`].
     links: Links,
+    /// The links [`Probes::disarm`] leaves attached ([`Plan::always_attached`]).
+    kept: Links,
     /// What re-attaching the sites needs.
     sites_again: SiteSet,
     /// Links being released off the event loop (a release waits for the kernel).
@@ -112,11 +114,29 @@ impl Probes {
             .load(OBJECT)
             .map_err(|e| bpf_error("loading the eBPF object", e))?;
         let pid = NonZeroU32::new(tgid).ok_or_else(|| bpf_missing("pid 0"))?;
+        // Sites the spawn gate attaches again and again, and those attached all along.
+        let (kept, gated): (Vec<Site>, Vec<Site>) = plan
+            .entry
+            .iter()
+            .cloned()
+            .partition(|s| plan.always_attached(s));
+        let (kept_ret, gated_ret): (Vec<Site>, Vec<Site>) = plan
+            .ret
+            .iter()
+            .cloned()
+            .partition(|s| plan.always_attached(s));
+        let kept = SiteSet {
+            binary: binary.to_owned(),
+            pid,
+            entry: kept,
+            ret: kept_ret,
+        };
+        let kept = attach_sites(&mut ebpf, &kept, mode)?;
         let sites_again = SiteSet {
             binary: binary.to_owned(),
             pid,
-            entry: plan.entry.clone(),
-            ret: plan.ret.clone(),
+            entry: gated,
+            ret: gated_ret,
         };
         let links = attach_sites(&mut ebpf, &sites_again, mode)?;
         if plan.thread_sampling {
@@ -144,6 +164,7 @@ impl Probes {
             threads,
             site_known,
             links,
+            kept,
             sites_again,
             releasing: Vec::new(),
             attach_time: started.elapsed(),
@@ -244,7 +265,11 @@ impl Probes {
     /// `progress(done, total)` follows the per-site links, which take a while each.
     pub fn detach(&mut self, progress: &(dyn Fn(usize, usize) + Sync)) -> Duration {
         let started = Instant::now();
-        release_links(std::mem::take(&mut self.links), progress);
+        let mut links = std::mem::take(&mut self.links);
+        let kept = std::mem::take(&mut self.kept);
+        links.entry.extend(kept.entry);
+        links.ret.extend(kept.ret);
+        release_links(links, progress);
         for h in self.releasing.drain(..) {
             let _ = h.join();
         }

@@ -174,8 +174,8 @@ pub struct Plan {
     /// Task vtables whose spawn site the code shows (`spawn_ids::vtable_sites`): names
     /// the site of tasks no spawn probe saw, those alive before attach included.
     pub vtable_sites: Vec<VtableSite>,
-    /// The sites are attached only while the spawn gate says (sample mode): every one of
-    /// them is a spawn probe.
+    /// The spawn sites are attached only while the spawn gate says (sample mode); the
+    /// others ([`Plan::always_attached`]: runtime shutdown) stay attached all along.
     pub spawns_gated: bool,
 }
 
@@ -255,6 +255,14 @@ impl Plan {
 
     pub fn site_count(&self) -> usize {
         self.entry.len() + self.ret.len()
+    }
+
+    /// Whether this site stays attached while the spawn gate detaches the others
+    /// (sample mode's runtime-shutdown probes).
+    pub fn always_attached(&self, site: &Site) -> bool {
+        self.spawns_gated
+            && EventKind::from_u8(tracer_common::cookie_kind(site.cookie))
+                == Some(EventKind::Shutdown)
     }
 
     /// Builds the plan for a binary with symbols. Refuses binaries whose symbols cannot
@@ -509,7 +517,8 @@ impl Plan {
                  completion: a task spawned while the spawn probes are off is first seen by \
                  a task-list reading, about 1 s apart, so one that lives shorter than that \
                  is only counted (tokio's task-id counter); a task's end is known to within \
-                 a reading, and a cancelled task cannot be told from a completed one",
+                 a reading, and a cancelled task cannot be told from a completed one \
+                 (except those a runtime's shutdown cancels: that is probed)",
             );
             lose(
                 "blocking-pool tasks",
@@ -623,7 +632,10 @@ impl Plan {
     /// Sample mode: the sites were planned (so that the binary is known to be a tokio
     /// the version files describe, and the code's spawn sites are named); only the spawn
     /// sites stay, and those only while the session's spawn gate holds them attached
-    /// (`cmd::spawn_gate`): no poll, completion or deallocation is probed.
+    /// (`cmd::spawn_gate`): no poll, completion or deallocation is probed. The runtime
+    /// shutdown probes stay too, always attached: they fire only while a runtime shuts
+    /// down (once per task it cancels), and without them a reading taken during the
+    /// shutdown sees the cancelled leaks gone, as if they had finished.
     fn keep_spawn_probes_only(&mut self) {
         let spawn = |s: &Site| {
             matches!(
@@ -634,6 +646,7 @@ impl Plan {
                         | EventKind::SpawnBlocking
                         | EventKind::SpawnCall
                         | EventKind::SpawnId
+                        | EventKind::Shutdown
                 )
             )
         };

@@ -21,6 +21,10 @@ fn demo() -> PathBuf {
 }
 
 fn plan_of(bin: &BinaryInfo, table: &LocationTable, host_fsbase: Option<u64>) -> Plan {
+    plan_in(bin, table, host_fsbase, Mode::Full)
+}
+
+fn plan_in(bin: &BinaryInfo, table: &LocationTable, host_fsbase: Option<u64>, mode: Mode) -> Plan {
     let k = tokio_versions::select(bin.tokio_version).unwrap().knowledge;
     Plan::choose(
         Path::new("demo"),
@@ -29,7 +33,7 @@ fn plan_of(bin: &BinaryInfo, table: &LocationTable, host_fsbase: Option<u64>) ->
         k,
         PlanOpts {
             spawn_sites: true,
-            mode: Mode::Full,
+            mode,
             host_fsbase,
         },
     )
@@ -122,6 +126,52 @@ fn stripped_the_vtable_scan_finds_what_the_symbols_name() {
     assert_eq!(polls(&plan), named);
     // And the same task-id draws.
     assert_eq!(plan.id_draws, full.id_draws);
+}
+
+/// Sample mode: spawn probes, gated, and the runtime-shutdown probes, attached all along
+/// (a reading during a shutdown would see its cancelled leaks gone, as if finished);
+/// nothing per poll, completion or deallocation. With symbols and stripped.
+#[test]
+fn sample_mode_keeps_spawn_and_shutdown_probes_only() {
+    use tracer_common::{EventKind, cookie_kind};
+    let path = stripped_demo();
+    for (what, binary) in [("symbols", demo()), ("stripped", path.clone())] {
+        let (bin, table) = read_binary(&binary, "demo", None).unwrap();
+        let plan = plan_in(&bin, &table, Some(0x1000), Mode::Sample);
+        assert!(plan.spawns_gated, "{what}");
+        let kind = |s: &super::Site| EventKind::from_u8(cookie_kind(s.cookie)).unwrap();
+        let shutdowns: Vec<_> = plan
+            .entry
+            .iter()
+            .filter(|s| kind(s) == EventKind::Shutdown)
+            .collect();
+        assert!(!shutdowns.is_empty(), "{what}: shutdown probes");
+        for s in plan.entry.iter().chain(&plan.ret) {
+            let k = kind(s);
+            assert!(
+                !matches!(
+                    k,
+                    EventKind::PollStart
+                        | EventKind::PollEnd
+                        | EventKind::Complete
+                        | EventKind::Dealloc
+                        | EventKind::WakeByVal
+                        | EventKind::WakeByRef
+                ),
+                "{what}: {s:?}"
+            );
+            assert_eq!(
+                plan.always_attached(s),
+                k == EventKind::Shutdown,
+                "{what}: {s:?}"
+            );
+        }
+    }
+    std::fs::remove_file(&path).ok();
+    // Elsewhere nothing is singled out: every site attaches and detaches together.
+    let (bin, table) = read_binary(&demo(), "demo", None).unwrap();
+    let plan = plan_of(&bin, &table, Some(0x1000));
+    assert!(!plan.entry.iter().any(|s| plan.always_attached(s)));
 }
 
 /// The summary is what a trace file records for the model: it must read back as it was
