@@ -16,6 +16,7 @@ use tasktrace::{
     error::{Error, exit},
     live::target,
     model::verdict::Thresholds,
+    plan::Mode,
     report,
     stream::{output::Output, tracefile::Writer},
 };
@@ -51,7 +52,7 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             let report = session::trace_watched(
                 target,
                 Some(launched),
-                &window(&opts),
+                &window(&opts, Mode::Full),
                 trace,
                 metrics.as_mut().map(|m| m as &mut dyn session::Watch),
             )
@@ -66,7 +67,7 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             let report = session::trace_watched(
                 target,
                 None,
-                &window(&opts),
+                &window(&opts, Mode::Sample),
                 trace,
                 metrics.as_mut().map(|m| m as &mut dyn session::Watch),
             )
@@ -317,7 +318,9 @@ fn thresholds(v: &VerdictArgs) -> Thresholds {
     Thresholds::new(v.leak_after, v.stuck_after, v.never_polled_after)
 }
 
-fn window(opts: &TraceArgs) -> WindowOpts {
+/// `mode` is the verb's default: `run` traces in full, `record` attaches in sample mode
+/// (free to leave on; docs/user-guide.md, "Modes and overhead").
+fn window(opts: &TraceArgs, mode: Mode) -> WindowOpts {
     WindowOpts {
         duration: opts.duration,
         thresholds: thresholds(&opts.verdicts),
@@ -327,7 +330,7 @@ fn window(opts: &TraceArgs) -> WindowOpts {
         keep: opts.verdicts.retention(),
         symbols: opts.symbols.clone(),
         spawn_sites: !opts.no_spawn_sites,
-        mode: opts.mode,
+        mode: opts.mode.unwrap_or(mode),
         spawn_budget: opts.spawn_budget,
         attach: opts.attach,
         flight: opts.flight.map(|keep| flight::FlightOpts {

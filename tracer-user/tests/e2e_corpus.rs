@@ -224,7 +224,17 @@ fn trace(name: &str, bin: &Path, how: How) -> (Value, PathBuf) {
             }
             let _client = client;
             let out = tasktrace()
-                .args(["record", "-q", "--duration", "5s", "--json"])
+                // Full mode, as `run`: the oracle wants every spawn's event (sample
+                // mode, `record`'s default, probes spawns only under its budget).
+                .args([
+                    "record",
+                    "-q",
+                    "--mode",
+                    "full",
+                    "--duration",
+                    "5s",
+                    "--json",
+                ])
                 .arg(&json)
                 .args(record_to)
                 .args(thresholds)
@@ -268,7 +278,17 @@ fn trace(name: &str, bin: &Path, how: How) -> (Value, PathBuf) {
             let load = workload.start();
             thread::sleep(Duration::from_secs(1));
             let out = tasktrace()
-                .args(["record", "-q", "--duration", "5s", "--json"])
+                // Full mode, as `run`: the oracle wants every spawn's event (sample
+                // mode, `record`'s default, probes spawns only under its budget).
+                .args([
+                    "record",
+                    "-q",
+                    "--mode",
+                    "full",
+                    "--duration",
+                    "5s",
+                    "--json",
+                ])
                 .arg(&json)
                 .args(record_to)
                 .args(thresholds)

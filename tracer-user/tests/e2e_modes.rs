@@ -89,9 +89,12 @@ fn sample_mode_finds_the_pitfalls_with_spawn_probes_only() {
     ];
     let kinds = by_kind(&report);
     assert!(kinds.contains("spawn"), "{kinds:?}");
+    // And the runtime-shutdown probe, which fires only while a runtime shuts down.
     assert!(
-        kinds.iter().all(|k| spawn_kinds.contains(&k.as_str())),
-        "only spawn probes: {kinds:?}"
+        kinds
+            .iter()
+            .all(|k| spawn_kinds.contains(&k.as_str()) || k == "shutdown"),
+        "only spawn and shutdown probes: {kinds:?}"
     );
     let lost = unavailable(&report);
     for what in [
@@ -150,9 +153,7 @@ fn sampled_mode_on_the_demo(mode: &str) -> (Value, Truth) {
     assert_eq!(report["summary"]["lost_events"], 0);
 
     // Leaks: from readings of the task lists (a future unchanged in memory), exactly.
-    assert_eq!(ids_with(&report, "leaked"), truth.leaked, "leaked tasks");
-    assert_eq!(definite_ids(&report), truth.definite, "definite leaks");
-    assert_eq!(report["diagnostics"]["definite_contradicted"], 0);
+    assert_matches_truth_without_polls(&report, &truth);
     // Blocking polls: the thread sampler found the two tasks holding a worker.
     let blocking = with_reason(&report, "blocking_poll");
     assert_eq!(blocking.len(), 2, "two blocking polls: {blocking:?}");
@@ -160,20 +161,6 @@ fn sampled_mode_on_the_demo(mode: &str) -> (Value, Truth) {
         blocking.is_subset(&truth.stuck),
         "{blocking:?} {:?}",
         truth.stuck
-    );
-    // The starved task was polled once before the first reading: without poll probes it
-    // is indistinguishable from never polled, and is flagged as one or the other.
-    let flagged: BTreeSet<u64> = ids_with(&report, "stuck")
-        .union(&ids_with(&report, "never_polled"))
-        .copied()
-        .collect();
-    let expected: BTreeSet<u64> = truth.stuck.union(&truth.never_polled).copied().collect();
-    assert_eq!(flagged, expected, "stuck or never polled");
-    assert!(
-        truth
-            .never_polled
-            .is_subset(&ids_with(&report, "never_polled")),
-        "never-polled tasks"
     );
 
     // The recording replays to the same verdicts (samples, readings and counts included).

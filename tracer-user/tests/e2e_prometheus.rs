@@ -173,7 +173,7 @@ fn the_agent_follows_processes_and_a_restart_into_prometheus() {
     let (other, _) = start_with_truth(&bin, &[]);
     let not_tokio = Target(Command::new("sleep").arg("120").spawn().unwrap());
     let metrics = format!("127.0.0.1:{}", free_port());
-    // In its default, lifecycle mode: no per-poll probe, verdicts from the readings.
+    // In its default, sample mode: no per-task cost, verdicts from the readings.
     let mut agent = Target(
         tasktrace()
             .args(["agent", "--all", "--rescan", "1s", "--listen", &metrics])

@@ -91,7 +91,17 @@ fn record_then_signal(signal: i32, name: &str) -> (Value, Value, Option<Value>) 
     );
     sleep(Duration::from_millis(300));
     let tracer = tasktrace()
-        .args(["record", "-q", "--pid", &target.id().to_string(), "-o"])
+        // Full mode: the truth check counts polls and long polls (`record` defaults to
+        // sample; e2e_demo checks it on the demo).
+        .args([
+            "record",
+            "-q",
+            "--mode",
+            "full",
+            "--pid",
+            &target.id().to_string(),
+            "-o",
+        ])
         .arg(&file)
         .arg("--json")
         .arg(&live)

@@ -140,10 +140,7 @@ fn top_in_a_terminal_finds_the_leaking_site_and_detaches() {
     let s = wait_for("the leaking site with its count", 30, |s| {
         leaked_on_row(s, short) == Some(ids.len() as u64)
     });
-    assert!(
-        s.contains("lifecycle mode"),
-        "the header names the mode:\n{s}"
-    );
+    assert!(s.contains("sample mode"), "the header names the mode:\n{s}");
     assert!(s.contains("spawn sites"), "{s}");
 
     // Sort by leaks: the site with the most comes first.

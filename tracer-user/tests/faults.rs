@@ -279,7 +279,8 @@ fn a_stopped_target_is_judged_on_its_running_time() {
     let (target, truth) = start_with_truth(&fixture("demo"), &[]);
     let truth = truth_of(&truth);
     let json = tmp("faults-stopped.json");
-    let tracer = record_in_background(target.id(), &json, "9s");
+    // Full mode: the ticker's polls are what shows it was not judged idle while stopped.
+    let tracer = record_in_background_with(target.id(), &json, "9s", &["--mode", "full"]);
     std::thread::sleep(std::time::Duration::from_secs(2));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(target.id() as i32, libc::SIGSTOP) };

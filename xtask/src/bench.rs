@@ -220,7 +220,10 @@ pub fn memory(root: &Path, tasks: usize) -> Result<(), String> {
         let result = if ready {
             peak_rss_kib(
                 Command::new(&tasktrace)
-                    .args(["record", "-q", "--duration", "3s", "--json"])
+                    // Full mode, the figure's history (the readings' memory is the
+                    // same in every mode; `record` defaults to sample).
+                    .args(["record", "-q", "--mode", "full", "--duration", "3s"])
+                    .arg("--json")
                     .arg(&json)
                     .args(["--pid", &target.id().to_string()]),
             )
@@ -436,14 +439,22 @@ pub fn poll(root: &Path) -> Result<(), String> {
         tracer_cpu: Vec<f64>,
     }
     let mut traced: [Traced; 3] = Default::default();
-    for _ in 0..ROUNDS {
+    let untraced_run = || -> Result<f64, String> {
         let out = Command::new(&fixture)
             .arg(N.to_string())
             .output()
             .map_err(|e| e.to_string())?;
-        let untraced = measurement(&out, "NS_PER_POLL ")?;
-        plain.push(untraced);
-        for (mode, t) in MODES.iter().zip(traced.iter_mut()) {
+        measurement(&out, "NS_PER_POLL ")
+    };
+    for round in 0..ROUNDS {
+        // Each traced run is paired with an untraced run just before it, and the modes'
+        // order turns each round: a mode that always ran right after full mode's hot
+        // rounds, or always last, would carry the machine's drift in its ratio.
+        for k in 0..MODES.len() {
+            let m = (round + k) % MODES.len();
+            let (mode, t) = (MODES[m], &mut traced[m]);
+            let untraced = untraced_run()?;
+            plain.push(untraced);
             let before = children_cpu_s();
             let started = std::time::Instant::now();
             let out = Command::new(&tasktrace)
@@ -473,7 +484,7 @@ pub fn poll(root: &Path) -> Result<(), String> {
     }
     let a = median(&mut plain);
     println!(
-        "bench poll ({N} yielding polls a run, {} in full mode; median of {ROUNDS} interleaved runs):",
+        "bench poll ({N} yielding polls a run, {} in full mode; median of {ROUNDS} rounds, each traced run paired with the untraced run before it):",
         N / 10
     );
     println!("  untraced:            {a:>7.0} ns/poll");
@@ -521,7 +532,16 @@ pub fn attach(root: &Path) -> Result<(), String> {
         let (mut attach, mut detach, mut sites) = (Vec::new(), Vec::new(), 0);
         for _ in 0..ROUNDS {
             let out = Command::new(&tasktrace)
-                .args(["record", "-q", "--duration", "1s", "--json"])
+                // Full mode attaches every probe site: the case this measures.
+                .args([
+                    "record",
+                    "-q",
+                    "--mode",
+                    "full",
+                    "--duration",
+                    "1s",
+                    "--json",
+                ])
                 .arg(&json)
                 .args(["--pid", &target.id().to_string()])
                 .output()
@@ -620,7 +640,7 @@ pub fn agent(root: &Path, rate: u64, seconds: u64) -> Result<(), String> {
     let apid = agent.0.id();
     let started = Instant::now();
     println!(
-        "bench agent: tasktrace agent --pid (lifecycle mode) on fixture-spawnrate {rate} (spawns/s), {seconds} s:"
+        "bench agent: tasktrace agent --pid (its default, sample mode) on fixture-spawnrate {rate} (spawns/s), {seconds} s:"
     );
     println!(
         "  {:>6}  {:>10}  {:>14}  {:>12}",

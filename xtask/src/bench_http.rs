@@ -1,13 +1,14 @@
 //! `cargo xtask bench http`: a real HTTP server under load. `fixtures/bench/http` (hyper,
 //! two tokio worker threads, one task per connection, a spawned task and a channel round
 //! trip per request) serves a fixed-concurrency `wrk` run; requests/s untraced, under
-//! `tasktrace record --mode lifecycle`, under `--mode full`, and as the console-subscriber
-//! build with a console client attached. A fresh server per run, interleaved rounds,
-//! medians, each variant's throughput loss against the untraced server, the median and
-//! range of its per-round ratio to the untraced run of the same round (which cancels the
-//! machine's drift between rounds), and the CPU time per request of the server and of the
-//! observer. A second scenario runs the same server without the task per request
-//! (`--no-spawn-per-request`): lifecycle mode's cost is per spawned task, not per request.
+//! `tasktrace record --mode lifecycle`, `--mode full` and `--mode sample`, and as the
+//! console-subscriber build with a console client attached. A fresh server per run,
+//! interleaved rounds, medians, each variant's throughput loss against the untraced
+//! server, the median and range of its per-round ratio to the untraced run of the same
+//! round (which cancels the machine's drift between rounds), and the CPU time per request
+//! of the server and of the observer. A second scenario runs the same server without the
+//! task per request (`--no-spawn-per-request`): lifecycle mode's cost is per spawned task,
+//! not per request; sample mode's follows neither.
 
 use std::{
     cell::Cell,
@@ -40,7 +41,7 @@ enum Variant {
     /// A mode and extra options.
     Traced(&'static str, &'static [&'static str]),
     Console,
-    /// `tasktrace agent --pid` (lifecycle mode, serving /metrics) attached to the server.
+    /// `tasktrace agent --pid` (its default mode, serving /metrics) attached to the server.
     Agent,
 }
 
@@ -52,7 +53,7 @@ impl Variant {
                 .trim_end()
                 .to_owned(),
             Variant::Console => "console-subscriber + client".into(),
-            Variant::Agent => "tasktrace agent (lifecycle)".into(),
+            Variant::Agent => "tasktrace agent (sample)".into(),
         }
     }
 }

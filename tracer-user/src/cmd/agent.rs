@@ -1,6 +1,6 @@
 //! `tasktrace agent`: always on across a host. It selects targets (`--pid`, `--exe`,
 //! `--all` tokio processes), rescans every few seconds, traces each new one in its own
-//! lifecycle-mode session on a thread of its own (one failing target never stops the
+//! session (sample mode by default: no per-task cost) on a thread of its own (one failing target never stops the
 //! others; a restarted service is a new pid of the same executable, picked up by the next
 //! scan), and serves every target on one HTTP address: `/metrics` (Prometheus),
 //! `/debug/pprof/tasks` and `/debug/pprof/leaked` (pprof), `/report.json` and
@@ -48,7 +48,7 @@ pub struct AgentOpts {
     pub select: Selection,
     pub listen: String,
     pub rescan: Duration,
-    /// The sessions' options (lifecycle mode, thresholds, no duration).
+    /// The sessions' options (mode, thresholds, no duration).
     pub window: WindowOpts,
 }
 

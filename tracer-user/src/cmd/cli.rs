@@ -70,8 +70,9 @@ pub enum Command {
         /// Process id of the tokio program.
         #[arg(long, required_unless_present = "cmd", conflicts_with = "cmd")]
         pid: Option<u32>,
-        /// `lifecycle` (default: cheapest, no poll figures) or `full` (every poll).
-        #[arg(long, value_enum, default_value_t = crate::plan::Mode::Lifecycle)]
+        /// `sample` (default: no per-task cost), `lifecycle` (every spawn and completion)
+        /// or `full` (every poll).
+        #[arg(long, value_enum, default_value_t = crate::plan::Mode::Sample)]
         mode: crate::plan::Mode,
         /// Print one snapshot after one refresh period, as text, and end (also what
         /// happens when stdout is not a terminal).
@@ -118,8 +119,9 @@ pub enum Command {
         /// How often to look for new processes.
         #[arg(long, value_parser = parse_duration, default_value = "5s")]
         rescan: Duration,
-        /// `lifecycle` (the default: no per-poll probe) or `full`.
-        #[arg(long, value_enum, default_value_t = crate::plan::Mode::Lifecycle)]
+        /// `sample` (the default: no per-task cost), `lifecycle` (every spawn and
+        /// completion) or `full` (every poll).
+        #[arg(long, value_enum, default_value_t = crate::plan::Mode::Sample)]
         mode: crate::plan::Mode,
         #[arg(long, value_parser = parse_duration, default_value = "30s")]
         leak_after: Duration,
@@ -185,9 +187,11 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_spawn_sites: bool,
     /// `full`: every poll (one probe hit per poll); `lifecycle`: no per-poll probes at all
-    /// (spawns, completions, sampled polls; see docs/user-guide.md for what it loses).
-    #[arg(long, value_enum, default_value_t = crate::plan::Mode::Full)]
-    pub mode: crate::plan::Mode,
+    /// (spawns, completions, sampled polls); `sample`: task-list readings and spawn
+    /// probes under a budget, no per-task cost (see docs/user-guide.md for what each
+    /// loses). Default: `full` for `run`, `sample` for `record`.
+    #[arg(long, value_enum)]
+    pub mode: Option<crate::plan::Mode>,
     /// Sample mode: probe spawns (for their sites and times) while the target spawns
     /// fewer tasks a second than this; above it, for 0.1 s every 10 s or more, so that
     /// the probes never cost more than this many hits a second. 0: never.

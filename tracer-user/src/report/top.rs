@@ -352,7 +352,8 @@ pub fn render_text(v: &TopView, sort: SortBy, filter: &str) -> String {
     if !v.polls {
         let _ = writeln!(
             out,
-            "(lifecycle mode: no poll figures; --mode full shows them)"
+            "({} mode: no poll figures; --mode full shows them)",
+            v.header.mode
         );
     }
     out

@@ -147,9 +147,20 @@ pub fn ground_truth(stdout: &str) -> Truth {
 /// `tasktrace record --pid PID --duration D --json JSON` with the e2e thresholds, in the
 /// background (stdout and stderr piped).
 pub fn record_in_background(pid: u32, json: &Path, duration: &str) -> std::process::Child {
+    record_in_background_with(pid, json, duration, &[])
+}
+
+/// [`record_in_background`] with more options (`--mode full` …).
+pub fn record_in_background_with(
+    pid: u32,
+    json: &Path,
+    duration: &str,
+    extra: &[&str],
+) -> std::process::Child {
     tasktrace()
         .args(["record", "--duration", duration, "--pid"])
         .arg(pid.to_string())
+        .args(extra)
         .arg("--json")
         .arg(json)
         .args(THRESHOLDS)
@@ -247,6 +258,28 @@ pub fn assert_matches_truth(report: &Value, truth: &Truth) {
         }
         assert!(t.get("spawned_at_ns").is_some(), "tasks[].spawned_at_ns");
     }
+}
+
+/// [`assert_matches_truth`] for the modes that probe no poll (`lifecycle`, `sample`):
+/// leaks exact, definite leaks exact; the starved task, polled once before the first
+/// reading, may come out never polled instead of stuck (both flagged); no poll counts.
+pub fn assert_matches_truth_without_polls(report: &Value, truth: &Truth) {
+    assert_eq!(ids_with(report, "leaked"), truth.leaked, "leaked tasks");
+    assert_eq!(definite_ids(report), truth.definite, "definite leaks");
+    assert_eq!(report["diagnostics"]["definite_contradicted"], 0);
+    let flagged: BTreeSet<u64> = ids_with(report, "stuck")
+        .union(&ids_with(report, "never_polled"))
+        .copied()
+        .collect();
+    let expected: BTreeSet<u64> = truth.stuck.union(&truth.never_polled).copied().collect();
+    assert_eq!(flagged, expected, "stuck or never polled");
+    assert!(
+        truth
+            .never_polled
+            .is_subset(&ids_with(report, "never_polled")),
+        "never-polled tasks"
+    );
+    assert_eq!(report["summary"]["lost_events"], 0, "no events lost");
 }
 
 /// Names of the loaded BPF programs (bpftool), to prove tasktrace leaves none behind.
