@@ -35,6 +35,18 @@ use serde_json::Value;
 /// bounded rate.
 const OHA_LOAD: [&str; 6] = ["-c", "8", "-q", "2000", "--no-tui", "--disable-keepalive"];
 
+/// `record`'s window, in full mode as `run`'s: the oracle wants every spawn's event
+/// (sample mode, `record`'s default, probes spawns only under its budget).
+const RECORD: [&str; 7] = [
+    "record",
+    "-q",
+    "--mode",
+    "full",
+    "--duration",
+    "5s",
+    "--json",
+];
+
 /// Leak threshold for the windows: idle keep-alive connections opened before it pass it.
 const LEAK_AFTER: &str = "2s";
 
@@ -224,17 +236,7 @@ fn trace(name: &str, bin: &Path, how: How) -> (Value, PathBuf) {
             }
             let _client = client;
             let out = tasktrace()
-                // Full mode, as `run`: the oracle wants every spawn's event (sample
-                // mode, `record`'s default, probes spawns only under its budget).
-                .args([
-                    "record",
-                    "-q",
-                    "--mode",
-                    "full",
-                    "--duration",
-                    "5s",
-                    "--json",
-                ])
+                .args(RECORD)
                 .arg(&json)
                 .args(record_to)
                 .args(thresholds)
@@ -278,17 +280,7 @@ fn trace(name: &str, bin: &Path, how: How) -> (Value, PathBuf) {
             let load = workload.start();
             thread::sleep(Duration::from_secs(1));
             let out = tasktrace()
-                // Full mode, as `run`: the oracle wants every spawn's event (sample
-                // mode, `record`'s default, probes spawns only under its budget).
-                .args([
-                    "record",
-                    "-q",
-                    "--mode",
-                    "full",
-                    "--duration",
-                    "5s",
-                    "--json",
-                ])
+                .args(RECORD)
                 .arg(&json)
                 .args(record_to)
                 .args(thresholds)

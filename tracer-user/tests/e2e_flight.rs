@@ -199,7 +199,19 @@ fn a_growing_site_triggers_an_incident_naming_it() {
     let pid = target.id().to_string();
     let mut recorder = Target(
         tasktrace()
-            .args(["record", "--pid", &pid, "--flight", "10s", "-o"])
+            // Lifecycle mode: sample mode (`record`'s default) learns a task's end at the
+            // next reading only, so a steady site of short tasks saw-tooths between
+            // readings and may pass a growth threshold over 5 s (seen: +2.4/s).
+            .args([
+                "record",
+                "--mode",
+                "lifecycle",
+                "--pid",
+                &pid,
+                "--flight",
+                "10s",
+            ])
+            .arg("-o")
             .arg(&dir)
             .args(["--trigger", "growth:2", "-q"])
             .stdout(Stdio::null())
