@@ -115,16 +115,10 @@ impl Probes {
             .map_err(|e| bpf_error("loading the eBPF object", e))?;
         let pid = NonZeroU32::new(tgid).ok_or_else(|| bpf_missing("pid 0"))?;
         // Sites the spawn gate attaches again and again, and those attached all along.
-        let (kept, gated): (Vec<Site>, Vec<Site>) = plan
-            .entry
-            .iter()
-            .cloned()
-            .partition(|s| plan.always_attached(s));
-        let (kept_ret, gated_ret): (Vec<Site>, Vec<Site>) = plan
-            .ret
-            .iter()
-            .cloned()
-            .partition(|s| plan.always_attached(s));
+        let split = |sites: &[Site]| -> (Vec<Site>, Vec<Site>) {
+            sites.iter().cloned().partition(|s| plan.always_attached(s))
+        };
+        let ((kept, gated), (kept_ret, gated_ret)) = (split(&plan.entry), split(&plan.ret));
         let kept = SiteSet {
             binary: binary.to_owned(),
             pid,

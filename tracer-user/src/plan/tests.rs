@@ -40,8 +40,9 @@ fn plan_in(bin: &BinaryInfo, table: &LocationTable, host_fsbase: Option<u64>, mo
     .unwrap()
 }
 
-fn stripped_demo() -> PathBuf {
-    let out = std::env::temp_dir().join(format!("tt-plan-stripped-{}", std::process::id()));
+/// A stripped copy of the demo, named after the test (tests run in parallel).
+fn stripped_demo(test: &str) -> PathBuf {
+    let out = std::env::temp_dir().join(format!("tt-plan-stripped-{test}-{}", std::process::id()));
     let ok = std::process::Command::new("strip")
         .arg("-o")
         .arg(&out)
@@ -94,7 +95,7 @@ fn stripped_the_vtable_scan_finds_what_the_symbols_name() {
         let (bin, table) = read_binary(&demo(), "demo", None).unwrap();
         plan_of(&bin, &table, Some(0x1000))
     };
-    let path = stripped_demo();
+    let path = stripped_demo("scan");
     let (bin, table) = read_binary(&path, "demo", None).unwrap();
     std::fs::remove_file(&path).ok();
     let plan = plan_of(&bin, &table, Some(0x1000));
@@ -134,7 +135,7 @@ fn stripped_the_vtable_scan_finds_what_the_symbols_name() {
 #[test]
 fn sample_mode_keeps_spawn_and_shutdown_probes_only() {
     use tracer_common::{EventKind, cookie_kind};
-    let path = stripped_demo();
+    let path = stripped_demo("sample");
     for (what, binary) in [("symbols", demo()), ("stripped", path.clone())] {
         let (bin, table) = read_binary(&binary, "demo", None).unwrap();
         let plan = plan_in(&bin, &table, Some(0x1000), Mode::Sample);
