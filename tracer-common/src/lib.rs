@@ -253,6 +253,19 @@ impl HeaderLayout {
 /// Global: offset of `task_struct.thread.fsbase` in the running kernel (from its BTF; 0:
 /// unknown, threads are then not recorded).
 pub const GLOBAL_TASK_FSBASE: &str = "TASK_FSBASE";
+/// Global: offsets of `task_struct.pid` and `task_struct.tgid` (from the kernel's BTF; 0:
+/// unknown), for the thread iterator, which runs in no target thread's context.
+pub const GLOBAL_TASK_IDS: &str = "TASK_IDS";
+/// The task iterator that records every target thread's TLS pointer, asleep or not.
+pub const PROGRAM_THREAD_ITER: &str = "target_threads";
+
+/// Where `task_struct` keeps a thread's ids ([`GLOBAL_TASK_IDS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskIds {
+    pub pid: u64,
+    pub tgid: u64,
+}
 
 /// Map names.
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -273,6 +286,8 @@ pub const MAX_SITE_KNOWN: u32 = 4096;
 mod user {
     // SAFETY: plain `repr(C)` integers with no padding holes the kernel could leave unset.
     unsafe impl aya::Pod for super::HeaderLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskIds {}
 }
 
 #[cfg(test)]

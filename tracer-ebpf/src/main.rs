@@ -3,8 +3,8 @@
 //! without a usable `uprobe_multi` (before 6.10), their twins attached through one
 //! perf-event link per site. The attach cookie says what the site means and where the
 //! task header pointer is; the program filters by target process, reads the header
-//! (read-only) and packs a fixed-size event. A low-rate perf-event program only records
-//! which target threads exist and where their thread-locals are.
+//! (read-only) and packs a fixed-size event. A low-rate perf-event program and a task
+//! iterator only record which target threads exist and where their thread-locals are.
 #![no_std]
 #![no_main]
 
@@ -22,7 +22,7 @@ use aya_ebpf::{
 use tracer_common::{
     CallEvent, EVENT_FLAG_UNREADABLE, EventKind, HEADER_READ_WORDS, HeaderArg, HeaderLayout,
     MAX_SITE_KNOWN, MAX_THREADS, REG_ARG_BASE, REG_ARG_CALLER, STACK_COPY, StackEvent, TaskEvent,
-    cookie_arg, cookie_kind, cookie_site,
+    TaskIds, cookie_arg, cookie_kind, cookie_site,
 };
 
 /// Process (tgid) to trace; set by userspace at load time.
@@ -45,6 +45,10 @@ static STACK_BYTES: u32 = 0;
 /// Offset of `task_struct.thread.fsbase` (from the kernel's BTF; 0: unknown).
 #[unsafe(no_mangle)]
 static TASK_FSBASE: u64 = 0;
+
+/// Offsets of `task_struct.pid` and `.tgid` (from the kernel's BTF; 0: unknown).
+#[unsafe(no_mangle)]
+static TASK_IDS: TaskIds = TaskIds { pid: 0, tgid: 0 };
 
 /// Events for userspace. Its size is set by userspace (`--ring-size`).
 #[map]
@@ -174,6 +178,52 @@ pub fn thread_sample(_ctx: PerfEventContext) -> u32 {
     if (pid_tgid >> 32) as u32 == unsafe { core::ptr::read_volatile(&TARGET_TGID) } {
         note_thread(pid_tgid as u32);
     }
+    0
+}
+
+/// A task iterator (`iter/task`), run when userspace reads it: records the TLS pointer of
+/// every target thread, those asleep included. A worker blocked inside a poll, in a sleep
+/// or a lock, is on no CPU for [`thread_sample`] to see, and it is the one that matters.
+/// aya-ebpf has no macro for iterators: the section name says what the program is.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+pub fn target_threads(ctx: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: set by the loader before the program is loaded, read-only afterwards.
+    let (ids, fsbase_at) = unsafe {
+        (
+            core::ptr::read_volatile(&TASK_IDS),
+            core::ptr::read_volatile(&TASK_FSBASE),
+        )
+    };
+    if ids.pid == 0 || ids.tgid == 0 || fsbase_at == 0 {
+        return 0;
+    }
+    // `struct bpf_iter__task { struct bpf_iter_meta *meta; struct task_struct *task; }`:
+    // the task is copied out as a plain number, so no BTF pointer rules apply to it.
+    // SAFETY: the context is that struct; the read is checked (the last call has no task).
+    let Ok(task) = (unsafe { bpf_probe_read_kernel((ctx as *const u64).wrapping_add(1)) }) else {
+        return 0;
+    };
+    if task == 0 {
+        return 0;
+    }
+    // SAFETY: a live task_struct while the iterator holds it; every read is checked.
+    let tgid = unsafe { bpf_probe_read_kernel((task + ids.tgid) as *const i32) };
+    // SAFETY: see `event`.
+    if tgid.ok() != Some(unsafe { core::ptr::read_volatile(&TARGET_TGID) } as i32) {
+        return 0;
+    }
+    // SAFETY: as above.
+    let read = unsafe {
+        (
+            bpf_probe_read_kernel((task + ids.pid) as *const i32),
+            bpf_probe_read_kernel((task + fsbase_at) as *const u64),
+        )
+    };
+    let (Ok(tid), Ok(fsbase)) = read else {
+        return 0;
+    };
+    let _ = THREADS.insert(&(tid as u32), &fsbase, 0);
     0
 }
 

@@ -162,6 +162,17 @@ fn sampled_mode_on_the_demo(mode: &str) -> (Value, Truth) {
         "{blocking:?} {:?}",
         truth.stuck
     );
+    // Each on its thread: the sampler read the worker's current task. Both workers sleep
+    // inside their poll, so no probe and hardly a CPU sample ever runs on them: the
+    // thread iterator is what found them.
+    let on_threads: BTreeSet<u64> = report["stuck_polls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["thread"].as_u64().is_some_and(|t| t != 0))
+        .filter_map(|p| p["task_id"].as_u64())
+        .collect();
+    assert_eq!(on_threads, blocking, "{}", report["stuck_polls"]);
 
     // The recording replays to the same verdicts (samples, readings and counts included).
     let replay_json = tmp(&format!("{mode}-replay.json"));

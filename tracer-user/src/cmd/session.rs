@@ -123,6 +123,8 @@ pub struct Session<'o> {
     /// `None` while a reading walks the lists on a blocking thread.
     lists: Option<ListReader>,
     sampler: Option<crate::live::sampler::Sampler>,
+    /// When the thread iterator last ran.
+    threads_found_at: Option<std::time::Instant>,
     /// What the window says of itself at its start (the recording's first record).
     meta: MetaRecord,
     /// Warnings raised during the window (those of the start are in `meta`).
@@ -363,9 +365,16 @@ impl<'o> Session<'o> {
             target.pid,
             &knowledge.layout,
             opts.ring_bytes,
-            host_fsbase,
+            kernel.task_offsets(),
             attach,
         )?;
+        if let Some(why) = &probes.thread_iter_error {
+            warnings.push(format!(
+                "the thread iterator is off ({why}): the thread sampler sees only threads that \
+                 run while it looks, so a worker blocked inside one poll since before attach \
+                 may go unseen"
+            ));
+        }
         let start_ns = monotonic_ns();
         let attach_ms = probes.attach_time.as_secs_f64() * 1e3;
         if !opts.quiet {
@@ -444,6 +453,7 @@ impl<'o> Session<'o> {
             },
             lists: Some(lists),
             sampler,
+            threads_found_at: None,
             meta,
             warnings: Vec::new(),
             next_reading: tokio::time::Instant::now() + READ_EVERY,
@@ -840,8 +850,21 @@ impl<'o> Session<'o> {
         let Some(sampler) = self.sampler.as_ref() else {
             return;
         };
+        let mut threads = self.probes.threads();
+        // A thread no program has run on (asleep since before attach, or new): the
+        // iterator finds it, at most once a second.
+        if self
+            .threads_found_at
+            .is_none_or(|t| t.elapsed() >= FIND_THREADS_EVERY)
+            && sampler.unknown_threads(&threads)
+        {
+            self.threads_found_at = Some(std::time::Instant::now());
+            if self.probes.find_threads() {
+                threads = self.probes.threads();
+            }
+        }
         let at_ns = monotonic_ns();
-        let samples = sampler.sample(&self.probes.threads());
+        let samples = sampler.sample(&threads);
         self.live.feed.emit(Rec::Samples { at_ns, samples });
     }
 
@@ -1078,6 +1101,8 @@ fn vtable_site(locator: &mut Locator, vtable: u64) -> Option<Arc<str>> {
 /// Thread-sampler period, in drain ticks (100 ms): polls' ends inferred from it are lower
 /// bounds, so only a poll longer than this can be missed as long.
 const SAMPLE_EVERY_TICKS: u64 = 10;
+/// Least time between two runs of the thread iterator.
+const FIND_THREADS_EVERY: Duration = Duration::from_secs(1);
 /// Period of the task-list readings during a window (stretched when one is slow).
 const READ_EVERY: Duration = Duration::from_secs(1);
 /// A reading's CPU time, its own and the model's, times this is the least period.

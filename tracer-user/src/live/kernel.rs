@@ -25,6 +25,15 @@ pub struct KernelFeatures {
     pub btf: bool,
     /// Where `task_struct` keeps a thread's TLS pointer, from that BTF.
     pub fsbase: Option<u64>,
+    /// Where it keeps a thread's ids, from that BTF: the thread iterator needs them.
+    pub task_ids: Option<tracer_common::TaskIds>,
+}
+
+/// Where the running kernel's `task_struct` keeps what the kernel side reads of a thread.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskOffsets {
+    pub fsbase: Option<u64>,
+    pub ids: Option<tracer_common::TaskIds>,
 }
 
 impl KernelFeatures {
@@ -42,6 +51,15 @@ impl KernelFeatures {
             multi_pid_filter,
             btf: kernel_btf::available(),
             fsbase: kernel_btf::task_fsbase_offset(),
+            task_ids: kernel_btf::task_ids_offsets(),
+        }
+    }
+
+    /// What the kernel side is told of `task_struct`.
+    pub fn task_offsets(&self) -> TaskOffsets {
+        TaskOffsets {
+            fsbase: self.fsbase,
+            ids: self.task_ids,
         }
     }
 
@@ -54,6 +72,10 @@ impl KernelFeatures {
             multi_pid_filter: Ok(true),
             btf: true,
             fsbase: Some(0x1000),
+            task_ids: Some(tracer_common::TaskIds {
+                pid: 0x2000,
+                tgid: 0x2004,
+            }),
         }
     }
 
@@ -112,6 +134,10 @@ mod tests {
             multi_pid_filter: Ok(filter),
             btf: true,
             fsbase: Some(0x1000),
+            task_ids: Some(tracer_common::TaskIds {
+                pid: 0x2000,
+                tgid: 0x2004,
+            }),
         }
     }
 

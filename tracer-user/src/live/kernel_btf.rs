@@ -28,6 +28,16 @@ pub fn task_fsbase_offset() -> Option<u64> {
     member_path_offset(&data, "task_struct", &["thread", "fsbase"])
 }
 
+/// Byte offsets of `task_struct.pid` and `task_struct.tgid` in the running kernel, if its
+/// BTF says: the thread iterator reads them to find the target's threads.
+pub fn task_ids_offsets() -> Option<tracer_common::TaskIds> {
+    let data = std::fs::read(btf_path()).ok()?;
+    Some(tracer_common::TaskIds {
+        pid: member_path_offset(&data, "task_struct", &["pid"])?,
+        tgid: member_path_offset(&data, "task_struct", &["tgid"])?,
+    })
+}
+
 struct Member {
     name: u32,
     type_id: u32,
@@ -118,6 +128,9 @@ mod tests {
     fn this_kernel_says_where_fsbase_is() {
         // Every kernel tasktrace supports has BTF; x86_64 keeps fsbase in thread_struct.
         let off = super::task_fsbase_offset().expect("fsbase offset from /sys/kernel/btf/vmlinux");
+        let ids = super::task_ids_offsets().expect("pid and tgid offsets from the BTF");
+        // `pid` and `tgid` are adjacent `pid_t`s in every kernel's task_struct.
+        assert_eq!(ids.tgid, ids.pid + 4, "{ids:?}");
         assert!(off > 0 && off < 64 * 1024, "implausible offset {off}");
     }
 }

@@ -13,19 +13,20 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        PerfEvent, ProgramError, RawTracePoint, UProbe,
+        Iter, PerfEvent, ProgramError, RawTracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
 use tracer_common::{
     CALL_EVENT_SIZE, CallEvent, EVENT_SIZE, GLOBAL_LAYOUT, GLOBAL_STACK_BYTES, GLOBAL_TARGET_TGID,
-    GLOBAL_TASK_FSBASE, HeaderLayout, MAP_EVENTS, MAP_LOST, MAP_SITE_KNOWN, MAP_THREADS,
-    STACK_EVENT_SIZE, StackEvent, TaskEvent,
+    GLOBAL_TASK_FSBASE, GLOBAL_TASK_IDS, HeaderLayout, MAP_EVENTS, MAP_LOST, MAP_SITE_KNOWN,
+    MAP_THREADS, PROGRAM_THREAD_ITER, STACK_EVENT_SIZE, StackEvent, TaskEvent,
 };
 
 use crate::{
     error::{Error, Result},
+    live::kernel::TaskOffsets,
     plan::{AttachMode, Plan, Site},
     tokio_versions::Layout,
 };
@@ -58,6 +59,10 @@ pub struct Probes {
     pub attach_time: Duration,
     pub sites: usize,
     pub mode: AttachMode,
+    /// Why the thread iterator could not be loaded (then only threads that run while a
+    /// probe or the CPU sampler looks are found); `None` when it was, or was not asked for.
+    pub thread_iter_error: Option<String>,
+    thread_iter: bool,
 }
 
 /// The plan's sites and where they go: kept to attach them again.
@@ -77,7 +82,7 @@ impl Probes {
         tgid: u32,
         layout: &Layout,
         ring_bytes: u32,
-        fsbase: Option<u64>,
+        task: TaskOffsets,
         mode: AttachMode,
     ) -> Result<Self> {
         let started = Instant::now();
@@ -104,10 +109,12 @@ impl Probes {
             });
         }
         // Without it (no kernel BTF) threads go unrecorded and the plan keeps poll-end probes.
-        let fsbase = fsbase.unwrap_or(0);
+        let fsbase = task.fsbase.unwrap_or(0);
+        let ids = task.ids.unwrap_or_default();
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_TARGET_TGID, &tgid, true)
             .override_global(GLOBAL_TASK_FSBASE, &fsbase, true)
+            .override_global(GLOBAL_TASK_IDS, &ids, true)
             .override_global(GLOBAL_LAYOUT, &header, true)
             .override_global(GLOBAL_STACK_BYTES, &stack_bytes, true)
             .map_max_entries(MAP_EVENTS, ring_bytes)
@@ -133,8 +140,14 @@ impl Probes {
             ret: gated_ret,
         };
         let links = attach_sites(&mut ebpf, &sites_again, mode)?;
+        let mut thread_iter_error = None;
         if plan.thread_sampling {
             attach_thread_sampler(&mut ebpf)?;
+            if task.ids.is_some() {
+                thread_iter_error = load_thread_iter(&mut ebpf).err();
+            } else {
+                thread_iter_error = Some("the kernel's BTF has no task_struct.pid/tgid".into());
+            }
         }
         attach_exec_watch(&mut ebpf)?;
         let ring = ebpf
@@ -164,6 +177,8 @@ impl Probes {
             attach_time: started.elapsed(),
             sites: plan.site_count(),
             mode,
+            thread_iter: plan.thread_sampling && thread_iter_error.is_none(),
+            thread_iter_error,
         })
     }
 
@@ -252,6 +267,32 @@ impl Probes {
             .as_ref()
             .map(|m| m.iter().filter_map(|r| r.ok()).collect())
             .unwrap_or_default()
+    }
+
+    /// Runs the thread iterator: every thread of the target, asleep or not, gets its TLS
+    /// pointer recorded (read from kernel memory; the target is not touched). False when
+    /// there is no iterator or it failed.
+    pub fn find_threads(&mut self) -> bool {
+        if !self.thread_iter {
+            return false;
+        }
+        let Some(p) = self
+            .ebpf
+            .as_mut()
+            .and_then(|e| e.program_mut(PROGRAM_THREAD_ITER))
+            .and_then(|p| <&mut Iter>::try_from(p).ok())
+        else {
+            return false;
+        };
+        // One link and one pass per call: reading the iterator to its end runs it over
+        // every task of the system; the program keeps the target's and writes nothing.
+        let ran = p
+            .attach()
+            .and_then(|id| p.take_link(id))
+            .ok()
+            .and_then(|link| link.into_file().ok())
+            .map(|mut f| std::io::copy(&mut f, &mut std::io::sink()).is_ok());
+        ran == Some(true)
     }
 
     /// Detaches every probe and unloads the programs; the ring stays readable so events
@@ -498,6 +539,19 @@ fn attach_thread_sampler(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
+/// Loads the thread iterator (Linux 5.8+, with BTF); why not, if it cannot be.
+fn load_thread_iter(ebpf: &mut Ebpf) -> std::result::Result<(), String> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"))?;
+    let program: &mut Iter = ebpf
+        .program_mut(PROGRAM_THREAD_ITER)
+        .ok_or("the thread iterator is missing from the object")?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    program
+        .load("task", &btf)
+        .map_err(|e| format!("loading the task iterator: {}", crate::error::chain(&e)))
+}
+
 fn bpf_missing(what: &str) -> Error {
     Error::Bpf {
         what: what.to_owned(),
@@ -594,9 +648,16 @@ mod tests {
             }],
             ..Default::default()
         };
-        let mut probes =
-            Probes::attach(&exe, &plan, std::process::id(), layout, 1 << 16, None, mode)
-                .expect("load and attach");
+        let mut probes = Probes::attach(
+            &exe,
+            &plan,
+            std::process::id(),
+            layout,
+            1 << 16,
+            Default::default(),
+            mode,
+        )
+        .expect("load and attach");
         // A task header as tokio lays it out, and the task id where its vtable says.
         let id_offset = 0x60u64;
         let mut vtable = [0u64; 16];
@@ -625,5 +686,70 @@ mod tests {
         assert_eq!(ev.task_id, 4242);
         assert_eq!(ev.flags, 0);
         assert_eq!(probes.lost_events(), 0);
+    }
+
+    /// The thread iterator finds a thread that sleeps all along (on no CPU for the CPU
+    /// sampler, hit by no probe: a worker blocked inside a poll) and records its real TLS
+    /// pointer, as the thread itself reads it.
+    #[test]
+    fn the_thread_iterator_records_a_sleeping_threads_tls_pointer() {
+        if !bpf_available() {
+            return;
+        }
+        let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let (told, told_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+        let sleeper = std::thread::spawn(move || {
+            const ARCH_GET_FS: libc::c_long = 0x1003;
+            let mut fs = 0u64;
+            // SAFETY: ARCH_GET_FS writes this thread's fsbase where the pointer says.
+            let rc = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_FS, &mut fs) };
+            assert_eq!(rc, 0, "arch_prctl");
+            // SAFETY: no preconditions.
+            told.send((unsafe { libc::gettid() } as u32, fs)).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let (tid, fs) = told_rx.recv().unwrap();
+        let kernel = crate::live::kernel::KernelFeatures::probe();
+        assert!(kernel.task_ids.is_some(), "task_struct.pid/tgid in the BTF");
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let layout = &tokio_versions::select(None).unwrap().knowledge.layout;
+        let plan = Plan {
+            thread_sampling: true,
+            ..Default::default()
+        };
+        let mut probes = Probes::attach(
+            &exe,
+            &plan,
+            std::process::id(),
+            layout,
+            1 << 16,
+            kernel.task_offsets(),
+            AttachMode::Perf,
+        )
+        .expect("load and attach");
+        assert_eq!(probes.thread_iter_error, None);
+        assert!(probes.find_threads(), "the iterator ran");
+        let threads = probes.threads();
+        probes.detach(&|_, _| {});
+        stop.send(()).unwrap();
+        sleeper.join().unwrap();
+        assert!(
+            threads.contains(&(tid, fs)),
+            "{tid} at {fs:#x} in {threads:x?}"
+        );
+        // No other process's threads (those of other tests may have exited since).
+        let tgid = |tid: u32| {
+            let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("Tgid:"))?;
+            line[5..].trim().parse::<u32>().ok()
+        };
+        for &(t, _) in &threads {
+            assert!(
+                tgid(t).is_none_or(|g| g == std::process::id()),
+                "thread {t} of another process"
+            );
+        }
+        assert!(threads.iter().all(|&(_, fs)| fs != 0), "{threads:x?}");
     }
 }

@@ -21,6 +21,17 @@ impl Sampler {
         }
     }
 
+    /// Whether the target has a thread that `threads` does not hold.
+    pub fn unknown_threads(&self, threads: &[(u32, u64)]) -> bool {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return false;
+        };
+        let known: std::collections::HashSet<u32> = threads.iter().map(|&(t, _)| t).collect();
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .any(|tid| !known.contains(&tid))
+    }
+
     /// For each live thread of `threads` (tid, TLS pointer): the id of the task it polls,
     /// `None` between polls. Threads that exited, or whose word cannot be read, are left
     /// out: nothing is said of them.
