@@ -74,6 +74,8 @@ pub struct Flight {
     history: std::collections::VecDeque<(u64, std::collections::HashMap<Option<String>, u64>)>,
     /// Sites a growth trigger fired for (once each).
     grown: std::collections::HashSet<Option<String>>,
+    /// The task-list reading the growth history last took its counts from.
+    last_reading: Option<u32>,
     incidents: u32,
     pidfile: Option<PathBuf>,
 }
@@ -95,6 +97,7 @@ impl Flight {
             fired,
             history: Default::default(),
             grown: Default::default(),
+            last_reading: None,
             incidents: 0,
             pidfile,
         }
@@ -133,12 +136,30 @@ impl Flight {
             }
         }
         if let Some(rate) = growth {
-            let live: std::collections::HashMap<Option<String>, u64> = now
-                .sites
-                .iter()
-                .map(|s| (s.site.as_deref().map(str::to_owned), s.live))
-                .collect();
-            self.history.push_back((now_ns, live));
+            // Where only the task lists tell that a task ended (sample mode), the live
+            // count between two readings holds every task spawned since the last one and
+            // none that ended since: it saw-tooths. Counts are compared at readings only,
+            // where they are exact: the tasks each reading found.
+            let at_reading = agg.completion_from_lists;
+            let point = match now.reading {
+                _ if !at_reading => Some(now_ns),
+                Some((n, at)) if self.last_reading != Some(n) => {
+                    self.last_reading = Some(n);
+                    Some(at)
+                }
+                _ => None,
+            };
+            if let Some(at) = point {
+                let live: std::collections::HashMap<Option<String>, u64> = now
+                    .sites
+                    .iter()
+                    .map(|s| {
+                        let n = if at_reading { s.listed } else { s.live };
+                        (s.site.as_deref().map(str::to_owned), n)
+                    })
+                    .collect();
+                self.history.push_back((at, live));
+            }
             let span = GROWTH_SPAN.as_nanos() as u64;
             while self
                 .history
@@ -242,4 +263,123 @@ pub fn prepare_dir(dir: &Path) -> Result<()> {
         path: dir.to_owned(),
         err,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tracer_common::{EventKind, TaskEvent};
+
+    use super::*;
+    use crate::{
+        model::verdict::Thresholds,
+        stream::records::{ListKind, ListedTask, Rec, Status},
+        tokio_versions::select,
+    };
+
+    const MS: u64 = 1_000_000;
+    const STEADY: u64 = 0x5000;
+    const GROWING: u64 = 0x6000;
+
+    /// Sample mode's stream: spawns probed, ends told only by the readings (every
+    /// `period`, listing the tasks alive then), the triggers checked every 1.3 s so that
+    /// checks and readings drift apart as they do live. A steady site spawns 3 tasks every
+    /// 100 ms that live 300 ms (9 alive); a growing site keeps 3 more tasks a second.
+    /// Returns the growth incidents of a 30 s window, in order.
+    fn growth_incidents() -> Vec<String> {
+        let k = select(None).unwrap().knowledge;
+        let s = Duration::from_secs(1);
+        let mut agg = crate::model::Aggregator::new(k.state, Thresholds::new(s, s, s));
+        agg.completion_from_lists = true;
+        for (vtable, site) in [(STEADY, "steady.rs:1:1"), (GROWING, "growing.rs:1:1")] {
+            agg.apply(&Rec::Future {
+                vtable,
+                name: String::new(),
+                site: Some(site.into()),
+            });
+        }
+        let opts = FlightOpts {
+            keep: Duration::from_secs(10),
+            max_bytes: 1 << 20,
+            dir: std::env::temp_dir(),
+            triggers: vec![Trigger::Growth(2.0)],
+        };
+        // A pid no process has: the recorder's pid file is its own.
+        let mut flight = Flight::start(opts, u32::MAX - 7);
+        // (header, id, vtable, spawned, ends)
+        let mut tasks: Vec<(u64, u64, u64, u64, Option<u64>)> = Vec::new();
+        let mut fired = Vec::new();
+        let (mut next_check, mut next_reading) = (1_300 * MS, 1_000 * MS);
+        for step in 1..=300u64 {
+            let now = step * 100 * MS;
+            for _ in 0..3 {
+                let id = tasks.len() as u64 + 1;
+                tasks.push((
+                    0x10_0000 + id * 0x100,
+                    id,
+                    STEADY,
+                    now,
+                    Some(now + 300 * MS),
+                ));
+            }
+            if step % 3 == 0 {
+                let id = tasks.len() as u64 + 1;
+                tasks.push((0x10_0000 + id * 0x100, id, GROWING, now, None));
+            }
+            for &(header, id, vtable, at, _) in tasks.iter().filter(|t| t.3 == now) {
+                agg.apply(&Rec::Task(TaskEvent {
+                    ts_ns: at,
+                    header,
+                    task_id: id,
+                    owner_id: 1,
+                    vtable,
+                    tid: 1,
+                    kind: EventKind::Spawn as u8,
+                    ..Default::default()
+                }));
+            }
+            if now >= next_reading {
+                next_reading += 1_000 * MS;
+                let listed: Vec<ListedTask> = tasks
+                    .iter()
+                    .filter(|t| t.4.is_none_or(|end| end > now))
+                    .map(|&(header, id, vtable, _, _)| ListedTask {
+                        header,
+                        id,
+                        owner_id: 1,
+                        vtable,
+                        state: 2 << 6,
+                        digest: 0,
+                        refs: 2,
+                        list: ListKind::Runtime,
+                        stable: true,
+                        status: Status::Idle,
+                        join_handle: true,
+                        no_way_to_run: false,
+                    })
+                    .collect();
+                agg.apply(&Rec::TaskList {
+                    at_ns: now,
+                    attach: false,
+                    tasks: listed,
+                    complete_owners: Some(vec![1]),
+                    until_ns: Some(now),
+                });
+            }
+            if now >= next_check {
+                next_check += 1_300 * MS;
+                fired.extend(flight.due(&agg, now));
+            }
+        }
+        fired
+    }
+
+    #[test]
+    fn growth_is_compared_at_readings_where_only_they_tell_ends() {
+        let fired = growth_incidents();
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        assert!(fired[0].contains("growth growing.rs:1:1 +"), "{fired:?}");
+        assert!(!fired[0].contains("steady"), "{fired:?}");
+    }
 }

@@ -517,6 +517,11 @@ impl Aggregator {
         super::verdict::under_losses(j, &self.losses, listed, &self.thresholds)
     }
 
+    /// The last complete task-list reading: its number and instant.
+    pub fn last_reading(&self) -> Option<(u32, u64)> {
+        self.last_reading.as_ref().map(|r| (r.0, r.1))
+    }
+
     /// Closes the window's model before it is reported: draws whose spawn never showed,
     /// tasks spawned before the probes went in, sites of tasks known from their vtable.
     pub fn finish(&mut self) {

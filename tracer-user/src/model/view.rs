@@ -17,6 +17,9 @@ pub struct SiteNow {
     /// `None`: tasks whose spawn site is unknown.
     pub site: Option<Arc<str>>,
     pub live: u64,
+    /// Of the live tasks, those the last complete task-list reading found: where the lists
+    /// tell completions, the one count that is exact at an instant (that reading's).
+    pub listed: u64,
     /// Of the live tasks: scheduled (woken, waiting for a worker), running, idle.
     pub scheduled: u64,
     pub running: u64,
@@ -44,6 +47,8 @@ pub struct Now {
     pub at_ns: u64,
     pub live: u64,
     pub sites: Vec<SiteNow>,
+    /// The last complete task-list reading: its number and instant.
+    pub reading: Option<(u32, u64)>,
     /// Tasks the model has seen so far (held or folded).
     pub tasks_seen: u64,
 }
@@ -84,6 +89,7 @@ impl Aggregator {
             slot_of[s]
         };
         let mut live = 0;
+        let reading = self.last_reading();
         for i in self.live.values() {
             let t = &self.tasks[i];
             if t.is_finished() || t.is_plumbing() {
@@ -93,6 +99,7 @@ impl Aggregator {
             let k = row(&mut sites, t.site);
             let r = &mut sites[k];
             r.live += 1;
+            r.listed += u64::from(reading.is_some_and(|(n, _)| n == t.listed_in));
             match t.state() {
                 TaskState::Scheduled => r.scheduled += 1,
                 TaskState::Running => r.running += 1,
@@ -125,6 +132,7 @@ impl Aggregator {
             at_ns: at,
             live,
             sites,
+            reading,
             tasks_seen: self.folded().total + self.tasks.len() as u64,
         }
     }

@@ -238,6 +238,7 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            reading: None,
             tasks_seen: 42,
         };
         let target = TargetInfo {

@@ -621,6 +621,7 @@ mod tests {
             at_ns: at_s * 1_000_000_000,
             live: sites.iter().map(|s| s.live).sum(),
             sites,
+            reading: None,
             tasks_seen: 0,
         }
     }
