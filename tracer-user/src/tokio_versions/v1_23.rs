@@ -5,6 +5,17 @@
 //! 1.28.2 builds. 1.23 is the oldest: 1.22's task vtable has no `scheduler_offset` or
 //! `id_offset` (a task's id sits where its future's type puts it, which neither the
 //! kernel side nor the list reader can follow without DWARF).
+//!
+//! What 1.22.0 lays out instead (DWARF of the matrix fixture, rustc 1.99), for the
+//! version file it still lacks: `Header { state, queue_next, vtable, owner_id }` (32
+//! bytes); `Vtable { poll, dealloc, try_read_output, try_set_join_waker,
+//! drop_join_handle_slow, drop_abort_handle, remote_abort, shutdown, trailer_offset @64 }`;
+//! `CONTEXT.current_task_id` tagged at 0. `Core { scheduler, stage, task_id }` is not
+//! `repr(C)`: for a future aligned to 8 it is scheduler @0, stage, task_id last (the id at
+//! `trailer_offset - 8`); for one aligned to A ≥ 16 (any task holding a `Sleep` inline:
+//! its timer entry is aligned to 128) stage @0, task_id, scheduler, the `Core` at A and
+//! the id at `trailer_offset - A`. So the id's place follows the future's alignment,
+//! which neither the vtable nor the header says.
 
 use super::{
     Degraded, Knowledge, Layout, ListLayout, RuntimeList, SymbolNames, Version,
