@@ -101,6 +101,12 @@ pub enum HeaderArg {
     Arg1 = 2,
     /// Return value register (`rax`), for return probes.
     Ret = 3,
+    /// Return probes of a function returning a `JoinHandle { raw, id }` in registers
+    /// (before tokio 1.23): the header in `rax`, the task id in `rdx`.
+    RetPair = 4,
+    /// Return probes of a function returning `(JoinHandle { raw, id }, ..)` through
+    /// memory (before tokio 1.23): `rax` points at it, the header first, the id next.
+    RetSlot = 5,
 }
 
 /// Packs a probe site's meaning into the `bpf_get_attach_cookie` value.
@@ -233,9 +239,13 @@ pub struct HeaderLayout {
     pub vtable: u64,
     /// Offset of `owner_id` in the header.
     pub owner_id: u64,
-    /// Offset, inside the vtable, of the field holding the task id's offset from the header.
+    /// Offset, inside the vtable, of the field holding the task id's offset from the header;
+    /// [`NO_ID_OFFSET`]: the vtable has none (before tokio 1.23), no id is read.
     pub vtable_id_offset: u64,
 }
+
+/// [`HeaderLayout::vtable_id_offset`] of a tokio whose vtable says nothing of the id.
+pub const NO_ID_OFFSET: u64 = u64::MAX;
 
 impl HeaderLayout {
     /// State, vtable and owner id are whole words inside the kernel side's one read.

@@ -21,8 +21,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     CallEvent, EVENT_FLAG_UNREADABLE, EventKind, HEADER_READ_WORDS, HeaderArg, HeaderLayout,
-    MAX_SITE_KNOWN, MAX_THREADS, REG_ARG_BASE, REG_ARG_CALLER, STACK_COPY, StackEvent, TaskEvent,
-    TaskIds, cookie_arg, cookie_kind, cookie_site,
+    MAX_SITE_KNOWN, MAX_THREADS, NO_ID_OFFSET, REG_ARG_BASE, REG_ARG_CALLER, STACK_COPY,
+    StackEvent, TaskEvent, TaskIds, cookie_arg, cookie_kind, cookie_site,
 };
 
 /// Process (tgid) to trace; set by userspace at load time.
@@ -229,17 +229,28 @@ pub fn target_threads(ctx: *mut core::ffi::c_void) -> i32 {
 
 #[inline(always)]
 fn on_return(ctx: &RetProbeContext) -> u32 {
-    let header = if cookie_arg(cookie(ctx)) == HeaderArg::Ret as u8 {
-        ctx.ret::<u64>()
+    // SAFETY: the context of a uretprobe is the target thread's saved registers.
+    let regs = unsafe { &*ctx.regs };
+    let arg = cookie_arg(cookie(ctx));
+    // The header, and the task id where the returned `JoinHandle` holds it (before 1.23).
+    let (header, id) = if arg == HeaderArg::Ret as u8 {
+        (regs.rax, 0)
+    } else if arg == HeaderArg::RetPair as u8 {
+        (regs.rax, regs.rdx)
+    } else if arg == HeaderArg::RetSlot as u8 {
+        // SAFETY: bpf_probe_read_user copes with any address and reports faults.
+        unsafe { bpf_probe_read_user(regs.rax as *const [u64; 2]) }.map_or((0, 0), |w| (w[0], w[1]))
     } else {
-        0
+        (0, 0)
     };
-    if let Some(ev) = event(ctx, header) {
+    if let Some(mut ev) = event(ctx, header) {
+        if ev.task_id == 0 {
+            ev.task_id = id;
+        }
         // A spawn taken at its function's return (the function that binds the task was
         // inlined away, or before tokio 1.30 builds it): the stack is the caller's.
         if ev.kind == EventKind::Spawn as u8 && needs_stack(&ev) {
-            // SAFETY: the context of a uretprobe is the target thread's saved registers.
-            emit_stack(unsafe { &*ctx.regs });
+            emit_stack(regs);
         }
         submit(&ev);
     }
@@ -471,7 +482,10 @@ fn read_header(ev: &mut TaskEvent, header: u64, layout: &HeaderLayout) {
         ev.owner_id = word(layout.owner_id);
         let v = word(layout.vtable);
         ev.vtable = v;
-        if let Ok(id_off) = bpf_probe_read_user((v + layout.vtable_id_offset) as *const u64) {
+        // Before tokio 1.23 the vtable does not say where the id is: userspace finds it.
+        if layout.vtable_id_offset != NO_ID_OFFSET
+            && let Ok(id_off) = bpf_probe_read_user((v + layout.vtable_id_offset) as *const u64)
+        {
             // An id offset beyond a task cell's plausible size means a bad layout.
             if id_off < 4096
                 && let Ok(id) = bpf_probe_read_user((header + id_off) as *const u64)

@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::tokio_versions::Layout;
+use crate::tokio_versions::{CoreAt, Layout};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, RelocationFlags, SymbolKind};
 
 use object::elf::R_X86_64_RELATIVE;
@@ -401,6 +401,8 @@ pub struct TaskVtable {
     /// Address in the file (add the load bias for the process's address).
     pub vaddr: u64,
     pub trailer_offset: u64,
+    /// Where `Core.scheduler` and `Core.task_id` are; 0 before tokio 1.23, whose vtables do
+    /// not say (the task-list readings find them in memory).
     pub scheduler_offset: u64,
     pub id_offset: u64,
 }
@@ -412,8 +414,9 @@ impl LocationTable {
     }
 
     /// Task vtables found without symbols (stripped binaries): `.data.rel.ro` runs of
-    /// seven pointers into `.text` followed by the three offsets, with
-    /// header < scheduler ≤ id < trailer, all 8-aligned.
+    /// the vtable's function pointers into `.text` followed by its offsets, with
+    /// header < scheduler ≤ id < trailer, all 8-aligned (before 1.23: the trailer offset
+    /// alone).
     pub fn scan_task_vtables(&self, layout: &Layout) -> Vec<TaskVtable> {
         let Some((text, _)) = self.unwind.text.as_ref() else {
             return Vec::new();
@@ -422,7 +425,7 @@ impl LocationTable {
         let mut out = Vec::new();
         for &(start, end) in &self.data_rel_ro {
             let mut v = start.next_multiple_of(8);
-            while v + layout.vtable_id_offset + 8 <= end {
+            while v + layout.vtable_len() <= end {
                 if (0..layout.slots.task_functions).all(|i| in_text(self.vtable_slot(v, i)))
                     && let Some(vt) = self.vtable_at(v, layout)
                     && [vt.trailer_offset, vt.scheduler_offset, vt.id_offset]
@@ -430,7 +433,7 @@ impl LocationTable {
                         .all(|o| o.is_multiple_of(8))
                 {
                     out.push(vt);
-                    v += layout.vtable_id_offset + 8;
+                    v += layout.vtable_len();
                     continue;
                 }
                 v += 8;
@@ -443,11 +446,14 @@ impl LocationTable {
     /// found without symbols: a `.data.rel.ro` run of four `.text` pointers whose clone
     /// function adds one reference (`ref_one`) to the header its argument points at
     /// (`lock xadd [rdi]`, no displacement: other wakers count references elsewhere, e.g.
-    /// an `Arc` 16 bytes before its data) and returns this very table (a RIP-relative
-    /// `lea`, or a load from a GOT slot holding it). `None` unless exactly one matches.
-    pub fn scan_waker_vtable(&self, ref_one: u64, layout: &Layout) -> Option<u64> {
+    /// an `Arc` 16 bytes before its data), itself or (before 1.23) through a call, and
+    /// returns this very table (a RIP-relative `lea`, or a load from a GOT slot holding
+    /// it). One table (none unless exactly one matches), or before 1.23 one per task type.
+    pub fn scan_waker_vtables(&self, ref_one: u64, layout: &Layout) -> Vec<u64> {
         let (n, clone_slot) = (layout.slots.waker_functions, layout.slots.waker_clone);
-        let (text, code) = self.unwind.text.as_ref()?;
+        let Some((text, code)) = self.unwind.text.as_ref() else {
+            return Vec::new();
+        };
         let in_text = |p: Option<u64>| p.filter(|p| text.contains(p));
         let mut found = Vec::new();
         for &(start, end) in &self.data_rel_ro {
@@ -468,11 +474,15 @@ impl LocationTable {
                 v += 8;
             }
         }
-        (found.len() == 1).then(|| found[0])
+        if !layout.slots.waker_per_task && found.len() != 1 {
+            found.clear();
+        }
+        found
     }
 
     fn is_task_waker_clone(&self, ip: u64, body: &[u8], table: u64, ref_one: u64) -> bool {
-        if !crate::tokio_versions::shapes::adds_one_task_reference(body, ref_one) {
+        use crate::tokio_versions::shapes::adds_one_task_reference;
+        if !adds_one_task_reference(body, ref_one) && !self.calls_reference_add(ip, body, ref_one) {
             return false;
         }
         // lea / mov r64, [rip + disp32]: 48 8d|8b modrm(00 reg 101) disp32.
@@ -489,24 +499,73 @@ impl LocationTable {
         })
     }
 
+    /// Whether code at `ip` calls (directly, or through a GOT slot) a function that adds
+    /// one task reference: before 1.23 a waker's clone calls `State::ref_inc` out of line.
+    fn calls_reference_add(&self, ip: u64, body: &[u8], ref_one: u64) -> bool {
+        let Some((text, code)) = self.unwind.text.as_ref() else {
+            return false;
+        };
+        body.windows(6).enumerate().any(|(i, w)| {
+            let next = ip + i as u64;
+            let callee = match w {
+                // call rel32
+                [0xe8, a, b, c, d, _] => Some(
+                    (next + 5).wrapping_add_signed(i32::from_le_bytes([*a, *b, *c, *d]) as i64),
+                ),
+                // call [rip + disp32]
+                [0xff, 0x15, a, b, c, d] => self.pointer_at(
+                    (next + 6).wrapping_add_signed(i32::from_le_bytes([*a, *b, *c, *d]) as i64),
+                ),
+                _ => None,
+            };
+            callee.filter(|f| text.contains(f)).is_some_and(|f| {
+                let at = (f - text.start) as usize;
+                crate::tokio_versions::shapes::adds_one_task_reference(
+                    &code[at..(at + 48).min(code.len())],
+                    ref_one,
+                )
+            })
+        })
+    }
+
     /// The vtable at `vaddr` if its offset fields are plausible.
     fn vtable_at(&self, vaddr: u64, layout: &Layout) -> Option<TaskVtable> {
+        let fields: &[u64] = match layout.core {
+            CoreAt::Vtable {
+                scheduler_offset,
+                id_offset,
+            } => &[layout.vtable_trailer_offset, scheduler_offset, id_offset],
+            CoreAt::ByFuture { .. } => &[layout.vtable_trailer_offset],
+        };
         // Offsets are plain integers: a relocated slot there is a pointer, not an offset.
-        if [
-            layout.vtable_trailer_offset,
-            layout.vtable_scheduler_offset,
-            layout.vtable_id_offset,
-        ]
-        .iter()
-        .any(|o| self.relative.contains_key(&(vaddr + o)))
+        if fields
+            .iter()
+            .any(|o| self.relative.contains_key(&(vaddr + o)))
         {
             return None;
         }
-        let vt = TaskVtable {
-            vaddr,
-            trailer_offset: self.u64_at(vaddr + layout.vtable_trailer_offset)?,
-            scheduler_offset: self.u64_at(vaddr + layout.vtable_scheduler_offset)?,
-            id_offset: self.u64_at(vaddr + layout.vtable_id_offset)?,
+        let trailer_offset = self.u64_at(vaddr + layout.vtable_trailer_offset)?;
+        let vt = match layout.core {
+            CoreAt::Vtable {
+                scheduler_offset,
+                id_offset,
+            } => TaskVtable {
+                vaddr,
+                trailer_offset,
+                scheduler_offset: self.u64_at(vaddr + scheduler_offset)?,
+                id_offset: self.u64_at(vaddr + id_offset)?,
+            },
+            CoreAt::ByFuture { header_len } => {
+                return (header_len <= trailer_offset
+                    && trailer_offset.is_multiple_of(8)
+                    && trailer_offset < 1 << 24)
+                    .then_some(TaskVtable {
+                        vaddr,
+                        trailer_offset,
+                        scheduler_offset: 0,
+                        id_offset: 0,
+                    });
+            }
         };
         (layout.header_owner_id < vt.scheduler_offset
             && vt.scheduler_offset <= vt.id_offset

@@ -170,22 +170,34 @@ pub fn inspect_for(
         out.task_vtables.by_symbols = Some(by_symbols.len());
         out.task_vtables.scan_matches_symbols = Some(scanned == by_symbols);
     }
-    let waker = table.scan_waker_vtable(1 << k.refs.ref_shift, &k.layout);
-    out.task_vtables.waker_by_scan = waker.is_some();
+    let wakers = table.scan_waker_vtables(1 << k.refs.ref_shift, &k.layout);
+    out.task_vtables.waker_by_scan = !wakers.is_empty();
     let (by_val, by_ref) = (
         bin.instances(k.symbols.wake_by_val),
         bin.instances(k.symbols.wake_by_ref),
     );
     if !by_val.is_empty() {
-        out.task_vtables.waker_matches_symbols = Some(waker.is_some_and(|w| {
-            let s = &k.layout.slots;
-            table
-                .vtable_slot(w, s.wake_by_val.index)
-                .is_some_and(|f| by_val.contains(&f))
-                && table
-                    .vtable_slot(w, s.wake_by_ref.index)
-                    .is_some_and(|f| by_ref.contains(&f))
-        }));
+        let s = &k.layout.slots;
+        let slots = |index: u64| -> Vec<u64> {
+            let mut f: Vec<u64> = wakers
+                .iter()
+                .filter_map(|&w| table.vtable_slot(w, index))
+                .collect();
+            f.sort_unstable();
+            f.dedup();
+            f
+        };
+        // The tables found lead to the wake functions the symbols name, all of them.
+        let (mut val, mut by_ref_sorted) = (by_val.to_vec(), by_ref.to_vec());
+        val.sort_unstable();
+        val.dedup();
+        by_ref_sorted.sort_unstable();
+        by_ref_sorted.dedup();
+        out.task_vtables.waker_matches_symbols = Some(
+            !wakers.is_empty()
+                && slots(s.wake_by_val.index) == val
+                && slots(s.wake_by_ref.index) == by_ref_sorted,
+        );
     }
     match Plan::choose(
         Path::new(display),

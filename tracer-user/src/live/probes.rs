@@ -94,7 +94,9 @@ impl Probes {
             state: layout.header_state,
             vtable: layout.header_vtable,
             owner_id: layout.header_owner_id,
-            vtable_id_offset: layout.vtable_id_offset,
+            vtable_id_offset: layout
+                .vtable_id_offset()
+                .unwrap_or(tracer_common::NO_ID_OFFSET),
         };
         // The kernel side reads the header's first words in one go: a layout whose fields
         // fall outside them would be read wrong, silently.
@@ -661,7 +663,7 @@ mod tests {
         // A task header as tokio lays it out, and the task id where its vtable says.
         let id_offset = 0x60u64;
         let mut vtable = [0u64; 16];
-        vtable[(layout.vtable_id_offset / 8) as usize] = id_offset;
+        vtable[(layout.vtable_id_offset().expect("1.23+ layout") / 8) as usize] = id_offset;
         let mut header = [0u64; 16];
         header[(layout.header_state / 8) as usize] = 0xcc;
         header[(layout.header_vtable / 8) as usize] = vtable.as_ptr() as u64;

@@ -23,11 +23,12 @@ use crate::{
     binary::locations::TaskVtable,
     error::{Error, Result},
     live::memory::{Memory, ReadMemory, Spans},
-    tokio_versions::{Knowledge, Layout, RuntimeList},
+    tokio_versions::{CoreAt, Knowledge, Layout, RuntimeList},
 };
 
 pub use crate::tokio_versions::{ListKind, Status};
 
+mod core_guess;
 mod digest;
 use digest::Behind;
 
@@ -118,6 +119,12 @@ pub struct Reader<'a, M: ReadMemory = Memory> {
     /// the first time the pointer is followed, so that a digest changes with the bytes
     /// of the object only, never with what happens to be next to it.
     behind: std::cell::RefCell<HashMap<u64, Behind>>,
+    /// Before tokio 1.23 (`CoreAt::ByFuture`): the header's length; the `Core` offsets are
+    /// then learned from memory (`core_guess`), per vtable: (scheduler, id).
+    by_future: Option<u64>,
+    learned: std::cell::RefCell<HashMap<u64, (u64, u64)>>,
+    /// Vtables whose offsets were not found, said once.
+    unlearned: std::cell::RefCell<HashSet<u64>>,
 }
 
 /// CPU time of the calling thread so far, in milliseconds.
@@ -192,6 +199,12 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
                 .fold(8 * tracer_common::HEADER_READ_WORDS, usize::max),
             seen: Default::default(),
             behind: Default::default(),
+            by_future: match knowledge.layout.core {
+                CoreAt::ByFuture { header_len } => Some(header_len),
+                CoreAt::Vtable { .. } => None,
+            },
+            learned: Default::default(),
+            unlearned: Default::default(),
         }
     }
 
@@ -258,6 +271,7 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
             }
             snap.lists.push(list);
         }
+        self.learn_cores(&mut snap.tasks, &mut snap.warnings);
 
         // Every state word read a second time, in parts (no second copy of the list);
         // with digests, together with the `Core` after it, in one read per task.
@@ -372,34 +386,60 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
 
     /// Finds the list of runtime `owner` from candidate headers of its tasks.
     fn locate(&self, owner: u64, candidates: &[Candidate]) -> Option<(OwnedList, Vec<LiveTask>)> {
-        let lists = &self.layout.lists;
         for c in candidates {
             let vt = self.vtables.get(&c.vtable)?;
-            let Some(arc) = self.mem.u64(c.header + vt.scheduler_offset) else {
-                continue;
-            };
-            let handle = arc.wrapping_add(lists.arc_data);
-            let mut buf = vec![0u8; lists.handle_search as usize];
-            let n = self.mem.read_partial(handle, &mut buf).unwrap_or(0);
-            for (i, w) in buf[..n].as_chunks::<8>().0.iter().enumerate() {
-                if u64::from_le_bytes(*w) != owner {
-                    continue;
+            // Where the task's scheduler `Arc` is: the vtable says, or (before 1.23) one
+            // of the places its future's alignment may put it.
+            let schedulers: Vec<u64> = match self.by_future {
+                None => vec![vt.scheduler_offset],
+                Some(header_len) => {
+                    let mut s: Vec<u64> = core_guess::candidates(header_len, vt.trailer_offset)
+                        .into_iter()
+                        .map(|(s, _)| s)
+                        .collect();
+                    s.dedup();
+                    s
                 }
-                let id_addr = handle + i as u64 * 8;
-                for found in [
-                    self.walk_runtime(owner, id_addr),
-                    self.walk_local(owner, id_addr),
-                ]
-                .into_iter()
-                .flatten()
-                {
-                    if found.1.iter().any(|n| n.header == c.header) {
-                        return Some(found);
+            };
+            for s in schedulers {
+                let Some(arc) = self.mem.u64(c.header + s) else {
+                    continue;
+                };
+                for id_addr in self.list_ids_behind(arc, owner) {
+                    for found in [
+                        self.walk_runtime(owner, id_addr),
+                        self.walk_local(owner, id_addr),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        if found.1.iter().any(|n| n.header == c.header) {
+                            return Some(found);
+                        }
                     }
                 }
             }
         }
         None
+    }
+
+    /// Where the scheduler handle behind `arc` (a task's `Core.scheduler`) holds the word
+    /// `owner` in its first bytes: where list `owner`'s `id` may be.
+    fn list_ids_behind(&self, arc: u64, owner: u64) -> Vec<u64> {
+        let lists = &self.layout.lists;
+        let Some(handle) = arc.checked_add(lists.arc_data) else {
+            return Vec::new();
+        };
+        let mut buf = vec![0u8; lists.handle_search as usize];
+        let n = self.mem.read_partial(handle, &mut buf).unwrap_or(0);
+        buf[..n]
+            .as_chunks::<8>()
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| u64::from_le_bytes(**w) == owner)
+            .map(|(i, _)| handle + i as u64 * 8)
+            .collect()
     }
 
     /// `OwnedTasks` whose `id` is at `id_addr`: every shard (or its one list), walked.
@@ -706,7 +746,12 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
                     continue;
                 }
                 let state = word(h, self.layout.header_state).expect("header words read");
-                let Some(id) = word(h, vt.id_offset) else {
+                // Before 1.23 ids are read after the walk, where `learn_cores` found them.
+                let id = match self.by_future {
+                    Some(_) => Some(0),
+                    None => word(h, vt.id_offset),
+                };
+                let Some(id) = id else {
                     c.lost();
                     continue;
                 };
@@ -1162,8 +1207,36 @@ mod tests {
             if let Some(c) = count_from_id {
                 m.put(from_id(rt_id(), c), all.len() as u64);
             }
+            // Before 1.23 the vtables do not say where `Core`'s fields are: where rustc
+            // puts them for an 8-aligned future (A) and a 32-aligned one (B).
+            let by_future = matches!(k.layout.core, CoreAt::ByFuture { .. });
+            let place = |t: u64| {
+                let v = vt(t);
+                match (by_future, v == VT_A) {
+                    (false, _) => v,
+                    (true, true) => TaskVtable {
+                        id_offset: v.trailer_offset - 8,
+                        ..v
+                    },
+                    (true, false) => TaskVtable {
+                        scheduler_offset: v.trailer_offset - 32 + 8,
+                        id_offset: v.trailer_offset - 32,
+                        ..v
+                    },
+                }
+            };
+            let put = |m: &mut HeapImage, owner: u64, t: u64, arc: u64| {
+                task(m, owner, t, arc);
+                if by_future {
+                    let (h, p) = (header(t), place(t));
+                    m.put(h + vt(t).scheduler_offset, 0);
+                    m.put(h + vt(t).id_offset, 0);
+                    m.put(h + p.scheduler_offset, arc);
+                    m.put(h + p.id_offset, t);
+                }
+            };
             for &t in &all {
-                task(&mut m, RT, t, RT_ARC);
+                put(&mut m, RT, t, RT_ARC);
             }
             link(
                 &mut m,
@@ -1175,7 +1248,7 @@ mod tests {
             m.put(LOCAL_ARC + 8, 1);
             m.put(local_id(), LOCAL);
             for &t in LOCAL_TASKS {
-                task(&mut m, LOCAL, t, LOCAL_ARC);
+                put(&mut m, LOCAL, t, LOCAL_ARC);
             }
             link(
                 &mut m,
@@ -1183,11 +1256,33 @@ mod tests {
                 from_id(local_id(), ll.local_tail_from_id),
                 LOCAL_TASKS,
             );
-            let r = Reader::with_memory(m, 0, k, &[VT_A, VT_B]);
+            // What the binary says of each vtable: before 1.23, its trailer offset only.
+            let given: Vec<TaskVtable> = [VT_A, VT_B]
+                .map(|v| match by_future {
+                    false => v,
+                    true => TaskVtable {
+                        scheduler_offset: 0,
+                        id_offset: 0,
+                        ..v
+                    },
+                })
+                .to_vec();
+            let r = Reader::with_memory(m, 0, k, &given);
             let s = r.snapshot(0).unwrap();
             let v = k.first;
             assert_eq!(s.warnings, Vec::<String>::new(), "{v}");
             assert_eq!(ids(&s), vec![11, 12, 13, 14, 15, 21, 22], "{v}");
+            if by_future {
+                let learned = r.learned.borrow();
+                for (t, vt) in [(11, VT_A), (12, VT_B)] {
+                    let p = place(t);
+                    assert_eq!(
+                        learned.get(&vt.vaddr),
+                        Some(&(p.scheduler_offset, p.id_offset)),
+                        "{v}: vtable of task {t}"
+                    );
+                }
+            }
             let count = count_from_id.map(|_| 5);
             // Before 1.29 a LocalSet's list sits where a runtime's does, relative to the
             // id: it is walked all the same, as a runtime's (the version file says so).
@@ -1219,7 +1314,7 @@ mod tests {
                 "{v}"
             );
         }
-        assert_eq!(seen, 3, "1.23, 1.29 and 1.30 keep one list");
+        assert_eq!(seen, 4, "1.22, 1.23, 1.29 and 1.30 keep one list");
     }
 
     #[test]

@@ -141,6 +141,15 @@ const SPAWN_TO_LIST: u64 = 100_000_000;
 /// proves the insertion (tokio lists a task before it can be scheduled); without one,
 /// [`SPAWN_TO_LIST`] after its spawn. Using the poll keeps a task whose completion was
 /// lost from staying alive when it was spawned just before the last reading.
+/// How long after a task's first poll its spawn function can return (the spawn is probed
+/// at that return, and another worker may poll the task first).
+const SPAWN_RETURN_LAG_NS: u64 = 50_000_000;
+
+/// Whether two sightings at one address can be the same task (0: the vtable is unknown).
+fn same_vtable(a: u64, b: u64) -> bool {
+    a == b || a == 0 || b == 0
+}
+
 fn listed_by(t: &Task) -> u64 {
     let polled = t
         .running_since
@@ -720,7 +729,22 @@ impl Aggregator {
                     let t = &mut self.tasks[old];
                     // A spawn seen at the spawn function's return can follow the task's
                     // first poll on another worker: same task, not a new one.
-                    if t.spawned_ns.is_none() && ev.task_id != 0 && t.id == ev.task_id {
+                    // Known by its header only (before tokio 1.23 only spawns and readings
+                    // read ids): the same task if first seen about when it was spawned.
+                    let same = match t.id {
+                        0 => t.first_seen_ns + SPAWN_RETURN_LAG_NS >= ts,
+                        id => id == ev.task_id,
+                    };
+                    // Before 1.23 one spawn can be probed twice (`bind` and the scheduler
+                    // function it was not inlined into): the outer one adds nothing.
+                    if same && t.spawned_ns.is_some() && ev.task_id != 0 {
+                        return;
+                    }
+                    if t.spawned_ns.is_none() && same {
+                        if t.id == 0 && ev.task_id != 0 {
+                            self.adopt_id(old, ev.task_id);
+                        }
+                        let t = &mut self.tasks[old];
                         t.spawned_ns = Stamp::at(t.first_seen_ns.min(ts));
                         t.kind = task_kind;
                         // Read in the attach-time list, but spawned after the probes went in.
@@ -991,7 +1015,9 @@ impl Aggregator {
                 if t.kind == TaskKind::Blocking {
                     continue;
                 }
-                if current.is_some_and(|id| id == t.id) {
+                // A task known by its header only (before 1.23, until a reading names it)
+                // cannot be told from another: a thread in some poll is in its.
+                if current.is_some_and(|id| id == t.id || t.id == 0) {
                     top.seen_ns = top.seen_ns.max(at);
                 } else {
                     let seen = top.seen_ns;
@@ -1083,6 +1109,17 @@ impl Aggregator {
             }
             let i = match self.live.get(lt.header, &self.tasks) {
                 Some(i) if self.tasks[i].id == lt.id => i,
+                // Known by its header only (before tokio 1.23 no probe reads ids): the
+                // reading names it.
+                Some(i)
+                    if (self.tasks[i].id == 0 || lt.id == 0)
+                        && same_vtable(self.tasks[i].vtable, lt.vtable) =>
+                {
+                    if lt.id != 0 {
+                        self.adopt_id(i, lt.id);
+                    }
+                    i
+                }
                 Some(old) if self.listing_is_stale(old, lt.id) => {
                     self.diagnostics.stale_listings += 1;
                     continue;
@@ -1246,15 +1283,13 @@ impl Aggregator {
         if let Some(i) = self.live.get(ev.header, &self.tasks) {
             let t = &mut self.tasks[i];
             if t.id == 0 && ev.task_id != 0 {
-                // The id comes late (a first event that could not read it): its draw,
-                // if seen, was this task's spawn.
-                t.id = ev.task_id;
-                if let Some((ts, site, source)) = self.pending_ids.remove(&ev.task_id) {
-                    self.join_spawn(i, ts, site, source);
-                }
+                // A first event that could not read it.
+                self.adopt_id(i, ev.task_id);
             }
             let t = &self.tasks[i];
-            if ev.task_id == 0 || t.id == ev.task_id {
+            // Before 1.23 no event names its task: a task's vtable never changes, so one
+            // of another vtable is the address's next occupant.
+            if (ev.task_id == 0 || t.id == ev.task_id) && same_vtable(t.vtable, ev.vtable) {
                 return Some(i);
             }
             // Older than the task a reading found at this address: about the address's
@@ -1288,6 +1323,18 @@ impl Aggregator {
     fn instant(&mut self, task: usize, ts: u64, what: &'static str) {
         if let Some(tl) = self.timeline.as_mut() {
             tl.instants.push((task, ts, what));
+        }
+    }
+
+    /// The id of a task known until now by its header only (its first events could not
+    /// read it, or, before tokio 1.23, none can): its draw, if seen, was its spawn.
+    fn adopt_id(&mut self, i: usize, id: u64) {
+        self.tasks[i].id = id;
+        if self.polls_sampled && !self.tasks[i].is_finished() {
+            self.by_id.insert(i, &self.tasks);
+        }
+        if let Some((ts, site, source)) = self.pending_ids.remove(&id) {
+            self.join_spawn(i, ts, site, source);
         }
     }
 

@@ -1139,3 +1139,74 @@ fn spawn_probe_time_attached_adds_up() {
         2 * S + 100 * MS
     );
 }
+
+// Before tokio 1.23 no probe reads a task id: tasks are known by their header until a
+// spawn return or a reading names them.
+
+fn ev_of(kind: EventKind, ts: u64, header: u64, vtable: u64, tid: u32) -> TaskEvent {
+    TaskEvent {
+        vtable,
+        ..ev(kind, ts, header, 0, tid)
+    }
+}
+
+#[test]
+fn a_task_known_by_its_header_is_named_by_its_spawn_return_and_readings() {
+    let mut a = agg();
+    // Polled by another worker before its spawn function returned with its id.
+    a.ingest(&ev_of(EventKind::PollStart, MS, 0xa000, 0x5000, 11));
+    a.ingest(&ev(EventKind::PollEnd, 2 * MS, 0, 0, 11));
+    let spawn = TaskEvent {
+        vtable: 0x5000,
+        ..ev(EventKind::Spawn, 3 * MS, 0xa000, 40, 1)
+    };
+    a.ingest(&spawn);
+    // …and seen again at a second spawn function `bind` was not inlined into.
+    a.ingest(&TaskEvent {
+        ts_ns: 4 * MS,
+        ..spawn
+    });
+    assert_eq!(a.tasks.len(), 1, "one task");
+    let t = &a.tasks[0];
+    assert_eq!((t.id, t.polls, t.spawned_ns.get()), (40, 1, Some(MS)));
+    // A task only events have seen takes the id its first reading lists it with.
+    a.ingest(&ev_of(EventKind::PollStart, 5 * MS, 0xb000, 0x5000, 12));
+    a.ingest(&ev(EventKind::PollEnd, 6 * MS, 0, 0, 12));
+    a.task_list(&[listed(0xb000, 41, Status::Idle, 2, true)], S, false, None);
+    assert_eq!(a.tasks.len(), 2, "the reading named the task, added none");
+    assert_eq!((a.tasks[1].id, a.tasks[1].polls), (41, 1));
+}
+
+#[test]
+fn a_header_reused_by_another_future_type_is_another_task() {
+    let mut a = agg();
+    a.ingest(&ev_of(EventKind::PollStart, MS, 0xa000, 0x5000, 11));
+    a.ingest(&ev_of(EventKind::Complete, 2 * MS, 0xa000, 0x5000, 11));
+    a.ingest(&ev(EventKind::PollEnd, 2 * MS, 0, 0, 11));
+    // Freed unprobed; a task of another type gets the address and blocks its worker.
+    a.ingest(&ev_of(EventKind::PollStart, 3 * MS, 0xa000, 0x6000, 12));
+    assert_eq!(a.tasks.len(), 2);
+    assert!(a.tasks[0].is_finished());
+    assert_eq!(a.tasks[1].vtable, 0x6000);
+    // A reading listing it with the other vtable's id does not name the finished one.
+    let mut l = listed(0xa000, 26, Status::Running, 2, false);
+    l.vtable = 0x6000;
+    a.task_list(&[l], S, false, None);
+    assert_eq!((a.tasks[0].id, a.tasks[1].id), (0, 26));
+    assert!(a.tasks[1].running_since.is_some());
+}
+
+#[test]
+fn a_sampled_thread_stays_in_the_poll_of_a_task_with_no_id_yet() {
+    let mut a = agg();
+    a.poll_ends_inferred = true;
+    a.ingest(&ev_of(EventKind::PollStart, MS, 0xa000, 0x5000, 11));
+    // The thread's context names a task id nothing knows yet: the task's own.
+    a.thread_samples(S, &[(11, Some(26))]);
+    a.thread_samples(2 * S, &[(11, Some(26))]);
+    assert_eq!(a.tasks[0].running_since.get(), Some(MS));
+    assert_eq!(verdict_at(&a, 0, 3 * S).0, Verdict::Stuck);
+    // A thread in no poll at all ends it where it was last seen.
+    a.thread_samples(3 * S, &[(11, None)]);
+    assert_eq!(a.tasks[0].last_poll_end_ns.get(), Some(2 * S));
+}

@@ -358,7 +358,7 @@ impl Plan {
             (
                 s.local_owned_bind,
                 EventKind::SpawnLocal,
-                HeaderArg::Ret,
+                s.local_bind_return,
                 false,
                 true,
             ),
@@ -454,9 +454,8 @@ impl Plan {
         // task may already have been polled by then; the aggregator merges the two.
         if missing.contains(&s.owned_bind_inner) {
             let before = plan.ret.len();
-            for &function in s.spawn_returns {
-                plan.ret
-                    .extend(sites(bin, function, EventKind::Spawn, HeaderArg::Ret));
+            for &(function, arg) in s.spawn_returns {
+                plan.ret.extend(sites(bin, function, EventKind::Spawn, arg));
             }
             let found = plan.ret.len() > before;
             // Inlined all the way into the callers (fat LTO before 1.30): each spawn is
@@ -894,7 +893,12 @@ impl Plan {
         }
         // Wakes: tokio's waker vtable, recognised by its clone function.
         let ref_one = 1u64 << k.refs.ref_shift;
-        if let Some(waker) = table.scan_waker_vtable(ref_one, &k.layout).filter(|_| full) {
+        let wakers = if full {
+            table.scan_waker_vtables(ref_one, &k.layout)
+        } else {
+            Vec::new()
+        };
+        for &waker in &wakers {
             for (slot, kind) in [
                 (s.wake_by_val, EventKind::WakeByVal),
                 (s.wake_by_ref, EventKind::WakeByRef),
@@ -911,6 +915,8 @@ impl Plan {
                     });
                 }
             }
+        }
+        if !wakers.is_empty() {
             plan.wakes_probed = true;
         }
         for list in [&mut plan.entry, &mut plan.ret] {

@@ -3,9 +3,11 @@
 //! bits, the probed symbol names, `CONTEXT`; and what does not vary at all: how tokio's
 //! own symbols and sources are named, its spawn functions generic over the future.
 
+use tracer_common::HeaderArg;
+
 use super::{
-    ContextLayout, Layout, ListLayout, RefBits, RuntimeList, ShardedLayout, Slot, Slots, StateBits,
-    SymbolNames,
+    ContextLayout, CoreAt, Layout, ListLayout, RefBits, RuntimeList, ShardedLayout, Slot, Slots,
+    StateBits, SymbolNames,
 };
 
 /// A demangled symbol of tokio's own (`tokio::…`, or an impl of one of its types).
@@ -44,8 +46,10 @@ pub const LAYOUT: Layout = Layout {
     // Vtable { poll, schedule, dealloc, try_read_output, drop_join_handle_slow,
     //          drop_abort_handle, shutdown, trailer_offset, scheduler_offset, id_offset }
     vtable_trailer_offset: 56,
-    vtable_scheduler_offset: 64,
-    vtable_id_offset: 72,
+    core: CoreAt::Vtable {
+        scheduler_offset: 64,
+        id_offset: 72,
+    },
     slots: Slots {
         task_functions: 7,
         poll: Slot {
@@ -63,6 +67,7 @@ pub const LAYOUT: Layout = Layout {
         // RawWakerVTable { clone, wake, wake_by_ref, drop }
         waker_functions: 4,
         waker_clone: 0,
+        waker_per_task: false,
         wake_by_val: Slot {
             index: 1,
             label: "waker::wake_by_val (waker vtable slot 1)",
@@ -122,11 +127,19 @@ pub const SYMBOLS: SymbolNames = SymbolNames {
     raw_shutdown: "tokio::runtime::task::raw::shutdown",
     harness_complete: "tokio::runtime::task::harness::Harness::complete",
     owned_bind_inner: "tokio::runtime::task::list::OwnedTasks::bind_inner",
+    // `JoinHandle { raw }`, and `(JoinHandle, Option<Notified>)`: the header in `rax`.
     spawn_returns: &[
-        "tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task",
-        "tokio::runtime::scheduler::current_thread::Handle::spawn",
+        (
+            "tokio::runtime::scheduler::multi_thread::handle::Handle::bind_new_task",
+            HeaderArg::Ret,
+        ),
+        (
+            "tokio::runtime::scheduler::current_thread::Handle::spawn",
+            HeaderArg::Ret,
+        ),
     ],
     local_owned_bind: "tokio::runtime::task::list::LocalOwnedTasks::bind",
+    local_bind_return: HeaderArg::Ret,
     blocking_spawn_task: "tokio::runtime::blocking::pool::Spawner::spawn_task",
     wake_by_val: "tokio::runtime::task::waker::wake_by_val",
     wake_by_ref: "tokio::runtime::task::waker::wake_by_ref",

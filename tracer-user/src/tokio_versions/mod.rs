@@ -5,6 +5,7 @@
 
 mod base;
 pub mod shapes;
+mod v1_22;
 mod v1_23;
 mod v1_29;
 mod v1_30;
@@ -16,6 +17,8 @@ pub use base::{
 };
 
 use std::fmt;
+
+use tracer_common::HeaderArg;
 
 /// A tokio release, `major.minor.patch`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -92,15 +95,48 @@ pub struct Layout {
     pub header_state: u64,
     pub header_vtable: u64,
     pub header_owner_id: u64,
-    /// Offsets, inside the task vtable, of its `trailer_offset`, `scheduler_offset` and
-    /// `id_offset` fields.
+    /// Offset, inside the task vtable, of its `trailer_offset` field.
     pub vtable_trailer_offset: u64,
-    pub vtable_scheduler_offset: u64,
-    pub vtable_id_offset: u64,
+    /// Where a task's `Core.scheduler` and `Core.task_id` are.
+    pub core: CoreAt,
     /// The vtable functions tasktrace probes.
     pub slots: Slots,
     /// Where a runtime keeps the list of its tasks.
     pub lists: ListLayout,
+}
+
+/// Where a task's `Core.scheduler` and `Core.task_id` sit.
+#[derive(Clone, Copy, Debug)]
+pub enum CoreAt {
+    /// 1.23+: the vtable says, in its `scheduler_offset` and `id_offset` fields at these
+    /// offsets inside it.
+    Vtable {
+        scheduler_offset: u64,
+        id_offset: u64,
+    },
+    /// Before 1.23: where the future's alignment puts them (`Core` is not `repr(C)`),
+    /// which neither the vtable nor the header says: found in memory, once per task
+    /// vtable, by the task-list readings (`live::tasklist::core_guess`). The header is
+    /// `header_len` bytes; the `Core` follows it.
+    ByFuture { header_len: u64 },
+}
+
+impl Layout {
+    /// The vtable's id-offset field, if it has one.
+    pub fn vtable_id_offset(&self) -> Option<u64> {
+        match self.core {
+            CoreAt::Vtable { id_offset, .. } => Some(id_offset),
+            CoreAt::ByFuture { .. } => None,
+        }
+    }
+
+    /// Bytes of a task vtable: its function pointers and offset fields.
+    pub fn vtable_len(&self) -> u64 {
+        match self.core {
+            CoreAt::Vtable { id_offset, .. } => id_offset + 8,
+            CoreAt::ByFuture { .. } => self.vtable_trailer_offset + 8,
+        }
+    }
 }
 
 /// A function of a vtable, by slot (8-byte word from the vtable's start), and the name
@@ -124,6 +160,8 @@ pub struct Slots {
     /// Function pointers of the waker vtable, and the clone function's slot.
     pub waker_functions: u64,
     pub waker_clone: u64,
+    /// One waker vtable per task type (before 1.23 its functions are generic), not one.
+    pub waker_per_task: bool,
     pub wake_by_val: Slot,
     pub wake_by_ref: Slot,
 }
@@ -220,8 +258,11 @@ pub struct SymbolNames {
     pub owned_bind_inner: &'static str,
     /// Where `bind_inner` was inlined: the scheduler spawn functions that contain it,
     /// probed at return (their JoinHandle is the task header).
-    pub spawn_returns: &'static [&'static str],
+    /// Each with where its return hands back the task (`JoinHandle`'s layout varies).
+    pub spawn_returns: &'static [(&'static str, HeaderArg)],
     pub local_owned_bind: &'static str,
+    /// Where `LocalOwnedTasks::bind`'s return hands back the task.
+    pub local_bind_return: HeaderArg,
     pub blocking_spawn_task: &'static str,
     pub wake_by_val: &'static str,
     pub wake_by_ref: &'static str,
@@ -267,6 +308,7 @@ pub struct Degraded {
 
 /// Supported ranges, oldest first.
 const ALL: &[&Knowledge] = &[
+    &v1_22::KNOWLEDGE,
     &v1_23::KNOWLEDGE,
     &v1_29::KNOWLEDGE,
     &v1_30::KNOWLEDGE,
@@ -309,11 +351,13 @@ pub fn select(version: Option<Version>) -> Result<Selection, String> {
     if v < ALL[0].first {
         return Err(format!(
             "tokio {v} is older than the oldest supported version ({}); supported: {}. \
-             Before 1.23 a task's id and scheduler sit where its future's type puts them \
-             (the task vtable has no offsets to find them by); a build against tokio \
-             1.23 or later (`cargo update -p tokio`) can be traced",
+             Before 1.22 tokio's thread context does not say which task a worker polls, \
+             and before 1.21 a task's list links sit in its header; a build against \
+             tokio {}.{} or later (`cargo update -p tokio`) can be traced",
             ALL[0].first,
-            supported_range()
+            supported_range(),
+            ALL[0].first.major,
+            ALL[0].first.minor,
         ));
     }
     let knowledge = ALL
@@ -391,7 +435,10 @@ mod tests {
 
     #[test]
     fn selects_by_range() {
-        assert!(select(Some(Version::new(1, 22, 0))).is_err());
+        let old = select(Some(Version::new(1, 21, 2))).unwrap_err();
+        assert!(old.contains("oldest supported version (1.22.0)"), "{old}");
+        let s = select(Some(Version::new(1, 22, 0))).unwrap();
+        assert_eq!(s.knowledge.first, Version::new(1, 22, 0));
         let s = select(Some(Version::new(1, 28, 2))).unwrap();
         assert_eq!(s.knowledge.first, Version::new(1, 23, 0));
         assert!(s.warning.is_none());
@@ -415,7 +462,7 @@ mod tests {
                 state: l.header_state,
                 vtable: l.header_vtable,
                 owner_id: l.header_owner_id,
-                vtable_id_offset: l.vtable_id_offset,
+                vtable_id_offset: l.vtable_id_offset().unwrap_or(tracer_common::NO_ID_OFFSET),
             };
             assert!(header.fits(), "tokio {}: {header:?}", k.first);
         }

@@ -2,20 +2,9 @@
 //! uncounted owned-task list per runtime, `id` after it; no `OwnedTasks::bind_inner`
 //! (`bind` builds the task and returns its JoinHandle, the header, so the spawn is taken
 //! at its return). Layouts read from DWARF of 1.23.1, 1.24.2, 1.25.3, 1.26.0, 1.27.0 and
-//! 1.28.2 builds. 1.23 is the oldest: 1.22's task vtable has no `scheduler_offset` or
-//! `id_offset` (a task's id sits where its future's type puts it, which neither the
-//! kernel side nor the list reader can follow without DWARF).
-//!
-//! What 1.22.0 lays out instead (DWARF of the matrix fixture, rustc 1.99), for the
-//! version file it still lacks: `Header { state, queue_next, vtable, owner_id }` (32
-//! bytes); `Vtable { poll, dealloc, try_read_output, try_set_join_waker,
-//! drop_join_handle_slow, drop_abort_handle, remote_abort, shutdown, trailer_offset @64 }`;
-//! `CONTEXT.current_task_id` tagged at 0. `Core { scheduler, stage, task_id }` is not
-//! `repr(C)`: for a future aligned to 8 it is scheduler @0, stage, task_id last (the id at
-//! `trailer_offset - 8`); for one aligned to A ≥ 16 (any task holding a `Sleep` inline:
-//! its timer entry is aligned to 128) stage @0, task_id, scheduler, the `Core` at A and
-//! the id at `trailer_offset - A`. So the id's place follows the future's alignment,
-//! which neither the vtable nor the header says.
+//! 1.28.2 builds (1.22's vtable lacks the `Core` offsets: `v1_22`).
+
+use tracer_common::HeaderArg;
 
 use super::{
     Degraded, Knowledge, Layout, ListLayout, RuntimeList, SymbolNames, Version,
@@ -33,7 +22,10 @@ pub const LISTS_BEFORE_1_30: ListLayout = ListLayout {
 /// No `OwnedTasks::bind_inner` (kept in the name so the plan looks for it, finds none and
 /// takes the spawn at `bind`'s return instead).
 pub const SYMBOLS_BEFORE_1_30: SymbolNames = SymbolNames {
-    spawn_returns: &["tokio::runtime::task::list::OwnedTasks::bind"],
+    spawn_returns: &[(
+        "tokio::runtime::task::list::OwnedTasks::bind",
+        HeaderArg::Ret,
+    )],
     // 1.24 moved `Id` into `task::id`.
     id_counters: &[
         "tokio::runtime::task::id::Id::next::NEXT_ID",
@@ -62,10 +54,12 @@ pub static KNOWLEDGE: Knowledge = Knowledge {
     refs: REFS,
     symbols: SYMBOLS_BEFORE_1_30,
     context: CONTEXT_TAGGED,
-    degraded: &[Degraded {
-        what: "LocalSet tasks alive before attach",
-        why: "before tokio 1.29 a LocalSet's task list is laid out as a runtime's: the \
-              readings cannot tell them apart, so LocalSet tasks spawned before attach \
-              are reported as async tasks (those spawned while traced are told apart)",
-    }],
+    degraded: &[LOCALSET_DEGRADED],
+};
+
+pub const LOCALSET_DEGRADED: Degraded = Degraded {
+    what: "LocalSet tasks alive before attach",
+    why: "before tokio 1.29 a LocalSet's task list is laid out as a runtime's: the \
+          readings cannot tell them apart, so LocalSet tasks spawned before attach are \
+          reported as async tasks (those spawned while traced are told apart)",
 };

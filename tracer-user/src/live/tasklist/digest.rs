@@ -26,6 +26,11 @@ fn glibc_usable(size_word: u64) -> Option<u64> {
         .then(|| size - 8)
 }
 
+/// A read: address and length.
+type Span = (u64, usize);
+/// Where a task's `Core` and its scheduler `Arc` sit in the bytes read from its header.
+type CoreAt = (usize, usize);
+
 /// Where the listed tasks lie in memory: from each header to the end of its trailer.
 struct Cells(Vec<(u64, u64)>);
 
@@ -105,30 +110,33 @@ impl<M: ReadMemory> Reader<'_, M> {
         for part in tasks.chunks_mut(BATCH) {
             let state_at = self.layout.header_state as usize;
             // Header to the end of the `Core` (or its first part), and where the `Core`
-            // starts in it; a task of no known vtable: its state word alone.
-            let cells_read: Vec<((u64, usize), Option<usize>)> = part
+            // and its scheduler are in it; a task of no known vtable: its state word alone.
+            let cells_read: Vec<(Span, Option<CoreAt>)> = part
                 .iter()
                 .map(|t| {
                     self.vtables
                         .get(&t.vtable)
-                        .filter(|vt| {
-                            vt.scheduler_offset as usize >= state_at + 8
-                                && vt.trailer_offset >= vt.scheduler_offset
+                        .and_then(|vt| Some((vt, self.core_of(vt)?)))
+                        .filter(|&(vt, (core, _))| {
+                            core as usize >= state_at + 8 && vt.trailer_offset >= core
                         })
-                        .map_or(((t.header + state_at as u64, 8), None), |vt| {
-                            let core = (vt.trailer_offset - vt.scheduler_offset).min(MAX_CORE);
-                            (
-                                (t.header, (vt.scheduler_offset + core) as usize),
-                                Some(vt.scheduler_offset as usize),
-                            )
-                        })
+                        .map_or(
+                            ((t.header + state_at as u64, 8), None),
+                            |(vt, (core, s))| {
+                                let len = (vt.trailer_offset - core).min(MAX_CORE);
+                                (
+                                    (t.header, (core + len) as usize),
+                                    Some((core as usize, s as usize)),
+                                )
+                            },
+                        )
                 })
                 .collect();
             let spans: Vec<(u64, usize)> = cells_read.iter().map(|(s, _)| *s).collect();
             let read = self.mem.read_spans(&spans);
             let new_handles: Vec<u64> = (0..part.len())
                 .filter_map(|i| {
-                    let at = cells_read[i].1?;
+                    let (_, at) = cells_read[i].1?;
                     let b = read.get(i)?;
                     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().unwrap()))
                 })
@@ -157,21 +165,24 @@ impl<M: ReadMemory> Reader<'_, M> {
                     (None, _) => None,
                 };
                 self.recheck(t, state.map(|w| u64::from_le_bytes(w.try_into().unwrap())));
-                let Some(buf) = bytes.zip(core_at).map(|(b, at)| &b[at..]) else {
+                let Some((b, (core, scheduler))) = bytes.zip(core_at) else {
                     hashers.push(None);
                     continue;
                 };
+                let buf = &b[core..];
                 debug_assert_eq!(span.0, t.header);
                 let mut h = DefaultHasher::new();
                 h.write(buf);
                 hashers.push(Some(h));
-                // `Core.scheduler` comes first: an `Arc` of the runtime's handle, whose
+                // `Core.scheduler` is an `Arc` of the runtime's handle, whose
                 // counts and queues change with every task spawned or run on the runtime,
                 // so nothing inside it is hashed. Nor is anything inside a listed task (its
                 // own or another's, which a waker or a waiter's links point into): that is
                 // the other task's state, and a task's trailer holds its owned-list links,
                 // which change whenever a neighbour in the list is spawned or finishes.
-                let handle = buf.first_chunk::<8>().map(|w| u64::from_le_bytes(*w));
+                let handle = b
+                    .get(scheduler..scheduler + 8)
+                    .map(|w| u64::from_le_bytes(w.try_into().unwrap()));
                 let in_handle = |p: u64| {
                     handle.is_some_and(|h| {
                         p >= h && p - h < handles.get(&h).copied().unwrap_or(HANDLE_GUESS)
