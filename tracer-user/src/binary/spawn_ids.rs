@@ -224,6 +224,9 @@ enum Load {
     Location(String),
     /// A task vtable: the spawn path storing it into the new task.
     Vtable(u64),
+    /// A direct call: a panic taking its message and Location as arguments
+    /// (`Option::expect`'s `expect_failed`) loads both, then calls.
+    Call(u64),
 }
 
 /// Follows the code from `vaddr` within its function, breadth first, for a bounded number
@@ -276,6 +279,9 @@ fn paths_from(
             {
                 // A function's address through the GOT (PIE, an exported function).
                 loads.push(Load::Function(f));
+            } else if i.flow_control() == FlowControl::Call && i.op0_kind() == OpKind::NearBranch64
+            {
+                loads.push(Load::Call(i.near_branch_target()));
             }
             match i.flow_control() {
                 FlowControl::ConditionalBranch => queue.push_back(i.near_branch_target()),
@@ -338,32 +344,30 @@ pub fn describe_all(
         .iter()
         .map(|&(_, at)| paths_from(table, at, vtables, &stop))
         .collect();
-    let mut counts: HashMap<u64, usize> = HashMap::new();
-    for p in paths.iter().flatten() {
-        // Function addresses loaded in a block that then loads a Location: a panic's
-        // formatter and its Location (other blocks load thread-local destructors, drops…).
-        let fns: HashSet<u64> = p
-            .blocks
-            .iter()
-            .flat_map(|b| {
-                b.iter().enumerate().filter_map(|(i, l)| match l {
-                    Load::Function(f) if b[i..].iter().any(|x| matches!(x, Load::Location(_))) => {
-                        Some(*f)
-                    }
-                    _ => None,
-                })
+    // Function addresses loaded in a block that then loads a Location: a panic's
+    // formatter and its Location (other blocks load thread-local destructors, drops…).
+    let formatter = most_common(&paths, points.len(), |b| {
+        b.iter()
+            .enumerate()
+            .filter_map(|(i, l)| match l {
+                Load::Function(f) if b[i..].iter().any(|x| matches!(x, Load::Location(_))) => {
+                    Some(*f)
+                }
+                _ => None,
             })
-            .collect();
-        for f in fns {
-            *counts.entry(f).or_default() += 1;
-        }
-    }
-    // The formatter: loaded near the most spawn paths, and near at least two (or the one).
-    let formatter = counts
-        .iter()
-        .filter(|&(_, &n)| n >= 2.min(points.len()))
-        .max_by_key(|&(&f, &n)| (n, std::cmp::Reverse(f)))
-        .map(|(&f, _)| f);
+            .collect()
+    });
+    // Before 1.22 the runtime lookup is an `Option::expect`: its panic block loads a
+    // message and the Location, then calls `expect_failed`, the same callee on every path.
+    let panic_call = most_common(&paths, points.len(), |b| {
+        b.iter()
+            .enumerate()
+            .filter_map(|(i, l)| match l {
+                Load::Call(f) if b[..i].iter().any(|x| matches!(x, Load::Location(_))) => Some(*f),
+                _ => None,
+            })
+            .collect()
+    });
     // Points inside tokio's own out-of-line spawn functions (by name, or nameless in a
     // stripped binary) take their callers' Location: one pass over the code for all.
     let in_runtime: Vec<(Option<Named>, bool)> = points
@@ -391,7 +395,7 @@ pub fn describe_all(
         .zip(&in_runtime)
         .map(|((&(_, at), p), (function, in_runtime))| {
             let in_runtime = *in_runtime;
-            let from_panic = || {
+            let from_formatter = || {
                 let f = formatter?;
                 p.as_ref()?.blocks.iter().find_map(|b| {
                     let i = b.iter().position(|l| *l == Load::Function(f))?;
@@ -401,6 +405,17 @@ pub fn describe_all(
                     })
                 })
             };
+            let from_call = || {
+                let f = panic_call?;
+                p.as_ref()?.blocks.iter().find_map(|b| {
+                    let i = b.iter().position(|l| *l == Load::Call(f))?;
+                    b[..i].iter().rev().find_map(|l| match l {
+                        Load::Location(loc) => Some(loc.clone()),
+                        _ => None,
+                    })
+                })
+            };
+            let from_panic = || from_formatter().or_else(from_call);
             let site = table
                 .source_line_at(at)
                 .or_else(|| if in_runtime { None } else { from_panic() })
@@ -459,6 +474,27 @@ pub fn describe_all(
         })
         .collect();
     (sites, spawn_points)
+}
+
+/// What `pick` finds in a block (function addresses), counted once per spawn path: the
+/// one found near the most paths, and near at least two (or the one there is).
+fn most_common(
+    paths: &[Option<Paths>],
+    points: usize,
+    pick: impl Fn(&[Load]) -> Vec<u64>,
+) -> Option<u64> {
+    let mut counts: HashMap<u64, usize> = HashMap::new();
+    for p in paths.iter().flatten() {
+        let found: HashSet<u64> = p.blocks.iter().flat_map(|b| pick(b)).collect();
+        for f in found {
+            *counts.entry(f).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .filter(|&(_, n)| n >= 2.min(points))
+        .max_by_key(|&(f, n)| (n, std::cmp::Reverse(f)))
+        .map(|(f, _)| f)
 }
 
 /// The spawn site of a `spawn_local` inlined into the spawning function (a `LocalSet`,

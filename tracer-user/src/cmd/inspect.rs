@@ -152,6 +152,11 @@ pub fn inspect_for(
         selection.knowledge.first, selection.knowledge.newest_tested
     ));
     let k = selection.knowledge;
+    // No current task id in the thread context: nothing for the sampler to read.
+    let no_task_context = k.context.is_none();
+    if no_task_context {
+        out.kernel.thread_sampler = false;
+    }
     let mut scanned: Vec<u64> = table
         .scan_task_vtables(&k.layout)
         .iter()
@@ -270,6 +275,19 @@ pub fn inspect_for(
             }
         }
         Err(e) => return Err(e),
+    }
+    if no_task_context {
+        out.unavailable.push(Unavailable {
+            what: "blocking polls in sample and lifecycle modes".into(),
+            why: format!(
+                "tokio {} keeps no current task id in its thread context (1.22 added it): \
+                 without poll probes (full mode) a blocking poll is seen by the task-list \
+                 readings alone, once its task is running in two readings a second apart \
+                 with its future unchanged",
+                bin.tokio_version
+                    .map_or_else(|| "?".into(), |v| v.to_string())
+            ),
+        });
     }
     Ok(out)
 }

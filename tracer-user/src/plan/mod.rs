@@ -558,8 +558,9 @@ impl Plan {
             if !self.thread_sampling {
                 lose(
                     "blocking polls",
-                    "the thread sampler is unavailable (no kernel BTF, or no tokio CONTEXT \
-                     thread-local symbol): a blocking poll is seen by the task-list readings \
+                    "the thread sampler is unavailable (no kernel BTF, no tokio CONTEXT \
+                     thread-local symbol, or a tokio before 1.22, whose thread context keeps \
+                     no current task id): a blocking poll is seen by the task-list readings \
                      only (running in two readings a second apart, its future unchanged)",
                 );
             }
@@ -571,10 +572,11 @@ impl Plan {
 /// the binary and the kernel's BTF (for each thread's TLS pointer).
 fn current_task(bin: &BinaryInfo, k: &Knowledge, host_fsbase: Option<u64>) -> Option<CurrentTask> {
     host_fsbase?;
-    let storage = bin.tls_offset(k.context.symbol)?;
+    let context = k.context.as_ref()?;
+    let storage = bin.tls_offset(context.symbol)?;
     Some(CurrentTask {
-        fsbase_offset: storage + k.context.task_id as i64,
-        tagged: k.context.tagged,
+        fsbase_offset: storage + context.task_id as i64,
+        tagged: context.tagged,
     })
 }
 

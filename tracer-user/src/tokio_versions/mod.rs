@@ -5,6 +5,7 @@
 
 mod base;
 pub mod shapes;
+mod v1_21;
 mod v1_22;
 mod v1_23;
 mod v1_29;
@@ -294,7 +295,9 @@ pub struct Knowledge {
     pub state: StateBits,
     pub refs: RefBits,
     pub symbols: SymbolNames,
-    pub context: ContextLayout,
+    /// `None`: the thread context keeps no current task id (before 1.22), so the
+    /// sampler cannot tell which task a thread polls.
+    pub context: Option<ContextLayout>,
     /// What this range cannot show as later ones do: said by `inspect` and every report.
     pub degraded: &'static [Degraded],
 }
@@ -308,6 +311,7 @@ pub struct Degraded {
 
 /// Supported ranges, oldest first.
 const ALL: &[&Knowledge] = &[
+    &v1_21::KNOWLEDGE,
     &v1_22::KNOWLEDGE,
     &v1_23::KNOWLEDGE,
     &v1_29::KNOWLEDGE,
@@ -351,8 +355,8 @@ pub fn select(version: Option<Version>) -> Result<Selection, String> {
     if v < ALL[0].first {
         return Err(format!(
             "tokio {v} is older than the oldest supported version ({}); supported: {}. \
-             Before 1.22 tokio's thread context does not say which task a worker polls, \
-             and before 1.21 a task's list links sit in its header; a build against \
+             Before 1.21 a task's list links sit in its header and its vtable does not \
+             say where the rest of the task lies; a build against \
              tokio {}.{} or later (`cargo update -p tokio`) can be traced",
             ALL[0].first,
             supported_range(),
@@ -435,8 +439,11 @@ mod tests {
 
     #[test]
     fn selects_by_range() {
-        let old = select(Some(Version::new(1, 21, 2))).unwrap_err();
-        assert!(old.contains("oldest supported version (1.22.0)"), "{old}");
+        let old = select(Some(Version::new(1, 20, 6))).unwrap_err();
+        assert!(old.contains("oldest supported version (1.21.0)"), "{old}");
+        let s = select(Some(Version::new(1, 21, 2))).unwrap();
+        assert_eq!(s.knowledge.first, Version::new(1, 21, 0));
+        assert!(s.knowledge.context.is_none());
         let s = select(Some(Version::new(1, 22, 0))).unwrap();
         assert_eq!(s.knowledge.first, Version::new(1, 22, 0));
         let s = select(Some(Version::new(1, 28, 2))).unwrap();

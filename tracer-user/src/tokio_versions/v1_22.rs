@@ -67,19 +67,18 @@ pub static KNOWLEDGE: Knowledge = Knowledge {
     },
     // Context { handle: RefCell<Option<Handle>> .., current_task_id: Cell<Option<Id>> ..}
     // laid out with the id's option first.
-    context: super::ContextLayout {
+    context: Some(super::ContextLayout {
         task_id: 0,
         ..CONTEXT_TAGGED
-    },
-    degraded: &[
-        Degraded {
-            what: "task ids at spawn",
-            why: "before tokio 1.23 a task's id sits where its future's alignment puts \
-                  it: the probes know a task by its header address, and its id comes \
-                  from its spawn function's return or from the first task-list reading \
-                  that lists it; where every spawn function was inlined (fat LTO), a task \
-                  too short to be listed has no id, so no spawn time or site",
-        },
-        v1_23::LOCALSET_DEGRADED,
-    ],
+    }),
+    degraded: &[IDS_DEGRADED, v1_23::LOCALSET_DEGRADED],
+};
+
+pub const IDS_DEGRADED: Degraded = Degraded {
+    what: "task ids at spawn",
+    why: "before tokio 1.23 a task's id sits where its future's alignment puts \
+          it: the probes know a task by its header address, and its id comes \
+          from its spawn function's return or from the first task-list reading \
+          that lists it; where every spawn function was inlined (fat LTO), a task \
+          too short to be listed has no id, so no spawn time or site",
 };

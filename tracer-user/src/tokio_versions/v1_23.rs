@@ -53,7 +53,7 @@ pub static KNOWLEDGE: Knowledge = Knowledge {
     state: STATE,
     refs: REFS,
     symbols: SYMBOLS_BEFORE_1_30,
-    context: CONTEXT_TAGGED,
+    context: Some(CONTEXT_TAGGED),
     degraded: &[LOCALSET_DEGRADED],
 };
 

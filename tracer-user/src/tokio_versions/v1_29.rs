@@ -26,6 +26,6 @@ pub static KNOWLEDGE: Knowledge = Knowledge {
     state: STATE,
     refs: REFS,
     symbols: SYMBOLS_BEFORE_1_30,
-    context: CONTEXT_TAGGED,
+    context: Some(CONTEXT_TAGGED),
     degraded: &[],
 };

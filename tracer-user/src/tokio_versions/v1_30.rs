@@ -27,6 +27,6 @@ pub static KNOWLEDGE: Knowledge = Knowledge {
     state: STATE,
     refs: REFS,
     symbols: SYMBOLS,
-    context: CONTEXT_TAGGED,
+    context: Some(CONTEXT_TAGGED),
     degraded: &[],
 };

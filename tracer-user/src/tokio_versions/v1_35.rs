@@ -25,6 +25,6 @@ pub static KNOWLEDGE: Knowledge = Knowledge {
     state: STATE,
     refs: REFS,
     symbols: SYMBOLS,
-    context: CONTEXT_TAGGED,
+    context: Some(CONTEXT_TAGGED),
     degraded: &[],
 };

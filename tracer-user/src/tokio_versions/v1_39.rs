@@ -18,6 +18,6 @@ pub static KNOWLEDGE: Knowledge = Knowledge {
         id_draw_retries: true,
         ..SYMBOLS
     },
-    context: CONTEXT,
+    context: Some(CONTEXT),
     degraded: &[],
 };
