@@ -113,13 +113,26 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             }
             Ok(exit::OK)
         }
-        Command::Dump { pid, json, symbols } => {
+        Command::Dump {
+            pid,
+            json,
+            symbols,
+            debuginfo,
+            debug_dir,
+        } => {
             // Opened first, so a bad path fails before the target is read.
             let out = match json.as_deref() {
                 Some(p) if p != std::path::Path::new("-") => Some(create_output(p)?),
                 _ => None,
             };
-            let d = dump::dump(pid, symbols.as_deref())?;
+            let d = dump::dump(
+                pid,
+                symbols.as_deref(),
+                &dump::DebugInfo {
+                    file: debuginfo,
+                    dir: debug_dir,
+                },
+            )?;
             fn body(w: &mut impl Write, d: &dump::Dump) -> std::io::Result<()> {
                 serde_json::to_writer_pretty(&mut *w, d)?;
                 w.write_all(b"\n")

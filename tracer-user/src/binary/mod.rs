@@ -2,6 +2,7 @@
 //! code and read-only data say (`locations`), spawn sites named from the code
 //! (`static_sites`, `spawn_ids`).
 
+pub mod async_types;
 pub mod elf;
 pub mod locations;
 pub mod spawn_ids;

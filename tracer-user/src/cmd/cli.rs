@@ -63,6 +63,14 @@ pub enum Command {
         /// Symbols for a stripped binary: an unstripped copy of the same build.
         #[arg(long, value_name = "FILE")]
         symbols: Option<PathBuf>,
+        /// The binary's type information, for await chains: its separate debug file
+        /// (default: the binary itself, else found by build-id or `.gnu_debuglink`
+        /// under --debug-dir or beside the binary).
+        #[arg(long, value_name = "FILE")]
+        debuginfo: Option<PathBuf>,
+        /// Where separate debug files are installed (gdb's debug-file-directory).
+        #[arg(long, value_name = "DIR", default_value = "/usr/lib/debug")]
+        debug_dir: PathBuf,
     },
     /// A live view of a process's tasks by spawn site, refreshed every second (like
     /// py-spy top): attach with --pid, or launch a command after `--`.

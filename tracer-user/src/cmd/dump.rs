@@ -1,18 +1,22 @@
 //! `tasktrace dump --pid PID`: a one-shot snapshot of every task of every tokio runtime in
 //! a live process, read from its memory with no probe attached — the tokio counterpart of
-//! a goroutine dump. Each task: state, reference count, JoinHandle, future type; grouped
-//! and counted by future. Spawn sites are not in memory (only `record` sees spawns).
+//! a goroutine dump. Each task: state, reference count, JoinHandle, future type, and,
+//! where the binary's type information is found, its await chain (where it is parked);
+//! grouped and counted by spawn site, future and await point. Spawn sites are named from
+//! the code where it shows them (only `record` sees each spawn).
 
 use std::{collections::BTreeMap, collections::HashMap, fmt::Write as _, sync::Arc};
 
 use serde::Serialize;
 
 use crate::{
-    binary::read_binary,
+    binary::{async_types, read_binary},
     error::{Error, Result},
     live::{
+        await_chain::{self, AwaitChain},
         clock::monotonic_ns,
         locator::Locator,
+        memory::Memory,
         target::Target,
         tasklist::{ListKind, OwnedList, Reader, Status},
     },
@@ -39,7 +43,26 @@ pub struct Dump {
     /// Tasks by future type, largest group first.
     pub groups: Vec<Group>,
     pub tasks: Vec<DumpTask>,
+    /// Where the await chains came from (`source`, `file`), or why there are none.
+    pub await_chains: AwaitChains,
     pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AwaitChains {
+    /// `dwarf`, or `null` when no source is available.
+    pub source: Option<&'static str>,
+    /// The file whose type information was read.
+    pub file: Option<String>,
+    /// Why there are no chains (`null` when there are).
+    pub unavailable: Option<String>,
+}
+
+/// Where to look for the binary's type information (`--debuginfo`, `--debug-dir`).
+#[derive(Debug, Clone)]
+pub struct DebugInfo {
+    pub file: Option<std::path::PathBuf>,
+    pub dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -59,6 +82,12 @@ pub struct Group {
     /// Where the group's tasks were spawned, where the code shows it for their task
     /// vtable (`inspect`'s `task sites`); `null` otherwise.
     pub spawned_at: Option<String>,
+    /// Where the group's tasks are parked: the `.await` of the innermost frame of their
+    /// await chain, and the leaf future it waits on.
+    pub parked_at: Option<String>,
+    pub leaf: Option<String>,
+    /// One task's whole chain, standing for the group's (the same innermost await point).
+    pub await_chain: Option<AwaitChain>,
     pub tasks: u64,
     pub by_status: BTreeMap<&'static str, u64>,
     pub definite_leaks: u64,
@@ -79,9 +108,12 @@ pub struct DumpTask {
     pub definite_leak: bool,
     pub future: Option<String>,
     pub spawned_at: Option<String>,
+    /// Where the task is parked, for a task not running (`null`: no type information,
+    /// or its future is not described there; see `await_chains`).
+    pub await_chain: Option<AwaitChain>,
 }
 
-pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
+pub fn dump(pid: u32, symbols: Option<&std::path::Path>, debug: &DebugInfo) -> Result<Dump> {
     let target = Target::from_pid(pid)?;
     let (bin, table) = read_binary(&target.exe, &target.display, symbols)?;
     let selection = tokio_versions::select(bin.tokio_version).map_err(Error::UnsupportedTokio)?;
@@ -106,6 +138,10 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
         .task_vtables(bin.instances(knowledge.symbols.raw_poll), &knowledge.layout)
         .ok_or(Error::NotMapped { pid })?;
     let snap = Reader::new(pid, knowledge, &vtables)?.snapshot(monotonic_ns())?;
+    let polls = bin.instances(knowledge.symbols.raw_poll);
+    let (types, await_chains) = await_types(&target.exe, symbols, debug, polls)?;
+    let mem = Memory::new(pid);
+    let poll_slot = knowledge.layout.slots.poll.index;
 
     let mut names: HashMap<u64, Option<Arc<str>>> = HashMap::new();
     let mut sites: HashMap<u64, Option<Arc<str>>> = HashMap::new();
@@ -133,6 +169,12 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
             Status::Complete => summary.complete += 1,
         }
         summary.definite_leaks += u64::from(t.no_way_to_run);
+        let await_chain = match (&types, t.status) {
+            (Some(types), Status::Idle | Status::Notified) => locator
+                .vtable_function(t.vtable, poll_slot)
+                .and_then(|poll| await_chain::read(types, &mem, t.header, poll)),
+            _ => None,
+        };
         tasks.push(DumpTask {
             id: t.id,
             header: format!("{:#x}", t.header),
@@ -146,17 +188,39 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
             definite_leak: t.no_way_to_run,
             future,
             spawned_at,
+            await_chain,
         });
     }
     tasks.sort_by_key(|t| (t.owner_id, t.id));
-    // By spawn site and future: a legacy-mangled or stripped binary's tasks, nameless,
-    // still group by where they were spawned.
-    let mut groups: BTreeMap<(Option<String>, Option<String>), Group> = BTreeMap::new();
+    // By spawn site, future and await point: a legacy-mangled or stripped binary's tasks,
+    // nameless, still group by where they were spawned; 5 000 tasks parked at one line
+    // read as one line.
+    type Key = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     for t in &tasks {
-        let key = (t.spawned_at.clone(), t.future.clone());
+        let parked_at = t
+            .await_chain
+            .as_ref()
+            .and_then(|c| c.frames.last())
+            .map(|f| f.site());
+        let leaf = t.await_chain.as_ref().and_then(|c| c.leaf.clone());
+        let key = (
+            t.spawned_at.clone(),
+            t.future.clone(),
+            parked_at.clone(),
+            leaf.clone(),
+        );
         let g = groups.entry(key).or_insert_with(|| Group {
             future: t.future.clone(),
             spawned_at: t.spawned_at.clone(),
+            parked_at,
+            leaf,
+            await_chain: t.await_chain.clone(),
             tasks: 0,
             by_status: BTreeMap::new(),
             definite_leaks: 0,
@@ -187,8 +251,83 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>) -> Result<Dump> {
         summary,
         groups,
         tasks,
+        await_chains,
         warnings,
     })
+}
+
+/// The binary's async state-machine types, from `--debuginfo`, the binary itself, its
+/// separate debug file, or the `--symbols` file; else why there are none.
+fn await_types(
+    exe: &std::path::Path,
+    symbols: Option<&std::path::Path>,
+    debug: &DebugInfo,
+    polls: &[u64],
+) -> Result<(Option<async_types::AsyncTypes>, AwaitChains)> {
+    let file = match &debug.file {
+        Some(f) => {
+            if !f.is_file() {
+                return Err(Error::Usage(format!(
+                    "--debuginfo {}: no such file.\n  hint: give the separate debug file of \
+                     this build (objcopy --only-keep-debug), or leave --debuginfo out to look \
+                     it up by build-id under --debug-dir",
+                    f.display()
+                )));
+            }
+            if !async_types::has_debug_info(f) {
+                return Err(Error::Usage(format!(
+                    "--debuginfo {}: the file has no type information (.debug_info).\n  hint: \
+                     build with `debug = 2` (or `line-tables-only` gives lines, not types) and \
+                     split it off with objcopy --only-keep-debug",
+                    f.display()
+                )));
+            }
+            Some(f.clone())
+        }
+        None => async_types::find_debug_file(exe, &[debug.dir.as_path()]).or_else(|| {
+            symbols
+                .filter(|s| async_types::has_debug_info(s))
+                .map(std::path::Path::to_path_buf)
+        }),
+    };
+    let Some(file) = file else {
+        return Ok((
+            None,
+            AwaitChains {
+                source: None,
+                file: None,
+                unavailable: Some(
+                    "the binary has no type information (cargo's release default): build \
+                     with `debug = 2`, or install its separate debug file by build-id under \
+                     --debug-dir, or give it with --debuginfo FILE"
+                        .into(),
+                ),
+            },
+        ));
+    };
+    let shown = file.display().to_string();
+    match async_types::load_file(&file, polls) {
+        Some(t) if !t.is_empty() => Ok((
+            Some(t),
+            AwaitChains {
+                source: Some("dwarf"),
+                file: Some(shown),
+                unavailable: None,
+            },
+        )),
+        _ => Ok((
+            None,
+            AwaitChains {
+                source: None,
+                file: Some(shown),
+                unavailable: Some(
+                    "the debug file describes none of the task types (not this build's, \
+                     or built without `debug = 2`)"
+                        .into(),
+                ),
+            },
+        )),
+    }
 }
 
 /// ` (pid N in its namespace)` for a target in a container, else nothing.
@@ -239,6 +378,23 @@ pub fn render_text(d: &Dump) -> String {
             safe(g.spawned_at.as_deref().unwrap_or("(spawn site unknown)")),
             safe(g.future.as_deref().unwrap_or("(unknown future)"))
         );
+        if let Some(c) = &g.await_chain {
+            let _ = writeln!(out, "{:>47}parked: {}", "", safe(&c.one_line()));
+        }
+    }
+    match (&d.await_chains.source, &d.await_chains.unavailable) {
+        (Some(src), _) => {
+            let _ = writeln!(
+                out,
+                "\n  await chains: from {} ({})",
+                src,
+                safe(d.await_chains.file.as_deref().unwrap_or("?"))
+            );
+        }
+        (None, Some(why)) => {
+            let _ = writeln!(out, "\n  await chains: unavailable: {}", safe(why));
+        }
+        (None, None) => {}
     }
     let _ = writeln!(out, "\nTASKS:");
     for t in d.tasks.iter().take(TEXT_TASKS) {

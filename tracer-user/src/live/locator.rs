@@ -146,6 +146,13 @@ impl Locator {
         )
     }
 
+    /// The file address of the function in slot `slot` of the task vtable at `vtable` (a
+    /// process address): its poll function, in slot 0, names its type in the DWARF.
+    pub fn vtable_function(&mut self, vtable: u64, slot: u64) -> Option<u64> {
+        let bias = self.bias()?;
+        self.table.vtable_slot(vtable.checked_sub(bias)?, slot)
+    }
+
     /// The future type a task vtable belongs to: its first slot is the monomorphized
     /// `raw::poll::<Future, Scheduler>`, whose v0-mangled name carries the type. `None` for
     /// legacy-mangled binaries, whose names drop generic arguments.

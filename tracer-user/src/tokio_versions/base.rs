@@ -29,6 +29,12 @@ pub const STATE_METHOD_MARKER: &str = "transition_to_running";
 /// (`BlockingSchedule`): those tasks end with their one poll.
 pub const BLOCKING_SCHEDULER_MARKER: &str = "BlockingSchedule";
 
+/// DWARF names of a task's cell type (`Cell<T, S>`, qualified) and of the task poll
+/// function (`poll<T, S>`, the vtable's first slot), the same in every supported
+/// version: the await-chain reader joins them by their generic arguments.
+pub const TASK_CELL_TYPE: &str = "tokio::runtime::task::core::Cell<";
+pub const TASK_POLL_FUNCTION: &str = "poll<";
+
 /// Spawn functions generic over the future, whose instances are matched by future type
 /// (the plan probes the inner one only for futures the outer one is not instantiated for).
 pub const SPAWN_PATHS: [&str; 3] = [

@@ -1,0 +1,168 @@
+//! Where a task is parked: its await chain, read from the target's memory (read-only)
+//! with the state-machine types of its binary (`binary::async_types`). From the task's
+//! future, each `async fn` / `async` block's current state names the `.await` it is
+//! suspended at; its `__awaitee` is the next future down, until one that is not a state
+//! machine: the leaf the task waits on.
+
+use serde::Serialize;
+
+use crate::{
+    binary::async_types::{AsyncTypes, SourceLine, Step, Ty},
+    live::memory::ReadMemory,
+};
+
+/// Awaitee frames followed at most (a deeper chain is cut, and says so).
+const MAX_FRAMES: usize = 64;
+
+/// A task's await chain, outermost frame first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AwaitChain {
+    /// Where the chain comes from: `dwarf` (types read from debug info).
+    pub source: &'static str,
+    pub frames: Vec<AwaitFrame>,
+    /// The future the innermost frame awaits: a type that is not a state machine
+    /// (`tokio::sync::notify::Notified`, `tokio::time::sleep::Sleep`, …). `null` when the
+    /// chain ends in a state machine that is not suspended (running, or never polled).
+    pub leaf: Option<String>,
+    /// The state the innermost machine is in when it is not suspended (`Unresumed`: the
+    /// future was never polled).
+    pub state: Option<String>,
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AwaitFrame {
+    /// The `async fn` (or the `async` block, `f::{async_block#0}`).
+    pub function: String,
+    /// The `.await` it is suspended at.
+    pub file: String,
+    pub line: u64,
+}
+
+impl AwaitFrame {
+    /// `file:line`, a dependency's file shortened to its crate directory
+    /// (`tokio-1.54.1/src/time/sleep.rs`) the way cargo's registry path ends.
+    pub fn site(&self) -> String {
+        let file = match self.file.split_once("/registry/src/") {
+            Some((_, rest)) => rest.split_once('/').map_or(rest, |(_, r)| r),
+            None => &self.file,
+        };
+        format!("{file}:{}", self.line)
+    }
+}
+
+impl AwaitChain {
+    /// One line, outermost first: `f (file:line) → g (file:line) → Leaf`.
+    pub fn one_line(&self) -> String {
+        let mut parts: Vec<String> = self
+            .frames
+            .iter()
+            .map(|f| format!("{} ({})", f.function, f.site()))
+            .collect();
+        match (&self.leaf, &self.state) {
+            (Some(leaf), _) => parts.push(leaf.clone()),
+            (None, Some(state)) => parts.push(format!("[{state}]")),
+            (None, None) => {}
+        }
+        if self.truncated {
+            parts.push("…".into());
+        }
+        parts.join(" → ")
+    }
+}
+
+/// The await chain of the task at `header` (a process address) whose poll function is
+/// `poll` (a file address). `None`: its type is not described, or its future is not in
+/// its cell any more (the task completed).
+pub fn read(
+    types: &AsyncTypes,
+    mem: &impl ReadMemory,
+    header: u64,
+    poll: u64,
+) -> Option<AwaitChain> {
+    let at = types.future_of_poll(poll)?;
+    let mut addr = header;
+    for step in &at.steps {
+        match step {
+            Step::Offset(o) => addr = addr.checked_add(*o)?,
+            Step::Variant {
+                at,
+                size,
+                value,
+                others,
+            } => {
+                let d = discriminant(mem, addr.checked_add(*at)?, *size)?;
+                let here = match value {
+                    Some(v) => d == *v,
+                    None => !others.contains(&d),
+                };
+                if !here {
+                    return None;
+                }
+            }
+        }
+    }
+    let mut chain = AwaitChain {
+        source: "dwarf",
+        frames: Vec::new(),
+        leaf: None,
+        state: None,
+        truncated: false,
+    };
+    let mut ty = at.ty;
+    loop {
+        let m = match types.ty(ty) {
+            Ty::Leaf(name) => {
+                chain.leaf = Some(name.clone());
+                return Some(chain);
+            }
+            Ty::Machine(m) => m,
+        };
+        if chain.frames.len() >= MAX_FRAMES {
+            chain.truncated = true;
+            return Some(chain);
+        }
+        let d = discriminant(mem, addr.checked_add(m.discr_at)?, m.discr_size)?;
+        let state = m
+            .states
+            .iter()
+            .find(|s| s.value == Some(d))
+            .or_else(|| m.states.iter().find(|s| s.value.is_none()))?;
+        match (&state.at, state.awaitee) {
+            (Some(SourceLine { file, line }), Some((offset, next)))
+                if state.name.starts_with("Suspend") =>
+            {
+                chain.frames.push(AwaitFrame {
+                    function: m.function.clone(),
+                    file: file.to_string(),
+                    line: *line,
+                });
+                addr = addr.checked_add(offset)?;
+                ty = next;
+            }
+            _ => {
+                // Not suspended: never polled (`Unresumed`), or done.
+                chain.state = Some(state.name.clone());
+                if chain.frames.is_empty() {
+                    chain.frames.push(AwaitFrame {
+                        function: m.function.clone(),
+                        file: state
+                            .at
+                            .as_ref()
+                            .map(|s| s.file.to_string())
+                            .unwrap_or_default(),
+                        line: state.at.as_ref().map_or(0, |s| s.line),
+                    });
+                }
+                return Some(chain);
+            }
+        }
+    }
+}
+
+fn discriminant(mem: &impl ReadMemory, addr: u64, size: u8) -> Option<u64> {
+    let mut b = [0u8; 8];
+    let n = usize::from(size.clamp(1, 8));
+    mem.read(addr, &mut b[..n])?;
+    Some(u64::from_le_bytes(b))
+}

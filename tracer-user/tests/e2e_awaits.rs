@@ -1,0 +1,227 @@
+//! Await chains: `tasktrace dump` on `fixtures/awaits`, whose leaked tasks are parked three
+//! `async fn`s deep on six kinds of leaf, against the chain the fixture prints (the line of
+//! each `.await`, read from its own source). Full debug info in the binary, the same
+//! split off into a separate file found by build-id, and cargo's default release build,
+//! which has no types (the dump says why it has no chains).
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+fn dump(pid: u32, extra: &[&str]) -> Value {
+    let out = tasktrace()
+        .args(["dump", "--json", "-", "--pid", &pid.to_string()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let (stdout, _) = assert_success(&out, "dump");
+    serde_json::from_str(&stdout).expect("dump --json - prints JSON")
+}
+
+/// What the leaf of a task parked on `leaf` must be named like.
+fn leaf_matches(leaf: &str, chain: &Value) -> bool {
+    let name = chain["leaf"].as_str().unwrap_or("");
+    let frames: Vec<&str> = chain["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    match leaf {
+        "notify" => name == "tokio::sync::notify::Notified",
+        "oneshot" => name.starts_with("tokio::sync::oneshot::Receiver<"),
+        // `Sender::send` is tokio's own async fn: the chain goes on inside it.
+        "mpsc_send" => frames
+            .iter()
+            .any(|f| f.starts_with("tokio::sync::mpsc::bounded::") && f.contains("::send")),
+        "pending" => name.starts_with("core::future::pending::Pending<"),
+        "sleep" => name == "tokio::time::sleep::Sleep",
+        "join" => name.starts_with("tokio::runtime::task::join::JoinHandle<"),
+        other => panic!("unknown leaf {other}"),
+    }
+}
+
+/// Every leaked task's chain: the fixture's frames, outermost first, at the lines of its
+/// `.await`s, then the leaf.
+fn assert_chains(what: &str, d: &Value, truth: &Value) {
+    assert_eq!(
+        d["await_chains"]["source"], "dwarf",
+        "{what}: {}",
+        d["await_chains"]
+    );
+    let tasks = d["tasks"].as_array().unwrap();
+    let expected = truth["tasks"].as_array().unwrap();
+    assert_eq!(expected.len(), 6, "{what}: the fixture parks six tasks");
+    for want in expected {
+        let id = &want["id"];
+        let t = tasks
+            .iter()
+            .find(|t| t["id"] == *id)
+            .unwrap_or_else(|| panic!("{what}: task {id} not in the dump"));
+        let chain = &t["await_chain"];
+        assert_eq!(chain["source"], "dwarf", "{what}: task {id}: {t}");
+        let frames = chain["frames"].as_array().unwrap();
+        let want_frames = want["chain"].as_array().unwrap();
+        assert!(
+            frames.len() >= want_frames.len(),
+            "{what}: task {id}: {chain}"
+        );
+        for (got, w) in frames.iter().zip(want_frames) {
+            let f = got["function"].as_str().unwrap();
+            assert_eq!(
+                f,
+                format!("fixture_awaits::{}", w["fn"].as_str().unwrap()),
+                "{what}: task {id}: {chain}"
+            );
+            assert!(
+                got["file"].as_str().unwrap().ends_with("src/main.rs"),
+                "{what}: task {id}: {chain}"
+            );
+            assert_eq!(got["line"], w["line"], "{what}: task {id}: {chain}");
+        }
+        let leaf = want["leaf"].as_str().unwrap();
+        assert!(
+            leaf_matches(leaf, chain),
+            "{what}: task {id} ({leaf}): {chain}"
+        );
+    }
+    // Grouped by await point: six distinct points under one spawn site.
+    let parked: std::collections::BTreeSet<&str> = d["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["future"].as_str().is_some_and(|f| f.contains("handler")))
+        .filter_map(|g| g["parked_at"].as_str())
+        .collect();
+    assert_eq!(parked.len(), 6, "{what}: {parked:?}");
+}
+
+#[test]
+fn dump_names_where_each_leaked_task_is_parked_with_full_debug_info() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let bin = fixture_profile("awaits", "dwarf");
+    let (target, truth) = start_with_truth(&bin, &["--exit-after", "30"]);
+    let d = dump(target.id(), &[]);
+    assert_chains("debug info in the binary", &d, &truth);
+    assert_eq!(
+        d["await_chains"]["file"],
+        format!("/proc/{}/exe", target.id()),
+        "the binary's own types"
+    );
+}
+
+#[test]
+fn a_separate_debug_file_is_found_by_build_id() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let bin = fixture_profile("awaits", "dwarf");
+    // As distributions ship it: the binary without debug sections (symbols kept), and the
+    // debug file under <debug dir>/.build-id/xx/yyyy.debug.
+    let lean = tmp("awaits-lean");
+    let debug = tmp("awaits.debug");
+    for (args, what) in [
+        (vec!["--only-keep-debug"], &debug),
+        (vec!["--strip-debug"], &lean),
+    ] {
+        let ok = std::process::Command::new("objcopy")
+            .args(&args)
+            .arg(&bin)
+            .arg(what)
+            .status()
+            .expect("run objcopy")
+            .success();
+        assert!(ok, "objcopy {args:?}");
+    }
+    let out = std::process::Command::new("readelf")
+        .args(["-n"])
+        .arg(&lean)
+        .output()
+        .unwrap();
+    let notes = String::from_utf8_lossy(&out.stdout);
+    let id = notes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("the fixture has a GNU build-id")
+        .trim()
+        .to_owned();
+    let dir = tmp("awaits-debug-dir");
+    let _ = std::fs::remove_dir_all(&dir);
+    let file = dir
+        .join(".build-id")
+        .join(&id[..2])
+        .join(format!("{}.debug", &id[2..]));
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::copy(&debug, &file).unwrap();
+
+    let (target, truth) = start_with_truth(&lean, &["--exit-after", "30"]);
+    // Without the directory: no types anywhere, and the dump says how to give them.
+    let none = dump(
+        target.id(),
+        &["--debug-dir", tmp("no-such-debug-dir").to_str().unwrap()],
+    );
+    assert!(
+        none["await_chains"]["source"].is_null(),
+        "{}",
+        none["await_chains"]
+    );
+    assert!(
+        none["await_chains"]["unavailable"]
+            .as_str()
+            .unwrap()
+            .contains("--debuginfo"),
+        "{}",
+        none["await_chains"]
+    );
+    let d = dump(target.id(), &["--debug-dir", dir.to_str().unwrap()]);
+    assert_chains("debug file by build-id", &d, &truth);
+    assert_eq!(d["await_chains"]["file"], file.to_str().unwrap());
+    // The same file given explicitly.
+    let d = dump(target.id(), &["--debuginfo", debug.to_str().unwrap()]);
+    assert_chains("--debuginfo", &d, &truth);
+}
+
+#[test]
+fn without_debug_info_chains_are_unavailable_and_say_why() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let bin = fixture_profile("awaits", "release");
+    let (target, _truth) = start_with_truth(&bin, &["--exit-after", "30"]);
+    let d = dump(
+        target.id(),
+        &["--debug-dir", tmp("no-such-debug-dir").to_str().unwrap()],
+    );
+    assert!(d["await_chains"]["source"].is_null());
+    assert!(
+        d["await_chains"]["unavailable"]
+            .as_str()
+            .unwrap()
+            .contains("debug = 2")
+    );
+    assert!(
+        d["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["await_chain"].is_null()),
+        "no chain is guessed"
+    );
+    // A --debuginfo that is not one fails with a remedy, before anything is read.
+    let out = tasktrace()
+        .args(["dump", "--pid", &target.id().to_string(), "--debuginfo"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("hint:"), "{stderr}");
+}
