@@ -117,22 +117,14 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             pid,
             json,
             symbols,
-            debuginfo,
-            debug_dir,
+            debug,
         } => {
             // Opened first, so a bad path fails before the target is read.
             let out = match json.as_deref() {
                 Some(p) if p != std::path::Path::new("-") => Some(create_output(p)?),
                 _ => None,
             };
-            let d = dump::dump(
-                pid,
-                symbols.as_deref(),
-                &dump::DebugInfo {
-                    file: debuginfo,
-                    dir: debug_dir,
-                },
-            )?;
+            let d = dump::dump(pid, symbols.as_deref(), &debug.info())?;
             fn body(w: &mut impl Write, d: &dump::Dump) -> std::io::Result<()> {
                 serde_json::to_writer_pretty(&mut *w, d)?;
                 w.write_all(b"\n")
@@ -183,6 +175,7 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                 keep: verdicts.retention(),
                 spawn_sites: true,
                 symbols,
+                debug: Default::default(),
                 mode,
                 attach: None,
                 flight: None,
@@ -251,6 +244,7 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                 keep: Default::default(),
                 spawn_sites: true,
                 symbols: None,
+                debug: Default::default(),
                 mode,
                 attach: None,
                 flight: None,
@@ -342,6 +336,7 @@ fn window(opts: &TraceArgs, mode: Mode) -> WindowOpts {
         timeline: opts.verdicts.perfetto.is_some(),
         keep: opts.verdicts.retention(),
         symbols: opts.symbols.clone(),
+        debug: opts.debug.info(),
         spawn_sites: !opts.no_spawn_sites,
         mode: opts.mode.unwrap_or(mode),
         spawn_budget: opts.spawn_budget,

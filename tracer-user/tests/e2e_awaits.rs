@@ -1,4 +1,4 @@
-//! Await chains: `tasktrace dump` on `fixtures/awaits`, whose leaked tasks are parked three
+//! Await chains: `tasktrace dump` and `record` on `fixtures/awaits`, whose leaked tasks are parked three
 //! `async fn`s deep on six kinds of leaf, against the chain the fixture prints (the line of
 //! each `.await`, read from its own source). Full debug info in the binary, the same
 //! split off into a separate file found by build-id, and cargo's default release build,
@@ -44,9 +44,23 @@ fn leaf_matches(leaf: &str, chain: &Value) -> bool {
     }
 }
 
+/// Every leaked task's chain (`assert_chains_of_tasks`), and the dump's groups split
+/// by await point: six distinct points under one spawn site.
+fn assert_chains(what: &str, d: &Value, truth: &Value) {
+    assert_chains_of_tasks(what, d, truth);
+    let parked: std::collections::BTreeSet<&str> = d["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["future"].as_str().is_some_and(|f| f.contains("handler")))
+        .filter_map(|g| g["parked_at"].as_str())
+        .collect();
+    assert_eq!(parked.len(), 6, "{what}: {parked:?}");
+}
+
 /// Every leaked task's chain: the fixture's frames, outermost first, at the lines of its
 /// `.await`s, then the leaf.
-fn assert_chains(what: &str, d: &Value, truth: &Value) {
+fn assert_chains_of_tasks(what: &str, d: &Value, truth: &Value) {
     assert_eq!(
         d["await_chains"]["source"], "dwarf",
         "{what}: {}",
@@ -88,15 +102,6 @@ fn assert_chains(what: &str, d: &Value, truth: &Value) {
             "{what}: task {id} ({leaf}): {chain}"
         );
     }
-    // Grouped by await point: six distinct points under one spawn site.
-    let parked: std::collections::BTreeSet<&str> = d["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|g| g["future"].as_str().is_some_and(|f| f.contains("handler")))
-        .filter_map(|g| g["parked_at"].as_str())
-        .collect();
-    assert_eq!(parked.len(), 6, "{what}: {parked:?}");
 }
 
 #[test]
@@ -113,6 +118,92 @@ fn dump_names_where_each_leaked_task_is_parked_with_full_debug_info() {
         d["await_chains"]["file"],
         format!("/proc/{}/exe", target.id()),
         "the binary's own types"
+    );
+}
+
+/// `record --pid`: the window's end reading reads the chains; each leaked task carries
+/// its own, its site counts its tasks per await point, and the text says where they wait.
+#[test]
+fn record_reports_where_each_leaked_task_is_parked() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let bin = fixture_profile("awaits", "dwarf");
+    let (target, truth) = start_with_truth(&bin, &["--exit-after", "30"]);
+    let json = tmp("awaits-record.json");
+    let trace = tmp("awaits-record.trace");
+    let out = tasktrace()
+        .args([
+            "record",
+            "--pid",
+            &target.id().to_string(),
+            "--duration",
+            "3s",
+        ])
+        .args(["--leak-after", "1s", "--json"])
+        .arg(&json)
+        .arg("-o")
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let (stdout, _) = assert_success(&out, "record");
+    let r = read_report(&json);
+    // The chains are in the trace file: its report says the same.
+    let replay_json = tmp("awaits-replay.json");
+    let out = tasktrace()
+        .args(["report", "--leak-after", "1s", "--json"])
+        .arg(&replay_json)
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert_success(&out, "report of the trace");
+    let replay = read_report(&replay_json);
+    assert_eq!(replay["await_chains"], r["await_chains"]);
+    let chains = |v: &Value| -> Vec<(Value, Value)> {
+        v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["id"].clone(), t["await_chain"].clone()))
+            .collect()
+    };
+    assert_eq!(chains(&replay), chains(&r));
+    assert_eq!(
+        r["await_chains"]["source"], "dwarf",
+        "{}",
+        r["await_chains"]
+    );
+    // The report's tasks hold the same chains as a dump's: checked the same way.
+    let as_dump = serde_json::json!({
+        "await_chains": r["await_chains"],
+        "tasks": r["tasks"],
+    });
+    for want in truth["tasks"].as_array().unwrap() {
+        let t = r["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == want["id"])
+            .unwrap();
+        assert_eq!(t["verdict"], "leaked", "{t}");
+    }
+    assert_chains_of_tasks("record", &as_dump, &truth);
+    let site = r["spawn_sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["leaked"] == 6)
+        .unwrap_or_else(|| panic!("the handlers' site: {}", r["spawn_sites"]));
+    let parked = site["parked"].as_array().unwrap();
+    assert_eq!(parked.len(), 6, "{parked:?}");
+    assert!(parked.iter().all(|p| p["tasks"] == 1 && p["leaked"] == 1));
+    let notify_line = truth["tasks"][0]["chain"][2]["line"].as_u64().unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "1 parked at src/main.rs:{notify_line}, awaiting tokio::sync::notify::Notified"
+        )),
+        "{stdout}"
     );
 }
 

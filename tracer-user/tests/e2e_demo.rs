@@ -380,7 +380,10 @@ fn a_stripped_build_is_traced_from_its_task_vtables() {
         "5s",
         &["-o", trace.to_str().unwrap()],
     );
-    assert_eq!(unavailable(&report), ["some spawn sites", "futures"]);
+    assert_eq!(
+        unavailable(&report),
+        ["some spawn sites", "futures", "await chains"]
+    );
     assert!(stdout.contains("unavailable: some spawn sites"), "{stdout}");
     let by_kind = &report["diagnostics"]["by_kind"];
     assert!(

@@ -34,7 +34,7 @@ fn inspect_the_demo() {
     for event in ["poll_end", "wake_by_val", "wake_by_ref"] {
         assert!(v["plan"][event].is_null(), "{event} planned: {}", v["plan"]);
     }
-    assert_eq!(unavailable(&v), ["wakes"]);
+    assert_eq!(unavailable(&v), ["wakes", "await chains"]);
     // `tokio::spawn` names the site: the multi-thread `bind_new_task` it calls is probed
     // only for futures no `spawn::spawn` instance has, not for all 14 (a second probe hit
     // per spawn). Of the `spawn::spawn` instances, those of futures spawned from one
@@ -116,7 +116,10 @@ fn inspect_says_what_a_stripped_build_hides() {
     // Spawns are seen at their task-id draws (the same as the symbols find), and the code
     // names many of their sites; the others are said to be missing, their code's address
     // standing in.
-    assert_eq!(unavailable(&v), ["some spawn sites", "futures"]);
+    assert_eq!(
+        unavailable(&v),
+        ["some spawn sites", "futures", "await chains"]
+    );
     let full_draws = inspect_json(&[fixture("demo").as_os_str()])["id_draws"].clone();
     assert_eq!(
         v["id_draws"], full_draws,

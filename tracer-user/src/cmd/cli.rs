@@ -63,14 +63,8 @@ pub enum Command {
         /// Symbols for a stripped binary: an unstripped copy of the same build.
         #[arg(long, value_name = "FILE")]
         symbols: Option<PathBuf>,
-        /// The binary's type information, for await chains: its separate debug file
-        /// (default: the binary itself, else found by build-id or `.gnu_debuglink`
-        /// under --debug-dir or beside the binary).
-        #[arg(long, value_name = "FILE")]
-        debuginfo: Option<PathBuf>,
-        /// Where separate debug files are installed (gdb's debug-file-directory).
-        #[arg(long, value_name = "DIR", default_value = "/usr/lib/debug")]
-        debug_dir: PathBuf,
+        #[command(flatten)]
+        debug: DebugArgs,
     },
     /// A live view of a process's tasks by spawn site, refreshed every second (like
     /// py-spy top): attach with --pid, or launch a command after `--`.
@@ -177,6 +171,28 @@ pub enum Command {
     },
 }
 
+/// Where the target's type information is, for await chains.
+#[derive(Args, Debug, Clone)]
+pub struct DebugArgs {
+    /// The binary's type information, for await chains: its separate debug file
+    /// (default: the binary itself, else found by build-id or `.gnu_debuglink` under
+    /// --debug-dir or beside the binary).
+    #[arg(long, value_name = "FILE")]
+    pub debuginfo: Option<PathBuf>,
+    /// Where separate debug files are installed (gdb's debug-file-directory).
+    #[arg(long, value_name = "DIR", default_value = "/usr/lib/debug")]
+    pub debug_dir: PathBuf,
+}
+
+impl DebugArgs {
+    pub fn info(&self) -> crate::cmd::awaits::DebugInfo {
+        crate::cmd::awaits::DebugInfo {
+            file: self.debuginfo.clone(),
+            dir: self.debug_dir.clone(),
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct TraceArgs {
     /// End the window after this long (e.g. 30s, 2m); `run` then terminates the command.
@@ -231,6 +247,8 @@ pub struct TraceArgs {
     /// per-site perf-event uprobes otherwise); for testing every path on one kernel.
     #[arg(long, value_enum, hide = true)]
     pub attach: Option<crate::plan::AttachMode>,
+    #[command(flatten)]
+    pub debug: DebugArgs,
     #[command(flatten)]
     pub verdicts: VerdictArgs,
 }

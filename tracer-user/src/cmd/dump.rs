@@ -10,10 +10,10 @@ use std::{collections::BTreeMap, collections::HashMap, fmt::Write as _, sync::Ar
 use serde::Serialize;
 
 use crate::{
-    binary::{async_types, read_binary},
+    binary::read_binary,
+    cmd::awaits::{self, DebugInfo},
     error::{Error, Result},
     live::{
-        await_chain::{self, AwaitChain},
         clock::monotonic_ns,
         locator::Locator,
         memory::Memory,
@@ -22,7 +22,10 @@ use crate::{
     },
     plan::Plan,
     report::terminal_safe as safe,
-    stream::TargetInfo,
+    stream::{
+        TargetInfo,
+        records::{AwaitChain, AwaitsFrom},
+    },
     tokio_versions,
 };
 
@@ -44,25 +47,8 @@ pub struct Dump {
     pub groups: Vec<Group>,
     pub tasks: Vec<DumpTask>,
     /// Where the await chains came from (`source`, `file`), or why there are none.
-    pub await_chains: AwaitChains,
+    pub await_chains: AwaitsFrom,
     pub warnings: Vec<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct AwaitChains {
-    /// `dwarf`, or `null` when no source is available.
-    pub source: Option<&'static str>,
-    /// The file whose type information was read.
-    pub file: Option<String>,
-    /// Why there are no chains (`null` when there are).
-    pub unavailable: Option<String>,
-}
-
-/// Where to look for the binary's type information (`--debuginfo`, `--debug-dir`).
-#[derive(Debug, Clone)]
-pub struct DebugInfo {
-    pub file: Option<std::path::PathBuf>,
-    pub dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -139,7 +125,7 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>, debug: &DebugInfo) -> R
         .ok_or(Error::NotMapped { pid })?;
     let snap = Reader::new(pid, knowledge, &vtables)?.snapshot(monotonic_ns())?;
     let polls = bin.instances(knowledge.symbols.raw_poll);
-    let (types, await_chains) = await_types(&target.exe, symbols, debug, polls)?;
+    let (types, await_chains) = awaits::types(&target.exe, symbols, debug, polls)?;
     let mem = Memory::new(pid);
     let poll_slot = knowledge.layout.slots.poll.index;
 
@@ -172,7 +158,7 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>, debug: &DebugInfo) -> R
         let await_chain = match (&types, t.status) {
             (Some(types), Status::Idle | Status::Notified) => locator
                 .vtable_function(t.vtable, poll_slot)
-                .and_then(|poll| await_chain::read(types, &mem, t.header, poll)),
+                .and_then(|poll| awaits::chain(types, &mem, t.header, poll)),
             _ => None,
         };
         tasks.push(DumpTask {
@@ -203,11 +189,7 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>, debug: &DebugInfo) -> R
     );
     let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     for t in &tasks {
-        let parked_at = t
-            .await_chain
-            .as_ref()
-            .and_then(|c| c.frames.last())
-            .map(|f| f.site());
+        let parked_at = t.await_chain.as_ref().and_then(AwaitChain::parked_at);
         let leaf = t.await_chain.as_ref().and_then(|c| c.leaf.clone());
         let key = (
             t.spawned_at.clone(),
@@ -254,80 +236,6 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>, debug: &DebugInfo) -> R
         await_chains,
         warnings,
     })
-}
-
-/// The binary's async state-machine types, from `--debuginfo`, the binary itself, its
-/// separate debug file, or the `--symbols` file; else why there are none.
-fn await_types(
-    exe: &std::path::Path,
-    symbols: Option<&std::path::Path>,
-    debug: &DebugInfo,
-    polls: &[u64],
-) -> Result<(Option<async_types::AsyncTypes>, AwaitChains)> {
-    let file = match &debug.file {
-        Some(f) => {
-            if !f.is_file() {
-                return Err(Error::Usage(format!(
-                    "--debuginfo {}: no such file.\n  hint: give the separate debug file of \
-                     this build (objcopy --only-keep-debug), or leave --debuginfo out to look \
-                     it up by build-id under --debug-dir",
-                    f.display()
-                )));
-            }
-            if !async_types::has_debug_info(f) {
-                return Err(Error::Usage(format!(
-                    "--debuginfo {}: the file has no type information (.debug_info).\n  hint: \
-                     build with `debug = 2` (or `line-tables-only` gives lines, not types) and \
-                     split it off with objcopy --only-keep-debug",
-                    f.display()
-                )));
-            }
-            Some(f.clone())
-        }
-        None => async_types::find_debug_file(exe, &[debug.dir.as_path()]).or_else(|| {
-            symbols
-                .filter(|s| async_types::has_debug_info(s))
-                .map(std::path::Path::to_path_buf)
-        }),
-    };
-    let Some(file) = file else {
-        return Ok((
-            None,
-            AwaitChains {
-                source: None,
-                file: None,
-                unavailable: Some(
-                    "the binary has no type information (cargo's release default): build \
-                     with `debug = 2`, or install its separate debug file by build-id under \
-                     --debug-dir, or give it with --debuginfo FILE"
-                        .into(),
-                ),
-            },
-        ));
-    };
-    let shown = file.display().to_string();
-    match async_types::load_file(&file, polls) {
-        Some(t) if !t.is_empty() => Ok((
-            Some(t),
-            AwaitChains {
-                source: Some("dwarf"),
-                file: Some(shown),
-                unavailable: None,
-            },
-        )),
-        _ => Ok((
-            None,
-            AwaitChains {
-                source: None,
-                file: Some(shown),
-                unavailable: Some(
-                    "the debug file describes none of the task types (not this build's, \
-                     or built without `debug = 2`)"
-                        .into(),
-                ),
-            },
-        )),
-    }
 }
 
 /// ` (pid N in its namespace)` for a target in a container, else nothing.

@@ -289,6 +289,20 @@ pub fn inspect_for(
             ),
         });
     }
+    // Where idle tasks are parked needs the binary's types (in it, or a debug file
+    // installed the standard way); `dump` and `record --debuginfo` can be given one.
+    let (_, awaits) = crate::cmd::awaits::types(
+        exe,
+        symbols,
+        &crate::cmd::awaits::DebugInfo::default(),
+        bin.instances(k.symbols.raw_poll),
+    )?;
+    if let Some(why) = awaits.unavailable {
+        out.unavailable.push(Unavailable {
+            what: "await chains".into(),
+            why,
+        });
+    }
     Ok(out)
 }
 

@@ -2,6 +2,7 @@
 //! `replay` of a trace file, or a `compare` of two windows), `inspect`, `dump`, `top` (a live view), and the command line they share.
 
 pub mod agent;
+pub mod awaits;
 pub mod cli;
 pub mod compare;
 pub mod dump;

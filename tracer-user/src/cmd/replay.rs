@@ -51,6 +51,7 @@ pub fn report_from_file(
             | Rec::Samples { at_ns, .. }
             | Rec::TaskIds { at_ns, .. }
             | Rec::SpawnProbes { at_ns, .. }
+            | Rec::Awaits { at_ns, .. }
             | Rec::Lost { at_ns, .. }
             | Rec::Stopped { to_ns: at_ns, .. } => last_ts = last_ts.max(*at_ns),
             Rec::Site { .. } | Rec::Future { .. } => {}

@@ -41,6 +41,8 @@ pub struct WindowOpts {
     pub spawn_sites: bool,
     /// An unstripped copy of the target's build, for its symbols.
     pub symbols: Option<std::path::PathBuf>,
+    /// Where its type information is, for await chains.
+    pub debug: crate::cmd::awaits::DebugInfo,
     pub mode: crate::plan::Mode,
     /// An attach path forced by `--attach` (else the kernel's features decide).
     pub attach: Option<crate::plan::AttachMode>,
@@ -148,6 +150,16 @@ pub struct Session<'o> {
     flight: Option<Flight>,
     /// Sample mode: when the spawn probes are attached.
     gate: Option<Gate>,
+    /// The binary's async state machines (for await chains at the end reading), where
+    /// its type information was found, or why not.
+    awaits: Awaits,
+}
+
+/// What the window's end reading reads the tasks' await chains with.
+struct Awaits {
+    types: Option<crate::binary::async_types::AsyncTypes>,
+    from: crate::stream::records::AwaitsFrom,
+    poll_slot: u64,
 }
 
 /// Sample mode's spawn gate and what it measures by: tokio's task-id counter in the
@@ -332,6 +344,25 @@ impl<'o> Session<'o> {
                 host_fsbase,
             },
         )?;
+        // Read before anything attaches: a --debuginfo that is not one fails here.
+        let (types, from) = crate::cmd::awaits::types(
+            &target.exe,
+            opts.symbols.as_deref(),
+            &opts.debug,
+            bin.instances(knowledge.symbols.raw_poll),
+        )?;
+        let mut summary = plan.summary();
+        if let Some(why) = &from.unavailable {
+            summary.unavailable.push(crate::plan::Unavailable {
+                what: "await chains".into(),
+                why: why.clone(),
+            });
+        }
+        let awaits = Awaits {
+            types,
+            from,
+            poll_slot: knowledge.layout.slots.poll.index,
+        };
         let mut warnings: Vec<String> = selection.warning.into_iter().collect();
         if host_fsbase.is_none() {
             warnings.push(format!(
@@ -398,7 +429,7 @@ impl<'o> Session<'o> {
             state_bits: knowledge.state,
             probe_sites: probes.sites,
             attach: probes.mode,
-            summary: plan.summary(),
+            summary,
             plan: serde_json::to_value(&plan).unwrap_or_default(),
             attach_ms,
             warnings,
@@ -424,6 +455,7 @@ impl<'o> Session<'o> {
             .filter_map(|(ret, site)| Some((*ret, Arc::from(site.as_deref()?))))
             .collect();
         let mut session = Session {
+            awaits,
             opts,
             // A flight recorder's ring starts at a reading: readings keep coming.
             periodic_readings: !plan.completion_probed
@@ -965,6 +997,12 @@ impl<'o> Session<'o> {
         }
         let read_cpu_ms = read.as_ref().map_or(0.0, |s| s.cpu_ms);
         let applying = std::time::Instant::now();
+        // Where the tasks the end reading found idle are parked, read before the model
+        // takes the reading (and right after it, so the chains describe that instant).
+        let chains = match (&read, reading) {
+            (Ok(snap), Reading::End) => Some((snap.taken_ns, self.read_chains(snap))),
+            _ => None,
+        };
         apply_task_list(
             read,
             reading,
@@ -972,6 +1010,13 @@ impl<'o> Session<'o> {
             &mut self.warnings,
             self.opts.quiet,
         );
+        if let Some((at_ns, chains)) = chains {
+            self.live.feed.emit(Rec::Awaits {
+                at_ns,
+                from: self.awaits.from.clone(),
+                chains,
+            });
+        }
         if reading == Reading::Periodic {
             // The readings' cost follows the live tasks: the period stretches so that
             // reading and applying them takes at most 1/READ_COST_SHARE of a core.
@@ -979,6 +1024,39 @@ impl<'o> Session<'o> {
             self.next_reading = tokio::time::Instant::now()
                 + READ_EVERY.max(Duration::from_secs_f64(cost_s * READ_COST_SHARE));
         }
+    }
+
+    /// The await chains of the idle and notified tasks of `snap`, read from the target's
+    /// memory now (none without type information).
+    fn read_chains(&mut self, snap: &Snapshot) -> Vec<crate::stream::records::ChainOf> {
+        let Some(types) = &self.awaits.types else {
+            return Vec::new();
+        };
+        let mem = crate::live::memory::Memory::new(self.target.pid);
+        let mut out = Vec::new();
+        for t in &snap.tasks {
+            if !matches!(
+                t.status,
+                crate::tokio_versions::Status::Idle | crate::tokio_versions::Status::Notified
+            ) {
+                continue;
+            }
+            let Some(poll) = self
+                .live
+                .locator
+                .vtable_function(t.vtable, self.awaits.poll_slot)
+            else {
+                continue;
+            };
+            if let Some(chain) = crate::cmd::awaits::chain(types, &mem, t.header, poll) {
+                out.push(crate::stream::records::ChainOf {
+                    header: t.header,
+                    id: t.id,
+                    chain,
+                });
+            }
+        }
+        out
     }
 
     /// A bar for the detach of per-site links (about 0.1 s each, in parallel), on a

@@ -39,38 +39,6 @@ pub struct AwaitFrame {
     pub line: u64,
 }
 
-impl AwaitFrame {
-    /// `file:line`, a dependency's file shortened to its crate directory
-    /// (`tokio-1.54.1/src/time/sleep.rs`) the way cargo's registry path ends.
-    pub fn site(&self) -> String {
-        let file = match self.file.split_once("/registry/src/") {
-            Some((_, rest)) => rest.split_once('/').map_or(rest, |(_, r)| r),
-            None => &self.file,
-        };
-        format!("{file}:{}", self.line)
-    }
-}
-
-impl AwaitChain {
-    /// One line, outermost first: `f (file:line) → g (file:line) → Leaf`.
-    pub fn one_line(&self) -> String {
-        let mut parts: Vec<String> = self
-            .frames
-            .iter()
-            .map(|f| format!("{} ({})", f.function, f.site()))
-            .collect();
-        match (&self.leaf, &self.state) {
-            (Some(leaf), _) => parts.push(leaf.clone()),
-            (None, Some(state)) => parts.push(format!("[{state}]")),
-            (None, None) => {}
-        }
-        if self.truncated {
-            parts.push("…".into());
-        }
-        parts.join(" → ")
-    }
-}
-
 /// The await chain of the task at `header` (a process address) whose poll function is
 /// `poll` (a file address). `None`: its type is not described, or its future is not in
 /// its cell any more (the task completed).

@@ -19,7 +19,7 @@ use crate::{
     plan::PlanSummary,
     stream::{
         MetaRecord, Rec,
-        records::{ListKind, ListedTask, Status},
+        records::{AwaitsFrom, ChainOf, ListKind, ListedTask, Status},
     },
     tokio_versions::StateBits,
 };
@@ -295,6 +295,8 @@ pub struct Aggregator {
     losses: Vec<(u64, u64)>,
     /// tokio's task-id counter, first and last read (`Rec::TaskIds`).
     pub task_ids: TaskIds,
+    /// Where the await chains came from (`Rec::Awaits`); `None`: none were read.
+    pub awaits_from: Option<AwaitsFrom>,
     /// Sample mode's spawn probes (`Rec::SpawnProbes`); `None` in the other modes.
     pub spawn_probing: Option<SpawnProbing>,
     /// Task vtable → the site probed spawns of it named: tasks of it spawned unprobed
@@ -354,6 +356,7 @@ impl Aggregator {
             losses: Vec::new(),
             stops: Vec::new(),
             task_ids: TaskIds::default(),
+            awaits_from: None,
             spawn_probing: None,
             learned_sites: HashMap::new(),
             learned_new: false,
@@ -481,9 +484,22 @@ impl Aggregator {
                 rate,
                 budget,
             } => self.spawn_probes(*at_ns, *armed, *rate, *budget),
+            Rec::Awaits { from, chains, .. } => self.await_chains(from, chains),
         }
         if self.fold.enabled && self.tasks.len() >= self.fold.next_at {
             self.fold_finished(false);
+        }
+    }
+
+    /// Where the tasks a reading listed are parked: each live one takes its chain.
+    fn await_chains(&mut self, from: &AwaitsFrom, chains: &[ChainOf]) {
+        self.awaits_from = Some(from.clone());
+        for c in chains {
+            if let Some(i) = self.live.get(c.header, &self.tasks)
+                && (c.id == 0 || self.tasks[i].id == 0 || self.tasks[i].id == c.id)
+            {
+                self.tasks[i].rare_mut().await_chain = Some(Arc::new(c.chain.clone()));
+            }
         }
     }
 

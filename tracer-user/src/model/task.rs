@@ -120,6 +120,8 @@ pub struct Rare {
     pub hosted_polls: u64,
     /// Verdict frozen when the runtime began shutting down the task.
     pub frozen: Option<Judgement>,
+    /// Where it was parked at the last reading that read chains (`Rec::Awaits`).
+    pub await_chain: Option<std::sync::Arc<crate::stream::records::AwaitChain>>,
 }
 
 static NO_RARE: Rare = Rare {
@@ -129,6 +131,7 @@ static NO_RARE: Rare = Rare {
     no_way_to_run_at: Stamp::NONE,
     hosted_polls: 0,
     frozen: None,
+    await_chain: None,
 };
 
 /// How a task's spawn site was found (reports say it per task: `site_source`).

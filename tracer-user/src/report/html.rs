@@ -144,6 +144,25 @@ verdict set in (<span class="bad">â–² leaked</span>, <span style="color:#c60">â–
                 format!("{:+.1}/s", s.growth_per_s)
             }
         );
+        // Where its live tasks are parked: one row per await point, with a count.
+        for p in &s.parked {
+            let _ = write!(
+                h,
+                "<tr class=\"parked\"><td colspan=\"10\">&nbsp;&nbsp;{} parked at <code>{}</code>{}{} <small title=\"{}\">(chain)</small></td></tr>",
+                p.tasks,
+                esc(p.at.as_deref().unwrap_or("?")),
+                p.leaf
+                    .as_deref()
+                    .map(|l| format!(", awaiting <code>{}</code>", esc(l)))
+                    .unwrap_or_default(),
+                if p.leaked > 0 {
+                    format!(" <b class=\"bad\">{} leaked</b>", p.leaked)
+                } else {
+                    String::new()
+                },
+                esc(&p.chain)
+            );
+        }
     }
     h.push_str("</table>\n");
     drill_down(&mut h, r);

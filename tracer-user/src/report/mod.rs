@@ -71,6 +71,10 @@ pub struct Report {
     /// Verdicts and signals this binary cannot give, and why (e.g. spawn sites of a
     /// stripped binary); what is listed here is absent, not zero.
     pub unavailable: Vec<Unavailable>,
+    /// Where the tasks' await chains came from (`source`, `file`), or why there are none
+    /// (`unavailable`); `null` when no reading read them (a window that ended with its
+    /// target).
+    pub await_chains: Option<crate::stream::records::AwaitsFrom>,
     /// Every poll and instant, when a timeline was requested (`--perfetto`).
     #[serde(skip)]
     pub timeline: Option<TimelineView>,
@@ -234,6 +238,10 @@ pub struct TaskReport {
     /// count, and whether a JoinHandle still holds it.
     pub refs: Option<u32>,
     pub join_handle: Option<bool>,
+    /// Where it was parked at the last reading that read chains (the window's end): its
+    /// async fn frames and the leaf it waits on; `null` when none was read (see
+    /// `await_chains`).
+    pub await_chain: Option<std::sync::Arc<crate::stream::records::AwaitChain>>,
 }
 
 fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -442,6 +450,7 @@ impl Report {
                 alive_before_attach: t.before_attach,
                 refs: t.refs(),
                 join_handle: t.join_handle,
+                await_chain: t.rare().await_chain.clone(),
             });
         }
         drop(model);
@@ -459,6 +468,7 @@ impl Report {
             .collect();
         summary.long_polls = long_polls.len() as u64;
         let window_ns = meta.end_ns.saturating_sub(meta.start_ns);
+        let await_chains = agg.awaits_from.clone();
         let mut warnings = meta.warnings;
         if meta.lost_events > 0 {
             warnings.push(format!(
@@ -559,6 +569,7 @@ impl Report {
             diagnostics: agg.diagnostics_with_kinds(),
             warnings,
             unavailable: meta.unavailable,
+            await_chains,
             timeline,
         }
     }

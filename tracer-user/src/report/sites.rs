@@ -41,6 +41,21 @@ pub struct SpawnSite {
     pub growth_per_s: f64,
     /// The live count grows steadily over the window.
     pub growing: bool,
+    /// Where its live tasks are parked, most tasks first: one entry per innermost await
+    /// point and leaf (from the tasks' `await_chain`); empty without chains.
+    pub parked: Vec<Parked>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Parked {
+    /// `file:line` of the innermost `.await` (`null`: a chain with no suspended frame).
+    pub at: Option<String>,
+    pub leaf: Option<String>,
+    pub tasks: u64,
+    /// Of these, flagged leaked.
+    pub leaked: u64,
+    /// One task's whole chain, outermost first, on one line.
+    pub chain: String,
 }
 
 /// The sites of `tasks` and of the tasks folded away (`folded`: by site name; `rel`
@@ -100,6 +115,7 @@ pub fn spawn_sites<'a>(
                 live_series: series,
                 growth_per_s: slope,
                 growing: gained >= GROWTH_MIN_TASKS && r >= GROWTH_MIN_CORRELATION,
+                parked: parked(&ts),
             }
         })
         .collect();
@@ -107,6 +123,32 @@ pub fn spawn_sites<'a>(
         std::cmp::Reverse((s.leaked + s.stuck + s.never_polled, s.alive, s.spawned))
     });
     sites
+}
+
+/// The live tasks' chains by (innermost await point, leaf), most tasks first.
+fn parked(tasks: &[&TaskReport]) -> Vec<Parked> {
+    let mut by: BTreeMap<(Option<String>, Option<String>), Parked> = BTreeMap::new();
+    for t in tasks
+        .iter()
+        .filter(|t| t.completed_at_ns.is_none() && !t.freed)
+    {
+        let Some(c) = &t.await_chain else {
+            continue;
+        };
+        let key = (c.parked_at(), c.leaf.clone());
+        let p = by.entry(key.clone()).or_insert_with(|| Parked {
+            at: key.0,
+            leaf: key.1,
+            tasks: 0,
+            leaked: 0,
+            chain: c.one_line(),
+        });
+        p.tasks += 1;
+        p.leaked += u64::from(t.counted_verdict() == Verdict::Leaked);
+    }
+    let mut out: Vec<Parked> = by.into_values().collect();
+    out.sort_by_key(|p| std::cmp::Reverse((p.leaked, p.tasks)));
+    out
 }
 
 fn live_series(tasks: &[&TaskReport], window_ns: u64) -> Vec<[u64; 2]> {

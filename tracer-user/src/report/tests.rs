@@ -334,12 +334,13 @@ fn spawn_sites_count_their_tasks_by_verdict() {
     assert_eq!(by("src/app.rs:40:7").never_polled, 1);
 }
 
-/// The report holds an entry per task, built as the model shrinks: as small as the
-/// model's record (`model::Task`, its own size test).
+/// The report holds an entry per task, built as the model shrinks: about as small as the
+/// model's record (`model::Task`, its own size test), plus the pointer to its await chain
+/// (shared, and held by the few tasks a reading found idle).
 #[test]
 fn a_task_entry_stays_small() {
     let report = std::mem::size_of::<super::TaskReport>();
-    assert!(report <= 160, "TaskReport is {report} bytes");
+    assert!(report <= 168, "TaskReport is {report} bytes");
 }
 
 /// Strings from the target reach the terminal inert and the page escaped: a source path

@@ -133,6 +133,25 @@ pub fn render_text(r: &Report) -> String {
                     format!("spawned at {}", safe(s))
                 })
             );
+            // Where they are parked, one line per await point (5 000 tasks at one line
+            // read as one line).
+            let mut parked: Vec<(String, usize)> = Vec::new();
+            for c in tasks.iter().filter_map(|t| t.await_chain.as_deref()) {
+                let at = match (c.parked_at(), &c.leaf) {
+                    (Some(at), Some(leaf)) => format!("{at}, awaiting {leaf}"),
+                    (Some(at), None) => at,
+                    (None, Some(leaf)) => format!("awaiting {leaf}"),
+                    (None, None) => continue,
+                };
+                match parked.iter_mut().find(|(k, _)| *k == at) {
+                    Some((_, n)) => *n += 1,
+                    None => parked.push((at, 1)),
+                }
+            }
+            parked.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+            for (at, n) in parked {
+                let _ = writeln!(out, "    {n} parked at {}", safe(&at));
+            }
             tasks.sort_by_key(|t| std::cmp::Reverse(t.for_ns));
             for t in tasks {
                 let what = match t.reason {

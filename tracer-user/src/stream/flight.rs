@@ -173,6 +173,7 @@ fn at(rec: &Rec) -> Option<u64> {
         | Rec::Samples { at_ns, .. }
         | Rec::TaskIds { at_ns, .. }
         | Rec::SpawnProbes { at_ns, .. }
+        | Rec::Awaits { at_ns, .. }
         | Rec::Lost { at_ns, .. } => Some(*at_ns),
         Rec::Stopped { to_ns, .. } => Some(*to_ns),
         Rec::Meta(_) | Rec::Site { .. } | Rec::Future { .. } => None,

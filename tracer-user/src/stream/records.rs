@@ -36,6 +36,88 @@ pub struct ListedTask {
     pub no_way_to_run: bool,
 }
 
+/// Where a task is parked, as a reading found it (`live::await_chain`): its async fn
+/// frames outermost first, each at the `.await` it is suspended at, then the leaf.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwaitChain {
+    /// `dwarf`: the binary's (or its debug file's) type information.
+    pub source: String,
+    pub frames: Vec<AwaitFrame>,
+    pub leaf: Option<String>,
+    /// The innermost machine's state when it is not suspended (`Unresumed`).
+    pub state: Option<String>,
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwaitFrame {
+    pub function: String,
+    pub file: String,
+    pub line: u64,
+}
+
+impl AwaitFrame {
+    /// `file:line`, a dependency's file from its crate directory on (cargo's registry
+    /// path shortened: `tokio-1.54.1/src/time/sleep.rs`).
+    pub fn site(&self) -> String {
+        let file = match self.file.split_once("/registry/src/") {
+            Some((_, rest)) => rest.split_once('/').map_or(rest, |(_, r)| r),
+            None => &self.file,
+        };
+        format!("{file}:{}", self.line)
+    }
+}
+
+impl AwaitChain {
+    /// Where the task is parked, for people: the innermost frame in the program's own
+    /// code (not a dependency's, not the standard library's), else the innermost.
+    pub fn parked_at(&self) -> Option<String> {
+        let own =
+            |f: &&AwaitFrame| !f.file.contains("/registry/src/") && !f.file.starts_with("/rustc/");
+        self.frames
+            .iter()
+            .rev()
+            .find(own)
+            .or(self.frames.last())
+            .map(AwaitFrame::site)
+    }
+
+    /// One line, outermost first: `f (file:line) → g (file:line) → Leaf`.
+    pub fn one_line(&self) -> String {
+        let mut parts: Vec<String> = self
+            .frames
+            .iter()
+            .map(|f| format!("{} ({})", f.function, f.site()))
+            .collect();
+        match (&self.leaf, &self.state) {
+            (Some(leaf), _) => parts.push(leaf.clone()),
+            (None, Some(state)) => parts.push(format!("[{state}]")),
+            (None, None) => {}
+        }
+        if self.truncated {
+            parts.push("…".into());
+        }
+        parts.join(" → ")
+    }
+}
+
+/// Where a window's await chains came from, or why it has none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwaitsFrom {
+    pub source: Option<String>,
+    /// The file whose type information was read.
+    pub file: Option<String>,
+    pub unavailable: Option<String>,
+}
+
+/// One task's chain in a `Rec::Awaits`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainOf {
+    pub header: u64,
+    pub id: u64,
+    pub chain: AwaitChain,
+}
+
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }
@@ -213,5 +295,12 @@ pub enum Rec {
         armed: bool,
         rate: Option<f64>,
         budget: u64,
+    },
+    /// Await chains of the tasks a reading at `at_ns` found idle (read right after it),
+    /// and where they came from.
+    Awaits {
+        at_ns: u64,
+        from: AwaitsFrom,
+        chains: Vec<ChainOf>,
     },
 }

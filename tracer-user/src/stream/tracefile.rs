@@ -16,7 +16,7 @@ use tracer_common::{EVENT_SIZE, TaskEvent};
 
 use super::{
     output::Output,
-    records::{EndRecord, ListKind, ListedTask, MetaRecord, Rec},
+    records::{AwaitsFrom, ChainOf, EndRecord, ListKind, ListedTask, MetaRecord, Rec},
 };
 use crate::error::{Error, Result};
 
@@ -32,6 +32,9 @@ const KIND_LOST: u8 = 8;
 const KIND_STOPPED: u8 = 9;
 const KIND_TASK_IDS: u8 = 10;
 const KIND_SPAWN_PROBES: u8 = 11;
+const KIND_AWAITS: u8 = 12;
+/// Await chains per record: a record stays well below `MAX_RECORD`.
+const AWAITS_CHUNK: usize = 2048;
 /// Tasks per task-list record (keeps each record far below `MAX_RECORD`).
 const TASKLIST_CHUNK: usize = 20_000;
 /// No record is this large; a longer length means corruption, not a big window.
@@ -89,6 +92,14 @@ struct SpawnProbesRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rate: Option<f64>,
     budget: u64,
+}
+
+/// Await chains after a reading (`Rec::Awaits`), in parts of `AWAITS_CHUNK` chains.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct AwaitsRecord {
+    at_ns: u64,
+    from: AwaitsFrom,
+    chains: Vec<ChainOf>,
 }
 
 /// A span the target spent stopped (`Rec::Stopped`).
@@ -240,6 +251,27 @@ impl Writer {
                     to_ns: *to_ns,
                 },
             ),
+            Rec::Awaits {
+                at_ns,
+                from,
+                chains,
+            } => {
+                let parts: Vec<&[ChainOf]> = if chains.is_empty() {
+                    vec![&[]]
+                } else {
+                    chains.chunks(AWAITS_CHUNK).collect()
+                };
+                for part in parts {
+                    self.json(
+                        KIND_AWAITS,
+                        &AwaitsRecord {
+                            at_ns: *at_ns,
+                            from: from.clone(),
+                            chains: part.to_vec(),
+                        },
+                    );
+                }
+            }
         }
     }
 
@@ -411,7 +443,7 @@ pub fn stream(
         }
         let kind = head[0];
         let len = u32::from_le_bytes(head[1..5].try_into().unwrap());
-        if !(KIND_META..=KIND_SPAWN_PROBES).contains(&kind) {
+        if !(KIND_META..=KIND_AWAITS).contains(&kind) {
             return Err(corrupt(at, &format!("unknown record kind {kind}")));
         }
         if len > MAX_RECORD {
@@ -513,6 +545,14 @@ pub fn stream(
                     armed: r.armed,
                     rate: r.rate,
                     budget: r.budget,
+                });
+            }
+            KIND_AWAITS => {
+                let r: AwaitsRecord = serde_json::from_slice(&body).map_err(json_err)?;
+                on_record(Rec::Awaits {
+                    at_ns: r.at_ns,
+                    from: r.from,
+                    chains: r.chains,
                 });
             }
             KIND_LOST => {

@@ -1,0 +1,125 @@
+//! Where a target's await chains come from: its binary's type information (in the
+//! binary, a separate debug file found the standard way, or `--debuginfo`), and each
+//! chain as the stream records it. `dump` and the live window's end reading both use it.
+
+use std::path::{Path, PathBuf};
+
+use crate::{
+    binary::async_types::{AsyncTypes, find_debug_file, has_debug_info, load_file},
+    error::{Error, Result},
+    live::{await_chain, memory::ReadMemory},
+    stream::records::{AwaitChain, AwaitFrame, AwaitsFrom},
+};
+
+/// Where to look for the binary's type information (`--debuginfo`, `--debug-dir`).
+#[derive(Debug, Clone)]
+pub struct DebugInfo {
+    pub file: Option<PathBuf>,
+    pub dir: PathBuf,
+}
+
+impl Default for DebugInfo {
+    fn default() -> Self {
+        Self {
+            file: None,
+            dir: PathBuf::from("/usr/lib/debug"),
+        }
+    }
+}
+
+/// The await chain of the task at `header` whose poll function is `poll` (a file
+/// address), as the stream records it.
+pub fn chain(
+    types: &AsyncTypes,
+    mem: &impl ReadMemory,
+    header: u64,
+    poll: u64,
+) -> Option<AwaitChain> {
+    let c = await_chain::read(types, mem, header, poll)?;
+    Some(AwaitChain {
+        source: c.source.to_owned(),
+        frames: c
+            .frames
+            .into_iter()
+            .map(|f| AwaitFrame {
+                function: f.function,
+                file: f.file,
+                line: f.line,
+            })
+            .collect(),
+        leaf: c.leaf,
+        state: c.state,
+        truncated: c.truncated,
+    })
+}
+
+/// The binary's async state-machine types, from `--debuginfo`, the binary itself, its
+/// separate debug file, or the `--symbols` file; else why there are none.
+pub fn types(
+    exe: &Path,
+    symbols: Option<&Path>,
+    debug: &DebugInfo,
+    polls: &[u64],
+) -> Result<(Option<AsyncTypes>, AwaitsFrom)> {
+    let file = match &debug.file {
+        Some(f) => {
+            if !f.is_file() {
+                return Err(Error::Usage(format!(
+                    "--debuginfo {}: no such file.\n  hint: give the separate debug file of \
+                     this build (objcopy --only-keep-debug), or leave --debuginfo out to look \
+                     it up by build-id under --debug-dir",
+                    f.display()
+                )));
+            }
+            if !has_debug_info(f) {
+                return Err(Error::Usage(format!(
+                    "--debuginfo {}: the file has no type information (.debug_info).\n  hint: \
+                     build with `debug = 2` (or `line-tables-only` gives lines, not types) and \
+                     split it off with objcopy --only-keep-debug",
+                    f.display()
+                )));
+            }
+            Some(f.clone())
+        }
+        None => find_debug_file(exe, &[debug.dir.as_path()])
+            .or_else(|| symbols.filter(|s| has_debug_info(s)).map(Path::to_path_buf)),
+    };
+    let Some(file) = file else {
+        return Ok((
+            None,
+            AwaitsFrom {
+                source: None,
+                file: None,
+                unavailable: Some(
+                    "the binary has no type information (cargo's release default): build \
+                     with `debug = 2`, or install its separate debug file by build-id under \
+                     --debug-dir, or give it with --debuginfo FILE"
+                        .into(),
+                ),
+            },
+        ));
+    };
+    let shown = file.display().to_string();
+    match load_file(&file, polls) {
+        Some(t) if !t.is_empty() => Ok((
+            Some(t),
+            AwaitsFrom {
+                source: Some("dwarf".into()),
+                file: Some(shown),
+                unavailable: None,
+            },
+        )),
+        _ => Ok((
+            None,
+            AwaitsFrom {
+                source: None,
+                file: Some(shown),
+                unavailable: Some(
+                    "the debug file describes none of the task types (not this build's, \
+                     or built without `debug = 2`)"
+                        .into(),
+                ),
+            },
+        )),
+    }
+}
