@@ -96,6 +96,24 @@ fn assert_chains_of_tasks(what: &str, d: &Value, truth: &Value) {
             );
             assert_eq!(got["line"], w["line"], "{what}: task {id}: {chain}");
         }
+        // What the leaf holds: the awaited task, a deadline about an hour away.
+        let detail = chain["leaf_detail"].as_str().unwrap_or("");
+        match want["leaf"].as_str().unwrap() {
+            "join" => assert_eq!(
+                detail,
+                format!("task {}", want["awaits_task"]),
+                "{what}: {chain}"
+            ),
+            "sleep" => {
+                let s: f64 = detail
+                    .strip_prefix("deadline in ")
+                    .and_then(|d| d.strip_suffix(" s"))
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or_else(|| panic!("{what}: {chain}"));
+                assert!((3000.0..=3600.0).contains(&s), "{what}: {chain}");
+            }
+            _ => assert!(chain["leaf_detail"].is_null(), "{what}: {chain}"),
+        }
         let leaf = want["leaf"].as_str().unwrap();
         assert!(
             leaf_matches(leaf, chain),

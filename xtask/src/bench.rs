@@ -122,11 +122,29 @@ pub fn spawn(root: &Path) -> Result<(), String> {
 /// Reading the task lists of a process with many live tasks: `tasktrace dump` of the late
 /// fixture parked with `--idle N` tasks (default 100 000), median of five readings.
 pub fn dump(root: &Path, idle: usize) -> Result<(), String> {
+    let late = root.join("fixtures/late");
+    dump_of(
+        root,
+        &late.join("target/release/fixture-late"),
+        idle,
+        "release build",
+    )?;
+    // The same target with its types: every idle task's await chain read too.
+    crate::build_fixture(&late, "dwarf")?;
+    dump_of(
+        root,
+        &late.join("target/dwarf/fixture-late"),
+        idle,
+        "built with debug = 2: await chains read",
+    )
+}
+
+/// `tasktrace dump` of `fixture` holding `idle` idle tasks, median of 5.
+fn dump_of(root: &Path, fixture: &Path, idle: usize, what: &str) -> Result<(), String> {
     const ROUNDS: usize = 5;
-    let fixture = root.join("fixtures/late/target/release/fixture-late");
     let tasktrace = root.join("target/release/tasktrace");
     let (mut child, ready) = start_until(
-        Command::new(&fixture).args(["--idle", &idle.to_string()]),
+        Command::new(fixture).args(["--idle", &idle.to_string()]),
         |l| l.starts_with("TASKTRACE_GROUND_TRUTH "),
     )?;
     let result = (|| {
@@ -141,7 +159,7 @@ pub fn dump(root: &Path, idle: usize) -> Result<(), String> {
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             })
             .unwrap_or(0);
-        let (mut wall, mut read, mut tasks) = (Vec::new(), Vec::new(), 0);
+        let (mut wall, mut read, mut tasks, mut chains) = (Vec::new(), Vec::new(), 0, 0);
         for _ in 0..ROUNDS {
             let t = std::time::Instant::now();
             let out = Command::new(&tasktrace)
@@ -159,9 +177,12 @@ pub fn dump(root: &Path, idle: usize) -> Result<(), String> {
                 serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
             read.push(v["read_ms"].as_f64().unwrap_or(f64::NAN));
             tasks = v["summary"]["tasks"].as_u64().unwrap_or(0);
+            chains = v["tasks"].as_array().map_or(0, |t| {
+                t.iter().filter(|t| !t["await_chain"].is_null()).count()
+            });
         }
         println!(
-            "bench dump (target: {tasks} live tasks, RSS {:.0} MiB; median of {ROUNDS}):",
+            "bench dump, {what} (target: {tasks} live tasks, RSS {:.0} MiB; median of {ROUNDS}):",
             rss_kib as f64 / 1024.0
         );
         println!(
@@ -169,7 +190,7 @@ pub fn dump(root: &Path, idle: usize) -> Result<(), String> {
             median(&mut read)
         );
         println!(
-            "  whole `tasktrace dump --json -`: {:>7.0} ms",
+            "  whole `tasktrace dump --json -`: {:>7.0} ms, {chains} await chains",
             median(&mut wall) * 1e3
         );
         Ok(())

@@ -17,7 +17,7 @@ use gimli::{AttributeValue, EndianArcSlice, Reader as _, RunTimeEndian};
 use object::{Object, ObjectSection};
 use serde::Serialize;
 
-use crate::tokio_versions::{TASK_CELL_TYPE, TASK_POLL_FUNCTION};
+use crate::tokio_versions::{LEAF_FACTS, LeafFactKind, TASK_CELL_TYPE, TASK_POLL_FUNCTION};
 
 type R = EndianArcSlice<RunTimeEndian>;
 
@@ -58,7 +58,23 @@ pub enum Step {
 #[derive(Clone, Debug)]
 pub enum Ty {
     Machine(Machine),
-    Leaf(String),
+    Leaf(Leaf),
+}
+
+/// A future that is not a state machine, and where it holds what it waits for.
+#[derive(Clone, Debug)]
+pub struct Leaf {
+    pub name: String,
+    pub fact: Option<Fact>,
+}
+
+/// Where in a leaf future a fact lies (offsets from the leaf's start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fact {
+    /// The awaited task: a pointer to its header.
+    TaskHeader { at: u64 },
+    /// A deadline: `std::time::Instant`'s seconds (`i64`) and nanoseconds (`u32`).
+    Deadline { sec_at: u64, nsec_at: u64 },
 }
 
 /// An `async fn` or `async` block's state machine.
@@ -555,10 +571,9 @@ impl UnitIndex {
         let i = types.len();
         memo.insert(ty, i);
         let die = self.dies.get(&ty);
-        types.push(Ty::Leaf(
-            die.map(|d| d.qualified.clone())
-                .unwrap_or_else(|| "?".into()),
-        ));
+        let name = die.map_or_else(|| "?".into(), |d| d.qualified.clone());
+        let fact = self.fact(ty, &name);
+        types.push(Ty::Leaf(Leaf { name, fact }));
         let Some(die) = die else {
             return i;
         };
@@ -569,6 +584,51 @@ impl UnitIndex {
             types[i] = Ty::Machine(m);
         }
         i
+    }
+
+    /// What a leaf of type `ty` named `name` holds about what it waits for.
+    fn fact(&self, ty: usize, name: &str) -> Option<Fact> {
+        let f = LEAF_FACTS
+            .iter()
+            .find(|f| name.starts_with(f.type_prefix))?;
+        let (at, member_ty) = self.member_named(ty, f.member, 0)?;
+        match f.kind {
+            LeafFactKind::TaskHeader => Some(Fact::TaskHeader { at }),
+            LeafFactKind::Deadline => {
+                // std's `Instant { t: Timespec { tv_sec, tv_nsec: Nanoseconds(u32) } }`.
+                let (sec, _) = self.member_named(member_ty, "tv_sec", 0)?;
+                let (nsec, _) = self.member_named(member_ty, "tv_nsec", 0)?;
+                Some(Fact::Deadline {
+                    sec_at: at + sec,
+                    nsec_at: at + nsec,
+                })
+            }
+        }
+    }
+
+    /// The offset and type of the first member named `name` inside structure `ty`,
+    /// nearest first (through nested structures, not through enums or pointers).
+    fn member_named(&self, ty: usize, name: &str, depth: usize) -> Option<(u64, usize)> {
+        if depth > 6 {
+            return None;
+        }
+        let die = self.dies.get(&ty)?;
+        if die.tag != gimli::DW_TAG_structure_type {
+            return None;
+        }
+        let members = || {
+            die.children
+                .iter()
+                .map(|c| &self.dies[c])
+                .filter(|m| m.tag == gimli::DW_TAG_member)
+        };
+        if let Some(m) = members().find(|m| m.name.as_deref() == Some(name)) {
+            return Some((m.location?, m.ty?));
+        }
+        members().find_map(|m| {
+            let (at, t) = self.member_named(m.ty?, name, depth + 1)?;
+            Some((m.location? + at, t))
+        })
     }
 
     /// A state machine (`{async_fn_env#N}`, `{async_block_env#N}`), if `die` is one.

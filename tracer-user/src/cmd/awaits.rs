@@ -28,14 +28,23 @@ impl Default for DebugInfo {
 }
 
 /// The await chain of the task at `header` whose poll function is `poll` (a file
-/// address), as the stream records it.
+/// address), as the stream records it; `id_of` names a task by its header (the tasks the
+/// reading listed), for a leaf that awaits one.
 pub fn chain(
     types: &AsyncTypes,
     mem: &impl ReadMemory,
     header: u64,
     poll: u64,
+    id_of: impl Fn(u64) -> Option<u64>,
 ) -> Option<AwaitChain> {
     let c = await_chain::read(types, mem, header, poll)?;
+    let leaf_detail = match c.leaf_task {
+        Some(h) => Some(match id_of(h) {
+            Some(id) => format!("task {id}"),
+            None => format!("a task at {h:#x}, not in any task list"),
+        }),
+        None => c.leaf_detail,
+    };
     Some(AwaitChain {
         source: c.source.to_owned(),
         frames: c
@@ -48,6 +57,7 @@ pub fn chain(
             })
             .collect(),
         leaf: c.leaf,
+        leaf_detail,
         state: c.state,
         truncated: c.truncated,
     })

@@ -128,6 +128,8 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>, debug: &DebugInfo) -> R
     let (types, await_chains) = awaits::types(&target.exe, symbols, debug, polls)?;
     let mem = Memory::new(pid);
     let poll_slot = knowledge.layout.slots.poll.index;
+    // A JoinHandle's leaf names the task it awaits by header: its id, if listed.
+    let ids: HashMap<u64, u64> = snap.tasks.iter().map(|t| (t.header, t.id)).collect();
 
     let mut names: HashMap<u64, Option<Arc<str>>> = HashMap::new();
     let mut sites: HashMap<u64, Option<Arc<str>>> = HashMap::new();
@@ -158,7 +160,9 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>, debug: &DebugInfo) -> R
         let await_chain = match (&types, t.status) {
             (Some(types), Status::Idle | Status::Notified) => locator
                 .vtable_function(t.vtable, poll_slot)
-                .and_then(|poll| awaits::chain(types, &mem, t.header, poll)),
+                .and_then(|poll| {
+                    awaits::chain(types, &mem, t.header, poll, |h| ids.get(&h).copied())
+                }),
             _ => None,
         };
         tasks.push(DumpTask {

@@ -1033,6 +1033,8 @@ impl<'o> Session<'o> {
             return Vec::new();
         };
         let mem = crate::live::memory::Memory::new(self.target.pid);
+        // A JoinHandle's leaf names the task it awaits by header: its id, if listed.
+        let ids: HashMap<u64, u64> = snap.tasks.iter().map(|t| (t.header, t.id)).collect();
         let mut out = Vec::new();
         for t in &snap.tasks {
             if !matches!(
@@ -1048,7 +1050,9 @@ impl<'o> Session<'o> {
             else {
                 continue;
             };
-            if let Some(chain) = crate::cmd::awaits::chain(types, &mem, t.header, poll) {
+            if let Some(chain) =
+                crate::cmd::awaits::chain(types, &mem, t.header, poll, |h| ids.get(&h).copied())
+            {
                 out.push(crate::stream::records::ChainOf {
                     header: t.header,
                     id: t.id,

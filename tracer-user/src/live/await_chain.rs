@@ -7,8 +7,8 @@
 use serde::Serialize;
 
 use crate::{
-    binary::async_types::{AsyncTypes, SourceLine, Step, Ty},
-    live::memory::ReadMemory,
+    binary::async_types::{AsyncTypes, Fact, SourceLine, Step, Ty},
+    live::{clock::monotonic_ns, memory::ReadMemory},
 };
 
 /// Awaitee frames followed at most (a deeper chain is cut, and says so).
@@ -24,6 +24,11 @@ pub struct AwaitChain {
     /// (`tokio::sync::notify::Notified`, `tokio::time::sleep::Sleep`, …). `null` when the
     /// chain ends in a state machine that is not suspended (running, or never polled).
     pub leaf: Option<String>,
+    /// What the leaf holds about what it waits for: `deadline in 3599.8 s` (a Sleep's).
+    pub leaf_detail: Option<String>,
+    /// The header of the task the leaf awaits (a JoinHandle's): the caller, who knows the
+    /// tasks a reading listed, names it.
+    pub leaf_task: Option<u64>,
     /// The state the innermost machine is in when it is not suspended (`Unresumed`: the
     /// future was never polled).
     pub state: Option<String>,
@@ -74,14 +79,23 @@ pub fn read(
         source: "dwarf",
         frames: Vec::new(),
         leaf: None,
+        leaf_detail: None,
+        leaf_task: None,
         state: None,
         truncated: false,
     };
     let mut ty = at.ty;
     loop {
         let m = match types.ty(ty) {
-            Ty::Leaf(name) => {
-                chain.leaf = Some(name.clone());
+            Ty::Leaf(leaf) => {
+                chain.leaf = Some(leaf.name.clone());
+                match leaf.fact {
+                    Some(Fact::TaskHeader { at }) => {
+                        chain.leaf_task = addr.checked_add(at).and_then(|a| mem.u64(a));
+                    }
+                    Some(f) => chain.leaf_detail = fact(mem, addr, f),
+                    None => {}
+                }
                 return Some(chain);
             }
             Ty::Machine(m) => m,
@@ -124,6 +138,24 @@ pub fn read(
                 }
                 return Some(chain);
             }
+        }
+    }
+}
+
+/// A leaf's fact read at `addr` (the leaf's start), in words.
+fn fact(mem: &impl ReadMemory, addr: u64, f: Fact) -> Option<String> {
+    match f {
+        Fact::TaskHeader { .. } => None,
+        Fact::Deadline { sec_at, nsec_at } => {
+            let sec = mem.u64(addr.checked_add(sec_at)?)? as i64;
+            let nsec = discriminant(mem, addr.checked_add(nsec_at)?, 4)?;
+            let deadline = sec.checked_mul(1_000_000_000)?.checked_add(nsec as i64)?;
+            let left = (deadline - monotonic_ns() as i64) as f64 / 1e9;
+            Some(if left >= 0.0 {
+                format!("deadline in {left:.1} s")
+            } else {
+                format!("deadline passed {:.1} s ago", -left)
+            })
         }
     }
 }

@@ -44,6 +44,9 @@ pub struct AwaitChain {
     pub source: String,
     pub frames: Vec<AwaitFrame>,
     pub leaf: Option<String>,
+    /// What the leaf holds about what it waits for (`task 42`, `deadline in 3599.8 s`).
+    #[serde(default)]
+    pub leaf_detail: Option<String>,
     /// The innermost machine's state when it is not suspended (`Unresumed`).
     pub state: Option<String>,
     pub truncated: bool,
@@ -90,7 +93,10 @@ impl AwaitChain {
             .map(|f| format!("{} ({})", f.function, f.site()))
             .collect();
         match (&self.leaf, &self.state) {
-            (Some(leaf), _) => parts.push(leaf.clone()),
+            (Some(leaf), _) => parts.push(match &self.leaf_detail {
+                Some(d) => format!("{leaf} ({d})"),
+                None => leaf.clone(),
+            }),
             (None, Some(state)) => parts.push(format!("[{state}]")),
             (None, None) => {}
         }

@@ -35,6 +35,38 @@ pub const BLOCKING_SCHEDULER_MARKER: &str = "BlockingSchedule";
 pub const TASK_CELL_TYPE: &str = "tokio::runtime::task::core::Cell<";
 pub const TASK_POLL_FUNCTION: &str = "poll<";
 
+/// What a leaf future holds about what it waits for, found by member name in its DWARF
+/// type: a `JoinHandle`'s awaited task (its `raw` task pointer: the header), a `Sleep`'s
+/// deadline.
+pub const LEAF_FACTS: &[LeafFact] = &[
+    LeafFact {
+        type_prefix: "tokio::runtime::task::join::JoinHandle<",
+        member: "raw",
+        kind: LeafFactKind::TaskHeader,
+    },
+    LeafFact {
+        type_prefix: "tokio::time::sleep::Sleep",
+        member: "deadline",
+        kind: LeafFactKind::Deadline,
+    },
+];
+
+/// A fact a leaf future's type holds at a named member.
+#[derive(Clone, Copy, Debug)]
+pub struct LeafFact {
+    pub type_prefix: &'static str,
+    pub member: &'static str,
+    pub kind: LeafFactKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeafFactKind {
+    /// A pointer to a task's header.
+    TaskHeader,
+    /// A `std::time::Instant` (CLOCK_MONOTONIC seconds and nanoseconds).
+    Deadline,
+}
+
 /// Spawn functions generic over the future, whose instances are matched by future type
 /// (the plan probes the inner one only for futures the outer one is not instantiated for).
 pub const SPAWN_PATHS: [&str; 3] = [

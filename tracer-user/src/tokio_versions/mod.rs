@@ -14,8 +14,8 @@ mod v1_35;
 mod v1_39;
 
 pub use base::{
-    BLOCKING_SCHEDULER_MARKER, SPAWN_PATHS, STATE_METHOD_MARKER, TASK_CELL_TYPE,
-    TASK_POLL_FUNCTION, is_tokio_source, is_tokio_symbol,
+    BLOCKING_SCHEDULER_MARKER, LEAF_FACTS, LeafFact, LeafFactKind, SPAWN_PATHS,
+    STATE_METHOD_MARKER, TASK_CELL_TYPE, TASK_POLL_FUNCTION, is_tokio_source, is_tokio_symbol,
 };
 
 use std::fmt;
