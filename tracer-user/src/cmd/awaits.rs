@@ -27,6 +27,29 @@ impl Default for DebugInfo {
     }
 }
 
+/// The task poll functions (file addresses) whose futures the types are wanted for: the
+/// `raw::poll` instances the symbols name, or in a stripped binary the first slot of each
+/// task vtable the scan finds (its debug file, found by build-id, still describes them).
+pub fn poll_functions(
+    bin: &crate::binary::elf::BinaryInfo,
+    table: &crate::binary::locations::LocationTable,
+    knowledge: &crate::tokio_versions::Knowledge,
+) -> Vec<u64> {
+    let named = bin.instances(knowledge.symbols.raw_poll);
+    if !named.is_empty() {
+        return named.to_vec();
+    }
+    let slot = knowledge.layout.slots.poll.index;
+    let mut polls: Vec<u64> = table
+        .scan_task_vtables(&knowledge.layout)
+        .iter()
+        .filter_map(|v| table.vtable_slot(v.vaddr, slot))
+        .collect();
+    polls.sort_unstable();
+    polls.dedup();
+    polls
+}
+
 /// The await chain of the task at `header` whose poll function is `poll` (a file
 /// address), as the stream records it; `id_of` names a task by its header (the tasks the
 /// reading listed), for a leaf that awaits one.

@@ -118,14 +118,14 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>, debug: &DebugInfo) -> R
             host_fsbase: None,
         },
     )?;
+    let polls = awaits::poll_functions(&bin, &table, knowledge);
     let mut locator = Locator::new(table, pid, target.exe.clone());
     locator.set_vtable_sites(plan.code_sites());
     let vtables = locator
         .task_vtables(bin.instances(knowledge.symbols.raw_poll), &knowledge.layout)
         .ok_or(Error::NotMapped { pid })?;
     let snap = Reader::new(pid, knowledge, &vtables)?.snapshot(monotonic_ns())?;
-    let polls = bin.instances(knowledge.symbols.raw_poll);
-    let (types, await_chains) = awaits::types(&target.exe, symbols, debug, polls)?;
+    let (types, await_chains) = awaits::types(&target.exe, symbols, debug, &polls)?;
     let mem = Memory::new(pid);
     let poll_slot = knowledge.layout.slots.poll.index;
     // A JoinHandle's leaf names the task it awaits by header: its id, if listed.

@@ -295,7 +295,7 @@ pub fn inspect_for(
         exe,
         symbols,
         &crate::cmd::awaits::DebugInfo::default(),
-        bin.instances(k.symbols.raw_poll),
+        &crate::cmd::awaits::poll_functions(&bin, &table, k),
     )?;
     if let Some(why) = awaits.unavailable {
         out.unavailable.push(Unavailable {

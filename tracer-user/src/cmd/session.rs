@@ -349,7 +349,7 @@ impl<'o> Session<'o> {
             &target.exe,
             opts.symbols.as_deref(),
             &opts.debug,
-            bin.instances(knowledge.symbols.raw_poll),
+            &crate::cmd::awaits::poll_functions(&bin, &table, knowledge),
         )?;
         let mut summary = plan.summary();
         if let Some(why) = &from.unavailable {
