@@ -159,6 +159,7 @@ fn record_reports_where_each_leaked_task_is_parked() {
     let (target, truth) = start_with_truth(&bin, &["--exit-after", "30"]);
     let json = tmp("awaits-record.json");
     let trace = tmp("awaits-record.trace");
+    let html = tmp("awaits-record.html");
     let out = tasktrace()
         .args([
             "record",
@@ -171,6 +172,8 @@ fn record_reports_where_each_leaked_task_is_parked() {
         .arg(&json)
         .arg("-o")
         .arg(&trace)
+        .arg("--html")
+        .arg(&html)
         .output()
         .unwrap();
     let (stdout, _) = assert_success(&out, "record");
@@ -225,6 +228,14 @@ fn record_reports_where_each_leaked_task_is_parked() {
     assert_eq!(parked.len(), 6, "{parked:?}");
     assert!(parked.iter().all(|p| p["tasks"] == 1 && p["leaked"] == 1));
     let notify_line = truth["tasks"][0]["chain"][2]["line"].as_u64().unwrap();
+    // The HTML report: a row per await point under the site.
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains(&format!(
+            "1 parked at <code>src/main.rs:{notify_line}</code>, awaiting <code>tokio::sync::notify::Notified</code> <b class=\"bad\">1 leaked</b>"
+        )),
+        "the HTML report's parked rows"
+    );
     assert!(
         stdout.contains(&format!(
             "1 parked at src/main.rs:{notify_line}, awaiting tokio::sync::notify::Notified"
