@@ -140,6 +140,20 @@ fn dump_names_where_each_leaked_task_is_parked_with_full_debug_info() {
     let (target, truth) = start_with_truth(&bin, &["--exit-after", "30"]);
     let d = dump(target.id(), &[]);
     assert_chains("debug info in the binary", &d, &truth);
+    // The text: each task's chain under it, outermost first, on one line.
+    let out = tasktrace()
+        .args(["dump", "--pid", &target.id().to_string()])
+        .output()
+        .unwrap();
+    let (text, _) = assert_success(&out, "dump (text)");
+    let notify = &truth["tasks"][0]["chain"];
+    let line = format!(
+        "parked: fixture_awaits::handler (src/main.rs:{}) → fixture_awaits::outer (src/main.rs:{}) \
+         → fixture_awaits::inner (src/main.rs:{}) → tokio::sync::notify::Notified",
+        notify[0]["line"], notify[1]["line"], notify[2]["line"]
+    );
+    assert!(text.contains(&line), "{line}\n{text}");
+    assert!(text.contains("await chains: from dwarf"), "{text}");
     assert_eq!(
         d["await_chains"]["file"],
         format!("/proc/{}/exe", target.id()),

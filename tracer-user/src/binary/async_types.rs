@@ -106,6 +106,12 @@ pub struct SourceLine {
 }
 
 impl AsyncTypes {
+    /// Made by hand, for tests of the walk: futures by poll address, and the types.
+    #[cfg(test)]
+    pub fn from_parts(futures: HashMap<u64, FutureAt>, types: Vec<Ty>) -> Self {
+        Self { futures, types }
+    }
+
     pub fn future_of_poll(&self, poll: u64) -> Option<&FutureAt> {
         self.futures.get(&poll)
     }

@@ -329,6 +329,9 @@ pub fn render_text(d: &Dump) -> String {
             safe(t.spawned_at.as_deref().unwrap_or("(spawn site unknown)")),
             safe(t.future.as_deref().unwrap_or("(unknown future)"))
         );
+        if let Some(c) = &t.await_chain {
+            let _ = writeln!(out, "{:>16}parked: {}", "", safe(&c.one_line()));
+        }
     }
     if d.tasks.len() > TEXT_TASKS {
         let _ = writeln!(
