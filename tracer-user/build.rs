@@ -8,6 +8,12 @@ fn main() -> aya_build::Result<()> {
         .expect("workspace root");
     let env_file = root.join("scripts/toolchain.env");
     println!("cargo:rerun-if-changed={}", env_file.display());
+    // The kernel side is built from tracer-common too (its event and layout types, and
+    // HEADER_READ_WORDS): aya-build watches only tracer-ebpf's own directory.
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("tracer-common").display()
+    );
     let text = fs::read_to_string(&env_file)?;
     let nightly = text
         .lines()

@@ -225,8 +225,12 @@ pub const GLOBAL_LAYOUT: &str = "LAYOUT";
 
 /// Words of a task header the kernel side reads at once: state, vtable and owner id must
 /// fall in them (each user-memory read costs about as much as the rest of the program).
-/// The loader refuses a layout that does not fit ([`HeaderLayout::fits`]).
-pub const HEADER_READ_WORDS: usize = 4;
+/// The loader refuses a layout that does not fit ([`HeaderLayout::fits`]). Eight: tokio
+/// 1.20's header holds its list links before the vtable (owner id at +40); from 1.21
+/// the fields sit in the first four, the rest is the `Core`'s (a task cell is at least
+/// 88 bytes). A power of two: the kernel side indexes the words modulo their count, which
+/// the verifier bounds only as a mask.
+pub const HEADER_READ_WORDS: usize = 8;
 
 /// Byte offsets the kernel side needs to read a task header. They come from the tokio
 /// version file userspace selected; nothing in the kernel side hard-codes them.

@@ -1,4 +1,5 @@
-//! The build matrix ops meet: tokio 1.21 (the oldest supported: its thread context keeps
+//! The build matrix ops meet: tokio 1.20 (the oldest supported: its header holds the list
+//! links, its vtable does not say where the trailer is), 1.21 (its thread context keeps
 //! no current task id), 1.22 (its task vtables do not say where a task's id is either), 1.23, 1.25, 1.28, 1.32, 1.36 (older lines still in production), 1.38, 1.43, 1.47 and 1.54 (latest), each in the
 //! default release profile, thin LTO, fat LTO with one codegen unit, panic=abort and
 //! strip=symbols. Every cell is traced for real, launched and attached late, and its verdict
@@ -403,8 +404,15 @@ fn cells(version: &str) {
     );
 }
 
-/// The oldest supported version: ids found in memory, per vtable, and no thread context
-/// naming the task a thread polls.
+/// The oldest supported version: list links in the header, the trailer found from the
+/// code, ids found in memory per vtable, and no thread context naming the task a thread
+/// polls.
+#[test]
+fn tokio_1_20() {
+    cells("1.20");
+}
+
+/// Ids found in memory, per vtable, and no thread context naming the task a thread polls.
 #[test]
 fn tokio_1_21() {
     cells("1.21");
@@ -488,7 +496,7 @@ fn tokio_1_54_legacy_mangling() {
 /// One release older than the oldest supported: every tracing verb refuses it, naming the
 /// oldest supported version and what to do, and attaches nothing.
 #[test]
-fn tokio_1_20_is_refused_naming_the_oldest_supported() {
+fn tokio_1_19_is_refused_naming_the_oldest_supported() {
     if !require_bpf() {
         return;
     }
@@ -498,21 +506,21 @@ fn tokio_1_20_is_refused_naming_the_oldest_supported() {
         let (stdout, stderr) = text(out);
         assert_eq!(out.status.code(), Some(2), "{what}: {stdout}\n{stderr}");
         assert!(
-            stderr.contains("tokio 1.20.6 is older than the oldest supported version (1.21.0)")
+            stderr.contains("tokio 1.19.2 is older than the oldest supported version (1.20.0)")
                 && stderr.contains("cargo update -p tokio"),
             "{what}: {stderr}"
         );
     };
     // `inspect` attaches nothing: it says why nothing can be seen.
     let i = inspect(&bin, &[]);
-    assert_eq!(i["tokio_version"], "1.20.6", "{i}");
+    assert_eq!(i["tokio_version"], "1.19.2", "{i}");
     let all = &i["unavailable"][0];
     assert_eq!(all["what"], "all verdicts", "{i}");
     assert!(
         all["why"]
             .as_str()
             .unwrap()
-            .contains("oldest supported version (1.21.0)"),
+            .contains("oldest supported version (1.20.0)"),
         "{i}"
     );
     expect(

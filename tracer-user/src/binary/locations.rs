@@ -8,6 +8,7 @@ use std::{
 };
 
 use crate::tokio_versions::{CoreAt, Layout};
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind, Register};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, RelocationFlags, SymbolKind};
 
 use object::elf::R_X86_64_RELATIVE;
@@ -528,8 +529,61 @@ impl LocationTable {
         })
     }
 
+    /// The trailer offset the function in slot `slot` of the vtable at `vaddr` passes on:
+    /// before 1.21, `try_set_join_waker` is `mov rdx, rsi; lea rsi, [rdi + trailer]; jmp
+    /// …` (a thunk to it followed first), or with it inlined, its first `lea rsi, [rdi +
+    /// d]`.
+    fn trailer_from_code(&self, vaddr: u64, slot: u64) -> Option<u64> {
+        let mut at = self.vtable_slot(vaddr, slot)?;
+        for _ in 0..2 {
+            let code = self.code(at, 64)?;
+            let mut dec = Decoder::with_ip(64, code, at, DecoderOptions::NONE);
+            let mut next = None;
+            for _ in 0..8 {
+                let i = dec.decode();
+                if i.is_invalid() {
+                    return None;
+                }
+                if i.mnemonic() == Mnemonic::Lea
+                    && i.op0_register() == Register::RSI
+                    && i.memory_base() == Register::RDI
+                    && i.memory_index() == Register::None
+                {
+                    return Some(i.memory_displacement64());
+                }
+                if i.flow_control() == FlowControl::UnconditionalBranch
+                    && i.op0_kind() == OpKind::NearBranch64
+                {
+                    next = Some(i.near_branch_target());
+                    break;
+                }
+                if matches!(
+                    i.flow_control(),
+                    FlowControl::Return | FlowControl::IndirectBranch | FlowControl::Call
+                ) {
+                    return None;
+                }
+            }
+            at = next?;
+        }
+        None
+    }
+
     /// The vtable at `vaddr` if its offset fields are plausible.
     fn vtable_at(&self, vaddr: u64, layout: &Layout) -> Option<TaskVtable> {
+        if let (Some(slot), CoreAt::ByFuture { header_len }) = (layout.trailer_in_code, layout.core)
+        {
+            let trailer_offset = self.trailer_from_code(vaddr, slot)?;
+            return (header_len <= trailer_offset
+                && trailer_offset.is_multiple_of(8)
+                && trailer_offset < 1 << 24)
+                .then_some(TaskVtable {
+                    vaddr,
+                    trailer_offset,
+                    scheduler_offset: 0,
+                    id_offset: 0,
+                });
+        }
         let fields: &[u64] = match layout.core {
             CoreAt::Vtable {
                 scheduler_offset,

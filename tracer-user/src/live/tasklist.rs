@@ -631,8 +631,15 @@ impl<'a, M: ReadMemory> Reader<'a, M> {
         // A trailer's links, as offsets from the trailer: one span.
         let links_from = l.trailer_prev.min(l.trailer_next);
         let links_len = (l.trailer_prev.max(l.trailer_next) - links_from + 8) as usize;
-        let links_at =
-            |node: u64, vt: &TaskVtable| (node + vt.trailer_offset + links_from, links_len);
+        // From the trailer, or (before 1.21) from the header itself.
+        let links_base = |vt: &TaskVtable| {
+            if l.links_in_header {
+                0
+            } else {
+                vt.trailer_offset
+            }
+        };
+        let links_at = |node: u64, vt: &TaskVtable| (node + links_base(vt) + links_from, links_len);
         let word = |b: &[u8], at: u64| {
             b.get(at as usize..at as usize + 8)
                 .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
@@ -1208,31 +1215,61 @@ mod tests {
                 m.put(from_id(rt_id(), c), all.len() as u64);
             }
             // Before 1.23 the vtables do not say where `Core`'s fields are: where rustc
-            // puts them for an 8-aligned future (A) and a 32-aligned one (B).
-            let by_future = matches!(k.layout.core, CoreAt::ByFuture { .. });
+            // puts them for an 8-aligned future (A: the scheduler right after the
+            // header, the id last) and a 32-aligned one (B).
+            let header_len = match k.layout.core {
+                CoreAt::ByFuture { header_len } => Some(header_len),
+                CoreAt::Vtable { .. } => None,
+            };
+            let by_future = header_len.is_some();
             let place = |t: u64| {
                 let v = vt(t);
-                match (by_future, v == VT_A) {
-                    (false, _) => v,
-                    (true, true) => TaskVtable {
+                match (header_len, v == VT_A) {
+                    (None, _) => v,
+                    (Some(len), true) => TaskVtable {
+                        scheduler_offset: len,
                         id_offset: v.trailer_offset - 8,
                         ..v
                     },
-                    (true, false) => TaskVtable {
+                    (Some(_), false) => TaskVtable {
                         scheduler_offset: v.trailer_offset - 32 + 8,
                         id_offset: v.trailer_offset - 32,
                         ..v
                     },
                 }
             };
+            // The header as this version lays it out (1.20's is longer), then the `Core`.
+            let hl = &k.layout;
             let put = |m: &mut HeapImage, owner: u64, t: u64, arc: u64| {
-                task(m, owner, t, arc);
-                if by_future {
-                    let (h, p) = (header(t), place(t));
-                    m.put(h + vt(t).scheduler_offset, 0);
-                    m.put(h + vt(t).id_offset, 0);
-                    m.put(h + p.scheduler_offset, arc);
-                    m.put(h + p.id_offset, t);
+                if !by_future {
+                    return task(m, owner, t, arc);
+                }
+                let (h, p) = (header(t), place(t));
+                m.put(h + hl.header_state, state(t));
+                m.put(h + hl.header_vtable, p.vaddr);
+                m.put(h + hl.header_owner_id, owner);
+                m.put(h + p.scheduler_offset, arc);
+                m.put(h + p.id_offset, t);
+            };
+            // Each task's links: in its trailer, or (1.20) in its header.
+            let link = |m: &mut HeapImage, head_at: u64, tail_at: u64, ids: &[u64]| {
+                let at = |id: u64, off: u64| {
+                    let base = if ll.links_in_header {
+                        0
+                    } else {
+                        vt(id).trailer_offset
+                    };
+                    header(id) + base + off
+                };
+                m.put(head_at, ids.first().map_or(0, |&i| header(i)));
+                m.put(tail_at, ids.last().map_or(0, |&i| header(i)));
+                for (j, &id) in ids.iter().enumerate() {
+                    let prev = j.checked_sub(1).map_or(0, |p| header(ids[p]));
+                    m.put(at(id, ll.trailer_prev), prev);
+                    m.put(
+                        at(id, ll.trailer_next),
+                        ids.get(j + 1).map_or(0, |&n| header(n)),
+                    );
                 }
             };
             for &t in &all {
@@ -1314,7 +1351,10 @@ mod tests {
                 "{v}"
             );
         }
-        assert_eq!(seen, 5, "1.21, 1.22, 1.23, 1.29 and 1.30 keep one list");
+        assert_eq!(
+            seen, 6,
+            "1.20, 1.21, 1.22, 1.23, 1.29 and 1.30 keep one list"
+        );
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub const LAYOUT: Layout = Layout {
     // Vtable { poll, schedule, dealloc, try_read_output, drop_join_handle_slow,
     //          drop_abort_handle, shutdown, trailer_offset, scheduler_offset, id_offset }
     vtable_trailer_offset: 56,
+    trailer_in_code: None,
     core: CoreAt::Vtable {
         scheduler_offset: 64,
         id_offset: 72,
@@ -123,6 +124,7 @@ pub const LISTS: ListLayout = ListLayout {
     // Trailer { owned: Pointers { prev, next }, waker, .. }
     trailer_prev: 0,
     trailer_next: 8,
+    links_in_header: false,
     arc_data: 16,
     handle_search: 4096,
     runtime: RuntimeList::Sharded(SHARDED),

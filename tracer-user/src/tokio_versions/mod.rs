@@ -5,6 +5,7 @@
 
 mod base;
 pub mod shapes;
+mod v1_20;
 mod v1_21;
 mod v1_22;
 mod v1_23;
@@ -99,6 +100,10 @@ pub struct Layout {
     pub header_owner_id: u64,
     /// Offset, inside the task vtable, of its `trailer_offset` field.
     pub vtable_trailer_offset: u64,
+    /// Before 1.21 the vtable has no `trailer_offset` field: the function in this slot
+    /// (`try_set_join_waker`) hands the trailer's address on (`lea rsi, [rdi + trailer]`),
+    /// and the code says where it is (`vtable_trailer_offset` is then unused).
+    pub trailer_in_code: Option<u64>,
     /// Where a task's `Core.scheduler` and `Core.task_id` are.
     pub core: CoreAt,
     /// The vtable functions tasktrace probes.
@@ -134,9 +139,10 @@ impl Layout {
 
     /// Bytes of a task vtable: its function pointers and offset fields.
     pub fn vtable_len(&self) -> u64 {
-        match self.core {
-            CoreAt::Vtable { id_offset, .. } => id_offset + 8,
-            CoreAt::ByFuture { .. } => self.vtable_trailer_offset + 8,
+        match (self.core, self.trailer_in_code) {
+            (CoreAt::Vtable { id_offset, .. }, _) => id_offset + 8,
+            (CoreAt::ByFuture { .. }, Some(_)) => 8 * self.slots.task_functions,
+            (CoreAt::ByFuture { .. }, None) => self.vtable_trailer_offset + 8,
         }
     }
 }
@@ -174,9 +180,12 @@ pub struct Slots {
 /// `owner_id`) and validated by walking it.
 #[derive(Clone, Copy, Debug)]
 pub struct ListLayout {
-    /// `Trailer.owned`: the task's `{prev, next}` pointers in its list.
+    /// `Trailer.owned`: the task's `{prev, next}` pointers in its list, from the trailer
+    /// (or from the header, with `links_in_header`).
     pub trailer_prev: u64,
     pub trailer_next: u64,
+    /// Before 1.21 the links are `Header.owned`: offsets from the header.
+    pub links_in_header: bool,
     /// Offset of the value inside an `ArcInner` (after the strong and weak counts).
     pub arc_data: u64,
     /// How many bytes of the scheduler handle to search for the list's `id`.
@@ -312,6 +321,7 @@ pub struct Degraded {
 
 /// Supported ranges, oldest first.
 const ALL: &[&Knowledge] = &[
+    &v1_20::KNOWLEDGE,
     &v1_21::KNOWLEDGE,
     &v1_22::KNOWLEDGE,
     &v1_23::KNOWLEDGE,
@@ -356,8 +366,8 @@ pub fn select(version: Option<Version>) -> Result<Selection, String> {
     if v < ALL[0].first {
         return Err(format!(
             "tokio {v} is older than the oldest supported version ({}); supported: {}. \
-             Before 1.21 a task's list links sit in its header and its vtable does not \
-             say where the rest of the task lies; a build against \
+             Each supported layout was read from builds of its releases, and none \
+             older was read; a build against \
              tokio {}.{} or later (`cargo update -p tokio`) can be traced",
             ALL[0].first,
             supported_range(),
@@ -440,8 +450,11 @@ mod tests {
 
     #[test]
     fn selects_by_range() {
-        let old = select(Some(Version::new(1, 20, 6))).unwrap_err();
-        assert!(old.contains("oldest supported version (1.21.0)"), "{old}");
+        let old = select(Some(Version::new(1, 19, 2))).unwrap_err();
+        assert!(old.contains("oldest supported version (1.20.0)"), "{old}");
+        let s = select(Some(Version::new(1, 20, 6))).unwrap();
+        assert_eq!(s.knowledge.first, Version::new(1, 20, 0));
+        assert!(s.knowledge.layout.lists.links_in_header);
         let s = select(Some(Version::new(1, 21, 2))).unwrap();
         assert_eq!(s.knowledge.first, Version::new(1, 21, 0));
         assert!(s.knowledge.context.is_none());
@@ -475,7 +488,7 @@ mod tests {
             assert!(header.fits(), "tokio {}: {header:?}", k.first);
         }
         let outside = tracer_common::HeaderLayout {
-            owner_id: 32,
+            owner_id: 8 * tracer_common::HEADER_READ_WORDS as u64,
             ..Default::default()
         };
         assert!(!outside.fits());
