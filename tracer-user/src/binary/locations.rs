@@ -395,6 +395,18 @@ impl LocationTable {
     }
 }
 
+/// A vtable before 1.23 (no `Core` offsets: the readings find them), if its trailer
+/// offset is plausible: past the header, 8-aligned, within a task cell's size.
+fn by_future(vaddr: u64, header_len: u64, trailer_offset: u64) -> Option<TaskVtable> {
+    (header_len <= trailer_offset && trailer_offset.is_multiple_of(8) && trailer_offset < 1 << 24)
+        .then_some(TaskVtable {
+            vaddr,
+            trailer_offset,
+            scheduler_offset: 0,
+            id_offset: 0,
+        })
+}
+
 /// A task vtable: one per spawned future type (and scheduler), with the offsets that
 /// locate the task's parts from its header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -573,16 +585,7 @@ impl LocationTable {
     fn vtable_at(&self, vaddr: u64, layout: &Layout) -> Option<TaskVtable> {
         if let (Some(slot), CoreAt::ByFuture { header_len }) = (layout.trailer_in_code, layout.core)
         {
-            let trailer_offset = self.trailer_from_code(vaddr, slot)?;
-            return (header_len <= trailer_offset
-                && trailer_offset.is_multiple_of(8)
-                && trailer_offset < 1 << 24)
-                .then_some(TaskVtable {
-                    vaddr,
-                    trailer_offset,
-                    scheduler_offset: 0,
-                    id_offset: 0,
-                });
+            return by_future(vaddr, header_len, self.trailer_from_code(vaddr, slot)?);
         }
         let fields: &[u64] = match layout.core {
             CoreAt::Vtable {
@@ -609,17 +612,7 @@ impl LocationTable {
                 scheduler_offset: self.u64_at(vaddr + scheduler_offset)?,
                 id_offset: self.u64_at(vaddr + id_offset)?,
             },
-            CoreAt::ByFuture { header_len } => {
-                return (header_len <= trailer_offset
-                    && trailer_offset.is_multiple_of(8)
-                    && trailer_offset < 1 << 24)
-                    .then_some(TaskVtable {
-                        vaddr,
-                        trailer_offset,
-                        scheduler_offset: 0,
-                        id_offset: 0,
-                    });
-            }
+            CoreAt::ByFuture { header_len } => return by_future(vaddr, header_len, trailer_offset),
         };
         (layout.header_owner_id < vt.scheduler_offset
             && vt.scheduler_offset <= vt.id_offset

@@ -4,11 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+
 use crate::{
     binary::async_types::{AsyncTypes, find_debug_file, has_debug_info, load_file},
     error::{Error, Result},
-    live::{await_chain, memory::ReadMemory},
-    stream::records::{AwaitChain, AwaitFrame, AwaitsFrom},
+    live::{
+        await_chain, locator::Locator, memory::ReadMemory, tasklist::LiveTask, tasklist::Status,
+    },
+    stream::records::{AwaitChain, AwaitFrame, AwaitsFrom, ChainOf},
 };
 
 /// Where to look for the binary's type information (`--debuginfo`, `--debug-dir`).
@@ -50,10 +54,36 @@ pub fn poll_functions(
     polls
 }
 
+/// The await chains of the tasks of one reading that are not running (idle or notified),
+/// read from the target's memory now; `poll_slot` is the vtable slot of the poll function.
+pub fn read_all(
+    types: &AsyncTypes,
+    mem: &impl ReadMemory,
+    locator: &mut Locator,
+    poll_slot: u64,
+    tasks: &[LiveTask],
+) -> Vec<ChainOf> {
+    // A JoinHandle's leaf names the task it awaits by header: its id, if listed.
+    let ids: HashMap<u64, u64> = tasks.iter().map(|t| (t.header, t.id)).collect();
+    tasks
+        .iter()
+        .filter(|t| matches!(t.status, Status::Idle | Status::Notified))
+        .filter_map(|t| {
+            let poll = locator.vtable_function(t.vtable, poll_slot)?;
+            let chain = chain(types, mem, t.header, poll, |h| ids.get(&h).copied())?;
+            Some(ChainOf {
+                header: t.header,
+                id: t.id,
+                chain,
+            })
+        })
+        .collect()
+}
+
 /// The await chain of the task at `header` whose poll function is `poll` (a file
 /// address), as the stream records it; `id_of` names a task by its header (the tasks the
 /// reading listed), for a leaf that awaits one.
-pub fn chain(
+fn chain(
     types: &AsyncTypes,
     mem: &impl ReadMemory,
     header: u64,

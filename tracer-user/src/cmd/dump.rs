@@ -126,10 +126,19 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>, debug: &DebugInfo) -> R
         .ok_or(Error::NotMapped { pid })?;
     let snap = Reader::new(pid, knowledge, &vtables)?.snapshot(monotonic_ns())?;
     let (types, await_chains) = awaits::types(&target.exe, symbols, debug, &polls)?;
-    let mem = Memory::new(pid);
-    let poll_slot = knowledge.layout.slots.poll.index;
-    // A JoinHandle's leaf names the task it awaits by header: its id, if listed.
-    let ids: HashMap<u64, u64> = snap.tasks.iter().map(|t| (t.header, t.id)).collect();
+    let mut chains: HashMap<u64, AwaitChain> = match &types {
+        Some(types) => awaits::read_all(
+            types,
+            &Memory::new(pid),
+            &mut locator,
+            knowledge.layout.slots.poll.index,
+            &snap.tasks,
+        )
+        .into_iter()
+        .map(|c| (c.header, c.chain))
+        .collect(),
+        None => HashMap::new(),
+    };
 
     let mut names: HashMap<u64, Option<Arc<str>>> = HashMap::new();
     let mut sites: HashMap<u64, Option<Arc<str>>> = HashMap::new();
@@ -157,14 +166,7 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>, debug: &DebugInfo) -> R
             Status::Complete => summary.complete += 1,
         }
         summary.definite_leaks += u64::from(t.no_way_to_run);
-        let await_chain = match (&types, t.status) {
-            (Some(types), Status::Idle | Status::Notified) => locator
-                .vtable_function(t.vtable, poll_slot)
-                .and_then(|poll| {
-                    awaits::chain(types, &mem, t.header, poll, |h| ids.get(&h).copied())
-                }),
-            _ => None,
-        };
+        let await_chain = chains.remove(&t.header);
         tasks.push(DumpTask {
             id: t.id,
             header: format!("{:#x}", t.header),

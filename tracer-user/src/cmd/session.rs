@@ -1032,35 +1032,13 @@ impl<'o> Session<'o> {
         let Some(types) = &self.awaits.types else {
             return Vec::new();
         };
-        let mem = crate::live::memory::Memory::new(self.target.pid);
-        // A JoinHandle's leaf names the task it awaits by header: its id, if listed.
-        let ids: HashMap<u64, u64> = snap.tasks.iter().map(|t| (t.header, t.id)).collect();
-        let mut out = Vec::new();
-        for t in &snap.tasks {
-            if !matches!(
-                t.status,
-                crate::tokio_versions::Status::Idle | crate::tokio_versions::Status::Notified
-            ) {
-                continue;
-            }
-            let Some(poll) = self
-                .live
-                .locator
-                .vtable_function(t.vtable, self.awaits.poll_slot)
-            else {
-                continue;
-            };
-            if let Some(chain) =
-                crate::cmd::awaits::chain(types, &mem, t.header, poll, |h| ids.get(&h).copied())
-            {
-                out.push(crate::stream::records::ChainOf {
-                    header: t.header,
-                    id: t.id,
-                    chain,
-                });
-            }
-        }
-        out
+        crate::cmd::awaits::read_all(
+            types,
+            &crate::live::memory::Memory::new(self.target.pid),
+            &mut self.live.locator,
+            self.awaits.poll_slot,
+            &snap.tasks,
+        )
     }
 
     /// A bar for the detach of per-site links (about 0.1 s each, in parallel), on a
