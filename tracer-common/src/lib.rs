@@ -44,6 +44,15 @@ pub enum EventKind {
     /// The target replaced its program image (`sched_process_exec`): nothing of the old
     /// image runs any more, so the window ends here.
     Exec = 15,
+    /// A task cloned its own waker during its poll (a leaf future registering it): the
+    /// task is about to park there. Sent only when the task's await point changed since
+    /// its last one; `state` carries the point's key (a hash of the return addresses
+    /// between the clone and the task's poll), `owner_id` the stack depth.
+    WakerClone = 16,
+    /// A copy of the stack at a [`EventKind::WakerClone`] whose key was not seen before
+    /// (a [`StackEvent`], queued just before the clone's event): userspace unwinds it into
+    /// the await chain of that key.
+    AwaitStack = 17,
 }
 
 impl EventKind {
@@ -64,6 +73,8 @@ impl EventKind {
             Self::Park => "park",
             Self::SpawnId => "spawn_id",
             Self::Exec => "exec",
+            Self::WakerClone => "waker_clone",
+            Self::AwaitStack => "await_stack",
         }
     }
 
@@ -84,6 +95,8 @@ impl EventKind {
             13 => Self::Park,
             14 => Self::SpawnId,
             15 => Self::Exec,
+            16 => Self::WakerClone,
+            17 => Self::AwaitStack,
             _ => return None,
         })
     }
@@ -264,6 +277,44 @@ impl HeaderLayout {
     }
 }
 
+/// The cookie of a [`EventKind::WakerClone`] site: the header in the first argument, and
+/// the site's own file address (bits 16 and up), from which the kernel side learns where
+/// the binary is mapped (the probe's instruction pointer minus it).
+pub const fn clone_cookie(file_address: u64) -> u64 {
+    cookie(EventKind::WakerClone, HeaderArg::Arg0) | (file_address << 16)
+}
+
+/// Global: whether waker clones capture await stacks (0: no), set at load time.
+pub const GLOBAL_AWAIT_STACKS: &str = "AWAIT_STACKS";
+/// Global: the binary's code range (file addresses, [`TextRange`]): the words of a stack
+/// that fall in it are the return addresses an await point's key is made of.
+pub const GLOBAL_TEXT_RANGE: &str = "TEXT_RANGE";
+
+/// Where the binary's code is, in file addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TextRange {
+    pub lo: u64,
+    pub hi: u64,
+}
+
+/// Bytes of stack between a waker clone and its task's poll entry that make an await
+/// point's key (deeper words are left out of it).
+pub const AWAIT_KEY_BYTES: usize = 4096;
+
+/// Tasks whose last await point the kernel side remembers, and await points whose stack
+/// it copied already (both LRU maps: forgetting costs one more copy, nothing else).
+pub const MAX_AWAIT_TASKS: u32 = 1 << 16;
+pub const MAX_AWAIT_POINTS: u32 = 1 << 14;
+/// Await-stack copies (4 KiB each) per CPU: one this often, after a burst of
+/// [`AWAIT_COPY_BURST`] (a program starting up reaches its await points at once). A
+/// program whose stacks hold ever-new stale code pointers makes ever-new keys, and must
+/// not flood the ring; a key denied its copy is copied at a later clone.
+pub const AWAIT_COPY_GAP_NS: u64 = 1_000_000;
+pub const AWAIT_COPY_BURST: u64 = 256;
+pub const MAP_AWAIT_LAST: &str = "AWAIT_LAST";
+pub const MAP_AWAIT_SEEN: &str = "AWAIT_SEEN";
+
 /// Global: offset of `task_struct.thread.fsbase` in the running kernel (from its BTF; 0:
 /// unknown, threads are then not recorded).
 pub const GLOBAL_TASK_FSBASE: &str = "TASK_FSBASE";
@@ -283,7 +334,11 @@ pub struct TaskIds {
 
 /// Map names.
 pub const MAP_EVENTS: &str = "EVENTS";
+/// Per-CPU counters: [`COUNTER_LOST`] failed ring reservations, [`COUNTER_CLONE_HITS`]
+/// waker-clone probe hits in the target (most send nothing: same await point as before).
 pub const MAP_LOST: &str = "LOST";
+pub const COUNTER_LOST: u32 = 0;
+pub const COUNTER_CLONE_HITS: u32 = 1;
 /// Target thread id → its TLS pointer (`fsbase`), recorded by every program that runs on
 /// a target thread. Userspace reads tokio's per-thread context through it (which task a
 /// worker is polling) without stopping the thread.
@@ -302,6 +357,8 @@ mod user {
     unsafe impl aya::Pod for super::HeaderLayout {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TaskIds {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TextRange {}
 }
 
 #[cfg(test)]

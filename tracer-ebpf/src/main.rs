@@ -20,9 +20,11 @@ use aya_ebpf::{
     programs::{PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use tracer_common::{
+    AWAIT_COPY_BURST, AWAIT_COPY_GAP_NS, AWAIT_KEY_BYTES, COUNTER_CLONE_HITS, COUNTER_LOST,
     CallEvent, EVENT_FLAG_UNREADABLE, EventKind, HEADER_READ_WORDS, HeaderArg, HeaderLayout,
-    MAX_SITE_KNOWN, MAX_THREADS, NO_ID_OFFSET, REG_ARG_BASE, REG_ARG_CALLER, STACK_COPY,
-    StackEvent, TaskEvent, TaskIds, cookie_arg, cookie_kind, cookie_site,
+    MAX_AWAIT_POINTS, MAX_AWAIT_TASKS, MAX_SITE_KNOWN, MAX_THREADS, NO_ID_OFFSET, REG_ARG_BASE,
+    REG_ARG_CALLER, STACK_COPY, StackEvent, TaskEvent, TaskIds, TextRange, cookie_arg, cookie_kind,
+    cookie_site,
 };
 
 /// Process (tgid) to trace; set by userspace at load time.
@@ -42,6 +44,14 @@ static LAYOUT: HeaderLayout = HeaderLayout {
 #[unsafe(no_mangle)]
 static STACK_BYTES: u32 = 0;
 
+/// Whether waker clones capture await stacks (0: off); set by userspace at load time.
+#[unsafe(no_mangle)]
+static AWAIT_STACKS: u32 = 0;
+
+/// The binary's code (file addresses); set by userspace at load time.
+#[unsafe(no_mangle)]
+static TEXT_RANGE: TextRange = TextRange { lo: 0, hi: 0 };
+
 /// Offset of `task_struct.thread.fsbase` (from the kernel's BTF; 0: unknown).
 #[unsafe(no_mangle)]
 static TASK_FSBASE: u64 = 0;
@@ -54,9 +64,10 @@ static TASK_IDS: TaskIds = TaskIds { pid: 0, tgid: 0 };
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// Failed ring reservations, per CPU: the ring buffer itself keeps no drop count.
+/// Per CPU: failed ring reservations (the ring buffer itself keeps no drop count), and
+/// waker-clone hits (`tracer_common::COUNTER_*`).
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 /// Target thread → TLS pointer.
 #[map]
@@ -76,6 +87,42 @@ static LAST_SPAWN_CALL: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// Task vtables whose spawn site userspace knows from the code (no stack copy needed).
 #[map]
 static SITE_KNOWN: HashMap<u64, u8> = HashMap::with_max_entries(MAX_SITE_KNOWN, 0);
+
+/// The poll a target thread entered last: a waker clone on the same thread, for the same
+/// task, deeper in the stack, is that task registering its waker from that poll. Per
+/// thread, not per CPU: a thread preempted inside a poll resumes where another thread's
+/// poll may have taken the CPU's slot.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Polling {
+    tid: u32,
+    _pad: u32,
+    header: u64,
+    /// The stack pointer at the poll's entry.
+    sp: u64,
+    vtable: u64,
+    id: u64,
+}
+
+#[map]
+static POLLING: LruHashMap<u32, Polling> = LruHashMap::with_max_entries(MAX_THREADS, 0);
+
+/// Task header → the (key of the) await point its last waker clone was at, mixed with its
+/// id: a clone at the same point again sends nothing.
+#[map]
+static AWAIT_LAST: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_AWAIT_TASKS, 0);
+
+/// Await-point keys whose stack was copied already: userspace holds their chains.
+#[map]
+static AWAIT_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_AWAIT_POINTS, 0);
+
+/// Per CPU, the await-stack copies it may still take and when it last counted them.
+#[map]
+static COPY_TOKENS: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU, the stack words a key is made of (too large for the BPF stack).
+#[map]
+static KEY_WINDOW: PerCpuArray<[u64; AWAIT_KEY_BYTES / 8]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Submit without waking the reader: it drains on a timer (a wakeup costs ~0.8 µs a hit).
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -113,6 +160,10 @@ fn on_entry(ctx: &ProbeContext) -> u32 {
         emit_id(ctx);
         return 0;
     }
+    if kind == EventKind::WakerClone as u8 {
+        on_clone(ctx);
+        return 0;
+    }
     // Read both registers unconditionally: the verifier rejects a context access whose
     // offset depends on a branch, which is what selecting the register first compiles to.
     let arg0 = ctx.arg::<u64>(0).unwrap_or(0);
@@ -125,6 +176,34 @@ fn on_entry(ctx: &ProbeContext) -> u32 {
     let Some(ev) = event(ctx, header) else {
         return 0;
     };
+    // SAFETY: see `event`.
+    if unsafe { core::ptr::read_volatile(&AWAIT_STACKS) } != 0 {
+        if kind == EventKind::PollStart as u8 {
+            // The entry's stack pointer: the probe's, plus what a prologue the probe was
+            // moved past pushed (the cookie's high bits).
+            // SAFETY: the context of a uprobe is the target thread's saved registers.
+            let sp = unsafe { (*ctx.regs).rsp }.wrapping_add(cookie_site(cookie(ctx)));
+            let now = Polling {
+                tid: ev.tid,
+                _pad: 0,
+                header,
+                sp,
+                vtable: ev.vtable,
+                id: ev.task_id,
+            };
+            // In place once the thread has its entry (an update would allocate anew).
+            match POLLING.get_ptr_mut(&ev.tid) {
+                // SAFETY: only this thread reads or writes its own entry.
+                Some(p) => unsafe { *p = now },
+                None => {
+                    let _ = POLLING.insert(&ev.tid, &now, 0);
+                }
+            }
+        } else if kind == EventKind::Spawn as u8 || kind == EventKind::SpawnLocal as u8 {
+            // A new task in a freed task's cell starts with no await point.
+            let _ = AWAIT_LAST.remove(&header);
+        }
+    }
     // A spawn no spawn call announced, of a future whose site the code does not name:
     // its site is found by unwinding a copy of the stack, queued before the spawn.
     // SAFETY: see `event`.
@@ -132,10 +211,146 @@ fn on_entry(ctx: &ProbeContext) -> u32 {
         && needs_stack(&ev)
     {
         // SAFETY: the context of a uprobe is the target thread's saved registers.
-        emit_stack(unsafe { &*ctx.regs });
+        emit_stack(unsafe { &*ctx.regs }, EventKind::SpawnStack);
     }
     submit(&ev);
     0
+}
+
+/// A waker clone: when it is the polled task registering its own waker at an await point
+/// other than its last one, sends the point's key (and, for a key not seen before, a copy
+/// of the stack, from which userspace unwinds the chain once per point).
+#[inline(always)]
+fn on_clone(ctx: &ProbeContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: see `event`.
+    if (pid_tgid >> 32) as u32 != unsafe { core::ptr::read_volatile(&TARGET_TGID) } {
+        return;
+    }
+    let tid = pid_tgid as u32;
+    count(COUNTER_CLONE_HITS);
+    // SAFETY: the context of a uprobe is the target thread's saved registers.
+    let regs = unsafe { &*ctx.regs };
+    let header = regs.rdi;
+    let Some(p) = POLLING.get_ptr(&tid) else {
+        return;
+    };
+    // SAFETY: only this thread writes its own entry.
+    let p = unsafe { *p };
+    // A clone by another task's poll (a waker handed on), or outside any poll.
+    if p.tid != tid || p.header != header || p.sp <= regs.rsp {
+        return;
+    }
+    let depth = p.sp - regs.rsp;
+    let key = await_key(regs, cookie_site(cookie(ctx)), depth, p.vtable);
+    let mark = key ^ p.id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // SAFETY: a plain lookup, the value copied out at once.
+    if unsafe { AWAIT_LAST.get(&header) }.is_some_and(|last| *last == mark) {
+        return;
+    }
+    let _ = AWAIT_LAST.insert(&header, &mark, 0);
+    // SAFETY: a plain lookup; the value is not used.
+    if unsafe { AWAIT_SEEN.get(&key) }.is_none()
+        && copy_allowed()
+        && emit_stack(regs, EventKind::AwaitStack)
+    {
+        let _ = AWAIT_SEEN.insert(&key, &1, 0);
+    }
+    submit(&TaskEvent {
+        // SAFETY: helper without side effects.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        header,
+        task_id: p.id,
+        state: key,
+        owner_id: depth,
+        vtable: p.vtable,
+        tid,
+        kind: EventKind::WakerClone as u8,
+        ..TaskEvent::default()
+    });
+}
+
+/// A token bucket per CPU: [`AWAIT_COPY_BURST`] copies, one more every
+/// [`AWAIT_COPY_GAP_NS`].
+#[inline(always)]
+fn copy_allowed() -> bool {
+    let Some(bucket) = COPY_TOKENS.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: helper without side effects; per-CPU slot, no concurrent writer.
+    unsafe {
+        let now = bpf_ktime_get_ns();
+        let [tokens, since] = *bucket;
+        let earned = now.wrapping_sub(since) / AWAIT_COPY_GAP_NS;
+        let mut tokens = if since == 0 {
+            AWAIT_COPY_BURST
+        } else {
+            let t = tokens.saturating_add(earned);
+            if t < AWAIT_COPY_BURST {
+                t
+            } else {
+                AWAIT_COPY_BURST
+            }
+        };
+        let since = if since == 0 || earned > 0 { now } else { since };
+        if tokens == 0 {
+            *bucket = [0, since];
+            return false;
+        }
+        tokens -= 1;
+        *bucket = [tokens, since];
+    }
+    true
+}
+
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// An await point's key: the task's future type, the stack depth from its poll, and every
+/// word of the stack in between that points into the binary's code (the return addresses
+/// of the frames the clone is nested in; two `.await`s of one kind of leaf in one async fn
+/// differ there). `site` is the probe's file address: the binary's load bias follows.
+#[inline(always)]
+fn await_key(regs: &pt_regs, site: u64, depth: u64, vtable: u64) -> u64 {
+    let mut h = (0xcbf2_9ce4_8422_2325 ^ vtable).wrapping_mul(FNV_PRIME);
+    h = (h ^ depth).wrapping_mul(FNV_PRIME);
+    let bias = regs.rip.wrapping_sub(site);
+    // SAFETY: see `event`.
+    let text = unsafe { core::ptr::read_volatile(&TEXT_RANGE) };
+    let (lo, hi) = (text.lo.wrapping_add(bias), text.hi.wrapping_add(bias));
+    let Some(win) = KEY_WINDOW.get_ptr_mut(0) else {
+        return h;
+    };
+    let bytes = (if depth < AWAIT_KEY_BYTES as u64 {
+        depth
+    } else {
+        AWAIT_KEY_BYTES as u64
+    }) & !7;
+    if bytes == 0 || bytes > AWAIT_KEY_BYTES as u64 {
+        return h;
+    }
+    // SAFETY: the helper checks both pointers; `win` is this CPU's slot, `bytes` fits it.
+    if unsafe {
+        bpf_probe_read_user_raw(
+            win as *mut core::ffi::c_void,
+            bytes as u32,
+            regs.rsp as *const core::ffi::c_void,
+        )
+    } != 0
+    {
+        return h;
+    }
+    let n = (bytes / 8) as usize;
+    for i in 0..AWAIT_KEY_BYTES / 8 {
+        if i >= n {
+            break;
+        }
+        // SAFETY: `i` is below the array's length; the slot is this CPU's.
+        let w = unsafe { (*win)[i] };
+        if w >= lo && w < hi {
+            h = (h ^ w).wrapping_mul(FNV_PRIME);
+        }
+    }
+    h
 }
 
 /// A spawn no spawn call announced, of a future whose site the code does not name.
@@ -250,7 +465,13 @@ fn on_return(ctx: &RetProbeContext) -> u32 {
         // A spawn taken at its function's return (the function that binds the task was
         // inlined away, or before tokio 1.30 builds it): the stack is the caller's.
         if ev.kind == EventKind::Spawn as u8 && needs_stack(&ev) {
-            emit_stack(regs);
+            emit_stack(regs, EventKind::SpawnStack);
+        }
+        // SAFETY: see `event`.
+        if ev.kind == EventKind::Spawn as u8
+            && unsafe { core::ptr::read_volatile(&AWAIT_STACKS) } != 0
+        {
+            let _ = AWAIT_LAST.remove(&header);
         }
         submit(&ev);
     }
@@ -380,17 +601,17 @@ fn emit_id(ctx: &ProbeContext) {
 
 /// Copies the top of the user stack with the registers an unwinder starts from. The copy
 /// stops short of the stack's end by retrying smaller sizes: a read that runs into the
-/// guard page above the stack fails whole.
+/// guard page above the stack fails whole. Whether it was queued.
 #[inline(always)]
-fn emit_stack(regs: &pt_regs) {
+fn emit_stack(regs: &pt_regs, kind: EventKind) -> bool {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: see `event`.
     if (pid_tgid >> 32) as u32 != unsafe { core::ptr::read_volatile(&TARGET_TGID) } {
-        return;
+        return false;
     }
     let Some(mut slot) = EVENTS.reserve::<StackEvent>(0) else {
         count_lost();
-        return;
+        return false;
     };
     let ev = slot.as_mut_ptr();
     // SAFETY: `ev` points at the reserved record; every field is written before submit.
@@ -400,7 +621,7 @@ fn emit_stack(regs: &pt_regs) {
         (*ev).sp = regs.rsp;
         (*ev).bp = regs.rbp;
         (*ev).tid = pid_tgid as u32;
-        (*ev).kind = EventKind::SpawnStack as u8;
+        (*ev).kind = kind as u8;
         (*ev).flags = 0;
         (*ev)._pad = [0; 2];
         (*ev)._pad2 = 0;
@@ -419,6 +640,7 @@ fn emit_stack(regs: &pt_regs) {
         (*ev).len = len;
     }
     slot.submit(BPF_RB_NO_WAKEUP);
+    true
 }
 
 #[inline(always)]
@@ -458,9 +680,14 @@ fn note_thread(tid: u32) {
 
 #[inline(always)]
 fn count_lost() {
-    if let Some(lost) = LOST.get_ptr_mut(0) {
+    count(COUNTER_LOST);
+}
+
+#[inline(always)]
+fn count(counter: u32) {
+    if let Some(n) = LOST.get_ptr_mut(counter) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *lost += 1 };
+        unsafe { *n += 1 };
     }
 }
 

@@ -336,7 +336,10 @@ fn window(opts: &TraceArgs, mode: Mode) -> WindowOpts {
         timeline: opts.verdicts.perfetto.is_some(),
         keep: opts.verdicts.retention(),
         symbols: opts.symbols.clone(),
-        debug: opts.debug.info(),
+        debug: tasktrace::cmd::awaits::DebugInfo {
+            stacks: !opts.no_await_stacks,
+            ..opts.debug.info()
+        },
         spawn_sites: !opts.no_spawn_sites,
         mode: opts.mode.unwrap_or(mode),
         spawn_budget: opts.spawn_budget,

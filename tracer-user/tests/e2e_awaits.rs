@@ -328,6 +328,31 @@ fn a_separate_debug_file_is_found_by_build_id() {
     // The same file given explicitly.
     let d = dump(target.id(), &["--debuginfo", debug.to_str().unwrap()]);
     assert_chains("--debuginfo", &d, &truth);
+    // A traced window finds it the same way: its report's leaked tasks carry the chains.
+    let json = tmp("awaits-lean-record.json");
+    let out = tasktrace()
+        .args([
+            "record",
+            "--pid",
+            &target.id().to_string(),
+            "--duration",
+            "2s",
+        ])
+        .args([
+            "--leak-after",
+            "1s",
+            "--debug-dir",
+            dir.to_str().unwrap(),
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert_success(&out, "record with the debug file by build-id");
+    let r = read_report(&json);
+    assert_eq!(r["await_chains"]["file"], file.to_str().unwrap());
+    let as_dump = serde_json::json!({ "await_chains": r["await_chains"], "tasks": r["tasks"] });
+    assert_chains_of_tasks("record, debug file by build-id", &as_dump, &truth);
     drop(target);
 
     // A fully stripped binary (no symbol table either), as shipped beside its -dbgsym
@@ -374,4 +399,225 @@ fn without_debug_info_chains_are_unavailable_and_say_why() {
     assert_ne!(out.status.code(), Some(0));
     let (_, stderr) = text(&out);
     assert!(stderr.contains("hint:"), "{stderr}");
+}
+
+/// The fixture's ground truth from `tasktrace run`'s standard output (the traced command
+/// writes to the same one).
+fn truth_in(stdout: &str) -> Value {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TASKTRACE_GROUND_TRUTH "))
+        .unwrap_or_else(|| panic!("the fixture printed no ground truth:\n{stdout}"));
+    serde_json::from_str(line).unwrap()
+}
+
+/// `tasktrace run` on a build of the fixture without type information: the report and
+/// the ground truth it printed.
+fn run_stack(profile: &str, extra: &[&str], target_args: &[&str]) -> (Value, Value, String) {
+    let bin = fixture_profile("awaits", profile);
+    let json = tmp(&format!("awaits-stack-{profile}.json"));
+    let out = tasktrace()
+        .args(["run", "--leak-after", "1s", "--json"])
+        .arg(&json)
+        .args(extra)
+        .arg("--")
+        .arg(&bin)
+        .args(target_args)
+        .output()
+        .unwrap();
+    let (stdout, _) = assert_success(&out, "run");
+    let truth = truth_in(&stdout);
+    (read_report(&json), truth, stdout)
+}
+
+/// The leaked task of the fixture with this id, from a report.
+fn task<'a>(r: &'a Value, id: &Value) -> &'a Value {
+    r["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == *id)
+        .unwrap_or_else(|| panic!("task {id} not in the report"))
+}
+
+/// Where each leaf's poll function is, in tokio's sources: the leaf line tables name.
+fn leaf_source(leaf: &str) -> &'static str {
+    match leaf {
+        "notify" => "/src/sync/notify.rs:",
+        "oneshot" => "/src/sync/oneshot.rs:",
+        "mpsc_send" => "/src/sync/mpsc/bounded.rs:",
+        "sleep" => "/src/time/sleep.rs:",
+        "join" => "/src/runtime/task/join.rs:",
+        other => panic!("no source for {other}"),
+    }
+}
+
+/// Line tables only: each leaked task's chain from the stack copy taken when it
+/// registered its waker: the three async fns at the lines of their `.await`s, the leaf by
+/// where its poll is. `pending()` registers no waker: no chain, none guessed.
+fn assert_line_table_chains(what: &str, r: &Value, truth: &Value) {
+    assert_eq!(
+        r["await_chains"]["source"], "stack",
+        "{what}: {}",
+        r["await_chains"]
+    );
+    for want in truth["tasks"].as_array().unwrap() {
+        let t = task(r, &want["id"]);
+        assert_eq!(t["verdict"], "leaked", "{what}: {t}");
+        let chain = &t["await_chain"];
+        let leaf = want["leaf"].as_str().unwrap();
+        if leaf == "pending" {
+            assert!(
+                chain.is_null(),
+                "{what}: a task that registered no waker: {chain}"
+            );
+            continue;
+        }
+        assert_eq!(chain["source"], "stack", "{what}: {t}");
+        let frames = chain["frames"].as_array().unwrap();
+        let lines: Vec<&Value> = frames.iter().map(|f| &f["line"]).collect();
+        let want_lines: Vec<&Value> = want["chain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| &f["line"])
+            .collect();
+        assert_eq!(
+            lines, want_lines,
+            "{what}: task {} ({leaf}): {chain}",
+            want["id"]
+        );
+        assert!(
+            frames.iter().all(|f| f["file"] == "src/main.rs"),
+            "{what}: {chain}"
+        );
+        let leaf_name = chain["leaf"].as_str().unwrap_or("");
+        assert!(
+            leaf_name.contains("tokio-1.54.1") && leaf_name.contains(leaf_source(leaf)),
+            "{what}: task {} ({leaf}): leaf {leaf_name}",
+            want["id"]
+        );
+        assert!(!chain["truncated"].as_bool().unwrap(), "{what}: {chain}");
+    }
+}
+
+#[test]
+fn line_tables_give_each_leaked_task_its_async_fns_from_the_stack() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    // The window ends while the target runs: the tasks are live, parked.
+    let (r, truth, stdout) = run_stack("lines", &["--duration", "3s"], &[]);
+    assert_line_table_chains("live at the end", &r, &truth);
+    let from = &r["await_chains"];
+    // One hit per waker clone, an event per move to a new point, a copy per new point.
+    let (hits, changes, copies) = (
+        from["clone_hits"].as_u64().unwrap(),
+        from["point_changes"].as_u64().unwrap(),
+        from["stack_copies"].as_u64().unwrap(),
+    );
+    assert!(
+        hits >= changes && changes >= copies && copies >= 5,
+        "{from}"
+    );
+    // Five await points under the handlers' site, one leaked task each.
+    let site = r["spawn_sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["leaked"] == 6)
+        .unwrap_or_else(|| panic!("the handlers' site: {}", r["spawn_sites"]));
+    let parked = site["parked"].as_array().unwrap();
+    assert_eq!(parked.len(), 5, "{parked:?}");
+    let notify_line = truth["tasks"][0]["chain"][2]["line"].as_u64().unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "1 parked at src/main.rs:{notify_line}, awaiting poll at "
+        )),
+        "{stdout}"
+    );
+    // The target ends on its own: its runtime's shutdown cancels the leaked tasks, which
+    // keep the chain they had.
+    let (r, truth, _) = run_stack("lines", &[], &["--exit-after", "2"]);
+    assert_eq!(r["window"]["ended_by"], "target_exit", "{}", r["window"]);
+    assert_line_table_chains("judged at shutdown", &r, &truth);
+}
+
+#[test]
+fn without_debug_info_the_stack_names_functions_and_leaves_by_symbol() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let (r, truth, _) = run_stack("release", &["--duration", "3s"], &[]);
+    assert_eq!(
+        r["await_chains"]["source"], "stack",
+        "{}",
+        r["await_chains"]
+    );
+    let mut points = std::collections::BTreeSet::new();
+    for want in truth["tasks"].as_array().unwrap() {
+        let t = task(&r, &want["id"]);
+        let chain = &t["await_chain"];
+        let leaf = want["leaf"].as_str().unwrap();
+        if leaf == "pending" {
+            assert!(chain.is_null(), "{chain}");
+            continue;
+        }
+        // The async fns are inlined into one another: the outermost function the
+        // symbols name, and where in it (no line tables: no file, no line).
+        let frames = chain["frames"].as_array().unwrap();
+        assert!(!frames.is_empty(), "{chain}");
+        for f in frames {
+            assert!(
+                f["function"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("fixture_awaits::handler"),
+                "{chain}"
+            );
+            assert_eq!(f["file"], "", "{chain}");
+            assert!(f["offset"].as_u64().is_some(), "{chain}");
+        }
+        points.insert(chain["frames"].to_string());
+        let name = chain["leaf"].as_str().unwrap_or("");
+        let ok = match leaf {
+            "notify" => name == "tokio::sync::notify::Notified",
+            "oneshot" => name.starts_with("tokio::sync::oneshot::Receiver<"),
+            "mpsc_send" => name.starts_with("tokio::sync::"),
+            "sleep" => name == "tokio::time::sleep::Sleep",
+            "join" => name.starts_with("tokio::runtime::task::join::JoinHandle<"),
+            _ => false,
+        };
+        assert!(ok, "task {} ({leaf}): leaf {name}", want["id"]);
+    }
+    assert_eq!(
+        points.len(),
+        5,
+        "each await point its own offset: {points:?}"
+    );
+    // Turned off: no chains, and the report says how to have them.
+    let (r, _, _) = run_stack("release", &["--duration", "1s", "--no-await-stacks"], &[]);
+    assert!(
+        r["await_chains"]["source"].is_null(),
+        "{}",
+        r["await_chains"]
+    );
+    assert!(
+        r["await_chains"]["unavailable"]
+            .as_str()
+            .unwrap()
+            .contains("--no-await-stacks"),
+        "{}",
+        r["await_chains"]
+    );
+    assert!(
+        r["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["await_chain"].is_null()),
+        "no chain is guessed"
+    );
 }

@@ -549,6 +549,13 @@ struct Figures {
     lost: u64,
     /// What the report says it cannot show because a code shape was not recognised.
     unrecognised: Vec<String>,
+    /// Where the await chains came from, the leaked tasks with one, and chains that name
+    /// nothing (no frame and no leaf) or a nameless frame, or clone counts out of order.
+    await_source: Option<String>,
+    /// Why there are none, as the report says.
+    await_unavailable: Option<String>,
+    leaked_with_chain: usize,
+    bad_chains: Vec<String>,
     samples: Vec<String>,
 }
 
@@ -614,6 +621,29 @@ impl Figures {
             })
             .map(|u| u["what"].as_str().unwrap_or("?").to_owned())
             .collect();
+        let from = &r["await_chains"];
+        f.await_source = from["source"].as_str().map(str::to_owned);
+        f.await_unavailable = from["unavailable"].as_str().map(str::to_owned);
+        if f.await_source.as_deref() == Some("stack") {
+            let n = |k: &str| from[k].as_u64().unwrap_or(0);
+            if !(n("clone_hits") >= n("point_changes") && n("point_changes") >= n("stack_copies")) {
+                f.bad_chains.push(format!("counts out of order: {from}"));
+            }
+        }
+        for t in tasks {
+            let c = &t["await_chain"];
+            if c.is_null() {
+                continue;
+            }
+            f.leaked_with_chain += usize::from(t["verdict"] == "leaked");
+            let frames = c["frames"].as_array().unwrap();
+            let nameless = frames
+                .iter()
+                .any(|fr| fr["function"].as_str().is_none_or(str::is_empty));
+            if (frames.is_empty() && c["leaf"].is_null()) || nameless {
+                f.bad_chains.push(format!("task {}: {c}", t["id"]));
+            }
+        }
         let c = &r["diagnostics"]["alive_check"];
         if !c.is_null() {
             let ids = |k: &str| {
@@ -654,7 +684,7 @@ impl Figures {
             None => "no reading".into(),
         };
         format!(
-            "{:>6} {:>7} {:>8.1}% {:>8.1}% {:>12.1}%  {:<22} leaked {} ({} definite), stuck {}, never polled {}, lost {}",
+            "{:>6} {:>7} {:>8.1}% {:>8.1}% {:>12.1}%  {:<22} leaked {} ({} definite), stuck {}, never polled {}, lost {}; chains: {} ({} leaked with one)",
             self.tasks,
             self.in_window,
             Self::pct(self.with_spawn, self.in_window),
@@ -665,7 +695,9 @@ impl Figures {
             self.definite,
             self.stuck,
             self.never_polled,
-            self.lost
+            self.lost,
+            self.await_source.as_deref().unwrap_or("none"),
+            self.leaked_with_chain
         )
     }
 
@@ -717,6 +749,21 @@ impl Figures {
         }
         if !self.unrecognised.is_empty() {
             out.push(format!("{at}: not recognised: {:?}", self.unrecognised));
+        }
+        // Full mode on a release build without type information: chains from the stack,
+        // each naming something; a stripped one (nothing names a frame) says so.
+        let stripped = self
+            .await_unavailable
+            .as_deref()
+            .is_some_and(|w| w.contains("stripped"));
+        if self.await_source.as_deref() != Some("stack") && !stripped {
+            out.push(format!(
+                "{at}: await chains from {:?}, not the stack ({:?})",
+                self.await_source, self.await_unavailable
+            ));
+        }
+        if !self.bad_chains.is_empty() {
+            out.push(format!("{at}: bad await chains: {:?}", self.bad_chains));
         }
         out
     }

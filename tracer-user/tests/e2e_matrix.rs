@@ -57,8 +57,41 @@ fn inspect_degraded(cell: &str) -> &'static [&'static str] {
 }
 
 /// The matrix builds carry no type information (cargo's release default): no await
-/// chains, said last.
+/// chains but from the stack in full mode, and none at all stripped, said last.
 const NO_TYPES: &[&str] = &["await chains"];
+
+/// Full mode on a build with symbols: every leaked task's chain from the stack copy taken
+/// when it registered its waker (each leak awaits a Notify or a channel), named by the
+/// symbols: the leaf tokio's, every frame named.
+fn assert_stack_chains(cell: &str, report: &Value) {
+    let from = &report["await_chains"];
+    assert_eq!(from["source"], "stack", "{cell}: {from}");
+    let n = |k: &str| from[k].as_u64().unwrap();
+    assert!(
+        n("clone_hits") >= n("point_changes") && n("point_changes") >= n("stack_copies"),
+        "{cell}: {from}"
+    );
+    for t in report["tasks"].as_array().unwrap() {
+        if t["verdict"] != "leaked" {
+            continue;
+        }
+        let c = &t["await_chain"];
+        assert_eq!(c["source"], "stack", "{cell}: task {}: {t}", t["id"]);
+        let frames = c["frames"].as_array().unwrap();
+        assert!(
+            frames
+                .iter()
+                .all(|f| f["function"].as_str().is_some_and(|s| !s.is_empty())),
+            "{cell}: {c}"
+        );
+        let leaf = c["leaf"].as_str().unwrap_or("");
+        assert!(
+            leaf.starts_with("tokio::") || leaf.starts_with("<tokio::"),
+            "{cell}: task {}: {c}",
+            t["id"]
+        );
+    }
+}
 
 /// What a stripped cell cannot show: future names, and spawn sites where the code does
 /// not name them (from 1.39 its task-id draws are found, and through them some sites;
@@ -142,11 +175,8 @@ fn trace_counts(cell: &str, bin: &Path, extra: &[&str], stripped: bool) {
     // One probe hit per poll: wakes are left to the task-list readings. Before 1.22 no
     // thread sampler can tell a poll's thread, so poll returns and wakes are probed too.
     let wakes: &[&str] = if minor(cell) < 22 { &[] } else { &["wakes"] };
-    assert_eq!(
-        unavailable,
-        [wakes, degraded(cell), NO_TYPES].concat(),
-        "{cell}"
-    );
+    assert_eq!(unavailable, [wakes, degraded(cell)].concat(), "{cell}");
+    assert_stack_chains(cell, &report);
     // Spawn sites: every task the program spawned names a site outside tokio and std
     // (exact file:line:col where a spawn function survived; the caller's function, found
     // by unwinding, under fat LTO). Tokio's own worker-thread tasks have none.

@@ -67,6 +67,20 @@ fn fde_functions(unwind: &UnwindSections) -> Vec<(u64, u64)> {
     out
 }
 
+/// A function at a code address ([`LocationTable::frames_at`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeFrame {
+    /// Demangled, without the symbol hash.
+    pub function: Option<String>,
+    /// The source file and line, from the line tables (`None`, 0 without them): the
+    /// program's own files relative to its directory, others' whole (their crate and
+    /// version are in the path).
+    pub file: Option<String>,
+    pub line: u64,
+    /// From the symbol's start, for a frame known by its symbol only.
+    pub offset: u64,
+}
+
 type Lines = addr2line::Context<gimli::EndianArcSlice<gimli::RunTimeEndian>>;
 
 #[derive(Default)]
@@ -273,6 +287,56 @@ impl LocationTable {
         None
     }
 
+    /// The frames at a code address (file address), innermost first: the functions the
+    /// DWARF inlining records place there, each with its line (for an outer frame, the line
+    /// of its call to the next one in), else the one symbol holding it, with the offset.
+    pub fn frames_at(&self, vaddr: u64) -> Vec<CodeFrame> {
+        let mut out = Vec::new();
+        if let Some(lines) = self.lines.as_ref()
+            && let Ok(mut frames) = lines.find_frames(vaddr).skip_all_loads()
+        {
+            while let Ok(Some(f)) = frames.next() {
+                let function = f
+                    .function
+                    .as_ref()
+                    .and_then(|n| n.raw_name().ok())
+                    .map(|raw| format!("{:#}", rustc_demangle::demangle(&raw)));
+                let (path, line) = f.location.map_or((None, 0), |l| {
+                    (l.file.map(str::to_owned), u64::from(l.line.unwrap_or(0)))
+                });
+                // A dependency's or the standard library's file keeps its whole path
+                // (its crate is in it); the program's own, relative to its directory.
+                let file = path.as_deref().map(|p| {
+                    if is_runtime_internal(p) || p.contains("/registry/src/") {
+                        p.to_owned()
+                    } else {
+                        self.relative_source(p).to_owned()
+                    }
+                });
+                out.push(CodeFrame {
+                    function,
+                    file,
+                    line,
+                    offset: 0,
+                });
+            }
+        }
+        // The physical frame (outermost) is the symbol's when DWARF has no name for it.
+        if let Some((name, off)) = self.function_at(vaddr) {
+            match out.last_mut() {
+                Some(f) if f.function.is_none() => f.function = Some(name.to_string()),
+                Some(_) => {}
+                None => out.push(CodeFrame {
+                    function: Some(name.to_string()),
+                    file: None,
+                    line: 0,
+                    offset: off,
+                }),
+            }
+        }
+        out
+    }
+
     fn relative_source<'a>(&self, file: &'a str) -> &'a str {
         self.comp_dirs
             .iter()
@@ -317,6 +381,16 @@ impl LocationTable {
             .filter(|&&(_, sz, off)| offset >= off && offset < off + sz.max(1))
             .min_by_key(|s| s.2)
             .map(|&(vaddr, _, off)| (vaddr, off))
+    }
+
+    /// Whether a code address can be named at all: symbols or DWARF line tables.
+    pub fn names_code(&self) -> bool {
+        !self.functions.is_empty() || self.lines.is_some()
+    }
+
+    /// Where `.text` is (file addresses).
+    pub fn text_range(&self) -> Option<std::ops::Range<u64>> {
+        self.unwind.text.as_ref().map(|(r, _)| r.clone())
     }
 
     /// A position-independent executable (mapped at a load bias).
@@ -463,7 +537,7 @@ impl LocationTable {
     /// returns this very table (a RIP-relative `lea`, or a load from a GOT slot holding
     /// it). One table (none unless exactly one matches), or before 1.23 one per task type.
     pub fn scan_waker_vtables(&self, ref_one: u64, layout: &Layout) -> Vec<u64> {
-        let (n, clone_slot) = (layout.slots.waker_functions, layout.slots.waker_clone);
+        let (n, clone_slot) = (layout.slots.waker_functions, layout.slots.waker_clone.index);
         let Some((text, code)) = self.unwind.text.as_ref() else {
             return Vec::new();
         };

@@ -20,6 +20,9 @@ use crate::{
 pub struct DebugInfo {
     pub file: Option<PathBuf>,
     pub dir: PathBuf,
+    /// Without type information, a full-mode window captures chains from the stack at
+    /// waker clones (`--no-await-stacks` turns it off).
+    pub stacks: bool,
 }
 
 impl Default for DebugInfo {
@@ -27,7 +30,18 @@ impl Default for DebugInfo {
         Self {
             file: None,
             dir: PathBuf::from("/usr/lib/debug"),
+            stacks: true,
         }
+    }
+}
+
+/// Where a window's chains come from when they are read from the stack.
+pub fn from_stacks() -> AwaitsFrom {
+    AwaitsFrom {
+        source: Some("stack".into()),
+        file: None,
+        unavailable: None,
+        ..AwaitsFrom::default()
     }
 }
 
@@ -90,7 +104,15 @@ fn chain(
     poll: u64,
     id_of: impl Fn(u64) -> Option<u64>,
 ) -> Option<AwaitChain> {
-    let c = await_chain::read(types, mem, header, poll)?;
+    Some(record_of(
+        await_chain::read(types, mem, header, poll)?,
+        id_of,
+    ))
+}
+
+/// A chain as the stream records it; `id_of` names a task by its header, for a leaf that
+/// awaits one.
+pub fn record_of(c: await_chain::AwaitChain, id_of: impl Fn(u64) -> Option<u64>) -> AwaitChain {
     let leaf_detail = match c.leaf_task {
         Some(h) => Some(match id_of(h) {
             Some(id) => format!("task {id}"),
@@ -98,7 +120,7 @@ fn chain(
         }),
         None => c.leaf_detail,
     };
-    Some(AwaitChain {
+    AwaitChain {
         source: c.source.to_owned(),
         frames: c
             .frames
@@ -107,13 +129,14 @@ fn chain(
                 function: f.function,
                 file: f.file,
                 line: f.line,
+                offset: f.offset,
             })
             .collect(),
         leaf: c.leaf,
         leaf_detail,
         state: c.state,
         truncated: c.truncated,
-    })
+    }
 }
 
 /// The binary's async state-machine types, from `--debuginfo`, the binary itself, its
@@ -159,6 +182,7 @@ pub fn types(
                      --debug-dir, or give it with --debuginfo FILE"
                         .into(),
                 ),
+                ..AwaitsFrom::default()
             },
         ));
     };
@@ -170,6 +194,7 @@ pub fn types(
                 source: Some("dwarf".into()),
                 file: Some(shown),
                 unavailable: None,
+                ..AwaitsFrom::default()
             },
         )),
         _ => Ok((
@@ -182,6 +207,7 @@ pub fn types(
                      or built without `debug = 2`)"
                         .into(),
                 ),
+                ..AwaitsFrom::default()
             },
         )),
     }

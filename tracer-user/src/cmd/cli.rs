@@ -189,6 +189,7 @@ impl DebugArgs {
         crate::cmd::awaits::DebugInfo {
             file: self.debuginfo.clone(),
             dir: self.debug_dir.clone(),
+            stacks: true,
         }
     }
 }
@@ -210,6 +211,11 @@ pub struct TraceArgs {
     /// stack copy at each spawn).
     #[arg(long)]
     pub no_spawn_sites: bool,
+    /// In full mode, on a binary without type information, do not copy the stack at each
+    /// new await point of a task (its await chain from the stack: one more probe hit at
+    /// each waker clone, a stack copy once per point).
+    #[arg(long)]
+    pub no_await_stacks: bool,
     /// `full`: every poll (one probe hit per poll); `lifecycle`: no per-poll probes at all
     /// (spawns, completions, sampled polls); `sample`: task-list readings and spawn
     /// probes under a budget, no per-task cost (see docs/user-guide.md for what each

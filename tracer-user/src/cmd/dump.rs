@@ -116,6 +116,7 @@ pub fn dump(pid: u32, symbols: Option<&std::path::Path>, debug: &DebugInfo) -> R
             mode: crate::plan::Mode::Full,
             // dump only reads memory: no thread sampling.
             host_fsbase: None,
+            await_stacks: false,
         },
     )?;
     let polls = awaits::poll_functions(&bin, &table, knowledge);

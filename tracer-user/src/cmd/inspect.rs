@@ -214,6 +214,7 @@ pub fn inspect_for(
             mode: crate::plan::Mode::Full,
             // What a trace on this host would get.
             host_fsbase: kernel.fsbase,
+            await_stacks: false,
         },
     ) {
         Ok(plan) => {

@@ -11,6 +11,7 @@ use crate::{
     },
     error::{Error, Result},
     live::{
+        await_stack::AwaitStacks,
         clock::monotonic_ns,
         kernel::KernelFeatures,
         locator::Locator,
@@ -22,11 +23,12 @@ use crate::{
     plan::Plan,
     report::{Meta, Report},
     stream::{
-        EndRecord, EndedBy, MetaRecord, Rec, TargetInfo, flight::FlightRing, records::ListedTask,
-        tracefile::Writer,
+        EndRecord, EndedBy, MetaRecord, Rec, TargetInfo, flight::FlightRing, records::AwaitsFrom,
+        records::ListedTask, tracefile::Writer,
     },
     tokio_versions,
 };
+use tracer_common::EventKind;
 
 pub struct WindowOpts {
     pub duration: Option<Duration>,
@@ -194,6 +196,9 @@ struct Live {
     execs_expected: u32,
     /// Spawn events seen (the spawn gate's count where tokio's counter is unknown).
     spawn_events: u64,
+    /// Await chains from the stack copies of waker clones (no type information, full
+    /// mode).
+    stacks: Option<AwaitStacks>,
 }
 
 /// Writes each record to the trace file (when recording), then applies it to the model:
@@ -228,6 +233,16 @@ impl Live {
             return;
         }
         match r {
+            Record::Stack(st) if st.kind == EventKind::AwaitStack as u8 => {
+                if let Some(s) = self.stacks.as_mut() {
+                    s.on_stack(st);
+                }
+            }
+            Record::Task(ev) if ev.kind == EventKind::WakerClone as u8 => {
+                if let Some(s) = self.stacks.as_mut() {
+                    s.on_clone(&ev, &mut self.locator);
+                }
+            }
             // A spawn whose Location was already found needs no unwinding.
             Record::Stack(st) if self.feed.agg.has_pending_location(st.tid) => {}
             Record::Stack(st) => {
@@ -250,6 +265,9 @@ impl Live {
                 }
             }
             Record::Task(ev) => {
+                if let Some(s) = self.stacks.as_mut() {
+                    s.on_task(&ev);
+                }
                 self.describe_vtable(ev.vtable);
                 self.spawn_events += u64::from(matches!(
                     tracer_common::EventKind::from_u8(ev.kind),
@@ -333,6 +351,13 @@ impl<'o> Session<'o> {
         let kernel = KernelFeatures::probe();
         let host_fsbase = kernel.fsbase;
         let attach = kernel.attach_mode(opts.attach)?;
+        // Read before anything attaches: a --debuginfo that is not one fails here.
+        let (types, mut from) = crate::cmd::awaits::types(
+            &target.exe,
+            opts.symbols.as_deref(),
+            &opts.debug,
+            &crate::cmd::awaits::poll_functions(&bin, &table, knowledge),
+        )?;
         let plan = Plan::choose(
             std::path::Path::new(&target.display),
             &bin,
@@ -342,15 +367,23 @@ impl<'o> Session<'o> {
                 spawn_sites: opts.spawn_sites,
                 mode: opts.mode,
                 host_fsbase,
+                await_stacks: types.is_none() && opts.debug.stacks,
             },
         )?;
-        // Read before anything attaches: a --debuginfo that is not one fails here.
-        let (types, from) = crate::cmd::awaits::types(
-            &target.exe,
-            opts.symbols.as_deref(),
-            &opts.debug,
-            &crate::cmd::awaits::poll_functions(&bin, &table, knowledge),
-        )?;
+        // No types: the chains come from the stack copies of waker clones (full mode).
+        let stacks = plan.await_stacks.is_some();
+        if stacks {
+            from = crate::cmd::awaits::from_stacks();
+        } else if types.is_none()
+            && let Some(why) = from.unavailable.as_mut()
+        {
+            why.push_str(if plan.mode == crate::plan::Mode::Full {
+                "; the stack copies at waker clones are off (--no-await-stacks, tokio's \
+                 waker was not found, or the binary is stripped: nothing names the frames)"
+            } else {
+                "; or trace in --mode full, which copies the stack at each new await point"
+            });
+        }
         let mut summary = plan.summary();
         if let Some(why) = &from.unavailable {
             summary.unavailable.push(crate::plan::Unavailable {
@@ -482,6 +515,7 @@ impl<'o> Session<'o> {
                 spawn_events: 0,
                 exec_at: None,
                 execs_expected: u32::from(launched.is_some()),
+                stacks: stacks.then(AwaitStacks::default),
             },
             lists: Some(lists),
             sampler,
@@ -1010,7 +1044,7 @@ impl<'o> Session<'o> {
             &mut self.warnings,
             self.opts.quiet,
         );
-        if let Some((at_ns, chains)) = chains {
+        if let Some((at_ns, chains)) = chains.filter(|_| self.live.stacks.is_none()) {
             self.live.feed.emit(Rec::Awaits {
                 at_ns,
                 from: self.awaits.from.clone(),
@@ -1124,6 +1158,27 @@ impl<'o> Session<'o> {
                 "tasktrace: detached {} probe sites in {detach_ms:.1} ms",
                 self.probes.sites
             );
+        }
+        // Where each task was parked at its last waker clone.
+        if let Some(s) = &self.live.stacks {
+            let chains = s
+                .chains()
+                .map(|(header, id, c)| crate::stream::records::ChainOf {
+                    header,
+                    id,
+                    chain: crate::cmd::awaits::record_of(c.clone(), |_| None),
+                })
+                .collect();
+            self.live.feed.emit(Rec::Awaits {
+                at_ns: end_ns,
+                from: AwaitsFrom {
+                    clone_hits: Some(self.probes.clone_hits()),
+                    point_changes: Some(s.clones),
+                    stack_copies: Some(s.copies),
+                    ..self.awaits.from.clone()
+                },
+                chains,
+            });
         }
         let Live { feed, .. } = self.live;
         let Feed {

@@ -17,7 +17,8 @@ const MAX_FRAMES: usize = 64;
 /// A task's await chain, outermost frame first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AwaitChain {
-    /// Where the chain comes from: `dwarf` (types read from debug info).
+    /// Where the chain comes from: `dwarf` (types read from debug info) or `stack` (a copy
+    /// of the stack taken when the task registered its waker, `live::await_stack`).
     pub source: &'static str,
     pub frames: Vec<AwaitFrame>,
     /// The future the innermost frame awaits: a type that is not a state machine
@@ -39,9 +40,11 @@ pub struct AwaitChain {
 pub struct AwaitFrame {
     /// The `async fn` (or the `async` block, `f::{async_block#0}`).
     pub function: String,
-    /// The `.await` it is suspended at.
+    /// The `.await` it is suspended at (empty, 0: no line tables).
     pub file: String,
     pub line: u64,
+    /// Without line tables, where in the function (a stack's frame known by its symbol).
+    pub offset: Option<u64>,
 }
 
 /// The await chain of the task at `header` (a process address) whose poll function is
@@ -118,6 +121,7 @@ pub fn read(
                     function: m.function.clone(),
                     file: file.to_string(),
                     line: *line,
+                    offset: None,
                 });
                 addr = addr.checked_add(offset)?;
                 ty = next;
@@ -134,6 +138,7 @@ pub fn read(
                             .map(|s| s.file.to_string())
                             .unwrap_or_default(),
                         line: state.at.as_ref().map_or(0, |s| s.line),
+                        offset: None,
                     });
                 }
                 return Some(chain);

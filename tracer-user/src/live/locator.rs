@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     binary::locations::{
-        LocationTable, StackUnwinder, TaskVtable, first_generic_arg, is_runtime_internal,
+        CodeFrame, LocationTable, StackUnwinder, TaskVtable, first_generic_arg, is_runtime_internal,
     },
     tokio_versions::Layout,
 };
@@ -28,6 +28,8 @@ pub struct Locator {
     unwinder: Option<StackUnwinder>,
     /// Task vtable (file address) → where its tasks are spawned, from the code.
     vtable_sites: HashMap<u64, Arc<str>>,
+    /// The frames at each code address (file address) unwound so far.
+    frames: HashMap<u64, Vec<CodeFrame>>,
 }
 
 impl Locator {
@@ -53,6 +55,7 @@ impl Locator {
             lines: HashMap::new(),
             unwinder: None,
             vtable_sites: HashMap::new(),
+            frames: HashMap::new(),
         }
     }
 
@@ -202,6 +205,70 @@ impl Locator {
             }
         }
         inlined
+    }
+}
+
+impl Locator {
+    /// The frames of a stack copy (`ip`, `sp`, `bp` at the probe; `stack` copied from
+    /// `sp`) whose frame ends at or below `limit` (a stack address), innermost first,
+    /// inlined ones included, and whether the unwinding got past them (else the copy or
+    /// its unwind information ran out first); `None` before the load bias is known.
+    pub fn unwound_frames(
+        &mut self,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        stack: &[u8],
+        limit: u64,
+    ) -> Option<(Vec<CodeFrame>, bool)> {
+        use framehop::{FrameAddress, Unwinder, x86_64::UnwindRegsX86_64};
+        let bias = self.bias()?;
+        if self.unwinder.is_none() {
+            self.unwinder = Some(self.table.unwinder(bias)?);
+        }
+        let (unwinder, cache) = self.unwinder.as_mut()?;
+        let mut read = |addr: u64| -> Result<u64, ()> {
+            let off = addr.checked_sub(sp).ok_or(())? as usize;
+            let b = stack.get(off..off + 8).ok_or(())?;
+            Ok(u64::from_le_bytes(b.try_into().map_err(|_| ())?))
+        };
+        let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
+        let mut address = FrameAddress::from_instruction_pointer(ip);
+        let mut out = Vec::new();
+        let mut complete = false;
+        for _ in 0..64 {
+            let Some(vaddr) = address.address_for_lookup().checked_sub(bias) else {
+                break;
+            };
+            // Unwinding a frame leaves the stack pointer where the frame ends.
+            let caller = unwinder.unwind_frame(address, &mut regs, cache, &mut read);
+            let ends = caller.is_ok().then(|| regs.sp());
+            if ends.is_some_and(|e| e > limit) {
+                complete = true;
+                break;
+            }
+            let table = &self.table;
+            let found = self
+                .frames
+                .entry(vaddr)
+                .or_insert_with(|| table.frames_at(vaddr));
+            out.extend(found.iter().cloned());
+            // The poll entry's own frame: its return address may be a uretprobe's
+            // trampoline (full mode without the thread sampler), not worth following.
+            if ends == Some(limit) {
+                complete = true;
+                break;
+            }
+            match caller
+                .ok()
+                .flatten()
+                .and_then(FrameAddress::from_return_address)
+            {
+                Some(next) => address = next,
+                None => break,
+            }
+        }
+        Some((out, complete))
     }
 }
 

@@ -19,9 +19,10 @@ use aya::{
     },
 };
 use tracer_common::{
-    CALL_EVENT_SIZE, CallEvent, EVENT_SIZE, GLOBAL_LAYOUT, GLOBAL_STACK_BYTES, GLOBAL_TARGET_TGID,
-    GLOBAL_TASK_FSBASE, GLOBAL_TASK_IDS, HeaderLayout, MAP_EVENTS, MAP_LOST, MAP_SITE_KNOWN,
-    MAP_THREADS, PROGRAM_THREAD_ITER, STACK_EVENT_SIZE, StackEvent, TaskEvent,
+    CALL_EVENT_SIZE, CallEvent, EVENT_SIZE, GLOBAL_AWAIT_STACKS, GLOBAL_LAYOUT, GLOBAL_STACK_BYTES,
+    GLOBAL_TARGET_TGID, GLOBAL_TASK_FSBASE, GLOBAL_TASK_IDS, GLOBAL_TEXT_RANGE, HeaderLayout,
+    MAP_EVENTS, MAP_LOST, MAP_SITE_KNOWN, MAP_THREADS, PROGRAM_THREAD_ITER, STACK_EVENT_SIZE,
+    StackEvent, TaskEvent,
 };
 
 use crate::{
@@ -119,7 +120,34 @@ impl Probes {
             .override_global(GLOBAL_TASK_IDS, &ids, true)
             .override_global(GLOBAL_LAYOUT, &header, true)
             .override_global(GLOBAL_STACK_BYTES, &stack_bytes, true)
+            .override_global(
+                GLOBAL_AWAIT_STACKS,
+                &u32::from(plan.await_stacks.is_some()),
+                true,
+            )
+            .override_global(
+                GLOBAL_TEXT_RANGE,
+                &plan.await_stacks.unwrap_or_default(),
+                true,
+            )
             .map_max_entries(MAP_EVENTS, ring_bytes)
+            // Preallocated LRU maps: a window without await stacks keeps them small.
+            .map_max_entries(
+                tracer_common::MAP_AWAIT_LAST,
+                if plan.await_stacks.is_some() {
+                    tracer_common::MAX_AWAIT_TASKS
+                } else {
+                    256
+                },
+            )
+            .map_max_entries(
+                tracer_common::MAP_AWAIT_SEEN,
+                if plan.await_stacks.is_some() {
+                    tracer_common::MAX_AWAIT_POINTS
+                } else {
+                    256
+                },
+            )
             .load(OBJECT)
             .map_err(|e| bpf_error("loading the eBPF object", e))?;
         let pid = NonZeroU32::new(tgid).ok_or_else(|| bpf_missing("pid 0"))?;
@@ -247,7 +275,19 @@ impl Probes {
 
     /// Events the kernel could not queue because the ring was full (all CPUs).
     pub fn lost_events(&self) -> u64 {
-        self.lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        self.counter(tracer_common::COUNTER_LOST)
+    }
+
+    /// Waker-clone probe hits in the target (await chains from the stack).
+    pub fn clone_hits(&self) -> u64 {
+        self.counter(tracer_common::COUNTER_CLONE_HITS)
+    }
+
+    fn counter(&self, index: u32) -> u64 {
+        self.lost
+            .get(&index, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 
     /// Tells the kernel side which task vtables (process addresses) belong to futures

@@ -492,12 +492,30 @@ impl Aggregator {
     }
 
     /// Where the tasks a reading listed are parked: each live one takes its chain.
+    /// A chain of a task no longer live (cancelled by its runtime's shutdown, where the
+    /// stack source keeps it) goes to the last task its cell held.
     fn await_chains(&mut self, from: &AwaitsFrom, chains: &[ChainOf]) {
         self.awaits_from = Some(from.clone());
+        let mut ended: Option<HashMap<u64, usize>> = None;
         for c in chains {
-            if let Some(i) = self.live.get(c.header, &self.tasks)
-                && (c.id == 0 || self.tasks[i].id == 0 || self.tasks[i].id == c.id)
-            {
+            let i = match self.live.get(c.header, &self.tasks) {
+                Some(i) => i,
+                None => {
+                    let tasks = &self.tasks;
+                    let by_header = ended.get_or_insert_with(|| {
+                        tasks
+                            .iter()
+                            .enumerate()
+                            .map(|(i, t)| (t.header, i))
+                            .collect()
+                    });
+                    match by_header.get(&c.header) {
+                        Some(&i) => i,
+                        None => continue,
+                    }
+                }
+            };
+            if c.id == 0 || self.tasks[i].id == 0 || self.tasks[i].id == c.id {
                 self.tasks[i].rare_mut().await_chain = Some(Arc::new(c.chain.clone()));
             }
         }
@@ -925,7 +943,10 @@ impl Aggregator {
                     }
                 }
             }
-            EventKind::SpawnCall | EventKind::SpawnStack => self.diagnostics.unknown_events += 1,
+            EventKind::SpawnCall
+            | EventKind::SpawnStack
+            | EventKind::WakerClone
+            | EventKind::AwaitStack => self.diagnostics.unknown_events += 1,
             // The window ends at it (the session stops there); nothing of a task.
             EventKind::Exec => {}
             EventKind::Dealloc => {

@@ -118,6 +118,9 @@ pub struct PlanOpts {
     /// its BTF; `live::kernel_btf`), if known: the thread sampler needs it. The plan
     /// is about the host it will run on, so the caller says.
     pub host_fsbase: Option<u64>,
+    /// Capture await chains from the stack at waker clones (full mode only: the binary
+    /// has no type information to read them with).
+    pub await_stacks: bool,
 }
 
 /// Where tokio keeps the id of the task a thread is polling, relative to the thread's TLS
@@ -153,6 +156,10 @@ pub struct Plan {
     /// Copy this many bytes of user stack at spawn probes, to name spawn sites by
     /// unwinding where no spawn function survived inlining (0: spawn sites are off).
     pub stack_bytes: u32,
+    /// Waker clones are probed to copy the stack at each new await point: the binary's
+    /// code range (file addresses), which the kernel side keys the points by.
+    #[serde(skip)]
+    pub await_stacks: Option<tracer_common::TextRange>,
     pub entry: Vec<Site>,
     #[serde(rename = "return")]
     pub ret: Vec<Site>,
@@ -253,6 +260,50 @@ impl Plan {
             )
     }
 
+    /// Await chains from the stack: tokio's waker clone, found by its symbol or, stripped,
+    /// in the waker vtable the scan recognises. Each site's cookie carries its own file
+    /// address (the kernel side derives the load bias from it).
+    fn add_clone_sites(&mut self, bin: &BinaryInfo, table: &LocationTable, k: &Knowledge) {
+        let is_clone =
+            |s: &Site| tracer_common::cookie_kind(s.cookie) == EventKind::WakerClone as u8;
+        if !self.entry.iter().any(is_clone) {
+            let slot = k.layout.slots.waker_clone;
+            for waker in table.scan_waker_vtables(1u64 << k.refs.ref_shift, &k.layout) {
+                if let Some(vaddr) = table.vtable_slot(waker, slot.index)
+                    && let Some(file_offset) = bin.file_offset(vaddr)
+                {
+                    self.entry.push(Site {
+                        function: slot.label,
+                        vaddr,
+                        file_offset,
+                        cookie: tracer_common::clone_cookie(vaddr),
+                        placement: None,
+                    });
+                }
+            }
+            self.entry.sort_by_key(|s| (s.vaddr, s.cookie));
+            self.entry.dedup_by_key(|s| (s.vaddr, s.cookie));
+        }
+        let mut any = false;
+        for s in self.entry.iter_mut() {
+            if is_clone(s) {
+                s.cookie = tracer_common::clone_cookie(s.vaddr);
+                any = true;
+            }
+        }
+        let text = table.text_range();
+        self.await_stacks = match (any, text) {
+            (true, Some(r)) => Some(tracer_common::TextRange {
+                lo: r.start,
+                hi: r.end,
+            }),
+            _ => None,
+        };
+        if self.await_stacks.is_none() {
+            self.entry.retain(|s| !is_clone(s));
+        }
+    }
+
     pub fn site_count(&self) -> usize {
         self.entry.len() + self.ret.len()
     }
@@ -311,7 +362,8 @@ impl Plan {
         };
         let mut missing = Vec::new();
         // (function, kind, where the header is, required, return probe)
-        let table: [(&'static str, EventKind, HeaderArg, bool, bool); 10] = [
+        let await_stacks = opts.await_stacks && opts.mode == Mode::Full;
+        let table: [(&'static str, EventKind, HeaderArg, bool, bool); 11] = [
             (
                 s.raw_poll,
                 EventKind::PollStart,
@@ -378,12 +430,20 @@ impl Plan {
                 false,
                 false,
             ),
+            (
+                s.clone_waker,
+                EventKind::WakerClone,
+                HeaderArg::Arg0,
+                false,
+                false,
+            ),
         ];
         for (function, kind, arg, required, is_return) in table {
             let wanted = match kind {
                 EventKind::PollStart => plan.polls_probed,
                 EventKind::PollEnd => plan.poll_ends_probed,
                 EventKind::WakeByVal | EventKind::WakeByRef => plan.wakes_probed,
+                EventKind::WakerClone => await_stacks,
                 _ => true,
             };
             if !wanted {
@@ -601,6 +661,10 @@ impl Plan {
             plan.name_sites_from_code(bin, table, k);
         }
         plan.add_id_sites(bin, table, k);
+        // A stack whose frames nothing can name is not worth a probe hit per clone.
+        if opts.await_stacks && opts.mode == Mode::Full && table.names_code() {
+            plan.add_clone_sites(bin, table, k);
+        }
         plan.id_counter = k.symbols.id_counter(&bin.tokio_data);
         plan.id_counter_initial = plan.id_counter.and_then(|v| table.u64_at(v));
         if sample {
@@ -817,8 +881,19 @@ impl Plan {
                     && !matches!(kind, Some(EventKind::SpawnCall | EventKind::SpawnId))
                     && !(stack_copy
                         && matches!(kind, Some(EventKind::Spawn | EventKind::SpawnBlocking)));
-                let p = crate::plan::placement::place(code, site.vaddr, keeps, movable);
+                let clone = kind == Some(EventKind::WakerClone);
+                let p = crate::plan::placement::place_with(code, site.vaddr, keeps, movable, clone);
                 site.file_offset += p.offset;
+                // A poll start tells await stacks where the poll's entry frame begins: a
+                // probe moved past prologue pushes adds them back (bits 16 and up).
+                if kind == Some(EventKind::PollStart) && self.await_stacks.is_some() {
+                    let delta = crate::plan::placement::stack_delta(code, site.vaddr, p.offset);
+                    site.cookie |= delta.unwrap_or(0).min(0xffff) << 16;
+                }
+                // The kernel side finds the load bias from the probed instruction's address.
+                if clone {
+                    site.cookie = tracer_common::clone_cookie(site.vaddr + p.offset);
+                }
                 site.placement = Some(p);
             }
         }

@@ -66,6 +66,19 @@ fn relative(ins: &Instruction) -> bool {
 /// false pins it to the entry (return probes read the return address at `[rsp]`, spawn
 /// probes the whole entry state).
 pub fn place(code: &[u8], vaddr: u64, keeps: Option<Register>, movable: bool) -> Placement {
+    place_with(code, vaddr, keeps, movable, false)
+}
+
+/// [`place`], for a probe that reads nothing an atomic instruction changes (the waker
+/// clone's reads the task pointer and the stack, not the reference count it adds to): it
+/// may move past one.
+pub fn place_with(
+    code: &[u8],
+    vaddr: u64,
+    keeps: Option<Register>,
+    movable: bool,
+    past_atomics: bool,
+) -> Placement {
     let mut decoder = Decoder::with_ip(
         64,
         &code[..code.len().min(SCAN_BYTES)],
@@ -99,7 +112,7 @@ pub fn place(code: &[u8], vaddr: u64, keeps: Option<Register>, movable: bool) ->
         let before = &prologue[i - 1];
         // The path from the entry to here must be straight and keep what the probe reads.
         if before.flow_control() != FlowControl::Next
-            || before.has_lock_prefix()
+            || (before.has_lock_prefix() && !past_atomics)
             || keeps.is_some_and(|r| writes(&mut info, before, r))
         {
             break;
@@ -113,6 +126,34 @@ pub fn place(code: &[u8], vaddr: u64, keeps: Option<Register>, movable: bool) ->
         }
     }
     at(0)
+}
+
+/// How far the stack pointer moved down between a function's entry and a probe placed
+/// `offset` bytes into it (its pushes and `sub rsp, imm`): what the probe adds back to
+/// know the entry's stack pointer. `None` when an instruction on the way moves it some
+/// other way.
+pub fn stack_delta(code: &[u8], vaddr: u64, offset: u64) -> Option<u64> {
+    let end = usize::try_from(offset).ok()?.min(code.len());
+    let mut delta = 0u64;
+    let mut info = InstructionInfoFactory::new();
+    for ins in Decoder::with_ip(64, &code[..end], vaddr, DecoderOptions::NONE).iter() {
+        match ins.mnemonic() {
+            Mnemonic::Push if ins.op0_kind() == OpKind::Register => delta += 8,
+            Mnemonic::Sub
+                if ins.op0_kind() == OpKind::Register
+                    && ins.op0_register() == Register::RSP
+                    && matches!(
+                        ins.op1_kind(),
+                        OpKind::Immediate8to64 | OpKind::Immediate32to64
+                    ) =>
+            {
+                delta += ins.immediate(1);
+            }
+            _ if writes(&mut info, &ins, Register::RSP) => return None,
+            _ => {}
+        }
+    }
+    Some(delta)
 }
 
 /// Direct branch targets in `(vaddr, end]` found by decoding the function's first bytes:
@@ -195,6 +236,31 @@ mod tests {
         // mov eax, 1; push rbx; jmp back to the push (a loop into the prologue)
         let p = placed(&[0xb8, 1, 0, 0, 0, 0x53, 0xeb, 0xfd], Some(Register::RDI));
         assert_eq!(p.offset, 0, "{p:?}");
+    }
+
+    #[test]
+    fn the_stack_delta_counts_pushes_and_subtractions() {
+        // push rbp; push rbx; sub rsp, 0x28; push r12
+        let code = [0x55, 0x53, 0x48, 0x83, 0xec, 0x28, 0x41, 0x54];
+        assert_eq!(stack_delta(&code, 0x1000, 0), Some(0));
+        assert_eq!(stack_delta(&code, 0x1000, 2), Some(16));
+        assert_eq!(stack_delta(&code, 0x1000, 6), Some(16 + 0x28));
+        // mov rsp, rbp: no telling.
+        assert_eq!(stack_delta(&[0x48, 0x89, 0xec, 0x55], 0x1000, 3), None);
+    }
+
+    /// tokio's `clone_waker` (1.54, release): `mov eax, 0x40; lock xadd [rdi], rax;
+    /// test rax, rax; js +0xb`. Only the waker-clone probe, which reads no reference count,
+    /// moves past the atomic, to the emulated branch.
+    #[test]
+    fn the_waker_clone_moves_past_its_atomic() {
+        let code = [
+            0xb8, 0x40, 0, 0, 0, 0xf0, 0x48, 0x0f, 0xc1, 0x07, 0x48, 0x85, 0xc0, 0x78, 0x0b,
+        ];
+        let p = placed(&code, Some(Register::RDI));
+        assert_eq!((p.offset, p.execution), (0, Execution::SingleStepped));
+        let p = place_with(&code, 0x1000, Some(Register::RDI), true, true);
+        assert_eq!((p.offset, p.execution), (13, Execution::Emulated), "{p:?}");
     }
 
     #[test]

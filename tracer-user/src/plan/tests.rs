@@ -35,6 +35,7 @@ fn plan_in(bin: &BinaryInfo, table: &LocationTable, host_fsbase: Option<u64>, mo
             spawn_sites: true,
             mode,
             host_fsbase,
+            await_stacks: false,
         },
     )
     .unwrap()

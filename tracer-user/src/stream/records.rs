@@ -40,7 +40,8 @@ pub struct ListedTask {
 /// frames outermost first, each at the `.await` it is suspended at, then the leaf.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AwaitChain {
-    /// `dwarf`: the binary's (or its debug file's) type information.
+    /// `dwarf`: the binary's (or its debug file's) type information; `stack`: a copy of
+    /// the stack taken when the task last registered its waker, unwound.
     pub source: String,
     pub frames: Vec<AwaitFrame>,
     pub leaf: Option<String>,
@@ -55,14 +56,21 @@ pub struct AwaitChain {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AwaitFrame {
     pub function: String,
+    /// Empty (and `line` 0) for a frame known by its symbol only: then `offset` says where
+    /// in the function.
     pub file: String,
     pub line: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 impl AwaitFrame {
     /// `file:line`, a dependency's file from its crate directory on (cargo's registry
     /// path shortened: `tokio-1.54.1/src/time/sleep.rs`).
     pub fn site(&self) -> String {
+        if self.file.is_empty() {
+            return format!("{}+{:#x}", self.function, self.offset.unwrap_or(0));
+        }
         let file = match self.file.split_once("/registry/src/") {
             Some((_, rest)) => rest.split_once('/').map_or(rest, |(_, r)| r),
             None => &self.file,
@@ -114,6 +122,15 @@ pub struct AwaitsFrom {
     /// The file whose type information was read.
     pub file: Option<String>,
     pub unavailable: Option<String>,
+    /// `stack`: the waker clones the probe saw (one hit each), the tasks' moves to a new
+    /// await point among them (an event each), and the stack copies they took (one per
+    /// point first seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_hits: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_changes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_copies: Option<u64>,
 }
 
 /// One task's chain in a `Rec::Awaits`.

@@ -15,6 +15,19 @@ pub fn is_tokio_symbol(name: &str) -> bool {
     name.starts_with("tokio::") || name.starts_with("<tokio::")
 }
 
+/// A frame of tokio's task poll path (`raw::poll`, the harness, `Core::poll`): a stack
+/// unwound from inside a task's poll reaches the task's own frames just before it.
+pub fn is_task_poll_frame(name: &str) -> bool {
+    let name = name.strip_prefix('<').unwrap_or(name);
+    [
+        "tokio::runtime::task::raw::poll",
+        "tokio::runtime::task::harness::",
+        "tokio::runtime::task::core::Core",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
 /// A source path inside tokio (its crates.io registry path, which `#[track_caller]`
 /// Locations and panic messages keep).
 pub fn is_tokio_source(path: &str) -> bool {
@@ -105,7 +118,10 @@ pub const LAYOUT: Layout = Layout {
         },
         // RawWakerVTable { clone, wake, wake_by_ref, drop }
         waker_functions: 4,
-        waker_clone: 0,
+        waker_clone: Slot {
+            index: 0,
+            label: "waker::clone_waker (waker vtable slot 0)",
+        },
         waker_per_task: false,
         wake_by_val: Slot {
             index: 1,
@@ -183,6 +199,7 @@ pub const SYMBOLS: SymbolNames = SymbolNames {
     blocking_spawn_task: "tokio::runtime::blocking::pool::Spawner::spawn_task",
     wake_by_val: "tokio::runtime::task::waker::wake_by_val",
     wake_by_ref: "tokio::runtime::task::waker::wake_by_ref",
+    clone_waker: "tokio::runtime::task::waker::clone_waker",
     parks: &[
         &[
             &["tokio::runtime::scheduler::multi_thread::worker::Context::park_timeout"],

@@ -16,7 +16,8 @@ mod v1_39;
 
 pub use base::{
     BLOCKING_SCHEDULER_MARKER, LEAF_FACTS, LeafFact, LeafFactKind, SPAWN_PATHS,
-    STATE_METHOD_MARKER, TASK_CELL_TYPE, TASK_POLL_FUNCTION, is_tokio_source, is_tokio_symbol,
+    STATE_METHOD_MARKER, TASK_CELL_TYPE, TASK_POLL_FUNCTION, is_task_poll_frame, is_tokio_source,
+    is_tokio_symbol,
 };
 
 use std::fmt;
@@ -167,7 +168,7 @@ pub struct Slots {
     pub shutdown: Slot,
     /// Function pointers of the waker vtable, and the clone function's slot.
     pub waker_functions: u64,
-    pub waker_clone: u64,
+    pub waker_clone: Slot,
     /// One waker vtable per task type (before 1.23 its functions are generic), not one.
     pub waker_per_task: bool,
     pub wake_by_val: Slot,
@@ -277,6 +278,9 @@ pub struct SymbolNames {
     pub blocking_spawn_task: &'static str,
     pub wake_by_val: &'static str,
     pub wake_by_ref: &'static str,
+    /// The waker vtable's clone: a leaf future registering the task's waker (await
+    /// chains from the stack).
+    pub clone_waker: &'static str,
     /// Where a worker stops polling to park or yield to the driver: per scheduler, the
     /// alternatives best first (outer functions call inner ones); the first alternative
     /// the binary kept any function of is probed, all of its kept functions.
