@@ -65,7 +65,8 @@ fi
 # `cargo xtask bench http`; tmux, the terminal `tasktrace top`'s e2e test drives; prometheus, the
 # server that scrapes `--prometheus` in its e2e test; golang-go, whose `go tool pprof` reads
 # `--pprof`; and QEMU with what virtme-ng builds its initramfs from
-# (busybox, depmod), to boot the kernels of `cargo xtask kernels`.
+# (busybox, depmod), to boot the kernels of `cargo xtask kernels`; libdebuginfod1, the
+# client library tasktrace loads to fetch debug files from the servers DEBUGINFOD_URLS names.
 missing=()
 command -v bpftool >/dev/null 2>&1 || missing+=(bpftool)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
@@ -76,6 +77,7 @@ command -v go >/dev/null 2>&1 || missing+=(golang-go)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 [ -x /bin/busybox ] || missing+=(busybox-static)
 command -v depmod >/dev/null 2>&1 || [ -x /sbin/depmod ] || missing+=(kmod)
+ldconfig -p 2>/dev/null | grep -q 'libdebuginfod\.so\.1' || missing+=(libdebuginfod1)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} (Debian packages)"
   if [ "$(id -u)" -eq 0 ]; then

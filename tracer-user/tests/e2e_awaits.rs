@@ -621,3 +621,122 @@ fn without_debug_info_the_stack_names_functions_and_leaves_by_symbol() {
         "no chain is guessed"
     );
 }
+
+/// A debuginfod server of the test's own (plain HTTP, one thread), serving `debug` at
+/// `/buildid/<id>/debuginfo` and 404 elsewhere; the paths asked for go to `asked`.
+fn debuginfod_server(
+    id: String,
+    debug: std::path::PathBuf,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            // The headers, up to the blank line.
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
+            asked.lock().unwrap().push(path.clone());
+            let body = if path == format!("/buildid/{id}/debuginfo") {
+                std::fs::read(&debug).ok()
+            } else {
+                None
+            };
+            let _ = match body {
+                Some(b) => conn
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            b.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .and_then(|()| conn.write_all(&b)),
+                None => conn.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                ),
+            };
+        }
+    });
+    port
+}
+
+#[test]
+fn a_debug_file_is_fetched_from_a_debuginfod_server() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let bin = fixture_profile("awaits", "dwarf");
+    let lean = tmp("awaits-lean-debuginfod");
+    let debug = tmp("awaits-debuginfod.debug");
+    for (args, what) in [
+        (vec!["--only-keep-debug"], &debug),
+        (vec!["--strip-debug"], &lean),
+    ] {
+        let ok = std::process::Command::new("objcopy")
+            .args(&args)
+            .arg(&bin)
+            .arg(what)
+            .status()
+            .expect("run objcopy")
+            .success();
+        assert!(ok, "objcopy {args:?}");
+    }
+    let out = std::process::Command::new("readelf")
+        .args(["-n"])
+        .arg(&lean)
+        .output()
+        .unwrap();
+    let notes = String::from_utf8_lossy(&out.stdout);
+    let id = notes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("the fixture has a GNU build-id")
+        .trim()
+        .to_owned();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let port = debuginfod_server(id.clone(), debug.clone(), asked.clone());
+    let cache = tmp("awaits-debuginfod-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let (target, truth) = start_with_truth(&lean, &["--exit-after", "30"]);
+    let dump_with = |urls: &str| {
+        let out = tasktrace()
+            .args(["dump", "--json", "-", "--pid", &target.id().to_string()])
+            .args(["--debug-dir", tmp("no-such-debug-dir").to_str().unwrap()])
+            .env("DEBUGINFOD_URLS", urls)
+            .env("DEBUGINFOD_CACHE_PATH", &cache)
+            .output()
+            .unwrap();
+        let (stdout, _) = assert_success(&out, "dump with DEBUGINFOD_URLS");
+        serde_json::from_str::<Value>(&stdout).unwrap()
+    };
+    let d = dump_with(&format!("http://127.0.0.1:{port}"));
+    assert_chains("debuginfod", &d, &truth);
+    let file = d["await_chains"]["file"].as_str().unwrap();
+    assert!(file.starts_with(cache.to_str().unwrap()), "{file}");
+    assert_eq!(
+        asked.lock().unwrap().as_slice(),
+        [format!("/buildid/{id}/debuginfo")],
+        "one request, by build-id"
+    );
+    // A server without it: no chains, and the report says what the servers answered.
+    let _ = std::fs::remove_dir_all(&cache);
+    let empty = debuginfod_server(String::new(), debug.clone(), asked.clone());
+    let d = dump_with(&format!("http://127.0.0.1:{empty}"));
+    assert!(
+        d["await_chains"]["source"].is_null(),
+        "{}",
+        d["await_chains"]
+    );
+    let why = d["await_chains"]["unavailable"].as_str().unwrap();
+    assert!(why.contains("debuginfod") && why.contains(&id), "{why}");
+}

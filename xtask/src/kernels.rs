@@ -273,8 +273,25 @@ fn trace_in_guest(
             k.expected_attach()
         ));
     }
+    // The kernel side's await-stack path (the verifier of each kernel passes its loops and
+    // maps): every leaked task of the demo, which has no type information, is parked at a
+    // waker clone the window saw.
+    let tasks = r["tasks"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let leaked: Vec<&serde_json::Value> =
+        tasks.iter().filter(|t| t["verdict"] == "leaked").collect();
+    let chained = leaked
+        .iter()
+        .filter(|t| t["await_chain"]["source"] == "stack")
+        .count();
+    if r["await_chains"]["source"] != "stack" || chained != leaked.len() {
+        return Err(format!(
+            "await chains from the stack: {chained} of {} leaked tasks ({})",
+            leaked.len(),
+            r["await_chains"]
+        ));
+    }
     Ok(format!(
-        "{}: verdicts match the ground truth; attach {attach}: {} sites attached in {:.0} ms, detached in {:.0} ms; guest boot + trace {:.0} s",
+        "{}: verdicts match the ground truth, {chained} leaked tasks parked by their stacks; attach {attach}: {} sites attached in {:.0} ms, detached in {:.0} ms; guest boot + trace {:.0} s",
         k.release,
         probes["sites"],
         probes["attach_ms"].as_f64().unwrap_or(0.0),

@@ -242,6 +242,14 @@ pub fn find_debug_file(exe: &Path, debug_dirs: &[&Path]) -> Option<std::path::Pa
     candidates.into_iter().find(|c| has_debug_info(c))
 }
 
+/// The GNU build-id of an ELF file, in hex.
+pub fn build_id(path: &Path) -> Option<String> {
+    let data = std::fs::read(path).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    let id = file.build_id().ok()??;
+    (id.len() > 1).then(|| id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Whether `path` is an ELF file with type information.
 pub fn has_debug_info(path: &Path) -> bool {
     std::fs::read(path).ok().is_some_and(|d| {

@@ -1,8 +1,10 @@
 //! The target's binary, read from its file: symbols and tokio's version (`elf`), what the
 //! code and read-only data say (`locations`), spawn sites named from the code
-//! (`static_sites`, `spawn_ids`).
+//! (`static_sites`, `spawn_ids`); its type information, wherever it is (`async_types`,
+//! `debuginfod`).
 
 pub mod async_types;
+pub mod debuginfod;
 pub mod elf;
 pub mod locations;
 pub mod spawn_ids;

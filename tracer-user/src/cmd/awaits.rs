@@ -1,5 +1,6 @@
 //! Where a target's await chains come from: its binary's type information (in the
-//! binary, a separate debug file found the standard way, or `--debuginfo`), and each
+//! binary, a separate debug file found the standard way, `--debuginfo`, or a debuginfod
+//! server), and each
 //! chain as the stream records it. `dump` and the live window's end reading both use it.
 
 use std::path::{Path, PathBuf};
@@ -7,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::collections::HashMap;
 
 use crate::{
-    binary::async_types::{AsyncTypes, find_debug_file, has_debug_info, load_file},
+    binary::{
+        async_types::{AsyncTypes, build_id, find_debug_file, has_debug_info, load_file},
+        debuginfod,
+    },
     error::{Error, Result},
     live::{
         await_chain, locator::Locator, memory::ReadMemory, tasklist::LiveTask, tasklist::Status,
@@ -170,18 +174,34 @@ pub fn types(
         None => find_debug_file(exe, &[debug.dir.as_path()])
             .or_else(|| symbols.filter(|s| has_debug_info(s)).map(Path::to_path_buf)),
     };
+    // Last, the debuginfod servers the environment names (by build-id).
+    let mut fetched = None;
+    let file = file.or_else(|| {
+        debuginfod::servers()?;
+        let id = build_id(exe)?;
+        match debuginfod::find(&id) {
+            Ok(f) => Some(f),
+            Err(why) => {
+                fetched = Some(why);
+                None
+            }
+        }
+    });
     let Some(file) = file else {
+        let mut why = "the binary has no type information (cargo's release default): build \
+                       with `debug = 2`, or install its separate debug file by build-id under \
+                       --debug-dir, or give it with --debuginfo FILE, or name a debuginfod \
+                       server that has it in DEBUGINFOD_URLS"
+            .to_owned();
+        if let Some(f) = fetched {
+            why.push_str(&format!(" ({f})"));
+        }
         return Ok((
             None,
             AwaitsFrom {
                 source: None,
                 file: None,
-                unavailable: Some(
-                    "the binary has no type information (cargo's release default): build \
-                     with `debug = 2`, or install its separate debug file by build-id under \
-                     --debug-dir, or give it with --debuginfo FILE"
-                        .into(),
-                ),
+                unavailable: Some(why),
                 ..AwaitsFrom::default()
             },
         ));

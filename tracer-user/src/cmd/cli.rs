@@ -176,7 +176,8 @@ pub enum Command {
 pub struct DebugArgs {
     /// The binary's type information, for await chains: its separate debug file
     /// (default: the binary itself, else found by build-id or `.gnu_debuglink` under
-    /// --debug-dir or beside the binary).
+    /// --debug-dir or beside the binary, else fetched from the debuginfod servers
+    /// DEBUGINFOD_URLS names).
     #[arg(long, value_name = "FILE")]
     pub debuginfo: Option<PathBuf>,
     /// Where separate debug files are installed (gdb's debug-file-directory).
