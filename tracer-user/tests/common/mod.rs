@@ -40,8 +40,13 @@ pub fn root() -> PathBuf {
         .to_owned()
 }
 
+/// The tasktrace under test. A machine whose environment names debuginfod servers (some
+/// distributions set `DEBUGINFOD_URLS` for every login) would have every window of a
+/// binary without types ask them: the tests that want a server set their own.
 pub fn tasktrace() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tasktrace"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tasktrace"));
+    c.env_remove("DEBUGINFOD_URLS");
+    c
 }
 
 /// The release-built fixture binary, built on first use (the test command builds all of
