@@ -194,10 +194,10 @@ fn is_std(f: &CodeFrame) -> bool {
         .is_none_or(|p| is_runtime_internal(p) && !is_tokio_source(p))
 }
 
-/// Without line tables or inlining records: the functions between the clone (frame 0)
-/// and the task's poll entry, which holds the inlined async fns, with their offsets.
-/// The leaf is the outermost function inside the task's poll path (its harness, `Core`
-/// and `raw::poll` frames, which hold the inlined async fns); the frames are those.
+/// No frame of the program's is named (no line tables, its async fns inlined into
+/// tokio's): the frames are the task's poll path (its harness, `Core` and `raw::poll`
+/// functions, which hold the inlined async fns) with their offsets; the leaf is the
+/// outermost function inside them that is not the standard library's.
 fn symbol_chain(frames: &[CodeFrame], complete: bool) -> Option<AwaitChain> {
     let inner = frames.get(1..).filter(|f| !f.is_empty())?;
     let outer = inner
