@@ -258,17 +258,12 @@ fn record_reports_where_each_leaked_task_is_parked() {
     );
 }
 
-#[test]
-fn a_separate_debug_file_is_found_by_build_id() {
-    if !require_bpf() {
-        return;
-    }
-    let _g = serial();
+/// The dwarf build split as distributions ship it: the binary without debug sections
+/// (symbols kept, named `<name>`) and its debug file (`<name>.debug`), and its build-id.
+fn split_debug(name: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
     let bin = fixture_profile("awaits", "dwarf");
-    // As distributions ship it: the binary without debug sections (symbols kept), and the
-    // debug file under <debug dir>/.build-id/xx/yyyy.debug.
-    let lean = tmp("awaits-lean");
-    let debug = tmp("awaits.debug");
+    let lean = tmp(name);
+    let debug = tmp(&format!("{name}.debug"));
     for (args, what) in [
         (vec!["--only-keep-debug"], &debug),
         (vec!["--strip-debug"], &lean),
@@ -294,6 +289,17 @@ fn a_separate_debug_file_is_found_by_build_id() {
         .expect("the fixture has a GNU build-id")
         .trim()
         .to_owned();
+    (lean, debug, id)
+}
+
+#[test]
+fn a_separate_debug_file_is_found_by_build_id() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    // The debug file goes under <debug dir>/.build-id/xx/yyyy.debug.
+    let (lean, debug, id) = split_debug("awaits-lean");
     let dir = tmp("awaits-debug-dir");
     let _ = std::fs::remove_dir_all(&dir);
     let file = dir
@@ -675,34 +681,7 @@ fn a_debug_file_is_fetched_from_a_debuginfod_server() {
         return;
     }
     let _g = serial();
-    let bin = fixture_profile("awaits", "dwarf");
-    let lean = tmp("awaits-lean-debuginfod");
-    let debug = tmp("awaits-debuginfod.debug");
-    for (args, what) in [
-        (vec!["--only-keep-debug"], &debug),
-        (vec!["--strip-debug"], &lean),
-    ] {
-        let ok = std::process::Command::new("objcopy")
-            .args(&args)
-            .arg(&bin)
-            .arg(what)
-            .status()
-            .expect("run objcopy")
-            .success();
-        assert!(ok, "objcopy {args:?}");
-    }
-    let out = std::process::Command::new("readelf")
-        .args(["-n"])
-        .arg(&lean)
-        .output()
-        .unwrap();
-    let notes = String::from_utf8_lossy(&out.stdout);
-    let id = notes
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Build ID: "))
-        .expect("the fixture has a GNU build-id")
-        .trim()
-        .to_owned();
+    let (lean, debug, id) = split_debug("awaits-lean-debuginfod");
     let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let port = debuginfod_server(id.clone(), debug.clone(), asked.clone());
     let cache = tmp("awaits-debuginfod-cache");

@@ -168,59 +168,21 @@ impl Locator {
 }
 
 impl Locator {
-    /// The first caller outside tokio and std, found by unwinding a copy of the stack
-    /// taken at a spawn probe (`ip`, `sp`, `bp` at the probe; `stack` copied from `sp`).
-    pub fn unwound_caller(&mut self, ip: u64, sp: u64, bp: u64, stack: &[u8]) -> Option<Arc<str>> {
-        use framehop::{Unwinder, x86_64::UnwindRegsX86_64};
-        let bias = self.bias()?;
-        if self.unwinder.is_none() {
-            self.unwinder = Some(self.table.unwinder(bias)?);
-        }
-        let (unwinder, cache) = self.unwinder.as_mut()?;
-        let mut read = |addr: u64| -> Result<u64, ()> {
-            let off = addr.checked_sub(sp).ok_or(())? as usize;
-            let b = stack.get(off..off + 8).ok_or(())?;
-            Ok(u64::from_le_bytes(b.try_into().map_err(|_| ())?))
-        };
-        let mut frames =
-            unwinder.iter_frames(ip, UnwindRegsX86_64::new(ip, sp, bp), cache, &mut read);
-        // A user closure inlined into std or tokio code: the answer if no frame of the
-        // user's own is found further up.
-        let mut inlined = None;
-        for _ in 0..64 {
-            let Ok(Some(frame)) = frames.next() else {
-                break;
-            };
-            let vaddr = frame.address_for_lookup().checked_sub(bias)?;
-            if let Some(line) = cached_line(&mut self.lines, &self.table, vaddr) {
-                return Some(line);
-            }
-            if let Some((name, off)) = self.table.function_at(vaddr) {
-                if !is_runtime_internal(&name) {
-                    return Some(format!("{name}+{off:#x}").into());
-                }
-                if inlined.is_none() {
-                    inlined = inlined_user_code(&name, off);
-                }
-            }
-        }
-        inlined
-    }
-}
-
-impl Locator {
-    /// The frames of a stack copy (`ip`, `sp`, `bp` at the probe; `stack` copied from
-    /// `sp`) whose frame ends at or below `limit` (a stack address), innermost first,
-    /// inlined ones included, and whether the unwinding got past them (else the copy or
-    /// its unwind information ran out first); `None` before the load bias is known.
-    pub fn unwound_frames(
+    /// The physical frames of a stack copy (`ip`, `sp`, `bp` at the probe; `stack` copied
+    /// from `sp`), innermost first, by code address (file addresses, for lookup): those
+    /// that end (their caller's stack pointer) at or below `limit`, a stack address. And
+    /// whether the walk reached `limit` (a frame ends there, or the next one beyond), else
+    /// the copy or its unwind information ran out first. The frame ending at `limit` is
+    /// not followed: its return address may be a uretprobe's trampoline. `None` before the
+    /// load bias is known.
+    fn unwind(
         &mut self,
         ip: u64,
         sp: u64,
         bp: u64,
         stack: &[u8],
         limit: u64,
-    ) -> Option<(Vec<CodeFrame>, bool)> {
+    ) -> Option<(Vec<u64>, bool)> {
         use framehop::{FrameAddress, Unwinder, x86_64::UnwindRegsX86_64};
         let bias = self.bias()?;
         if self.unwinder.is_none() {
@@ -235,29 +197,19 @@ impl Locator {
         let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
         let mut address = FrameAddress::from_instruction_pointer(ip);
         let mut out = Vec::new();
-        let mut complete = false;
         for _ in 0..64 {
             let Some(vaddr) = address.address_for_lookup().checked_sub(bias) else {
                 break;
             };
             // Unwinding a frame leaves the stack pointer where the frame ends.
             let caller = unwinder.unwind_frame(address, &mut regs, cache, &mut read);
-            let ends = caller.is_ok().then(|| regs.sp());
-            if ends.is_some_and(|e| e > limit) {
-                complete = true;
-                break;
+            let end = caller.is_ok().then(|| regs.sp());
+            if end.is_some_and(|e| e > limit) {
+                return Some((out, true));
             }
-            let table = &self.table;
-            let found = self
-                .frames
-                .entry(vaddr)
-                .or_insert_with(|| table.frames_at(vaddr));
-            out.extend(found.iter().cloned());
-            // The poll entry's own frame: its return address may be a uretprobe's
-            // trampoline (full mode without the thread sampler), not worth following.
-            if ends == Some(limit) {
-                complete = true;
-                break;
+            out.push(vaddr);
+            if end == Some(limit) {
+                return Some((out, true));
             }
             match caller
                 .ok()
@@ -267,6 +219,51 @@ impl Locator {
                 Some(next) => address = next,
                 None => break,
             }
+        }
+        Some((out, false))
+    }
+
+    /// The first caller outside tokio and std, found by unwinding a copy of the stack
+    /// taken at a spawn probe (`ip`, `sp`, `bp` at the probe; `stack` copied from `sp`).
+    pub fn unwound_caller(&mut self, ip: u64, sp: u64, bp: u64, stack: &[u8]) -> Option<Arc<str>> {
+        // A user closure inlined into std or tokio code: the answer if no frame of the
+        // user's own is found further up.
+        let mut inlined = None;
+        for vaddr in self.unwind(ip, sp, bp, stack, u64::MAX)?.0 {
+            if let Some(line) = cached_line(&mut self.lines, &self.table, vaddr) {
+                return Some(line);
+            }
+            if let Some((name, off)) = self.table.function_at(vaddr) {
+                if !is_runtime_internal(&name) {
+                    return Some(format!("{name}+{off:#x}").into());
+                }
+                if inlined.is_none() {
+                    inlined = inlined_user_code(&name, off);
+                }
+            }
+        }
+        inlined
+    }
+
+    /// The frames of a stack copy that end at or below `limit`, inlined ones included, and
+    /// whether the walk reached `limit` ([`Self::unwind`]).
+    pub fn unwound_frames(
+        &mut self,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        stack: &[u8],
+        limit: u64,
+    ) -> Option<(Vec<CodeFrame>, bool)> {
+        let (physical, complete) = self.unwind(ip, sp, bp, stack, limit)?;
+        let mut out = Vec::new();
+        for vaddr in physical {
+            let table = &self.table;
+            let found = self
+                .frames
+                .entry(vaddr)
+                .or_insert_with(|| table.frames_at(vaddr));
+            out.extend(found.iter().cloned());
         }
         Some((out, complete))
     }
